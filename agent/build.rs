@@ -1,0 +1,52 @@
+//! Builds the eBPF object from `agent-ebpf` (nightly + build-std, through aya-build) and leaves
+//! it in `OUT_DIR`, where `dataplane::object` embeds it. `AYA_BUILD_SKIP=1` skips the build (an
+//! empty object is embedded; loading it then fails with a message naming the fix).
+use std::{env, fs, path::PathBuf, process::Command};
+
+fn main() {
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let ebpf_dir = manifest_dir.join("../agent-ebpf");
+    let common_dir = manifest_dir.join("../agent-common");
+    println!("cargo::rerun-if-changed={}", common_dir.display());
+    println!("cargo::rerun-if-env-changed=AYA_BUILD_SKIP");
+
+    let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let object = out_dir.join("sidelane-qos");
+    if skip {
+        // aya-build leaves nothing behind when skipping; embed an empty object instead.
+        fs::write(&object, []).expect("write empty eBPF object placeholder");
+        return;
+    }
+    preflight();
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "sidelane-agent-ebpf",
+            root_dir: ebpf_dir.to_str().expect("agent-ebpf path is UTF-8"),
+            ..Default::default()
+        }],
+        aya_build::Toolchain::Nightly,
+    )
+    .expect("building the eBPF object failed (run `cargo xtask setup` if a tool is missing)");
+}
+
+/// Fails early, naming the command that fixes it, when the eBPF toolchain is missing.
+fn preflight() {
+    let linker = Command::new("bpf-linker").arg("--version").output();
+    let src = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output();
+    let linker_ok = linker.is_ok_and(|o| o.status.success());
+    let src_ok = src.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("rust-src"));
+    assert!(
+        linker_ok && src_ok,
+        "the eBPF toolchain is missing ({}): run `cargo xtask setup` once on this machine, \
+             or set AYA_BUILD_SKIP=1 to build without the eBPF object",
+        match (linker_ok, src_ok) {
+            (false, false) => "bpf-linker and nightly rust-src",
+            (false, true) => "bpf-linker",
+            _ => "nightly rust-src",
+        }
+    );
+}

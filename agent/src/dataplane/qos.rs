@@ -1,0 +1,849 @@
+//! Per-attachment rate limits enforced by the `sl_qos_pod_*` TC programs.
+//!
+//! Each attachment gets its own copy of the QoS object, pinned under
+//! `<pin_root>/qos/<netns-inode>-<ifindex>/`: the three maps by name, each program as
+//! `prog_<name>` and each TCX link as `link_<name>`. A rate change writes the config map only: no
+//! detach, no re-attach, no packet lost. Pins keep everything in force while the agent is down;
+//! [`QosDataplane::adopt`] takes it back and removes attachments whose interface is gone.
+//!
+//! ## Modes and the default burst
+//! A direction whose traffic *leaves* through the hooked device's egress path (into the pod on a
+//! host-side veth, out of the pod on a device inside the pod) can be paced with EDT when that
+//! device's root qdisc is `fq`: the program stamps departure times and `fq` holds packets until
+//! then, so nothing is dropped below the horizon. Everywhere else, and on kernels or devices
+//! without `fq`, the program polices (GCRA). See [`Mode`] and [`default_burst_bytes`].
+
+use std::{
+    fmt, fs, io,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, Map, MapData, PerCpuArray},
+    programs::{SchedClassifier, TcAttachType, links::FdLink},
+};
+use sidelane_agent_common::qos::{
+    self as abi, CONFIG_MAP, COUNTERS_MAP, MODE_EDT, MODE_POLICE, QosConfig, QosCounters,
+};
+use sidelane_api::qos::{Direction, QosSpec, RateLimit};
+use tracing::{debug, info, warn};
+
+use super::{
+    DataplaneError, boxed, bpffs, link_info, object,
+    qdisc::{NetlinkQdiscProbe, QdiscProbe},
+    test_run::{self, RunResult, SkBuffCtx},
+};
+use crate::netns;
+
+/// Where an attachment's programs go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QosTarget {
+    /// The namespace holding the device (`/run/netns/x`, `/proc/<pid>/ns/net`); `None` means the
+    /// agent's own.
+    pub netns: Option<PathBuf>,
+    /// The device's name in that namespace.
+    pub ifname: String,
+    /// Which side of the pod's link the device is on.
+    pub placement: Placement,
+}
+
+impl fmt::Display for QosTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.netns {
+            Some(ns) => write!(f, "{} in {}", self.ifname, ns.display()),
+            None => write!(f, "{} in the agent's namespace", self.ifname),
+        }
+    }
+}
+
+/// Which side of the pod's link a device is on; it decides which TC hook sees which direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// The host end of the pod's veth: traffic into the pod leaves through its egress hook.
+    HostPeer,
+    /// A device inside the pod's namespace (an IPAM-only macvlan): traffic into the pod arrives
+    /// through its ingress hook.
+    PodDevice,
+}
+
+impl Placement {
+    /// The TC hook that sees `dir` (named from the pod's side) on a device with this placement.
+    pub const fn hook(self, dir: Direction) -> TcAttachType {
+        match (self, dir) {
+            (Placement::HostPeer, Direction::Ingress)
+            | (Placement::PodDevice, Direction::Egress) => TcAttachType::Egress,
+            (Placement::HostPeer, Direction::Egress)
+            | (Placement::PodDevice, Direction::Ingress) => TcAttachType::Ingress,
+        }
+    }
+}
+
+/// How one direction is enforced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// No limit: counted only.
+    Unlimited,
+    /// Token-bucket policing: packets over the limit are dropped.
+    Police,
+    /// Earliest-departure-time pacing through the device's `fq` root qdisc.
+    Edt,
+}
+
+impl Mode {
+    const fn from_abi(mode: u32) -> Mode {
+        match mode {
+            MODE_POLICE => Mode::Police,
+            MODE_EDT => Mode::Edt,
+            _ => Mode::Unlimited,
+        }
+    }
+
+    /// `"unlimited"`, `"police"` or `"edt"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Unlimited => "unlimited",
+            Mode::Police => "police",
+            Mode::Edt => "edt",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state of one direction of one attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectionStatus {
+    /// The direction, from the pod's side.
+    pub direction: Direction,
+    /// The configured rate (`burst_mbit` is not recorded; see `burst_bytes`).
+    pub limit: RateLimit,
+    /// How it is enforced.
+    pub mode: Mode,
+    /// The effective burst (police) or horizon (EDT), in bytes.
+    pub burst_bytes: u64,
+    /// Packets passed.
+    pub passed_packets: u64,
+    /// IP bytes passed.
+    pub passed_bytes: u64,
+    /// Packets dropped by the limit.
+    pub dropped_packets: u64,
+    /// IP bytes dropped by the limit.
+    pub dropped_bytes: u64,
+}
+
+impl fmt::Display for DirectionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} ({}, burst {} B); passed {} pkts / {} B, dropped {} pkts / {} B",
+            self.direction.describe(),
+            self.limit,
+            self.mode,
+            self.burst_bytes,
+            self.passed_packets,
+            self.passed_bytes,
+            self.dropped_packets,
+            self.dropped_bytes
+        )
+    }
+}
+
+/// The state of one attachment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachmentStatus {
+    /// `<netns-inode>-<ifindex>`: the pin directory's name.
+    pub id: String,
+    /// The device name.
+    pub ifname: String,
+    /// The device index in its namespace.
+    pub ifindex: u32,
+    /// Traffic into the pod.
+    pub ingress: DirectionStatus,
+    /// Traffic out of the pod.
+    pub egress: DirectionStatus,
+}
+
+impl AttachmentStatus {
+    /// The status of `dir`.
+    pub const fn direction(&self, dir: Direction) -> &DirectionStatus {
+        match dir {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+/// What [`QosDataplane::adopt`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdoptReport {
+    /// Attachments still in force, by id.
+    pub kept: Vec<String>,
+    /// Attachments removed because their interface is gone, by id.
+    pub removed: Vec<String>,
+}
+
+/// The smallest default burst: two maximum-size GSO packets, so that a TCP sender's
+/// segmentation-offloaded bursts never meet an empty bucket on arrival.
+pub const MIN_DEFAULT_BURST_BYTES: u64 = 2 * 65_536;
+/// The default burst as time at the configured rate.
+pub const DEFAULT_BURST_MS: u64 = 20;
+/// The default EDT horizon as time at the configured rate.
+pub const DEFAULT_HORIZON_MS: u64 = 2_000;
+
+/// The burst a policer gets when the user sets none: [`DEFAULT_BURST_MS`] at the rate, but at
+/// least [`MIN_DEFAULT_BURST_BYTES`].
+///
+/// Why this size: a policer's burst trades first-second overshoot (a full bucket passes
+/// `rate * 1 s + burst` in the first second) against TCP goodput (too small a bucket starves a
+/// sender between loss recoveries). 20 ms keeps the overshoot at 2% of the rate and covers loss
+/// recovery on a pod link, where round trips are tens of microseconds; the floor matters at low
+/// rates (10 Mbit/s: 128 KiB, about 105 ms).
+pub const fn default_burst_bytes(rate_bps: u64) -> u64 {
+    let by_time = rate_bps / 8 * DEFAULT_BURST_MS / 1_000;
+    if by_time > MIN_DEFAULT_BURST_BYTES {
+        by_time
+    } else {
+        MIN_DEFAULT_BURST_BYTES
+    }
+}
+
+/// Chooses how `limit` is enforced on a hook and builds its map value.
+///
+/// Pure: the caller supplies the hook and the device's root qdisc kind.
+pub fn plan(limit: &RateLimit, hook: TcAttachType, root_qdisc: Option<&str>) -> QosConfig {
+    if !limit.is_limited() {
+        return QosConfig::UNLIMITED;
+    }
+    let rate = limit.rate_bps();
+    let edt = matches!(hook, TcAttachType::Egress) && root_qdisc == Some("fq");
+    if edt {
+        let horizon = limit
+            .burst_bytes()
+            .unwrap_or(rate / 8 * DEFAULT_HORIZON_MS / 1_000);
+        QosConfig::edt(rate, horizon)
+    } else {
+        QosConfig::police(
+            rate,
+            limit
+                .burst_bytes()
+                .unwrap_or_else(|| default_burst_bytes(rate)),
+        )
+    }
+}
+
+const fn abi_direction(dir: Direction) -> abi::Direction {
+    match dir {
+        Direction::Ingress => abi::Direction::Ingress,
+        Direction::Egress => abi::Direction::Egress,
+    }
+}
+
+const fn hook_name(hook: TcAttachType) -> &'static str {
+    match hook {
+        TcAttachType::Ingress => "ingress",
+        _ => "egress",
+    }
+}
+
+fn link_pin(dir: &Path, dir_: Direction) -> PathBuf {
+    dir.join(format!("link_{}", abi_direction(dir_).program()))
+}
+
+fn prog_pin(dir: &Path, dir_: Direction) -> PathBuf {
+    dir.join(format!("prog_{}", abi_direction(dir_).program()))
+}
+
+/// Loads, attaches, configures and observes the QoS programs of every attachment on the node.
+pub struct QosDataplane {
+    root: PathBuf,
+    probe: Box<dyn QdiscProbe + Send + Sync>,
+}
+
+impl QosDataplane {
+    /// A dataplane whose pins live under `<pin_root>/qos` (`pin_root` is typically
+    /// `/sys/fs/bpf/sidelane`); mounts bpffs at `/sys/fs/bpf` if needed.
+    pub fn new(pin_root: impl Into<PathBuf>) -> Result<QosDataplane, DataplaneError> {
+        let root = pin_root.into().join("qos");
+        bpffs::ensure(&root)?;
+        Ok(QosDataplane {
+            root,
+            probe: Box::new(NetlinkQdiscProbe),
+        })
+    }
+
+    /// Attaches (the first time) or updates (map write only) the limits of `target`.
+    pub fn apply(
+        &self,
+        target: &QosTarget,
+        spec: &QosSpec,
+    ) -> Result<AttachmentStatus, DataplaneError> {
+        spec.validate()
+            .map_err(|source| DataplaneError::InvalidSpec {
+                target: target.to_string(),
+                source,
+            })?;
+        let (id, ifindex, root_qdisc) = self.resolve(target, true)?;
+        let dir = self.root.join(&id);
+        let configs = Direction::ALL.map(|d| {
+            (
+                d,
+                plan(spec.get(d), target.placement.hook(d), root_qdisc.as_deref()),
+            )
+        });
+
+        if Direction::ALL.iter().all(|d| link_pin(&dir, *d).exists()) {
+            let mut config = open_array::<QosConfig>(&dir, CONFIG_MAP, target)?;
+            for (d, cfg) in configs {
+                write_config(&mut config, d, cfg, target)?;
+            }
+            info!(target = %target, %spec, "updated QoS limits");
+        } else {
+            if let Err(e) = Self::attach(target, &dir, &configs) {
+                // Leave nothing half-made behind; report the original failure.
+                if let Err(cleanup) = teardown(&dir, target) {
+                    warn!(target = %target, error = %cleanup, "cleaning up a failed attach");
+                }
+                return Err(e);
+            }
+            info!(target = %target, %spec, id = %id, "attached QoS programs");
+        }
+        Self::read_status(target, &dir, id, ifindex)
+    }
+
+    /// Detaches and unpins `target`'s programs and maps; `Ok(false)` if none were attached.
+    ///
+    /// Best effort and complete: every step is attempted and every failure reported.
+    pub fn detach(&self, target: &QosTarget) -> Result<bool, DataplaneError> {
+        let (id, _, _) = match self.resolve(target, false) {
+            Ok(found) => found,
+            Err(DataplaneError::NoSuchInterface { .. }) => {
+                // The device is gone, so its links are defunct: collect them.
+                self.adopt()?;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        let dir = self.root.join(&id);
+        if !dir.exists() {
+            return Ok(false);
+        }
+        teardown(&dir, target)?;
+        info!(target = %target, id = %id, "detached QoS programs");
+        Ok(true)
+    }
+
+    /// The configured limits, modes and counters of `target`.
+    pub fn status(&self, target: &QosTarget) -> Result<AttachmentStatus, DataplaneError> {
+        let (id, ifindex, _) = self.resolve(target, false)?;
+        let dir = self.root.join(&id);
+        Self::read_status(target, &dir, id, ifindex)
+    }
+
+    /// Takes back what a previous agent pinned: keeps attachments whose links are live and
+    /// removes those whose interface is gone.
+    pub fn adopt(&self) -> Result<AdoptReport, DataplaneError> {
+        let mut report = AdoptReport::default();
+        let entries = fs::read_dir(&self.root).map_err(|source| DataplaneError::Pin {
+            op: "listing",
+            path: self.root.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| DataplaneError::Pin {
+                op: "listing",
+                path: self.root.clone(),
+                source,
+            })?;
+            let dir = entry.path();
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let live = Direction::ALL
+                .iter()
+                .all(|d| link_is_live(&link_pin(&dir, *d)));
+            if live {
+                report.kept.push(id);
+            } else {
+                let what = format!("stale attachment {id}");
+                teardown(&dir, &what)?;
+                info!(id = %id, "removed QoS attachment whose interface is gone");
+                report.removed.push(id);
+            }
+        }
+        report.kept.sort();
+        report.removed.sort();
+        Ok(report)
+    }
+
+    /// Resolves `target` to its pin id, ifindex and (if `probe_qdisc`) root qdisc kind.
+    fn resolve(
+        &self,
+        target: &QosTarget,
+        probe_qdisc: bool,
+    ) -> Result<(String, u32, Option<String>), DataplaneError> {
+        let netns_id = netns::namespace_id(target.netns.as_deref())?;
+        let probe = &*self.probe;
+        let ifname = target.ifname.as_str();
+        let found = netns::run_in(target.netns.as_deref(), || {
+            let Ok(ifindex) = nix::net::if_::if_nametoindex(ifname) else {
+                return Ok(None);
+            };
+            let qdisc = if probe_qdisc {
+                probe.root_kind(ifindex)?
+            } else {
+                None
+            };
+            Ok::<_, io::Error>(Some((ifindex, qdisc)))
+        })?
+        .map_err(|source| DataplaneError::Qdisc {
+            target: target.to_string(),
+            source,
+        })?;
+        let Some((ifindex, qdisc)) = found else {
+            return Err(DataplaneError::NoSuchInterface {
+                ifname: target.ifname.clone(),
+                netns: target.netns.as_ref().map_or_else(
+                    || "the agent's namespace".to_owned(),
+                    |p| p.display().to_string(),
+                ),
+            });
+        };
+        debug!(target = %target, ifindex, root_qdisc = ?qdisc, "resolved QoS target");
+        Ok((format!("{netns_id}-{ifindex}"), ifindex, qdisc))
+    }
+
+    fn attach(
+        target: &QosTarget,
+        dir: &Path,
+        configs: &[(Direction, QosConfig); 2],
+    ) -> Result<(), DataplaneError> {
+        let name = target.to_string();
+        let mut ebpf = load_object(dir, &name)?;
+        {
+            let map = ebpf
+                .map_mut(CONFIG_MAP)
+                .ok_or_else(|| DataplaneError::Load {
+                    target: name.clone(),
+                    source: format!("the object has no map {CONFIG_MAP}").into(),
+                })?;
+            let mut config: Array<&mut MapData, QosConfig> =
+                Array::try_from(map).map_err(|e| map_error("opening", CONFIG_MAP, &name, e))?;
+            // Configure before attaching: the first packet is already charged correctly.
+            for (d, cfg) in configs {
+                write_config(&mut config, *d, *cfg, target)?;
+            }
+        }
+        for d in Direction::ALL {
+            let program = abi_direction(d).program();
+            let hook = target.placement.hook(d);
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(program)
+                .ok_or_else(|| DataplaneError::Load {
+                    target: name.clone(),
+                    source: format!("the object has no program {program}").into(),
+                })?
+                .try_into()
+                .map_err(|e| load_error(&name, e))?;
+            prog.load().map_err(|e| load_error(&name, e))?;
+            prog.pin(prog_pin(dir, d))
+                .map_err(|e| load_error(&name, e))?;
+            let attach_error = |source| DataplaneError::Attach {
+                program,
+                hook: hook_name(hook),
+                target: name.clone(),
+                source,
+            };
+            let ifname = target.ifname.as_str();
+            let link_id = netns::run_in(target.netns.as_deref(), || prog.attach(ifname, hook))?
+                .map_err(|e| attach_error(boxed(e)))?;
+            let link = prog
+                .take_link(link_id)
+                .map_err(|e| attach_error(boxed(e)))?;
+            let link: FdLink = link.try_into().map_err(|e| attach_error(boxed(e)))?;
+            link.pin(link_pin(dir, d))
+                .map_err(|e| attach_error(boxed(e)))?;
+        }
+        Ok(())
+    }
+
+    fn read_status(
+        target: &QosTarget,
+        dir: &Path,
+        id: String,
+        ifindex: u32,
+    ) -> Result<AttachmentStatus, DataplaneError> {
+        let config = open_array::<QosConfig>(dir, CONFIG_MAP, target)?;
+        let counters = open_counters(dir, target)?;
+        let name = target.to_string();
+        let one = |d: Direction| -> Result<DirectionStatus, DataplaneError> {
+            let idx = abi_direction(d).index();
+            let cfg = config
+                .get(&idx, 0)
+                .map_err(|e| map_error("reading", CONFIG_MAP, &name, e))?;
+            let per_cpu = counters
+                .get(&idx, 0)
+                .map_err(|e| map_error("reading", COUNTERS_MAP, &name, e))?;
+            let sum = per_cpu
+                .iter()
+                .fold(QosCounters::default(), |acc, c| acc.merged(*c));
+            Ok(direction_status(d, &cfg, sum))
+        };
+        Ok(AttachmentStatus {
+            id,
+            ifname: target.ifname.clone(),
+            ifindex,
+            ingress: one(Direction::Ingress)?,
+            egress: one(Direction::Egress)?,
+        })
+    }
+}
+
+fn direction_status(direction: Direction, cfg: &QosConfig, c: QosCounters) -> DirectionStatus {
+    let mode = Mode::from_abi(cfg.mode);
+    let burst_bytes = if cfg.rate_bps == 0 {
+        0
+    } else {
+        u64::try_from(u128::from(cfg.tolerance_ns) * u128::from(cfg.rate_bps) / 8_000_000_000)
+            .unwrap_or(u64::MAX)
+    };
+    DirectionStatus {
+        direction,
+        limit: RateLimit {
+            rate_mbps: cfg.rate_bps / 1_000_000,
+            burst_mbit: None,
+        },
+        mode,
+        burst_bytes,
+        passed_packets: c.passed_packets,
+        passed_bytes: c.passed_bytes,
+        dropped_packets: c.dropped_packets,
+        dropped_bytes: c.dropped_bytes,
+    }
+}
+
+fn load_object(pin_dir: &Path, name: &str) -> Result<Ebpf, DataplaneError> {
+    let bytes = object::qos()?;
+    fs::create_dir_all(pin_dir).map_err(|source| DataplaneError::Pin {
+        op: "creating pin directory",
+        path: pin_dir.to_owned(),
+        source,
+    })?;
+    EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(bytes)
+        .map_err(|e| load_error(name, e))
+}
+
+fn load_error<E: std::error::Error + Send + Sync + 'static>(target: &str, e: E) -> DataplaneError {
+    DataplaneError::Load {
+        target: target.to_owned(),
+        source: boxed(e),
+    }
+}
+
+fn map_error<E: std::error::Error + Send + Sync + 'static>(
+    op: &'static str,
+    map: &'static str,
+    target: &str,
+    e: E,
+) -> DataplaneError {
+    DataplaneError::Map {
+        op,
+        map,
+        target: target.to_owned(),
+        source: boxed(e),
+    }
+}
+
+fn open_pinned(
+    dir: &Path,
+    map: &'static str,
+    target: &QosTarget,
+) -> Result<MapData, DataplaneError> {
+    MapData::from_pin(dir.join(map))
+        .map_err(|e| map_error("opening pinned", map, &target.to_string(), e))
+}
+
+fn open_array<V: aya::Pod>(
+    dir: &Path,
+    map: &'static str,
+    target: &QosTarget,
+) -> Result<Array<MapData, V>, DataplaneError> {
+    Array::try_from(Map::Array(open_pinned(dir, map, target)?))
+        .map_err(|e| map_error("opening", map, &target.to_string(), e))
+}
+
+fn open_counters(
+    dir: &Path,
+    target: &QosTarget,
+) -> Result<PerCpuArray<MapData, QosCounters>, DataplaneError> {
+    PerCpuArray::try_from(Map::PerCpuArray(open_pinned(dir, COUNTERS_MAP, target)?))
+        .map_err(|e| map_error("opening", COUNTERS_MAP, &target.to_string(), e))
+}
+
+fn write_config<T: std::borrow::BorrowMut<MapData>>(
+    config: &mut Array<T, QosConfig>,
+    d: Direction,
+    cfg: QosConfig,
+    target: &QosTarget,
+) -> Result<(), DataplaneError> {
+    config
+        .set(abi_direction(d).index(), cfg, 0)
+        .map_err(|e| map_error("writing", CONFIG_MAP, &target.to_string(), e))
+}
+
+fn link_is_live(pin: &Path) -> bool {
+    link_info::pinned_tcx_ifindex(pin).is_ok_and(|ifindex| ifindex != 0)
+}
+
+/// Unpins everything in an attachment's directory (dropping the last reference to each link
+/// detaches it) and removes the directory. Goes on past failures and reports them all.
+fn teardown(dir: &Path, target: &impl fmt::Display) -> Result<(), DataplaneError> {
+    let mut errors = Vec::new();
+    // Links first, so traffic stops being charged before the maps go.
+    let mut entries: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return Err(DataplaneError::Pin {
+                op: "listing",
+                path: dir.to_owned(),
+                source: e,
+            });
+        }
+    };
+    entries.sort_by_key(|p| {
+        !p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
+    });
+    for path in entries {
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            errors.push(format!("unpinning {}: {e}", path.display()));
+        }
+    }
+    if let Err(e) = fs::remove_dir(dir)
+        && e.kind() != io::ErrorKind::NotFound
+    {
+        errors.push(format!("removing {}: {e}", dir.display()));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(DataplaneError::Teardown {
+            target: target.to_string(),
+            errors,
+        })
+    }
+}
+
+/// A private, unattached copy of the QoS object, for `BPF_PROG_TEST_RUN`: unit tests of the
+/// programs' decisions and the per-packet cost benchmark. Its pins live in a scratch directory
+/// under bpffs that is removed on drop.
+pub struct QosProgramsUnderTest {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl QosProgramsUnderTest {
+    /// Loads both programs with every direction unlimited.
+    pub fn load() -> Result<QosProgramsUnderTest, DataplaneError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let pin_dir = PathBuf::from(bpffs::BPFFS).join(format!(
+            "sidelane-test-run-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        bpffs::ensure(&pin_dir)?;
+        let mut ebpf = load_object(&pin_dir, "programs under test")?;
+        for d in Direction::ALL {
+            let program = abi_direction(d).program();
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(program)
+                .ok_or_else(|| DataplaneError::Load {
+                    target: "programs under test".to_owned(),
+                    source: format!("the object has no program {program}").into(),
+                })?
+                .try_into()
+                .map_err(|e| load_error("programs under test", e))?;
+            prog.load()
+                .map_err(|e| load_error("programs under test", e))?;
+        }
+        Ok(QosProgramsUnderTest { ebpf, pin_dir })
+    }
+
+    /// Writes `dir`'s configuration.
+    pub fn configure(&mut self, d: Direction, cfg: QosConfig) -> Result<(), DataplaneError> {
+        let map = self.ebpf.map_mut(CONFIG_MAP).ok_or_else(|| {
+            map_error(
+                "opening",
+                CONFIG_MAP,
+                "programs under test",
+                io::Error::other("missing"),
+            )
+        })?;
+        let mut config: Array<&mut MapData, QosConfig> = Array::try_from(map)
+            .map_err(|e| map_error("opening", CONFIG_MAP, "programs under test", e))?;
+        config
+            .set(abi_direction(d).index(), cfg, 0)
+            .map_err(|e| map_error("writing", CONFIG_MAP, "programs under test", e))
+    }
+
+    /// `dir`'s counters summed over CPUs.
+    pub fn counters(&self, d: Direction) -> Result<QosCounters, DataplaneError> {
+        let map = self.ebpf.map(COUNTERS_MAP).ok_or_else(|| {
+            map_error(
+                "opening",
+                COUNTERS_MAP,
+                "programs under test",
+                io::Error::other("missing"),
+            )
+        })?;
+        let counters: PerCpuArray<&MapData, QosCounters> = PerCpuArray::try_from(map)
+            .map_err(|e| map_error("opening", COUNTERS_MAP, "programs under test", e))?;
+        let per_cpu = counters
+            .get(&abi_direction(d).index(), 0)
+            .map_err(|e| map_error("reading", COUNTERS_MAP, "programs under test", e))?;
+        Ok(per_cpu
+            .iter()
+            .fold(QosCounters::default(), |acc, c| acc.merged(*c)))
+    }
+
+    /// Runs the program charging `dir` on `packet`, `repeat` times.
+    pub fn run(
+        &self,
+        d: Direction,
+        packet: &[u8],
+        ctx: &SkBuffCtx,
+        repeat: u32,
+    ) -> Result<RunResult, DataplaneError> {
+        let program = abi_direction(d).program();
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(program)
+            .ok_or_else(|| DataplaneError::Load {
+                target: "programs under test".to_owned(),
+                source: format!("the object has no program {program}").into(),
+            })?
+            .try_into()
+            .map_err(|e| load_error("programs under test", e))?;
+        test_run::run(prog, program, packet, ctx, repeat)
+    }
+}
+
+impl Drop for QosProgramsUnderTest {
+    fn drop(&mut self) {
+        let _ = teardown(&self.pin_dir, &"programs under test");
+    }
+}
+
+/// The mean cost of each program per packet, in nanoseconds, as `BPF_PROG_TEST_RUN` measures
+/// it: a 1514-byte UDP frame through a policer at 10 Gbit/s (the common case: a limited
+/// direction, packet within budget), one million runs each.
+pub fn measure_prog_ns_per_packet() -> Result<(f64, f64), DataplaneError> {
+    let mut progs = QosProgramsUnderTest::load()?;
+    let frame = test_run::ipv4_udp_frame(1514);
+    let mut out = [0.0; 2];
+    for (i, d) in Direction::ALL.into_iter().enumerate() {
+        progs.configure(
+            d,
+            QosConfig::police(10_000_000_000, default_burst_bytes(10_000_000_000)),
+        )?;
+        let RunResult { per_run, .. } = progs.run(d, &frame, &SkBuffCtx::default(), 1_000_000)?;
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "nanoseconds per packet are small"
+        )]
+        let ns = per_run.as_nanos() as f64;
+        out[i] = ns;
+    }
+    Ok((out[0], out[1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_side_veth_sees_traffic_into_the_pod_on_its_egress_hook() {
+        assert!(matches!(
+            Placement::HostPeer.hook(Direction::Ingress),
+            TcAttachType::Egress
+        ));
+        assert!(matches!(
+            Placement::HostPeer.hook(Direction::Egress),
+            TcAttachType::Ingress
+        ));
+    }
+
+    #[test]
+    fn a_device_inside_the_pod_sees_traffic_into_the_pod_on_its_ingress_hook() {
+        assert!(matches!(
+            Placement::PodDevice.hook(Direction::Ingress),
+            TcAttachType::Ingress
+        ));
+        assert!(matches!(
+            Placement::PodDevice.hook(Direction::Egress),
+            TcAttachType::Egress
+        ));
+    }
+
+    #[test]
+    fn an_egress_hook_with_fq_paces_with_edt() {
+        let cfg = plan(&RateLimit::mbps(100), TcAttachType::Egress, Some("fq"));
+        assert_eq!(cfg.mode, MODE_EDT);
+        assert_eq!(cfg.rate_bps, 100_000_000);
+        // Default horizon: two seconds at the rate.
+        assert_eq!(cfg.tolerance_ns, 2_000_000_000);
+    }
+
+    #[test]
+    fn without_fq_or_on_an_ingress_hook_the_limit_is_policed() {
+        for (hook, qdisc) in [
+            (TcAttachType::Egress, Some("noqueue")),
+            (TcAttachType::Egress, None),
+            (TcAttachType::Ingress, Some("fq")),
+        ] {
+            assert_eq!(plan(&RateLimit::mbps(100), hook, qdisc).mode, MODE_POLICE);
+        }
+    }
+
+    #[test]
+    fn zero_rate_plans_unlimited() {
+        assert_eq!(
+            plan(&RateLimit::UNLIMITED, TcAttachType::Egress, Some("fq")),
+            QosConfig::UNLIMITED
+        );
+    }
+
+    #[test]
+    fn an_explicit_burst_in_megabits_overrides_the_default() {
+        let limit = RateLimit {
+            rate_mbps: 8,
+            burst_mbit: Some(1),
+        };
+        let cfg = plan(&limit, TcAttachType::Ingress, None);
+        // 1 Mbit = 125 000 bytes = 125 ms at 8 Mbit/s.
+        assert_eq!(cfg.tolerance_ns, 125_000_000);
+    }
+
+    #[test]
+    fn the_default_burst_is_twenty_milliseconds_but_never_below_two_gso_packets() {
+        assert_eq!(default_burst_bytes(10_000_000), MIN_DEFAULT_BURST_BYTES);
+        assert_eq!(default_burst_bytes(1_000_000_000), 2_500_000);
+    }
+
+    #[test]
+    fn status_reports_the_effective_burst_in_bytes() {
+        let cfg = QosConfig::police(100_000_000, 250_000);
+        let s = direction_status(Direction::Egress, &cfg, QosCounters::default());
+        assert_eq!(s.mode, Mode::Police);
+        assert_eq!(s.limit.rate_mbps, 100);
+        assert_eq!(s.burst_bytes, 250_000);
+    }
+}

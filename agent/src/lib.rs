@@ -1,0 +1,5 @@
+//! Sidelane's node agent as a library: the eBPF dataplane and the namespace plumbing that the
+//! agent binary (and the tests and benchmarks) drive.
+
+pub mod dataplane;
+pub mod netns;

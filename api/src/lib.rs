@@ -1,0 +1,5 @@
+//! Sidelane's shared API: the types and the one annotation parser that the CNI plugin, the node
+//! agent and the controller all use. Pure: no I/O.
+
+pub mod annotations;
+pub mod qos;
