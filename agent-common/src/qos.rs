@@ -15,10 +15,24 @@
 //! ## Rate arithmetic
 //! Limits are enforced with GCRA (the "virtual scheduling" form of a token bucket): one 64-bit
 //! theoretical arrival time (`tat`) per direction. A packet costs its wire size in nanoseconds at
-//! the configured rate. In [`MODE_POLICE`] a packet passes when `tat - now <= tolerance` and then
-//! advances `tat`; otherwise it is dropped. The check happens *before* the cost is added, so a
-//! GSO super-packet larger than the burst is never starved: it passes once the bucket is full and
-//! puts the bucket in debt, which keeps the long-run rate exact. In [`MODE_EDT`] the packet is not
+//! the configured rate. In [`MODE_POLICE`] a packet passes when it *fits*: when
+//! `max(tat, now) + cost - now <= tolerance`; it then advances `tat`, and otherwise it is dropped
+//! and changes nothing. A packet is never admitted on credit: a bucket in debt would drop the
+//! small packets TCP recovers with (a one-segment retransmission, a tail-loss probe) for as long
+//! as the debt lasts, and a flow that loses its recovery packets idles until its retransmission
+//! timeout (200 ms). The agent therefore never configures a burst smaller than two maximum-size
+//! GSO packets, so every packet fits into a full bucket.
+//!
+//! The bucket's credit after an idle spell is bounded separately ([`QosConfig::idle_credit_ns`]):
+//! when a direction has been idle for [`IDLE_RESET_NS`], its credit restarts at that smaller
+//! amount and refills at the rate from there. On a pod link TCP cannot slow down by its window
+//! alone (two segments per 50 µs round trip is already 460 Mbit/s): below that, a policed flow
+//! advances in bursts separated by retransmission timeouts, and the bucket must hold a timeout's
+//! worth of tokens or they are lost. A bucket that large would let a fresh flow overshoot by the
+//! same amount; the idle reset keeps the first second of a new flow close to the rate while an
+//! established flow keeps all of its tokens.
+//!
+//! In [`MODE_EDT`] the packet is not
 //! dropped but stamped with its earliest departure time for an `fq` qdisc to honour, and dropped
 //! only beyond the horizon.
 //!
@@ -86,6 +100,10 @@ pub const MODE_POLICE: u32 = 1;
 /// Earliest-departure-time pacing: packets are stamped for an `fq` root qdisc.
 pub const MODE_EDT: u32 = 2;
 
+/// A direction idle this long restarts with [`QosConfig::idle_credit_ns`] of credit (1 s:
+/// longer than TCP's first retransmission timeouts, so an active flow never loses tokens to it).
+pub const IDLE_RESET_NS: u64 = 1_000_000_000;
+
 /// Fixed-point shift of [`QosConfig::byte_cost`].
 pub const COST_SHIFT: u32 = 16;
 /// Nanoseconds per second times bits per byte.
@@ -99,8 +117,11 @@ pub struct QosConfig {
     pub rate_bps: u64,
     /// Nanoseconds one byte takes at `rate_bps`, shifted left by [`COST_SHIFT`].
     pub byte_cost: u64,
-    /// GCRA tolerance (police) or pacing horizon (EDT), in nanoseconds.
+    /// GCRA tolerance (police: the bucket size) or pacing horizon (EDT), in nanoseconds.
     pub tolerance_ns: u64,
+    /// Police only: the credit a direction restarts with after [`IDLE_RESET_NS`] of idleness,
+    /// in nanoseconds; at most `tolerance_ns`.
+    pub idle_credit_ns: u64,
     /// [`MODE_UNLIMITED`], [`MODE_POLICE`] or [`MODE_EDT`].
     pub mode: u32,
     /// Explicit padding; always zero.
@@ -113,16 +134,25 @@ impl QosConfig {
         rate_bps: 0,
         byte_cost: 0,
         tolerance_ns: 0,
+        idle_credit_ns: 0,
         mode: MODE_UNLIMITED,
         reserved: 0,
     };
 
-    /// A policer at `rate_bps` that tolerates a burst of `burst_bytes`.
+    /// A policer at `rate_bps` whose bucket holds `burst_bytes`, starting (and restarting after
+    /// idleness) with `idle_credit_bytes` of credit.
     ///
     /// A zero rate means unlimited. Rates below 1 kbit/s are raised to 1 kbit/s (see
     /// [`MAX_BYTE_COST`]); the agent refuses them before they get here.
-    pub const fn police(rate_bps: u64, burst_bytes: u64) -> QosConfig {
-        Self::limited(MODE_POLICE, rate_bps, burst_bytes)
+    pub const fn police(rate_bps: u64, burst_bytes: u64, idle_credit_bytes: u64) -> QosConfig {
+        let mut cfg = Self::limited(MODE_POLICE, rate_bps, burst_bytes);
+        let credit = duration_ns(idle_credit_bytes, cfg.byte_cost);
+        cfg.idle_credit_ns = if credit < cfg.tolerance_ns {
+            credit
+        } else {
+            cfg.tolerance_ns
+        };
+        cfg
     }
 
     /// EDT pacing at `rate_bps`; packets due later than `horizon_bytes` worth of time are dropped.
@@ -142,6 +172,7 @@ impl QosConfig {
             rate_bps,
             byte_cost,
             tolerance_ns: duration_ns(burst_bytes, byte_cost),
+            idle_credit_ns: 0,
             mode,
             reserved: 0,
         }
@@ -247,15 +278,23 @@ pub enum Policed {
     Drop,
 }
 
-/// GCRA policing of one packet costing `cost` ns at time `now`, with tolerance `tolerance` ns.
-pub const fn police(tat: u64, now: u64, cost: u64, tolerance: u64) -> Policed {
-    if tat > now.saturating_add(tolerance) {
+/// Policing of one packet costing `cost` ns at time `now` by a bucket of `tolerance` ns that
+/// restarts with `idle_credit` ns of credit after [`IDLE_RESET_NS`] of idleness: it passes only
+/// if it fits into what the bucket holds (see the module docs).
+pub const fn police(tat: u64, now: u64, cost: u64, tolerance: u64, idle_credit: u64) -> Policed {
+    let tat = if now > tat.saturating_add(IDLE_RESET_NS) {
+        // Idle (or never used): credit restarts at `idle_credit`, i.e. the bucket is full once
+        // `tolerance - idle_credit` more time has passed.
+        now + (tolerance - idle_credit)
+    } else {
+        tat
+    };
+    let start = if tat > now { tat } else { now };
+    let next = start.saturating_add(cost);
+    if next - now > tolerance {
         return Policed::Drop;
     }
-    let start = if tat > now { tat } else { now };
-    Policed::Pass {
-        tat: start.saturating_add(cost),
-    }
+    Policed::Pass { tat: next }
 }
 
 /// What EDT pacing decided for one packet.
@@ -325,43 +364,85 @@ mod tests {
 
     #[test]
     fn zero_rate_means_unlimited() {
-        assert_eq!(QosConfig::police(0, 1000), QosConfig::UNLIMITED);
+        assert_eq!(QosConfig::police(0, 1000, 1000), QosConfig::UNLIMITED);
         assert_eq!(QosConfig::edt(0, 1000).mode, MODE_UNLIMITED);
     }
 
     #[test]
     fn a_full_bucket_passes_a_burst_then_drops() {
-        let cfg = QosConfig::police(8 * MBIT, 3000); // 1 byte per microsecond, 3 ms tolerance
+        let cfg = QosConfig::police(8 * MBIT, 3000, 3000); // 1 byte per µs, 3 ms bucket
         let cost = cost_ns(1000, cfg.byte_cost);
         assert_eq!(cost, 1_000_000);
         let now = 10_000_000_000;
         let mut tat = 0;
         let mut passed = 0;
         for _ in 0..10 {
-            if let Policed::Pass { tat: t } = police(tat, now, cost, cfg.tolerance_ns) {
+            if let Policed::Pass { tat: t } =
+                police(tat, now, cost, cfg.tolerance_ns, cfg.idle_credit_ns)
+            {
                 tat = t;
                 passed += 1;
             }
         }
-        // tat goes now, +1, +2, +3 ms: four packets start within the 3 ms tolerance.
-        assert_eq!(passed, 4);
-        assert_eq!(tat, now + 4_000_000);
+        // A full 3 ms bucket holds exactly three 1 ms packets.
+        assert_eq!(passed, 3);
+        assert_eq!(tat, now + 3_000_000);
     }
 
     #[test]
-    fn a_packet_larger_than_the_burst_passes_when_the_bucket_is_full() {
-        let cfg = QosConfig::police(10 * MBIT, 1500);
-        let cost = cost_ns(65_000, cfg.byte_cost);
+    fn a_small_packet_still_fits_where_a_large_one_does_not() {
+        let cfg = QosConfig::police(8 * MBIT, 10_000, 10_000); // 10 ms bucket
         let now = 5_000_000_000;
+        let tat = now + 9_000_000; // 1 ms of room left
+        let (tol, idle) = (cfg.tolerance_ns, cfg.idle_credit_ns);
         assert_eq!(
-            police(0, now, cost, cfg.tolerance_ns),
-            Policed::Pass { tat: now + cost }
-        );
-        // ... and the debt is paid back before the next one passes.
-        assert_eq!(
-            police(now + cost, now + 1, cost, cfg.tolerance_ns),
+            police(tat, now, cost_ns(65_000, cfg.byte_cost), tol, idle),
             Policed::Drop
         );
+        assert_eq!(
+            police(tat, now, cost_ns(100, cfg.byte_cost), tol, idle),
+            Policed::Pass { tat: tat + 100_000 }
+        );
+    }
+
+    #[test]
+    fn a_packet_larger_than_the_whole_bucket_never_passes() {
+        let cfg = QosConfig::police(10 * MBIT, 1500, 1500);
+        let cost = cost_ns(65_000, cfg.byte_cost);
+        let verdict = police(0, 5_000_000_000, cost, cfg.tolerance_ns, cfg.idle_credit_ns);
+        assert_eq!(verdict, Policed::Drop);
+    }
+
+    #[test]
+    fn after_a_second_of_idleness_credit_restarts_small_then_refills_at_the_rate() {
+        // 8 Mbit/s: 1 byte per µs. Bucket 300 ms, idle credit 20 ms.
+        let cfg = QosConfig::police(8 * MBIT, 300_000, 20_000);
+        let (tol, idle) = (cfg.tolerance_ns, cfg.idle_credit_ns);
+        let ms = 1_000_000;
+        let now = 50_000 * ms;
+        // A fresh bucket (never used) holds 20 ms: a 20 ms packet fits, a 21 ms one does not.
+        assert_eq!(police(0, now, 21 * ms, tol, idle), Policed::Drop);
+        assert_eq!(
+            police(0, now, 20 * ms, tol, idle),
+            Policed::Pass {
+                tat: now + 300 * ms
+            }
+        );
+        // While traffic flows, the whole 300 ms are usable: 250 ms after emptying it, 250 ms fit.
+        let tat = now + 300 * ms;
+        assert!(matches!(
+            police(tat, now + 250 * ms, 250 * ms, tol, idle),
+            Policed::Pass { .. }
+        ));
+        // Idle for more than a second: back to 20 ms.
+        let later = tat + IDLE_RESET_NS + ms;
+        assert_eq!(police(tat, later, 21 * ms, tol, idle), Policed::Drop);
+    }
+
+    #[test]
+    fn idle_credit_never_exceeds_the_bucket() {
+        let cfg = QosConfig::police(8 * MBIT, 1000, 5000);
+        assert_eq!(cfg.idle_credit_ns, cfg.tolerance_ns);
     }
 
     #[test]
@@ -419,15 +500,14 @@ mod tests {
         use super::super::*;
 
         proptest! {
-            /// Over any arrival pattern, the policer admits no more than rate * time + burst
-            /// plus one packet (the one that may start the debt).
+            /// Over any arrival pattern, the policer admits no more than rate * time + burst.
             #[test]
             fn policed_bytes_never_exceed_rate_times_time_plus_burst(
                 rate_mbit in 1u64..=1000,
                 burst in 0u64..=1_000_000,
                 packets in proptest::collection::vec((1u64..=65_000, 0u64..=2_000_000), 1..400),
             ) {
-                let cfg = QosConfig::police(rate_mbit * 1_000_000, burst);
+                let cfg = QosConfig::police(rate_mbit * 1_000_000, burst, burst);
                 let start = 1_000_000_000u64;
                 let mut now = start;
                 let mut tat = 0;
@@ -435,8 +515,9 @@ mod tests {
                 let mut largest = 0u64;
                 for (len, gap) in packets {
                     now += gap;
+                    let cost = cost_ns(len, cfg.byte_cost);
                     if let Policed::Pass { tat: t } =
-                        police(tat, now, cost_ns(len, cfg.byte_cost), cfg.tolerance_ns)
+                        police(tat, now, cost, cfg.tolerance_ns, cfg.idle_credit_ns)
                     {
                         tat = t;
                         admitted += len;
@@ -444,20 +525,21 @@ mod tests {
                     }
                 }
                 let elapsed = now - start;
-                let allowed = (rate_mbit * 1_000_000 * elapsed) / 8_000_000_000 + burst + largest + 1;
+                let _ = largest;
+                let allowed = (rate_mbit * 1_000_000 * elapsed) / 8_000_000_000 + burst + 1;
                 prop_assert!(admitted <= allowed, "admitted {admitted} > allowed {allowed}");
             }
 
-            /// Offered more than the rate, a policer whose burst holds one packet admits at least
-            /// rate * time (no starvation).
+            /// Offered more than the rate, a policer whose bucket holds two packets admits at
+            /// least rate * time (no starvation).
             #[test]
             fn a_saturating_sender_gets_at_least_the_rate(
                 rate_mbit in 1u64..=1000,
                 len in 64u64..=65_000,
             ) {
-                // A tolerance of one packet: with none, the time between `tat` and the next
-                // arrival is lost at every packet (see DEFAULT burst sizing in the agent).
-                let cfg = QosConfig::police(rate_mbit * 1_000_000, len);
+                // A bucket of two packets, the agent's minimum: with less, the time between
+                // `tat` and the next arrival is lost at every packet.
+                let cfg = QosConfig::police(rate_mbit * 1_000_000, 2 * len, 2 * len);
                 let cost = cost_ns(len, cfg.byte_cost);
                 // Offer twice the rate for one simulated second.
                 let gap = (cost / 2).max(1);
@@ -466,7 +548,9 @@ mod tests {
                 let mut tat = 0;
                 let mut admitted = 0u64;
                 while now < end {
-                    if let Policed::Pass { tat: t } = police(tat, now, cost, cfg.tolerance_ns) {
+                    if let Policed::Pass { tat: t } =
+                        police(tat, now, cost, cfg.tolerance_ns, cfg.idle_credit_ns)
+                    {
                         tat = t;
                         admitted += len;
                     }

@@ -101,7 +101,7 @@ fn police_packet(idx: u32, cfg: &QosConfig, bytes: u64) -> i32 {
     // SAFETY (all atomic calls below): `tat` points into a live, aligned map value.
     let mut old = unsafe { atomic::load(tat) };
     for _ in 0..CAS_ATTEMPTS {
-        match police(old, now, cost, cfg.tolerance_ns) {
+        match police(old, now, cost, cfg.tolerance_ns, cfg.idle_credit_ns) {
             Policed::Drop => return DROP,
             Policed::Pass { tat: new } => {
                 match unsafe { atomic::compare_exchange(tat, old, new) } {

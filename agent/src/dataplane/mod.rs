@@ -8,7 +8,6 @@
 //! nothing on the wire; the restarted agent adopts what it finds (see [`qos::QosDataplane::adopt`]).
 
 mod bpffs;
-mod link_info;
 mod object;
 pub mod qdisc;
 pub mod qos;

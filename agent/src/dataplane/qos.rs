@@ -1,10 +1,19 @@
 //! Per-attachment rate limits enforced by the `sl_qos_pod_*` TC programs.
 //!
 //! Each attachment gets its own copy of the QoS object, pinned under
-//! `<pin_root>/qos/<netns-inode>-<ifindex>/`: the three maps by name, each program as
-//! `prog_<name>` and each TCX link as `link_<name>`. A rate change writes the config map only: no
-//! detach, no re-attach, no packet lost. Pins keep everything in force while the agent is down;
+//! `<pin_root>/qos/<netns-inode>-<ifindex>/`: the three maps by name and each program as
+//! `prog_<name>`. A rate change writes the config map only: no detach, no re-attach, no packet
+//! lost. The programs are attached as `cls_bpf` filters (direct action) of a `clsact` qdisc, which
+//! outlive the agent; with the pinned maps, everything stays in force while the agent is down, and
 //! [`QosDataplane::adopt`] takes it back and removes attachments whose interface is gone.
+//!
+//! ## Why `cls_bpf` and not TCX links
+//! A policer must drop the way a congested network does: silently. TCX knows only pass, drop,
+//! redirect and next, and its drop makes `dev_queue_xmit` return `NET_XMIT_DROP` to a sender on
+//! the same host, which TCP takes for local congestion: it stops and waits on timers instead of
+//! recovering, and a 100 Mbit/s limit delivers about 10. A `cls_bpf` program can return
+//! `TC_ACT_STOLEN`: the packet is consumed, the sender sees success and recovers from the loss by
+//! fast retransmit. `cls_bpf` also runs on every kernel we support (TCX needs 6.6).
 //!
 //! ## Modes and the default burst
 //! A direction whose traffic *leaves* through the hooked device's egress path (into the pod on a
@@ -22,7 +31,10 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, Map, MapData, PerCpuArray},
-    programs::{SchedClassifier, TcAttachType, links::FdLink},
+    programs::{
+        SchedClassifier, TcAttachType,
+        tc::{self, NlOptions, TcAttachOptions},
+    },
 };
 use sidelane_agent_common::qos::{
     self as abi, CONFIG_MAP, COUNTERS_MAP, MODE_EDT, MODE_POLICE, QosConfig, QosCounters,
@@ -31,7 +43,7 @@ use sidelane_api::qos::{Direction, QosSpec, RateLimit};
 use tracing::{debug, info, warn};
 
 use super::{
-    DataplaneError, boxed, bpffs, link_info, object,
+    DataplaneError, boxed, bpffs, object,
     qdisc::{NetlinkQdiscProbe, QdiscProbe},
     test_run::{self, RunResult, SkBuffCtx},
 };
@@ -188,28 +200,44 @@ pub struct AdoptReport {
     pub removed: Vec<String>,
 }
 
-/// The smallest default burst: two maximum-size GSO packets, so that a TCP sender's
-/// segmentation-offloaded bursts never meet an empty bucket on arrival.
-pub const MIN_DEFAULT_BURST_BYTES: u64 = 2 * 65_536;
-/// The default burst as time at the configured rate.
-pub const DEFAULT_BURST_MS: u64 = 20;
+/// The smallest bucket, default or explicit: two maximum-size GSO packets. A packet passes only
+/// if it fits, so a smaller bucket could refuse a full-size GSO packet forever.
+pub const MIN_BURST_BYTES: u64 = 2 * 65_536;
+/// The default bucket as time at the configured rate: longer than TCP's minimum retransmission
+/// timeout (200 ms), so that a policed TCP flow loses no tokens while it waits for one.
+pub const DEFAULT_BURST_MS: u64 = 300;
+/// The credit a direction starts with, and restarts with after a second of idleness, as time at
+/// the rate: it bounds how far a fresh flow overshoots in its first second (here by 2%).
+pub const IDLE_CREDIT_MS: u64 = 20;
 /// The default EDT horizon as time at the configured rate.
 pub const DEFAULT_HORIZON_MS: u64 = 2_000;
 
-/// The burst a policer gets when the user sets none: [`DEFAULT_BURST_MS`] at the rate, but at
-/// least [`MIN_DEFAULT_BURST_BYTES`].
-///
-/// Why this size: a policer's burst trades first-second overshoot (a full bucket passes
-/// `rate * 1 s + burst` in the first second) against TCP goodput (too small a bucket starves a
-/// sender between loss recoveries). 20 ms keeps the overshoot at 2% of the rate and covers loss
-/// recovery on a pod link, where round trips are tens of microseconds; the floor matters at low
-/// rates (10 Mbit/s: 128 KiB, about 105 ms).
-pub const fn default_burst_bytes(rate_bps: u64) -> u64 {
-    let by_time = rate_bps / 8 * DEFAULT_BURST_MS / 1_000;
-    if by_time > MIN_DEFAULT_BURST_BYTES {
-        by_time
+/// `ms` worth of bytes at `rate_bps`, but at least [`MIN_BURST_BYTES`].
+const fn at_least_min(rate_bps: u64, ms: u64) -> u64 {
+    let bytes = rate_bps / 8 * ms / 1_000;
+    if bytes > MIN_BURST_BYTES {
+        bytes
     } else {
-        MIN_DEFAULT_BURST_BYTES
+        MIN_BURST_BYTES
+    }
+}
+
+/// The bucket a policer gets when the user sets no burst: [`DEFAULT_BURST_MS`] at the rate, at
+/// least [`MIN_BURST_BYTES`]. See the module docs of `sidelane_agent_common::qos` for why a
+/// policer on a pod link needs a bucket this deep, and [`idle_credit_bytes`] for what keeps it
+/// from letting fresh flows overshoot.
+pub const fn default_burst_bytes(rate_bps: u64) -> u64 {
+    at_least_min(rate_bps, DEFAULT_BURST_MS)
+}
+
+/// The credit after idleness: [`IDLE_CREDIT_MS`] at the rate, at least [`MIN_BURST_BYTES`],
+/// and never more than the bucket.
+pub const fn idle_credit_bytes(rate_bps: u64, burst_bytes: u64) -> u64 {
+    let credit = at_least_min(rate_bps, IDLE_CREDIT_MS);
+    if credit < burst_bytes {
+        credit
+    } else {
+        burst_bytes
     }
 }
 
@@ -228,12 +256,10 @@ pub fn plan(limit: &RateLimit, hook: TcAttachType, root_qdisc: Option<&str>) -> 
             .unwrap_or(rate / 8 * DEFAULT_HORIZON_MS / 1_000);
         QosConfig::edt(rate, horizon)
     } else {
-        QosConfig::police(
-            rate,
-            limit
-                .burst_bytes()
-                .unwrap_or_else(|| default_burst_bytes(rate)),
-        )
+        let burst = limit
+            .burst_bytes()
+            .map_or_else(|| default_burst_bytes(rate), |b| b.max(MIN_BURST_BYTES));
+        QosConfig::police(rate, burst, idle_credit_bytes(rate, burst))
     }
 }
 
@@ -251,9 +277,9 @@ const fn hook_name(hook: TcAttachType) -> &'static str {
     }
 }
 
-fn link_pin(dir: &Path, dir_: Direction) -> PathBuf {
-    dir.join(format!("link_{}", abi_direction(dir_).program()))
-}
+/// The `cls_bpf` priority of the QoS filters: low numbers run first, and rate limits come
+/// before anything else Sidelane attaches to the same hook.
+pub const QOS_TC_PRIORITY: u16 = 10;
 
 fn prog_pin(dir: &Path, dir_: Direction) -> PathBuf {
     dir.join(format!("prog_{}", abi_direction(dir_).program()))
@@ -297,7 +323,7 @@ impl QosDataplane {
             )
         });
 
-        if Direction::ALL.iter().all(|d| link_pin(&dir, *d).exists()) {
+        if Direction::ALL.iter().all(|d| prog_pin(&dir, *d).exists()) {
             let mut config = open_array::<QosConfig>(&dir, CONFIG_MAP, target)?;
             for (d, cfg) in configs {
                 write_config(&mut config, d, cfg, target)?;
@@ -306,7 +332,7 @@ impl QosDataplane {
         } else {
             if let Err(e) = Self::attach(target, &dir, &configs) {
                 // Leave nothing half-made behind; report the original failure.
-                if let Err(cleanup) = teardown(&dir, target) {
+                if let Err(cleanup) = teardown(&dir, Some(target)) {
                     warn!(target = %target, error = %cleanup, "cleaning up a failed attach");
                 }
                 return Err(e);
@@ -333,7 +359,7 @@ impl QosDataplane {
         if !dir.exists() {
             return Ok(false);
         }
-        teardown(&dir, target)?;
+        teardown(&dir, Some(target))?;
         info!(target = %target, id = %id, "detached QoS programs");
         Ok(true)
     }
@@ -345,8 +371,8 @@ impl QosDataplane {
         Self::read_status(target, &dir, id, ifindex)
     }
 
-    /// Takes back what a previous agent pinned: keeps attachments whose links are live and
-    /// removes those whose interface is gone.
+    /// Takes back what a previous agent pinned: keeps attachments whose interface still exists
+    /// and removes those whose interface (or whole namespace) is gone.
     pub fn adopt(&self) -> Result<AdoptReport, DataplaneError> {
         let mut report = AdoptReport::default();
         let entries = fs::read_dir(&self.root).map_err(|source| DataplaneError::Pin {
@@ -362,14 +388,10 @@ impl QosDataplane {
             })?;
             let dir = entry.path();
             let id = entry.file_name().to_string_lossy().into_owned();
-            let live = Direction::ALL
-                .iter()
-                .all(|d| link_is_live(&link_pin(&dir, *d)));
-            if live {
+            if interface_exists(&id) {
                 report.kept.push(id);
             } else {
-                let what = format!("stale attachment {id}");
-                teardown(&dir, &what)?;
+                teardown(&dir, None)?;
                 info!(id = %id, "removed QoS attachment whose interface is gone");
                 report.removed.push(id);
             }
@@ -458,14 +480,28 @@ impl QosDataplane {
                 source,
             };
             let ifname = target.ifname.as_str();
-            let link_id = netns::run_in(target.netns.as_deref(), || prog.attach(ifname, hook))?
-                .map_err(|e| attach_error(boxed(e)))?;
-            let link = prog
-                .take_link(link_id)
-                .map_err(|e| attach_error(boxed(e)))?;
-            let link: FdLink = link.try_into().map_err(|e| attach_error(boxed(e)))?;
-            link.pin(link_pin(dir, d))
-                .map_err(|e| attach_error(boxed(e)))?;
+            let link_id = netns::run_in(target.netns.as_deref(), || {
+                // Fails harmlessly when the device already has one; a real problem surfaces
+                // as the attach error below.
+                if let Err(e) = tc::qdisc_add_clsact(ifname) {
+                    debug!(ifname, error = %e, "adding clsact qdisc");
+                }
+                prog.attach_with_options(
+                    ifname,
+                    hook,
+                    TcAttachOptions::Netlink(NlOptions {
+                        priority: QOS_TC_PRIORITY,
+                        ..NlOptions::default()
+                    }),
+                )
+            })?
+            .map_err(|e| attach_error(boxed(e)))?;
+            // Owned by the kernel from here on: the filter outlives this process, and dropping
+            // the taken link does not detach it.
+            drop(
+                prog.take_link(link_id)
+                    .map_err(|e| attach_error(boxed(e)))?,
+            );
         }
         Ok(())
     }
@@ -596,30 +632,89 @@ fn write_config<T: std::borrow::BorrowMut<MapData>>(
         .map_err(|e| map_error("writing", CONFIG_MAP, &target.to_string(), e))
 }
 
-fn link_is_live(pin: &Path) -> bool {
-    link_info::pinned_tcx_ifindex(pin).is_ok_and(|ifindex| ifindex != 0)
+/// Whether the interface of attachment `id` (`<netns-inode>-<ifindex>`) still exists.
+fn interface_exists(id: &str) -> bool {
+    let Some((ino, ifindex)) = id
+        .split_once('-')
+        .and_then(|(ino, idx)| Some((ino.parse::<u64>().ok()?, idx.parse::<u32>().ok()?)))
+    else {
+        return false;
+    };
+    let Some(netns) = find_namespace(ino) else {
+        return false;
+    };
+    netns::run_in(Some(&netns), || {
+        nix::net::if_::if_indextoname(ifindex).is_ok()
+    })
+    .unwrap_or(false)
 }
 
-/// Unpins everything in an attachment's directory (dropping the last reference to each link
-/// detaches it) and removes the directory. Goes on past failures and reports them all.
-fn teardown(dir: &Path, target: &impl fmt::Display) -> Result<(), DataplaneError> {
+/// A path to the network namespace with inode `ino`: a bind mount under `/run/netns`, or any
+/// process's `ns/net`. `None` when no such namespace exists any more.
+fn find_namespace(ino: u64) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let matches = |p: &Path| fs::metadata(p).is_ok_and(|m| m.ino() == ino);
+    let own = PathBuf::from("/proc/self/ns/net");
+    if matches(&own) {
+        return Some(own);
+    }
+    for dir in ["/run/netns", "/var/run/netns"] {
+        if let Ok(rd) = fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if matches(&e.path()) {
+                    return Some(e.path());
+                }
+            }
+        }
+    }
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let p = e.path().join("ns/net");
+        (e.file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            && matches(&p))
+        .then_some(p)
+    })
+}
+
+/// Detaches the filters (when the target's device still exists), unpins everything in an
+/// attachment's directory and removes the directory. Goes on past failures and reports them all.
+fn teardown(dir: &Path, target: Option<&QosTarget>) -> Result<(), DataplaneError> {
+    let what = target.map_or_else(|| dir.display().to_string(), ToString::to_string);
     let mut errors = Vec::new();
-    // Links first, so traffic stops being charged before the maps go.
-    let mut entries: Vec<PathBuf> = match fs::read_dir(dir) {
+    if let Some(target) = target {
+        let ifname = target.ifname.as_str();
+        let placement = target.placement;
+        match netns::run_in(target.netns.as_deref(), || {
+            Direction::ALL
+                .into_iter()
+                .filter_map(|d| {
+                    let program = abi_direction(d).program();
+                    match tc::qdisc_detach_program(ifname, placement.hook(d), program) {
+                        Ok(()) => None,
+                        Err(tc::TcError::IoError(e))
+                            if matches!(e.kind(), io::ErrorKind::NotFound) =>
+                        {
+                            None
+                        }
+                        Err(e) => Some(format!("detaching {program}: {e}")),
+                    }
+                })
+                .collect::<Vec<_>>()
+        }) {
+            Ok(failures) => errors.extend(failures),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let entries: Vec<PathBuf> = match fs::read_dir(dir) {
         Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => {
-            return Err(DataplaneError::Pin {
-                op: "listing",
-                path: dir.to_owned(),
-                source: e,
-            });
+            errors.push(format!("listing {}: {e}", dir.display()));
+            Vec::new()
         }
     };
-    entries.sort_by_key(|p| {
-        !p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
-    });
     for path in entries {
         if let Err(e) = fs::remove_file(&path)
             && e.kind() != io::ErrorKind::NotFound
@@ -636,7 +731,7 @@ fn teardown(dir: &Path, target: &impl fmt::Display) -> Result<(), DataplaneError
         Ok(())
     } else {
         Err(DataplaneError::Teardown {
-            target: target.to_string(),
+            target: what,
             errors,
         })
     }
@@ -738,7 +833,9 @@ impl QosProgramsUnderTest {
 
 impl Drop for QosProgramsUnderTest {
     fn drop(&mut self) {
-        let _ = teardown(&self.pin_dir, &"programs under test");
+        if let Err(e) = teardown(&self.pin_dir, None) {
+            warn!(error = %e, "removing the scratch pins of the programs under test");
+        }
     }
 }
 
@@ -750,9 +847,10 @@ pub fn measure_prog_ns_per_packet() -> Result<(f64, f64), DataplaneError> {
     let frame = test_run::ipv4_udp_frame(1514);
     let mut out = [0.0; 2];
     for (i, d) in Direction::ALL.into_iter().enumerate() {
+        let (rate, burst) = (10_000_000_000, default_burst_bytes(10_000_000_000));
         progs.configure(
             d,
-            QosConfig::police(10_000_000_000, default_burst_bytes(10_000_000_000)),
+            QosConfig::police(rate, burst, idle_credit_bytes(rate, burst)),
         )?;
         let RunResult { per_run, .. } = progs.run(d, &frame, &SkBuffCtx::default(), 1_000_000)?;
         #[expect(
@@ -825,22 +923,36 @@ mod tests {
     fn an_explicit_burst_in_megabits_overrides_the_default() {
         let limit = RateLimit {
             rate_mbps: 8,
-            burst_mbit: Some(1),
+            burst_mbit: Some(2),
         };
         let cfg = plan(&limit, TcAttachType::Ingress, None);
-        // 1 Mbit = 125 000 bytes = 125 ms at 8 Mbit/s.
-        assert_eq!(cfg.tolerance_ns, 125_000_000);
+        // 2 Mbit = 250 000 bytes = 250 ms at 8 Mbit/s; idle credit 20 ms is 20 000 bytes,
+        // raised to the 128 KiB floor.
+        assert_eq!(cfg.tolerance_ns, 250_000_000);
+        assert_eq!(cfg.idle_credit_ns, 131_072_000);
     }
 
     #[test]
-    fn the_default_burst_is_twenty_milliseconds_but_never_below_two_gso_packets() {
-        assert_eq!(default_burst_bytes(10_000_000), MIN_DEFAULT_BURST_BYTES);
-        assert_eq!(default_burst_bytes(1_000_000_000), 2_500_000);
+    fn an_explicit_burst_below_two_gso_packets_is_raised_to_it() {
+        let limit = RateLimit {
+            rate_mbps: 8,
+            burst_mbit: Some(0),
+        };
+        let cfg = plan(&limit, TcAttachType::Ingress, None);
+        assert_eq!(cfg.tolerance_ns, 131_072_000);
+    }
+
+    #[test]
+    fn the_default_bucket_holds_three_hundred_milliseconds_and_restarts_with_twenty() {
+        assert_eq!(default_burst_bytes(1_000_000_000), 37_500_000);
+        assert_eq!(idle_credit_bytes(1_000_000_000, 37_500_000), 2_500_000);
+        assert_eq!(default_burst_bytes(1_000_000), MIN_BURST_BYTES);
+        assert_eq!(idle_credit_bytes(10_000_000, 375_000), MIN_BURST_BYTES);
     }
 
     #[test]
     fn status_reports_the_effective_burst_in_bytes() {
-        let cfg = QosConfig::police(100_000_000, 250_000);
+        let cfg = QosConfig::police(100_000_000, 250_000, 250_000);
         let s = direction_status(Direction::Egress, &cfg, QosCounters::default());
         assert_eq!(s.mode, Mode::Police);
         assert_eq!(s.limit.rate_mbps, 100);
