@@ -1,0 +1,53 @@
+//! `cargo xtask bench <name>`: runs the benchmark driver in `tests/` (release build).
+
+use std::process::Command;
+
+use anyhow::bail;
+use clap::ValueEnum;
+
+use crate::cmd::exec;
+
+/// The benchmarks.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Name {
+    /// QoS dataplane vs the reference bandwidth plugin.
+    Qos,
+    /// CNI ADD/DEL latency (CNI/agent issue).
+    Cni,
+    /// Controller IPAM (controller issue).
+    Ipam,
+    /// OVN NB programming (OVN issue).
+    Ovn,
+    /// eBPF fast path (fast-path issue).
+    Fastpath,
+}
+
+pub fn run(name: Name, quick: bool) -> anyhow::Result<()> {
+    let arg = match name {
+        Name::Qos => "qos",
+        Name::Cni => bail!("bench cni: not implemented yet; it arrives with the CNI/agent issue"),
+        Name::Ipam => {
+            bail!("bench ipam: not implemented yet; it arrives with the controller issue")
+        }
+        Name::Ovn => bail!("bench ovn: not implemented yet; it arrives with the OVN issue"),
+        Name::Fastpath => {
+            bail!("bench fastpath: not implemented yet; it arrives with the fast-path issue")
+        }
+    };
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "run",
+        "--locked",
+        "--release",
+        "--package",
+        "sidelane-tests",
+        "--bin",
+        "sidelane-bench",
+        "--",
+        arg,
+    ]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    exec(&mut cmd)
+}

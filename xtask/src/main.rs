@@ -1,0 +1,55 @@
+//! `cargo xtask <command>`: Sidelane's developer commands (see README.md).
+
+mod bench;
+mod build_ebpf;
+mod cmd;
+mod lab;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Sidelane's developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install, idempotently, what a fresh machine lacks (Debian packages, nightly rust-src,
+    /// bpf-linker, bpffs).
+    Setup,
+    /// Build the eBPF object from `agent-ebpf` (the same build agent/build.rs runs).
+    BuildEbpf,
+    /// setup, build-ebpf, fmt --check, clippy -D warnings, then every test.
+    Test {
+        /// Extra arguments for `cargo nextest run`.
+        #[arg(last = true)]
+        nextest_args: Vec<String>,
+    },
+    /// The whole system on one machine.
+    Lab,
+    /// Run a benchmark; writes `target/bench/<name>.json` and prints a table.
+    Bench {
+        /// Which benchmark.
+        name: bench::Name,
+        /// A reduced set that finishes in about a minute.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf => build_ebpf::run().map(|_| ()),
+        Command::Test { nextest_args } => test::run(&nextest_args),
+        Command::Lab => {
+            lab::run();
+            Ok(())
+        }
+        Command::Bench { name, quick } => bench::run(name, quick),
+    }
+}

@@ -1,0 +1,175 @@
+//! `cargo xtask setup`: installs what a fresh machine lacks; changes nothing when all is there.
+
+use std::{fs, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::cmd::{exec, output, succeeds};
+
+/// Debian packages the tests and benchmarks use.
+const PACKAGES: &[&str] = &[
+    "openvswitch-switch",
+    "ovn-central",
+    "ovn-host",
+    "containernetworking-plugins",
+    "iperf3",
+    "ethtool",
+    "iputils-ping",
+    "bpftool",
+    "iproute2",
+    "tcpdump",
+];
+
+pub fn run() -> anyhow::Result<()> {
+    let mut changed = Vec::new();
+    packages(&mut changed)?;
+    nightly(&mut changed)?;
+    bpf_linker(&mut changed)?;
+    nextest(&mut changed)?;
+    bpffs(&mut changed)?;
+    if changed.is_empty() {
+        eprintln!("setup: everything is already installed");
+    } else {
+        eprintln!("setup: installed {}", changed.join(", "));
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
+
+fn need_root(what: &str) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("setup needs root to install {what}; run it as root (sudo -E cargo xtask setup)");
+    }
+    Ok(())
+}
+
+fn packages(changed: &mut Vec<String>) -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    need_root(&missing.join(" "))?;
+    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    exec(Command::new("apt-get").args(["update", "-qq"]))?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    changed.extend(missing.iter().map(|p| (*p).to_owned()));
+    Ok(())
+}
+
+fn nightly(changed: &mut Vec<String>) -> anyhow::Result<()> {
+    if !output(Command::new("rustup").args(["toolchain", "list"]))
+        .is_some_and(|s| s.contains("nightly"))
+    {
+        bail!(
+            "the nightly toolchain is missing; it builds the eBPF programs (rustup toolchain \
+             install nightly --component rust-src)"
+        );
+    }
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if !installed.contains("rust-src") {
+        eprintln!("setup: adding rust-src to the nightly toolchain");
+        exec(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+        changed.push("nightly rust-src".to_owned());
+    }
+    Ok(())
+}
+
+/// bpf-linker, linked against the nightly toolchain's own libLLVM (no LLVM download needed).
+fn bpf_linker(changed: &mut Vec<String>) -> anyhow::Result<()> {
+    if succeeds(Command::new("bpf-linker").arg("--version")) {
+        return Ok(());
+    }
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("asking the nightly toolchain for its sysroot")?;
+    let lib = PathBuf::from(sysroot.trim()).join("lib");
+    let soname = fs::read_dir(&lib)
+        .with_context(|| format!("listing {}", lib.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+    let major = soname
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let home = std::env::var("HOME").context("HOME is not set")?;
+    let prefix = PathBuf::from(home).join(".local/sidelane-llvm");
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    for link in ["libLLVM.so".to_owned(), soname.clone()] {
+        let dst = prefix_lib.join(&link);
+        let _ = fs::remove_file(&dst);
+        std::os::unix::fs::symlink(lib.join(&soname), &dst)
+            .with_context(|| format!("linking {}", dst.display()))?;
+    }
+    eprintln!("setup: building bpf-linker against {soname} (about a minute)");
+    exec(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    changed.push("bpf-linker".to_owned());
+    Ok(())
+}
+
+fn nextest(changed: &mut Vec<String>) -> anyhow::Result<()> {
+    if succeeds(Command::new("cargo").args(["nextest", "--version"])) {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-nextest");
+    exec(Command::new("cargo").args(["install", "cargo-nextest", "--locked"]))?;
+    changed.push("cargo-nextest".to_owned());
+    Ok(())
+}
+
+fn bpffs(changed: &mut Vec<String>) -> anyhow::Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf "))
+    {
+        return Ok(());
+    }
+    need_root("the bpffs mount")?;
+    eprintln!("setup: mounting bpffs at /sys/fs/bpf");
+    exec(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    changed.push("bpffs".to_owned());
+    Ok(())
+}
