@@ -4,5 +4,4 @@
 //! the GCRA state update needs to be exact when two CPUs police the same interface at once.
 fn main() {
     println!("cargo::rerun-if-changed=build.rs");
-
 }

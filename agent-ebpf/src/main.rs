@@ -7,7 +7,10 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "BPF atomics need the intrinsics; see atomic.rs")]
+#![expect(
+    internal_features,
+    reason = "BPF atomics need the intrinsics; see atomic.rs"
+)]
 
 mod atomic;
 mod parse;

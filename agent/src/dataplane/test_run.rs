@@ -142,3 +142,80 @@ pub fn arp_frame() -> Vec<u8> {
     f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     f
 }
+
+/// The cost of the `BPF_PROG_TEST_RUN` loop itself, per run: the time it takes to run a
+/// classifier that only returns `TC_ACT_UNSPEC` on `packet`, `repeat` times.
+///
+/// Each test run pays for more than the program (bottom halves disabled and re-enabled, an
+/// indirect call that retpolines make slow); subtracting this from a program's time per run
+/// leaves what the program itself costs. Loaded with a raw `BPF_PROG_LOAD`: two instructions, no
+/// maps, nothing to ship in the object.
+pub fn harness_baseline(packet: &[u8], repeat: u32) -> Result<Duration, DataplaneError> {
+    use std::{
+        io, mem,
+        os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    };
+
+    use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_type};
+
+    fn sys_bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
+        // SAFETY: `attr` is a valid bpf_attr for `cmd`, of the size passed.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd as libc::c_long,
+                std::ptr::from_mut(attr),
+                size_of::<bpf_attr>(),
+            )
+        };
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret)
+        }
+    }
+    let err = |e: io::Error| DataplaneError::TestRun {
+        program: "harness baseline",
+        source: boxed(e),
+    };
+
+    // r0 = -1 (TC_ACT_UNSPEC); exit
+    let insns: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = c"Apache-2.0";
+    // SAFETY: all-zero is a valid bpf_attr.
+    let mut attr: bpf_attr = unsafe { mem::zeroed() };
+    // SAFETY: writing plain fields of the PROG_LOAD member.
+    unsafe {
+        let load = &mut attr.__bindgen_anon_3;
+        load.prog_type = bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS as u32;
+        load.insn_cnt = 2;
+        load.insns = insns.as_ptr() as u64;
+        load.license = license.as_ptr() as u64;
+    }
+    let fd = sys_bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr).map_err(err)?;
+    let fd = i32::try_from(fd).map_err(|e| err(io::Error::other(e)))?;
+    // SAFETY: BPF_PROG_LOAD returned a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+
+    let ctx = as_bytes(&SkBuffCtx::default());
+    // SAFETY: all-zero is a valid bpf_attr.
+    let mut attr: bpf_attr = unsafe { mem::zeroed() };
+    // SAFETY: writing plain fields of the TEST_RUN member; the buffers outlive the call.
+    unsafe {
+        let test = &mut attr.test;
+        test.prog_fd = u32::try_from(fd.as_raw_fd()).map_err(|e| err(io::Error::other(e)))?;
+        test.data_in = packet.as_ptr() as u64;
+        test.data_size_in = u32::try_from(packet.len()).map_err(|e| err(io::Error::other(e)))?;
+        test.ctx_in = ctx.as_ptr() as u64;
+        test.ctx_size_in = u32::try_from(ctx.len()).map_err(|e| err(io::Error::other(e)))?;
+        test.repeat = repeat;
+    }
+    sys_bpf(bpf_cmd::BPF_PROG_TEST_RUN, &mut attr).map_err(err)?;
+    // SAFETY: the kernel filled the TEST_RUN member.
+    Ok(Duration::from_nanos(u64::from(unsafe {
+        attr.test.duration
+    })))
+}
