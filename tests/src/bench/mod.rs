@@ -1,0 +1,26 @@
+//! The benchmarks behind `cargo xtask bench <name>` (binary `sidelane-bench`).
+//!
+//! - [`qos`]: rate-limit accuracy, first-second overshoot and latency under load, Sidelane
+//!   against the reference CNI `bandwidth` plugin; per-packet program cost.
+//!
+//! Reports go to `target/bench/<name>.json` under the workspace root, and a table to stdout.
+
+pub mod qos;
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (this crate's parent directory, fixed at compile time).
+pub fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map_or_else(|| manifest_dir.to_owned(), Path::to_owned)
+}
+
+/// `target/bench/<name>.json` under the workspace root.
+pub fn default_report_path(name: &str) -> PathBuf {
+    workspace_root()
+        .join("target")
+        .join("bench")
+        .join(format!("{name}.json"))
+}

@@ -1,0 +1,64 @@
+//! `sidelane-bench`: Sidelane's benchmarks, run by `cargo xtask bench <name>` (as root).
+//!
+//! `sidelane-bench qos [--quick]` writes `target/bench/qos.json` and prints a table.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use sidelane_tests::{
+    bandwidth_plugin::KUBERNETES_DEFAULT_BURST_BITS,
+    bench::{self, qos},
+    privilege,
+};
+
+#[derive(Debug, Parser)]
+#[command(about = "Sidelane's benchmarks (need root: they build namespaces and load eBPF)")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Rate-limit accuracy, first-second overshoot, latency under load and per-packet cost of
+    /// Sidelane's QoS programs, against the reference CNI `bandwidth` plugin.
+    Qos(QosArgs),
+}
+
+#[derive(Debug, Args)]
+struct QosArgs {
+    /// A reduced set (100 Mbit/s, 3 s runs) that finishes in under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the JSON report [default: <workspace>/target/bench/qos.json].
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// The burst, in bits, given to the `bandwidth` plugin. The default is what containerd and
+    /// CRI-O pass for the `kubernetes.io/*-bandwidth` annotations (math.MaxUint32).
+    #[arg(long, default_value_t = KUBERNETES_DEFAULT_BURST_BITS)]
+    plugin_burst_bits: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    privilege::check().context("sidelane-bench")?;
+    match cli.bench {
+        Bench::Qos(args) => run_qos(&args),
+    }
+}
+
+fn run_qos(args: &QosArgs) -> anyhow::Result<()> {
+    let report = qos::run(&qos::QosBenchOptions {
+        quick: args.quick,
+        plugin_burst_bits: args.plugin_burst_bits,
+    })?;
+    let path = args
+        .output
+        .clone()
+        .unwrap_or_else(|| bench::default_report_path("qos"));
+    qos::write_report(&report, &path)?;
+    print!("{}", qos::table(&report));
+    println!("\nreport: {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! Sidelane's test and benchmark harness: test infrastructure, not product code.
+//!
+//! - [`privilege`]: privileged tests fail under CI and skip (with a message) elsewhere.
+//! - [`process`]: child processes with captured output, killed on drop.
+//! - [`netns`]: named network namespaces and commands run inside them.
+//! - [`veth`]: veth pairs between namespaces.
+//! - [`topology`]: the standard pod link (host namespace ↔ pod namespace over one veth pair).
+//! - [`sidelane`]: Sidelane's QoS dataplane on a pod link, with a private pin root.
+//! - [`iperf`]: iperf3 runs between namespaces, measured at the receiver.
+//! - [`ping`]: RTT samples and percentiles.
+//! - [`bandwidth_plugin`]: Debian's reference `bandwidth` CNI plugin, driven as a runtime does.
+//! - [`bench`]: the benchmarks behind `cargo xtask bench <name>`.
+
+pub mod bandwidth_plugin;
+pub mod bench;
+pub mod iperf;
+pub mod netns;
+pub mod ping;
+pub mod privilege;
+pub mod process;
+pub mod sidelane;
+pub mod topology;
+pub mod veth;

@@ -1,0 +1,88 @@
+//! Named network namespaces (`ip netns`), unique per process and per call so that tests run in
+//! parallel without collisions, deleted on drop.
+
+use std::{
+    ffi::OsStr,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use crate::process::{self, Background};
+
+/// How long a command run to completion inside a namespace may take.
+pub const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A named network namespace, `sl-<pid>-<n>`, with `lo` up; deleted on drop.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates a fresh namespace with `lo` up.
+    pub fn new() -> anyhow::Result<NetNs> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "sl-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        process::run(
+            &mut process::command(&["ip", "netns", "add", &name])?,
+            None,
+            EXEC_TIMEOUT,
+        )?
+        .checked()?;
+        let ns = NetNs { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The nsfs path, as a container runtime passes it to CNI (`CNI_NETNS`).
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// A command that runs `argv` inside (`ip netns exec <name> argv...`).
+    pub fn command<S: AsRef<OsStr>>(&self, argv: &[S]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]);
+        cmd.args(argv);
+        cmd
+    }
+
+    /// Runs `argv` inside to completion and returns its stdout; the error names the command
+    /// line and carries its stderr.
+    pub fn exec<S: AsRef<OsStr>>(&self, argv: &[S]) -> anyhow::Result<String> {
+        process::run(&mut self.command(argv), None, EXEC_TIMEOUT)?.checked()
+    }
+
+    /// Starts `argv` inside in the background with stdout and stderr captured; killed when the
+    /// guard drops.
+    pub fn spawn<S: AsRef<OsStr>>(&self, argv: &[S]) -> anyhow::Result<Background> {
+        Background::spawn(
+            self.command(argv)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let deleted = process::command(&["ip", "netns", "del", &self.name])
+            .and_then(|mut cmd| process::run(&mut cmd, None, EXEC_TIMEOUT))
+            .and_then(process::Finished::checked);
+        if let Err(e) = deleted {
+            eprintln!("warning: deleting network namespace {}: {e:#}", self.name);
+        }
+    }
+}
