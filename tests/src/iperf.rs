@@ -334,11 +334,18 @@ impl IperfReport {
 }
 
 /// The payload rate over the `intervals` that lie within `[from_s, to_s]`, bits per second.
+/// Edges have 50 ms of slack for the clocks' jitter; an interval that starts at the window's
+/// end (within the slack) lies after it, not in it.
 pub fn rate_between(intervals: &[Interval], from_s: f64, to_s: f64) -> Option<f64> {
     const SLACK_S: f64 = 0.05;
     let inside: Vec<&Interval> = intervals
         .iter()
-        .filter(|i| i.start >= from_s - SLACK_S && i.end <= to_s + SLACK_S && i.end > i.start)
+        .filter(|i| {
+            i.start >= from_s - SLACK_S
+                && i.start < to_s - SLACK_S
+                && i.end <= to_s + SLACK_S
+                && i.end > i.start
+        })
         .collect();
     let first = inside.first()?;
     let last = inside.last()?;

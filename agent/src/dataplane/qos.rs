@@ -655,10 +655,18 @@ fn interface_exists(id: &str) -> bool {
     let Some(netns) = find_namespace(ino) else {
         return false;
     };
-    netns::run_in(Some(&netns), || {
-        nix::net::if_::if_indextoname(ifindex).is_ok()
-    })
-    .unwrap_or(false)
+    netns::run_in(Some(&netns), || ifindex_exists(ifindex)).unwrap_or(false)
+}
+
+/// Whether an interface with `ifindex` exists in the calling thread's network namespace.
+///
+/// Calls `if_indextoname(3)` itself: nix 0.31's wrapper reads a failed lookup (a null return)
+/// as an empty name.
+fn ifindex_exists(ifindex: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` is IF_NAMESIZE bytes, as if_indextoname requires.
+    let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
+    !found.is_null()
 }
 
 /// A path to the network namespace with inode `ino`: a bind mount under `/run/netns`, or any
