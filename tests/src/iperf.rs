@@ -25,6 +25,10 @@ use crate::{
     process::{self, Background},
 };
 
+/// UDP payload per datagram: the largest that needs no fragmentation on a 1500-byte MTU (1500
+/// IP bytes per datagram, so payload is 98.1% of what a limit on IP bytes passes).
+pub const UDP_DATAGRAM_BYTES: u32 = 1472;
+
 /// The port both ends use unless told otherwise.
 pub const DEFAULT_PORT: u16 = 5201;
 
@@ -127,7 +131,13 @@ impl IperfSpec {
             "--get-server-output".to_owned(),
         ];
         if let Proto::Udp { offered_bps } = self.proto {
-            args.extend(["-u".to_owned(), "-b".to_owned(), offered_bps.to_string()]);
+            args.extend([
+                "-u".to_owned(),
+                "-b".to_owned(),
+                offered_bps.to_string(),
+                "-l".to_owned(),
+                UDP_DATAGRAM_BYTES.to_string(),
+            ]);
         }
         if self.reverse {
             args.push("-R".to_owned());
@@ -502,7 +512,7 @@ mod tests {
             .reverse();
         assert_eq!(
             spec.client_args("10.0.0.2").join(" "),
-            "-c 10.0.0.2 -p 5201 -t 3 -i 1 -P 4 --json --get-server-output -u -b 150000000 -R"
+            "-c 10.0.0.2 -p 5201 -t 3 -i 1 -P 4 --json --get-server-output -u -b 150000000 -l 1472 -R"
         );
     }
 }

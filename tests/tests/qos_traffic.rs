@@ -16,6 +16,7 @@ use sidelane_tests::{
     privilege,
     sidelane::{PinRoot, spec},
     topology::PodLink,
+    veth,
 };
 
 /// A pod link and a pin root of its own. Fields drop in order: the pins go after the link.
@@ -287,4 +288,30 @@ fn bad_input_is_refused_naming_the_value_and_disturbs_nothing() {
         "the existing limit is untouched"
     );
     assert_eq!(status.egress.mode, Mode::Unlimited);
+}
+
+#[test]
+fn an_interface_can_be_named_by_its_ifindex() {
+    if !privilege::require_privileges("an_interface_can_be_named_by_its_ifindex") {
+        return;
+    }
+    let rig = Rig::new();
+    let dp = rig.dataplane();
+    let ifindex = veth::ifindex(rig.link.host(), rig.link.host_if()).expect("the veth's ifindex");
+    let by_index =
+        QosTarget::by_ifindex(Some(rig.link.host().path()), ifindex, Placement::HostPeer)
+            .expect("resolving the ifindex");
+    assert_eq!(by_index, rig.target());
+    dp.apply(&by_index, &spec(Direction::Egress, 30))
+        .expect("applying QoS by ifindex");
+    let status = dp.status(&rig.target()).expect("status by name");
+    assert_eq!(status.egress.limit.rate_mbps, 30);
+
+    let err = QosTarget::by_ifindex(Some(rig.link.host().path()), 9999, Placement::HostPeer)
+        .expect_err("an unknown ifindex is refused");
+    assert!(
+        matches!(err, DataplaneError::NoSuchInterface { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("ifindex 9999"), "{err}");
 }

@@ -61,6 +61,32 @@ pub struct QosTarget {
     pub placement: Placement,
 }
 
+impl QosTarget {
+    /// The device with `ifindex` in `netns` (`None`: the agent's own namespace, where the host
+    /// side of a pod's veth lives), resolved to its name now.
+    pub fn by_ifindex(
+        netns: Option<PathBuf>,
+        ifindex: u32,
+        placement: Placement,
+    ) -> Result<QosTarget, DataplaneError> {
+        let name = netns::run_in(netns.as_deref(), || ifindex_name(ifindex))?;
+        let Some(ifname) = name else {
+            return Err(DataplaneError::NoSuchInterface {
+                ifname: format!("ifindex {ifindex}"),
+                netns: netns.as_ref().map_or_else(
+                    || "the agent's namespace".to_owned(),
+                    |p| p.display().to_string(),
+                ),
+            });
+        };
+        Ok(QosTarget {
+            netns,
+            ifname,
+            placement,
+        })
+    }
+}
+
 impl fmt::Display for QosTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.netns {
@@ -663,10 +689,20 @@ fn interface_exists(id: &str) -> bool {
 /// Calls `if_indextoname(3)` itself: nix 0.31's wrapper reads a failed lookup (a null return)
 /// as an empty name.
 fn ifindex_exists(ifindex: u32) -> bool {
+    ifindex_name(ifindex).is_some()
+}
+
+/// The name of the interface with `ifindex` in the calling thread's network namespace.
+fn ifindex_name(ifindex: u32) -> Option<String> {
     let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: `name` is IF_NAMESIZE bytes, as if_indextoname requires.
     let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
-    !found.is_null()
+    if found.is_null() {
+        return None;
+    }
+    // SAFETY: on success if_indextoname wrote a NUL-terminated name into `name`.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// A path to the network namespace with inode `ino`: a bind mount under `/run/netns`, or any

@@ -11,8 +11,11 @@
 //!   the configured rate; `first_second_ratio` is the receiver's payload rate over the first
 //!   second (from its half-second intervals) over the configured rate. Payload rates: headers
 //!   count against a limit but not as goodput, so a perfect limiter shows about 0.96 for TCP
-//!   (1448 of 1500 bytes per segment) and 0.98 for UDP (1448 of 1476).
-//! - UDP is offered at 1.5 times the limit; `retransmits` is the TCP sender's count (0 for UDP).
+//!   (1448 of 1500 bytes per segment) and 0.981 for UDP (1472 of 1500).
+//! - Runs last 20 s for TCP and 10 s for UDP (3 s for both with `--quick`; see
+//!   `QosBenchOptions::run_duration` for why TCP runs longer).
+//! - UDP is offered at 1.25 times the limit ([`UDP_OFFERED_FACTOR`]), in 1472-byte datagrams;
+//!   `retransmits` is the TCP sender's count (0 for UDP).
 //! - `loaded_rtt`: 128 TCP flows out of the pod saturate a 100 Mbit/s egress limit while the pod
 //!   pings the host every 10 ms (the echo requests share the limited direction). The figure is
 //!   the loaded p99 RTT minus the **idle p50** RTT measured on the same link just before: the
@@ -41,8 +44,11 @@ use crate::{
     topology::PodLink,
 };
 
-/// UDP is offered at this multiple of the limit.
-pub const UDP_OFFERED_FACTOR: f64 = 1.5;
+/// UDP is offered at this multiple of the limit: the limiter must drop a fifth of it, yet the
+/// two-core machine's receiver keeps up. (At 1.5 times, 750 Mbit/s offered against 500, the
+/// receiving socket itself dropped up to 0.6% of the datagrams the policer had passed: a loss
+/// that is the machine's, not the limiter's.)
+pub const UDP_OFFERED_FACTOR: f64 = 1.25;
 /// Flows in the loaded-latency case (iperf3's `-P` maximum).
 pub const LOADED_FLOWS: u32 = 128;
 /// The limit in the loaded-latency case, Mbit/s.
@@ -73,8 +79,17 @@ impl QosBenchOptions {
         if self.quick { &[100] } else { &[10, 100, 500] }
     }
 
-    fn run_duration(&self) -> Duration {
-        Duration::from_secs(if self.quick { 3 } else { 10 })
+    /// How long one case sends. TCP runs 20 s in the full set: a policed TCP flow on a pod link
+    /// recovers from drops by retransmission timeouts, and the data still waiting for one when
+    /// the run ends (up to a timeout's worth, ~1% of a 10 s run) is never counted; twice the
+    /// run halves that edge effect (measured at 100 Mbit/s: 0.944–0.956 over 10 s, 0.956–0.960
+    /// over 20 s).
+    fn run_duration(&self, proto: &str) -> Duration {
+        Duration::from_secs(match (self.quick, proto) {
+            (true, _) => 3,
+            (false, "tcp") => 20,
+            (false, _) => 10,
+        })
     }
 
     fn load_duration(&self) -> Duration {
@@ -329,7 +344,7 @@ fn run_case(
 ) -> anyhow::Result<Case> {
     let link = PodLink::new()?;
     let shaper = Shaper::install(&link, mode, dir, mbps, options.plugin_burst_bits)?;
-    let duration = options.run_duration();
+    let duration = options.run_duration(proto);
     let spec = if proto == "udp" {
         IperfSpec::udp(udp_offered_bps(mbps), duration)
     } else {
@@ -564,13 +579,13 @@ mod tests {
             ..QosBenchOptions::default()
         };
         let cases = quick.rates_mbps().len() * 2 * 2 * Mode::ALL.len();
-        let seconds = cases as u64 * quick.run_duration().as_secs()
+        let seconds = cases as u64 * quick.run_duration("tcp").as_secs()
             + Mode::ALL.len() as u64 * quick.load_duration().as_secs();
         assert!(seconds <= 40, "{cases} cases, {seconds} s of traffic");
     }
 
     #[test]
     fn udp_is_offered_above_the_limit() {
-        assert_eq!(udp_offered_bps(100), 150_000_000);
+        assert_eq!(udp_offered_bps(100), 125_000_000);
     }
 }
