@@ -10,7 +10,9 @@
 //! - [`ping`]: RTT samples and percentiles.
 //! - [`bandwidth_plugin`]: Debian's reference `bandwidth` CNI plugin, driven as a runtime does.
 //! - [`bench`]: the benchmarks behind `cargo xtask bench <name>`.
+//! - [`apiserver`]: a Kubernetes API double on loopback, shared by processes like a real API server.
 
+pub mod apiserver;
 pub mod bandwidth_plugin;
 pub mod bench;
 pub mod iperf;
