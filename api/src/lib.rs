@@ -2,4 +2,5 @@
 //! agent and the controller all use. Pure: no I/O.
 
 pub mod annotations;
+pub mod daemon;
 pub mod qos;
