@@ -3,4 +3,5 @@
 
 pub mod annotations;
 pub mod daemon;
+pub mod network_selection;
 pub mod qos;
