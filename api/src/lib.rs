@@ -1,6 +1,7 @@
 //! Sidelane's shared API: the types and the one annotation parser that the CNI plugin, the node
 //! agent and the controller all use. Pure: no I/O.
 
+pub mod allocation;
 pub mod annotations;
 pub mod daemon;
 pub mod network_selection;
