@@ -3,6 +3,7 @@
 
 pub mod allocation;
 pub mod annotations;
+pub mod cni;
 pub mod daemon;
 pub mod network_selection;
 pub mod qos;
