@@ -344,6 +344,9 @@ pub struct RawConfig {
     /// `args`.
     #[serde(default)]
     pub args: Option<Value>,
+    /// Every other field (`master`, `mode`, `cni.dev/valid-attachments` ...).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
 }
 
 /// The configuration once validated, with Kube-OVN's IPAM-mode rule applied.
