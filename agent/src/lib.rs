@@ -1,5 +1,8 @@
 //! Sidelane's node agent as a library: the eBPF dataplane and the namespace plumbing that the
 //! agent binary (and the tests and benchmarks) drive.
 
+pub mod attach;
+pub mod cni_server;
 pub mod dataplane;
 pub mod netns;
+pub mod pods;

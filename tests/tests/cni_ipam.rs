@@ -1,0 +1,406 @@
+//! The agent serving IPAM to other plugins over its CNI socket, with pods read from the API
+//! double: our plugin driven as Multus drives it, and Debian's reference `macvlan` plugin
+//! calling us as its IPAM plugin with the seed's NAD verbatim.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    thread,
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api,
+    api::{Patch, PatchParams},
+};
+use serde_json::{Value, json};
+use sidelane_agent::{
+    attach::{Attacher, QosPort},
+    cni_server,
+    dataplane::{
+        DataplaneError,
+        qos::{QosDataplane, QosTarget},
+    },
+    pods::KubePods,
+};
+use sidelane_api::qos::QosSpec;
+use sidelane_tests::{apiserver::ApiServer, netns::NetNs, privilege, sidelane::PinRoot};
+
+/// Records what the agent asked of the dataplane.
+#[derive(Clone, Default)]
+struct RecordingQos(Arc<Mutex<Vec<(QosTarget, QosSpec)>>>);
+
+impl QosPort for RecordingQos {
+    fn apply(&self, target: &QosTarget, spec: &QosSpec) -> Result<(), DataplaneError> {
+        self.0.lock().expect("lock").push((target.clone(), *spec));
+        Ok(())
+    }
+
+    fn detach(&self, _target: &QosTarget) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+}
+
+/// An agent serving a socket in a temporary directory, on a runtime of its own.
+struct Agent {
+    _dir: tempfile::TempDir,
+    socket: PathBuf,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Agent {
+    fn start<Q: QosPort>(api: &ApiServer, qos: Q, timeout: Duration) -> Agent {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let socket = dir.path().join("kube-ovn-daemon.sock");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let client = runtime.block_on(async { api.client() });
+        let listener = runtime
+            .block_on(async { cni_server::bind(&socket) })
+            .expect("binding");
+        let attacher = Arc::new(Attacher::new(KubePods::new(client), qos, timeout));
+        runtime.spawn(cni_server::serve(listener, attacher));
+        Agent {
+            _dir: dir,
+            socket,
+            _runtime: runtime,
+        }
+    }
+}
+
+fn seed_pod(api: &ApiServer, name: &str, annotations: &Value) {
+    api.seed(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}], "nodeName": "node1"}
+    }))
+    .expect("seeding the pod");
+}
+
+fn allocate(api: &ApiServer, name: &str, annotations: &Value) {
+    let client_api = api.url().to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let pods: Api<Pod> = Api::namespaced(api.client(), "default");
+        pods.patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("patching the pod on {client_api}: {e}"));
+    });
+}
+
+fn macvlan_seed_config(socket: &Path) -> Value {
+    // The seed's NAD (multi-nic-ipam.en.txt) verbatim, plus the name Multus adds and our socket.
+    let mut cfg: Value = serde_json::from_str(
+        r#"{
+      "cniVersion": "0.3.0",
+      "type": "macvlan",
+      "master": "eth0",
+      "mode": "bridge",
+      "ipam": {
+        "type": "kube-ovn",
+        "server_socket": "/run/openvswitch/kube-ovn-daemon.sock",
+        "provider": "macvlan.default"
+      }
+    }"#,
+    )
+    .expect("the seed's JSON");
+    cfg["name"] = json!("macvlan");
+    cfg["ipam"]["server_socket"] = json!(socket);
+    cfg
+}
+
+fn cni_vars(command: &str, netns: &str, ifname: &str, pod: &str) -> BTreeMap<String, String> {
+    [
+        ("CNI_COMMAND", command.to_owned()),
+        ("CNI_CONTAINERID", format!("cid-{pod}")),
+        ("CNI_NETNS", netns.to_owned()),
+        ("CNI_IFNAME", ifname.to_owned()),
+        (
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+const ALLOCATION: &[(&str, &str)] = &[
+    ("macvlan.default.kubernetes.io/allocated", "true"),
+    ("macvlan.default.kubernetes.io/ip_address", "172.18.0.9"),
+    ("macvlan.default.kubernetes.io/cidr", "172.18.0.0/16"),
+    ("macvlan.default.kubernetes.io/gateway", "172.18.0.1"),
+    (
+        "macvlan.default.kubernetes.io/routes",
+        r#"[{"dst":"10.96.0.0/12","gw":"172.18.0.1"}]"#,
+    ),
+    ("macvlan.default.kubernetes.io/ingress_rate", "20"),
+];
+
+fn allocation() -> Value {
+    Value::Object(
+        ALLOCATION
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect(),
+    )
+}
+
+#[test]
+fn an_ipam_add_waits_for_the_controllers_allocation_and_answers_with_it() {
+    let api = ApiServer::start();
+    seed_pod(&api, "p1", &json!({}));
+    let qos = RecordingQos::default();
+    let agent = Agent::start(&api, qos.clone(), Duration::from_secs(20));
+    let cfg = macvlan_seed_config(&agent.socket).to_string();
+    let plugin = thread::spawn(move || {
+        sidelane_cni::run(
+            &cni_vars("ADD", "/var/run/netns/p1", "net1", "p1"),
+            cfg.as_bytes(),
+        )
+    });
+    thread::sleep(Duration::from_millis(300));
+    assert!(!plugin.is_finished(), "ADD must wait for the allocation");
+    allocate(&api, "p1", &allocation());
+    let out = plugin.join().expect("the plugin thread");
+    assert_eq!(out.exit_code, 0, "{}", out.stdout);
+    let result: Value = serde_json::from_str(&out.stdout).expect("a JSON result");
+    assert_eq!(result["cniVersion"], json!("0.3.0"));
+    assert_eq!(
+        result.get("interfaces"),
+        None,
+        "an IPAM result names no interface"
+    );
+    assert_eq!(
+        result["ips"],
+        json!([{"address": "172.18.0.9/16", "version": "4"}]),
+        "no gateway on a non-default attachment"
+    );
+    assert_eq!(
+        result["routes"],
+        json!([{"dst": "10.96.0.0/12", "gw": "172.18.0.1"}])
+    );
+    let applied = qos.0.lock().expect("lock").clone();
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0].0.ifname, "net1");
+    assert_eq!(
+        applied[0].1.ingress.rate_mbps, 20,
+        "the pod's rate applies to IPAM-only attachments too"
+    );
+}
+
+#[test]
+fn an_add_that_is_never_allocated_fails_naming_pod_provider_and_what_was_missing() {
+    let api = ApiServer::start();
+    seed_pod(&api, "p2", &json!({}));
+    let agent = Agent::start(&api, RecordingQos::default(), Duration::from_millis(500));
+    let cfg = macvlan_seed_config(&agent.socket).to_string();
+    let out = sidelane_cni::run(
+        &cni_vars("ADD", "/var/run/netns/p2", "net1", "p2"),
+        cfg.as_bytes(),
+    );
+    assert_eq!(out.exit_code, 1);
+    let err: Value = serde_json::from_str(&out.stdout).expect("a JSON error");
+    assert_eq!(err["code"], json!(11));
+    let details = err["details"].as_str().expect("details");
+    assert!(
+        details.starts_with(
+            "request ip return 500 no address allocated to pod default/p2 provider macvlan.default"
+        ),
+        "{details}"
+    );
+    assert!(
+        details.contains("macvlan.default.kubernetes.io/allocated"),
+        "{details}"
+    );
+}
+
+#[test]
+fn a_malformed_allocation_is_a_400_naming_the_annotation() {
+    let api = ApiServer::start();
+    let mut bad = allocation();
+    bad["macvlan.default.kubernetes.io/ingress_rate"] = json!("-5");
+    seed_pod(&api, "p3", &bad);
+    let agent = Agent::start(&api, RecordingQos::default(), Duration::from_secs(5));
+    let cfg = macvlan_seed_config(&agent.socket).to_string();
+    let out = sidelane_cni::run(
+        &cni_vars("ADD", "/var/run/netns/p3", "net1", "p3"),
+        cfg.as_bytes(),
+    );
+    let err: Value = serde_json::from_str(&out.stdout).expect("a JSON error");
+    let details = err["details"].as_str().expect("details");
+    assert!(details.starts_with("request ip return 400"), "{details}");
+    assert!(
+        details.contains("macvlan.default.kubernetes.io/ingress_rate"),
+        "{details}"
+    );
+    assert!(details.contains("-5"), "{details}");
+}
+
+#[test]
+fn fifty_concurrent_adds_for_fifty_pods_all_get_their_own_address() {
+    let api = ApiServer::start();
+    for i in 0..50 {
+        let mut a = allocation();
+        a["macvlan.default.kubernetes.io/ip_address"] = json!(format!("172.18.1.{}", i + 10));
+        seed_pod(&api, &format!("c{i}"), &a);
+    }
+    let agent = Agent::start(&api, RecordingQos::default(), Duration::from_secs(20));
+    let cfg = macvlan_seed_config(&agent.socket).to_string();
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            let cfg = cfg.clone();
+            thread::spawn(move || {
+                let pod = format!("c{i}");
+                let out = sidelane_cni::run(
+                    &cni_vars("ADD", &format!("/var/run/netns/{pod}"), "net1", &pod),
+                    cfg.as_bytes(),
+                );
+                (i, out)
+            })
+        })
+        .collect();
+    for h in handles {
+        let (i, out) = h.join().expect("a plugin thread");
+        assert_eq!(out.exit_code, 0, "pod c{i}: {}", out.stdout);
+        let result: Value = serde_json::from_str(&out.stdout).expect("JSON");
+        assert_eq!(
+            result["ips"][0]["address"],
+            json!(format!("172.18.1.{}/16", i + 10))
+        );
+    }
+}
+
+/// Our plugin installed as `kube-ovn` in a `CNI_PATH` directory, as a node has it.
+fn installed_plugin_dir() -> tempfile::TempDir {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("sidelane-cni"))
+        .expect("the target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace (cargo build) before this test",
+        bin.display()
+    );
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    std::os::unix::fs::symlink(&bin, dir.path().join("kube-ovn")).expect("installing kube-ovn");
+    dir
+}
+
+#[test]
+fn the_reference_macvlan_plugin_gets_the_annotated_address_from_us_and_its_rate_is_attached() {
+    if !privilege::require_privileges(
+        "the_reference_macvlan_plugin_gets_the_annotated_address_from_us_and_its_rate_is_attached",
+    ) {
+        return;
+    }
+    let api = ApiServer::start();
+    seed_pod(&api, "m1", &allocation());
+    let pins = PinRoot::new("sidelane-cni-test");
+    let dataplane = QosDataplane::new(pins.path()).expect("the QoS dataplane");
+    let agent = Agent::start(&api, dataplane, Duration::from_secs(20));
+    // The node: a namespace whose "eth0" is the macvlan master, as in the seed.
+    let node = NetNs::new().expect("node namespace");
+    let peer = NetNs::new().expect("peer namespace");
+    node.exec(&[
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "up0",
+        "netns",
+        peer.name(),
+    ])
+    .expect("the node's eth0");
+    node.exec(&["ip", "link", "set", "eth0", "up"])
+        .expect("eth0 up");
+    let pod = NetNs::new().expect("pod namespace");
+    let plugins = installed_plugin_dir();
+    let cni_path = format!("{}:/usr/lib/cni", plugins.path().display());
+    let cfg = macvlan_seed_config(&agent.socket).to_string();
+    let run = |command: &str| {
+        let mut cmd = node.command(&["/usr/lib/cni/macvlan"]);
+        cmd.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", "cid-m1")
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_IFNAME", "net1")
+            .env("CNI_PATH", &cni_path)
+            .env(
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=m1",
+            );
+        sidelane_tests::process::run(&mut cmd, Some(cfg.as_bytes()), Duration::from_mins(1))
+            .expect("running the macvlan plugin")
+    };
+    let added = run("ADD");
+    assert!(
+        added.status.success(),
+        "macvlan ADD: {} {}",
+        added.stdout,
+        added.stderr
+    );
+    let result: Value = serde_json::from_str(&added.stdout).expect("macvlan's result");
+    assert_eq!(
+        result["ips"][0]["address"],
+        json!("172.18.0.9/16"),
+        "{result}"
+    );
+
+    let addrs: Value = serde_json::from_str(
+        &pod.exec(&["ip", "-j", "-4", "addr", "show", "dev", "net1"])
+            .expect("ip addr"),
+    )
+    .expect("ip's JSON");
+    let inet: Vec<String> = addrs[0]["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            format!(
+                "{}/{}",
+                a["local"].as_str().unwrap_or_default(),
+                a["prefixlen"]
+            )
+        })
+        .collect();
+    assert_eq!(inet, vec!["172.18.0.9/16".to_owned()]);
+    let routes = pod
+        .exec(&["ip", "-4", "route", "show", "dev", "net1"])
+        .expect("ip route");
+    assert!(routes.contains("10.96.0.0/12 via 172.18.0.1"), "{routes}");
+    let filters = pod
+        .exec(&["tc", "filter", "show", "dev", "net1", "ingress"])
+        .expect("tc filter");
+    assert!(
+        filters.contains("sl_qos_pod_ingress"),
+        "the ingress_rate is enforced on the macvlan inside the pod: {filters}"
+    );
+
+    let deleted = run("DEL");
+    assert!(
+        deleted.status.success(),
+        "macvlan DEL: {} {}",
+        deleted.stdout,
+        deleted.stderr
+    );
+    let links = pod.exec(&["ip", "-o", "link"]).expect("ip link");
+    assert!(!links.contains("net1"), "{links}");
+}
