@@ -1,0 +1,71 @@
+//! `sidelane-agent`: the node agent. Serves the CNI socket and enforces rate limits with the
+//! eBPF dataplane. Thin: arguments, logging, then the library.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::Parser;
+use sidelane_agent::{
+    attach::{Attacher, DEFAULT_ALLOCATION_TIMEOUT},
+    cni_server,
+    dataplane::qos::QosDataplane,
+    pods::KubePods,
+};
+use sidelane_api::daemon::DEFAULT_SERVER_SOCKET;
+
+#[derive(Debug, Parser)]
+#[command(about = "Sidelane's node agent (needs root: namespaces, eBPF)")]
+struct Args {
+    /// The CNI socket (NADs name it in `server_socket`).
+    #[arg(long, default_value = DEFAULT_SERVER_SOCKET)]
+    socket: PathBuf,
+    /// Where the eBPF programs and maps are pinned.
+    #[arg(long, default_value = "/sys/fs/bpf/sidelane")]
+    pin_root: PathBuf,
+    /// How long an ADD waits for the controller's allocation, in seconds.
+    #[arg(long, default_value_t = DEFAULT_ALLOCATION_TIMEOUT.as_secs())]
+    allocation_timeout: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    let dataplane = QosDataplane::new(&args.pin_root).with_context(|| {
+        format!(
+            "opening the QoS dataplane under {}",
+            args.pin_root.display()
+        )
+    })?;
+    let adopted = dataplane
+        .adopt()
+        .context("adopting pinned QoS attachments")?;
+    tracing::info!(
+        kept = adopted.kept.len(),
+        removed = adopted.removed.len(),
+        "adopted QoS attachments"
+    );
+    let listener = cni_server::bind(&args.socket)?;
+    tracing::info!(socket = %args.socket.display(), "serving CNI requests");
+    let attacher = Arc::new(Attacher::new(
+        KubePods::new(client),
+        dataplane,
+        Duration::from_secs(args.allocation_timeout),
+    ));
+    tokio::select! {
+        () = cni_server::serve(listener, attacher) => {}
+        signal = tokio::signal::ctrl_c() => {
+            signal.context("waiting for a signal")?;
+            tracing::info!("stopping; limits stay pinned and in force");
+        }
+    }
+    Ok(())
+}
