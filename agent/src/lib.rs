@@ -4,5 +4,6 @@
 pub mod attach;
 pub mod cni_server;
 pub mod dataplane;
+pub mod link;
 pub mod netns;
 pub mod pods;

@@ -1,0 +1,266 @@
+//! A pod's OVN-backed secondary interface: a veth pair whose pod end becomes net1..netN inside
+//! the pod's namespace, configured as allocated, and whose host end waits for OVS.
+//!
+//! Netlink sockets are opened inside each namespace ([`crate::netns::run_in`]), netavark's way.
+//! Creation is all-or-nothing: a failure removes the pair. The pod's other interfaces (eth0 of
+//! the primary CNI) and its default route are never touched unless the plan asks for a route
+//! without destination.
+
+pub mod netlink;
+
+use std::{fs::File, io, net::IpAddr, os::fd::AsFd as _, path::Path};
+
+use ipnet::IpNet;
+use thiserror::Error;
+
+use crate::netns::{self, NetnsError};
+
+/// The longest Linux interface name.
+pub const IFNAMSIZ_MAX: usize = 15;
+
+/// Creating or removing a pod interface failed.
+#[derive(Debug, Error)]
+pub enum LinkError {
+    /// A name cannot be used.
+    #[error("interface name {name:?}: {reason}")]
+    BadName {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The pod already has an interface of that name.
+    #[error("the pod namespace {netns} already has an interface {ifname:?}")]
+    Exists {
+        /// The namespace.
+        netns: String,
+        /// The name.
+        ifname: String,
+    },
+    /// A MAC does not parse.
+    #[error("MAC address {0:?} is not six hex octets")]
+    BadMac(String),
+    /// A netlink or file operation failed.
+    #[error("{op} {object}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// To what.
+        object: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A namespace could not be entered.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+}
+
+fn io_err(op: &'static str, object: impl Into<String>) -> impl FnOnce(io::Error) -> LinkError {
+    let object = object.into();
+    move |source| LinkError::Io { op, object, source }
+}
+
+/// Kube-OVN's host-end name: `<cid[:12]>_h` for eth0, else `<cid[:12-len(if)]>_<if>_h`
+/// (at most 15 bytes); `suffix` `c` gives the container end's temporary name.
+pub fn veth_name(container_id: &str, ifname: &str, suffix: char) -> Result<String, LinkError> {
+    let bad = |reason| LinkError::BadName {
+        name: ifname.to_owned(),
+        reason,
+    };
+    if ifname.is_empty() || ifname.len() > IFNAMSIZ_MAX || ifname.contains(['/', ' ']) {
+        return Err(bad("must be 1 to 15 bytes without '/' or spaces"));
+    }
+    if container_id.is_empty() || !container_id.is_ascii() {
+        return Err(LinkError::BadName {
+            name: container_id.to_owned(),
+            reason: "the container ID must be non-empty ASCII",
+        });
+    }
+    let name = if ifname == "eth0" {
+        format!("{}_{suffix}", &container_id[..container_id.len().min(12)])
+    } else {
+        let keep = 12usize.saturating_sub(ifname.len());
+        if keep == 0 {
+            return Err(bad(
+                "too long to derive a host-end name from (at most 11 bytes)",
+            ));
+        }
+        format!(
+            "{}_{ifname}_{suffix}",
+            &container_id[..container_id.len().min(keep)]
+        )
+    };
+    Ok(name)
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(mac: &str) -> Result<[u8; 6], LinkError> {
+    let mut out = [0u8; 6];
+    let mut parts = mac.split(':');
+    for byte in &mut out {
+        *byte = parts
+            .next()
+            .filter(|p| p.len() == 2)
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .ok_or_else(|| LinkError::BadMac(mac.to_owned()))?;
+    }
+    if parts.next().is_some() {
+        return Err(LinkError::BadMac(mac.to_owned()));
+    }
+    Ok(out)
+}
+
+/// What the pod end should look like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInterfacePlan {
+    /// The name inside the pod (`net1`).
+    pub ifname: String,
+    /// The MAC.
+    pub mac: Option<[u8; 6]>,
+    /// The MTU (both ends).
+    pub mtu: Option<u32>,
+    /// Addresses with prefixes.
+    pub addresses: Vec<IpNet>,
+    /// Routes: destination (`0.0.0.0/0` for a default route) and gateway.
+    pub routes: Vec<(IpNet, Option<IpAddr>)>,
+}
+
+fn index_of(ifname: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(ifname).ok()
+}
+
+/// Creates the pair: `host_name` in `host_netns` (`None`: the agent's own) and the pod end
+/// configured by `plan` in `pod_netns`. All or nothing.
+pub fn create(
+    host_netns: Option<&Path>,
+    host_name: &str,
+    pod_netns: &Path,
+    temp_name: &str,
+    plan: &PodInterfacePlan,
+) -> Result<(), LinkError> {
+    let pod_ns = pod_netns.display().to_string();
+    if netns::run_in(Some(pod_netns), || index_of(&plan.ifname))?.is_some() {
+        return Err(LinkError::Exists {
+            netns: pod_ns,
+            ifname: plan.ifname.clone(),
+        });
+    }
+    let pod_file =
+        File::open(pod_netns).map_err(io_err("opening the pod namespace", pod_ns.clone()))?;
+    netns::run_in(host_netns, || -> Result<(), LinkError> {
+        let mut nl =
+            Netlink::open().map_err(io_err("opening rtnetlink in", "the host namespace"))?;
+        nl.add_veth(host_name, temp_name, pod_file.as_fd())
+            .map_err(io_err("creating veth", host_name))?;
+        let index = index_of(host_name).ok_or_else(|| LinkError::Io {
+            op: "finding",
+            object: host_name.to_owned(),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        })?;
+        nl.configure_link(index, None, None, plan.mtu, true)
+            .map_err(io_err("bringing up", host_name))
+    })??;
+    let configured = netns::run_in(Some(pod_netns), || configure_pod_end(temp_name, plan))
+        .map_err(LinkError::from)
+        .and_then(|r| r);
+    if configured.is_err() {
+        // All or nothing: removing the host end removes the pod end too.
+        let _ = delete(host_netns, host_name);
+    }
+    configured
+}
+
+use netlink::Netlink;
+
+fn configure_pod_end(temp_name: &str, plan: &PodInterfacePlan) -> Result<(), LinkError> {
+    let ifname = plan.ifname.as_str();
+    let mut nl = Netlink::open().map_err(io_err("opening rtnetlink in", "the pod namespace"))?;
+    let index = index_of(temp_name).ok_or_else(|| LinkError::Io {
+        op: "finding",
+        object: temp_name.to_owned(),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    })?;
+    nl.configure_link(index, Some(ifname), plan.mac, plan.mtu, false)
+        .map_err(io_err("naming and configuring", ifname))?;
+    if plan.addresses.iter().any(|a| matches!(a, IpNet::V6(_))) {
+        // Kube-OVN enables IPv6 in the pod and turns router advertisements off on the NIC.
+        for (path, value) in [
+            ("/proc/sys/net/ipv6/conf/all/disable_ipv6".to_owned(), "0"),
+            (format!("/proc/sys/net/ipv6/conf/{ifname}/accept_ra"), "0"),
+        ] {
+            std::fs::write(&path, value).map_err(io_err("writing", path.clone()))?;
+        }
+    }
+    for addr in &plan.addresses {
+        nl.add_address(index, *addr)
+            .map_err(io_err("adding an address to", format!("{ifname} ({addr})")))?;
+    }
+    nl.configure_link(index, None, None, None, true)
+        .map_err(io_err("bringing up", ifname))?;
+    for (dst, gw) in &plan.routes {
+        nl.replace_route(index, *dst, *gw).map_err(io_err(
+            "adding a route on",
+            format!("{ifname} ({dst} via {gw:?})"),
+        ))?;
+    }
+    Ok(())
+}
+
+/// Deletes the host end `host_name` (and so the pod end). `false` if it did not exist.
+pub fn delete(host_netns: Option<&Path>, host_name: &str) -> Result<bool, LinkError> {
+    netns::run_in(host_netns, || {
+        let Some(index) = index_of(host_name) else {
+            return Ok(false);
+        };
+        let mut nl =
+            Netlink::open().map_err(io_err("opening rtnetlink in", "the host namespace"))?;
+        match nl.delete_link(index) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(io_err("deleting", host_name)(e)),
+        }
+    })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_end_names_follow_kube_ovn_and_fit_fifteen_bytes() {
+        let cid = "3f2a9c0d5e7b41aa8c1d";
+        assert_eq!(
+            veth_name(cid, "eth0", 'h').expect("valid"),
+            "3f2a9c0d5e7b_h"
+        );
+        assert_eq!(
+            veth_name(cid, "net1", 'h').expect("valid"),
+            "3f2a9c0d_net1_h"
+        );
+        assert_eq!(
+            veth_name(cid, "net1", 'c').expect("valid"),
+            "3f2a9c0d_net1_c"
+        );
+        assert_eq!(
+            veth_name(cid, "storage0", 'h').expect("valid"),
+            "3f2a_storage0_h"
+        );
+        for ifname in ["net1", "eth0", "abcdefghijk"] {
+            assert!(veth_name(cid, ifname, 'h').expect("valid").len() <= IFNAMSIZ_MAX);
+        }
+        assert!(veth_name(cid, "abcdefghijkl", 'h').is_err());
+        assert!(veth_name(cid, "a/b", 'h').is_err());
+    }
+
+    #[test]
+    fn macs_parse_and_bad_ones_are_named() {
+        assert_eq!(
+            parse_mac("00:00:00:8a:3c:4f").expect("valid"),
+            [0, 0, 0, 0x8a, 0x3c, 0x4f]
+        );
+        let err = parse_mac("00:00:00:8a:3c").expect_err("short");
+        assert!(err.to_string().contains("00:00:00:8a:3c"), "{err}");
+        assert!(parse_mac("00:00:00:8a:3c:4f:00").is_err());
+    }
+}
