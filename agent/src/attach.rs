@@ -1,12 +1,13 @@
 //! What the agent does for each CNI call, below the socket: wait for the controller's
 //! allocation, answer with it, and put the attachment's rate limits on its interface.
 //!
-//! Today this serves IPAM-only attachments (`"ipam": {"type": "kube-ovn"}` under macvlan and
-//! the like): the calling plugin has already created the interface in the pod's namespace when
-//! it calls IPAM, so the agent attaches the QoS programs to it there. Beyond Kube-OVN, which
-//! gives these attachments no QoS at all. OVN-backed attachments (`"type": "kube-ovn"`), whose
-//! interface the agent itself creates, are refused with an error that says so until the link
-//! layer lands.
+//! - OVN-backed attachments (`"type": "kube-ovn"`): the agent creates the veth pair, configures
+//!   the pod end as allocated (MAC, addresses, MTU, routes) and puts the rate limits on the host
+//!   end, which is left ready for OVS (plugging it into `br-int` arrives with the OVN work).
+//! - IPAM-only attachments (`"ipam": {"type": "kube-ovn"}` under macvlan and the like): the
+//!   calling plugin has already created the interface in the pod's namespace when it calls IPAM,
+//!   so the agent answers with the addresses and attaches the QoS programs to that interface.
+//!   Beyond Kube-OVN, which gives these attachments no QoS at all.
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -14,17 +15,21 @@ use sidelane_api::{
     allocation::{self, Allocation},
     annotations::{AnnotationError, key},
     cni::PLUGIN_TYPES,
-    daemon::{CniRequest, CniResponse, GcRequest, Protocol, ResponseIp},
+    daemon::{CniRequest, CniResponse, GcRequest, Protocol, ResponseIp, Route},
     qos::QosSpec,
 };
 use thiserror::Error;
 use tracing::info;
+
+use ipnet::IpNet;
+use std::net::IpAddr;
 
 use crate::{
     dataplane::{
         DataplaneError,
         qos::{Placement, QosDataplane, QosTarget},
     },
+    link::{self, LinkError, PodInterfacePlan},
     pods::{PodError, PodSource, Waited},
 };
 
@@ -83,15 +88,16 @@ pub enum AttachError {
         #[source]
         source: Box<DataplaneError>,
     },
-    /// The attachment kind is not served yet.
-    #[error("pod {pod} provider {provider}: {what}")]
-    Unsupported {
+    /// Creating or removing the interface failed.
+    #[error("pod {pod} interface {ifname}: {source}")]
+    Link {
         /// `namespace/name`.
         pod: String,
-        /// The provider.
-        provider: String,
-        /// What is not supported.
-        what: &'static str,
+        /// The interface.
+        ifname: String,
+        /// Why.
+        #[source]
+        source: Box<LinkError>,
     },
 }
 
@@ -132,7 +138,13 @@ pub struct Attacher<P, Q> {
     pods: P,
     qos: Arc<Q>,
     timeout: Duration,
+    host_netns: Option<PathBuf>,
+    mtu: u32,
 }
+
+/// The MTU of OVN-backed interfaces until subnets carry their own: Kube-OVN's default for its
+/// Geneve overlay.
+pub const DEFAULT_MTU: u32 = 1400;
 
 impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
     /// Waits up to `timeout` for allocations.
@@ -141,21 +153,24 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
             pods,
             qos: Arc::new(qos),
             timeout,
+            host_netns: None,
+            mtu: DEFAULT_MTU,
         }
+    }
+
+    /// Host ends of OVN-backed interfaces go into `netns` instead of the agent's own namespace
+    /// (tests, and a lab node simulated in a namespace).
+    #[must_use]
+    pub fn with_host_netns(mut self, netns: PathBuf) -> Attacher<P, Q> {
+        self.host_netns = Some(netns);
+        self
     }
 
     /// ADD.
     pub async fn add(&self, req: &CniRequest) -> Result<CniResponse, AttachError> {
         check_request(req)?;
         let provider = req.provider_or_default().to_owned();
-        if PLUGIN_TYPES.contains(&req.cni_type.as_str()) {
-            return Err(AttachError::Unsupported {
-                pod: req.pod_key(),
-                provider,
-                what: "OVN-backed attachments (\"type\": \"kube-ovn\") are not served by this \
-                       agent build yet; IPAM-only attachments are",
-            });
-        }
+        let ovn = PLUGIN_TYPES.contains(&req.cni_type.as_str());
         let (prov, ifname) = (provider.clone(), req.if_name.clone());
         let waited = self
             .pods
@@ -201,7 +216,11 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
             })?;
         let spec =
             QosSpec::from_annotations(&annotations, &alloc.prefix).map_err(annotation_err)?;
-        let target = pod_device(req);
+        let (target, response) = if ovn {
+            self.create_interface(req, &alloc).await?
+        } else {
+            (pod_device(req), ipam_response(req, &alloc))
+        };
         let qos = Arc::clone(&self.qos);
         let applied = {
             let target = target.clone();
@@ -210,6 +229,10 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
         match applied {
             Ok(Ok(())) => {}
             Ok(Err(source)) => {
+                if ovn {
+                    // All or nothing: the interface goes with the failed ADD.
+                    let _ = self.delete_interface(req).await;
+                }
                 return Err(AttachError::Qos {
                     pod: req.pod_key(),
                     ifname: req.if_name.clone(),
@@ -219,12 +242,77 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
         info!(pod = %req.pod_key(), provider = %provider, ifname = %req.if_name,
-              qos = %spec, "served IPAM-only attachment");
-        Ok(ipam_response(req, &alloc))
+              qos = %spec, ovn, "attachment served");
+        Ok(response)
+    }
+
+    /// Creates the veth pair of an OVN-backed attachment; returns the QoS target (the host
+    /// end) and the answer.
+    async fn create_interface(
+        &self,
+        req: &CniRequest,
+        alloc: &Allocation,
+    ) -> Result<(QosTarget, CniResponse), AttachError> {
+        let link_err = |source| AttachError::Link {
+            pod: req.pod_key(),
+            ifname: req.if_name.clone(),
+            source: Box::new(source),
+        };
+        let mac_key = key(&alloc.prefix, "mac_address");
+        let mac_text = alloc.mac.clone().ok_or_else(|| AttachError::Annotation {
+            pod: req.pod_key(),
+            source: AnnotationError::Invalid {
+                key: mac_key.clone(),
+                value: String::new(),
+                reason: "an OVN-backed attachment needs the MAC its logical port has".to_owned(),
+            },
+        })?;
+        let plan = ovn_plan(req, alloc, &mac_text, self.mtu).map_err(link_err)?;
+        let host = link::veth_name(&req.container_id, &req.if_name, 'h').map_err(link_err)?;
+        let temp = link::veth_name(&req.container_id, &req.if_name, 'c').map_err(link_err)?;
+        let host_netns = self.host_netns.clone();
+        let pod_netns = PathBuf::from(&req.net_ns);
+        let created = {
+            let (host, plan) = (host.clone(), plan.clone());
+            let host_netns = host_netns.clone();
+            tokio::task::spawn_blocking(move || {
+                link::create(host_netns.as_deref(), &host, &pod_netns, &temp, &plan)
+            })
+            .await
+        };
+        match created {
+            Ok(result) => result.map_err(link_err)?,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        }
+        let target = QosTarget {
+            netns: host_netns,
+            ifname: host,
+            placement: Placement::HostPeer,
+        };
+        let response = CniResponse {
+            ips: response_ips(req, alloc),
+            mac_address: mac_text,
+            routes: plan
+                .routes
+                .iter()
+                .map(|(dst, gw)| Route {
+                    destination: dst.to_string(),
+                    gateway: gw.map(|g| g.to_string()).unwrap_or_default(),
+                })
+                .collect(),
+            mtu: self.mtu,
+            nicname: req.if_name.clone(),
+            dns: req.dns.clone(),
+            error: String::new(),
+        };
+        Ok((target, response))
     }
 
     /// DEL: idempotent; removes the interface's limits if the namespace still exists.
     pub async fn del(&self, req: &CniRequest) -> Result<(), AttachError> {
+        if PLUGIN_TYPES.contains(&req.cni_type.as_str()) {
+            return self.delete_interface(req).await;
+        }
         if req.net_ns.is_empty() || !std::path::Path::new(&req.net_ns).exists() {
             return Ok(());
         }
@@ -242,6 +330,42 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
             }),
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
+    }
+
+    /// Removes an OVN-backed attachment's limits and veth pair; whatever is already gone is
+    /// success.
+    async fn delete_interface(&self, req: &CniRequest) -> Result<(), AttachError> {
+        let link_err = |source| AttachError::Link {
+            pod: req.pod_key(),
+            ifname: req.if_name.clone(),
+            source: Box::new(source),
+        };
+        let host = link::veth_name(&req.container_id, &req.if_name, 'h').map_err(link_err)?;
+        let target = QosTarget {
+            netns: self.host_netns.clone(),
+            ifname: host.clone(),
+            placement: Placement::HostPeer,
+        };
+        let qos = Arc::clone(&self.qos);
+        let host_netns = self.host_netns.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let detached = match qos.detach(&target) {
+                Ok(()) | Err(DataplaneError::NoSuchInterface { .. }) => Ok(()),
+                Err(e) => Err(e),
+            };
+            (detached, link::delete(host_netns.as_deref(), &host))
+        })
+        .await;
+        let (detached, deleted) = match done {
+            Ok(both) => both,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        };
+        deleted.map_err(link_err)?;
+        detached.map_err(|source| AttachError::Qos {
+            pod: req.pod_key(),
+            ifname: req.if_name.clone(),
+            source: Box::new(source),
+        })
     }
 
     /// CHECK: for IPAM-only attachments the calling plugin checks its interface; the agent
@@ -320,7 +444,21 @@ fn pod_device(req: &CniRequest) -> QosTarget {
 /// Kube-OVN's IPAM-only answer: the addresses (with a gateway only on eth0), the NAD's routes
 /// and the annotation's routes; no MAC, no interface work.
 pub fn ipam_response(req: &CniRequest, alloc: &Allocation) -> CniResponse {
-    let ips = alloc
+    let mut routes = req.routes.clone();
+    routes.extend(alloc.routes.iter().cloned());
+    CniResponse {
+        ips: response_ips(req, alloc),
+        routes,
+        nicname: req.if_name.clone(),
+        dns: req.dns.clone(),
+        ..CniResponse::default()
+    }
+}
+
+/// The addresses, with a gateway only where the pod's default route goes (eth0, or
+/// `default_route: "true"`), as Kube-OVN answers.
+fn response_ips(req: &CniRequest, alloc: &Allocation) -> Vec<ResponseIp> {
+    alloc
         .ips
         .iter()
         .map(|ip| ResponseIp {
@@ -336,14 +474,71 @@ pub fn ipam_response(req: &CniRequest, alloc: &Allocation) -> CniResponse {
                 _ => String::new(),
             },
         })
-        .collect();
-    let mut routes = req.routes.clone();
-    routes.extend(alloc.routes.iter().cloned());
-    CniResponse {
-        ips,
-        routes,
-        nicname: req.if_name.clone(),
-        dns: req.dns.clone(),
-        ..CniResponse::default()
+        .collect()
+}
+
+/// The pod end of an OVN-backed attachment: the allocated MAC and addresses, the NAD's and the
+/// annotation's routes (route-replace: one without `dst` replaces the default route), and a
+/// default route through the subnet's gateway only when `default_route` asks for it.
+pub fn ovn_plan(
+    req: &CniRequest,
+    alloc: &Allocation,
+    mac: &str,
+    mtu: u32,
+) -> Result<PodInterfacePlan, LinkError> {
+    let mut routes = Vec::new();
+    if alloc.default_route {
+        for ip in &alloc.ips {
+            if let Some(gw) = ip.gateway {
+                routes.push((default_dst(gw), Some(gw)));
+            }
+        }
     }
+    for r in req.routes.iter().chain(&alloc.routes) {
+        let gw: Option<IpAddr> = if r.gateway.is_empty() {
+            None
+        } else {
+            Some(r.gateway.parse().map_err(|_| LinkError::BadName {
+                name: r.gateway.clone(),
+                reason: "a route's gw is not an IP address",
+            })?)
+        };
+        let dst: IpNet = if r.destination.is_empty() {
+            default_dst(
+                gw.unwrap_or(
+                    alloc
+                        .ips
+                        .first()
+                        .map_or(IpAddr::from([0, 0, 0, 0]), |i| i.address),
+                ),
+            )
+        } else {
+            r.destination.parse().map_err(|_| LinkError::BadName {
+                name: r.destination.clone(),
+                reason: "a route's dst is not a CIDR block",
+            })?
+        };
+        routes.push((dst, gw));
+    }
+    Ok(PodInterfacePlan {
+        ifname: req.if_name.clone(),
+        mac: Some(link::parse_mac(mac)?),
+        mtu: Some(mtu),
+        addresses: alloc
+            .ips
+            .iter()
+            .map(allocation::AllocatedIp::with_prefix)
+            .collect(),
+        routes,
+    })
+}
+
+fn default_dst(family_of: IpAddr) -> IpNet {
+    let any = if family_of.is_ipv4() {
+        IpAddr::from([0u8; 4])
+    } else {
+        IpAddr::from([0u16; 8])
+    };
+    // A zero prefix is valid for either family.
+    IpNet::new(any, 0).unwrap_or(IpNet::from(any))
 }

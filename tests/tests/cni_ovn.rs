@@ -1,0 +1,175 @@
+//! OVN-backed attachments (`"type": "kube-ovn"`, the seed's `attachnet` NAD verbatim): our plugin
+//! driven as Multus drives it creates net1 and net2 in one pod from the annotations, beside an
+//! untouched eth0; DEL removes them and is idempotent.
+
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
+
+use serde_json::{Value, json};
+use sidelane_agent::{
+    attach::{Attacher, QosPort},
+    cni_server,
+    dataplane::{DataplaneError, qos::QosTarget},
+    pods::KubePods,
+};
+use sidelane_api::qos::QosSpec;
+use sidelane_tests::{apiserver::ApiServer, netns::NetNs, privilege};
+
+struct NoQos;
+
+impl QosPort for NoQos {
+    fn apply(&self, _: &QosTarget, _: &QosSpec) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
+    fn detach(&self, _: &QosTarget) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+}
+
+/// The seed's NAD (manage-multiple-interface.en.txt, "attached NIC is a Kube-OVN type NIC"),
+/// verbatim but for the name Multus adds and our socket.
+fn attachnet(socket: &std::path::Path) -> String {
+    let mut cfg: Value = serde_json::from_str(
+        r#"{
+"cniVersion": "0.3.0",
+"type": "kube-ovn",
+"server_socket": "/run/openvswitch/kube-ovn-daemon.sock",
+"provider": "attachnet.default.ovn"
+}"#,
+    )
+    .expect("the seed's JSON");
+    cfg["name"] = json!("attachnet");
+    cfg["server_socket"] = json!(socket);
+    cfg.to_string()
+}
+
+fn vars(command: &str, netns: &str, ifname: &str) -> BTreeMap<String, String> {
+    [
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", "5e7b41aa8c1d3f2a9c0d"),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", ifname),
+        (
+            "CNI_ARGS",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=samplepod",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one scenario, asserted step by step")]
+fn add_creates_net1_and_net2_from_the_annotations_and_del_removes_them() {
+    if !privilege::require_privileges(
+        "add_creates_net1_and_net2_from_the_annotations_and_del_removes_them",
+    ) {
+        return;
+    }
+    let api = ApiServer::start();
+    let p = "attachnet.default.ovn";
+    api.seed(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "samplepod", "namespace": "default", "annotations": {
+            "k8s.v1.cni.cncf.io/networks": "default/attachnet@net1, default/attachnet@net2",
+            format!("{p}.kubernetes.io/allocated"): "true",
+            format!("{p}.kubernetes.io/ip_address"): "172.17.0.11",
+            format!("{p}.kubernetes.io/cidr"): "172.17.0.0/16",
+            format!("{p}.kubernetes.io/gateway"): "172.17.0.1",
+            format!("{p}.kubernetes.io/mac_address"): "00:00:00:11:22:01",
+            format!("{p}.kubernetes.io/routes"): r#"[{"dst":"10.10.0.0/16","gw":"172.17.0.1"}]"#,
+            format!("{p}.net2.kubernetes.io/allocated"): "true",
+            format!("{p}.net2.kubernetes.io/ip_address"): "172.17.0.12",
+            format!("{p}.net2.kubernetes.io/cidr"): "172.17.0.0/16",
+            format!("{p}.net2.kubernetes.io/gateway"): "172.17.0.1",
+            format!("{p}.net2.kubernetes.io/mac_address"): "00:00:00:11:22:02"
+        }},
+        "spec": {"containers": [{"name": "c", "image": "alpine"}], "nodeName": "node1"}
+    }))
+    .expect("seeding the pod");
+
+    let node = NetNs::new().expect("node namespace");
+    let pod = NetNs::new().expect("pod namespace");
+    let primary = NetNs::new().expect("primary CNI namespace");
+    primary
+        .exec(&[
+            "ip",
+            "link",
+            "add",
+            "cni0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            pod.name(),
+        ])
+        .expect("eth0");
+    pod.exec(&["ip", "addr", "add", "10.244.1.5/24", "dev", "eth0"])
+        .expect("eth0 address");
+    pod.exec(&["ip", "link", "set", "eth0", "up"])
+        .expect("eth0 up");
+    pod.exec(&["ip", "route", "add", "default", "via", "10.244.1.1"])
+        .expect("default route");
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let socket: PathBuf = dir.path().join("kube-ovn-daemon.sock");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let client = runtime.block_on(async { api.client() });
+    let listener = runtime
+        .block_on(async { cni_server::bind(&socket) })
+        .expect("binding");
+    let attacher = Attacher::new(KubePods::new(client), NoQos, Duration::from_secs(10))
+        .with_host_netns(node.path());
+    runtime.spawn(cni_server::serve(listener, Arc::new(attacher)));
+
+    let cfg = attachnet(&socket);
+    let netns = pod.path().display().to_string();
+    for (ifname, ip, mac) in [
+        ("net1", "172.17.0.11/16", "00:00:00:11:22:01"),
+        ("net2", "172.17.0.12/16", "00:00:00:11:22:02"),
+    ] {
+        let out = sidelane_cni::run(&vars("ADD", &netns, ifname), cfg.as_bytes());
+        assert_eq!(out.exit_code, 0, "{ifname}: {}", out.stdout);
+        let result: Value = serde_json::from_str(&out.stdout).expect("a JSON result");
+        assert_eq!(result["interfaces"][0]["name"], json!(ifname));
+        assert_eq!(result["interfaces"][0]["mac"], json!(mac));
+        assert_eq!(result["ips"][0]["address"], json!(ip));
+        let link = pod
+            .exec(&["ip", "-o", "addr", "show", "dev", ifname])
+            .expect("ip addr");
+        assert!(link.contains(ip), "{link}");
+        let l2 = pod
+            .exec(&["ip", "-o", "link", "show", "dev", ifname])
+            .expect("ip link");
+        assert!(l2.contains(mac) && l2.contains("mtu 1400"), "{l2}");
+    }
+    let routes = pod.exec(&["ip", "route"]).expect("routes");
+    assert!(
+        routes.contains("default via 10.244.1.1 dev eth0"),
+        "eth0's default route stays: {routes}"
+    );
+    assert!(
+        routes.contains("10.10.0.0/16 via 172.17.0.1 dev net1"),
+        "{routes}"
+    );
+    let host_ends = node.exec(&["ip", "-o", "link"]).expect("node links");
+    assert!(
+        host_ends.contains("5e7b41aa_net1_h") && host_ends.contains("5e7b41aa_net2_h"),
+        "{host_ends}"
+    );
+
+    for ifname in ["net1", "net2"] {
+        let out = sidelane_cni::run(&vars("DEL", &netns, ifname), cfg.as_bytes());
+        assert_eq!(out.exit_code, 0, "{}", out.stdout);
+        let again = sidelane_cni::run(&vars("DEL", &netns, ifname), cfg.as_bytes());
+        assert_eq!(again.exit_code, 0, "DEL is idempotent: {}", again.stdout);
+    }
+    let links = pod.exec(&["ip", "-o", "link"]).expect("pod links");
+    assert!(
+        !links.contains("net1") && !links.contains("net2") && links.contains("eth0"),
+        "{links}"
+    );
+}
