@@ -25,7 +25,19 @@ pub enum Name {
 pub fn run(name: Name, quick: bool) -> anyhow::Result<()> {
     let arg = match name {
         Name::Qos => "qos",
-        Name::Cni => bail!("bench cni: not implemented yet; it arrives with the CNI/agent issue"),
+        Name::Cni => {
+            // The benchmark forks the plugin binary, which must sit beside it.
+            exec(Command::new("cargo").args([
+                "build",
+                "--locked",
+                "--release",
+                "--package",
+                "sidelane-cni",
+                "--bin",
+                "sidelane-cni",
+            ]))?;
+            "cni"
+        }
         Name::Ipam => {
             bail!("bench ipam: not implemented yet; it arrives with the controller issue")
         }

@@ -5,6 +5,7 @@
 //!
 //! Reports go to `target/bench/<name>.json` under the workspace root, and a table to stdout.
 
+pub mod cni;
 pub mod qos;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! `sidelane-bench`: Sidelane's benchmarks, run by `cargo xtask bench <name>` (as root).
 //!
-//! `sidelane-bench qos [--quick]` writes `target/bench/qos.json` and prints a table.
+//! `sidelane-bench qos [--quick]` writes `target/bench/qos.json`, `sidelane-bench cni [--quick]`
+//! `target/bench/cni.json`; both print a table.
 
 use std::path::PathBuf;
 
@@ -24,6 +25,19 @@ enum Bench {
     /// Rate-limit accuracy, first-second overshoot, latency under load and per-packet cost of
     /// Sidelane's QoS programs, against the reference CNI `bandwidth` plugin.
     Qos(QosArgs),
+    /// CNI ADD and DEL latency: Sidelane (OVN-backed and IPAM under macvlan) against the
+    /// reference bridge plugin with host-local IPAM.
+    Cni(CniArgs),
+}
+
+#[derive(Debug, Args)]
+struct CniArgs {
+    /// 20 attachments per plugin instead of 200.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the JSON report [default: <workspace>/target/bench/cni.json].
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -45,7 +59,20 @@ fn main() -> anyhow::Result<()> {
     privilege::check().context("sidelane-bench")?;
     match cli.bench {
         Bench::Qos(args) => run_qos(&args),
+        Bench::Cni(args) => run_cni(&args),
     }
+}
+
+fn run_cni(args: &CniArgs) -> anyhow::Result<()> {
+    let report = bench::cni::run(if args.quick { 20 } else { 200 })?;
+    let path = args
+        .output
+        .clone()
+        .unwrap_or_else(|| bench::default_report_path("cni"));
+    bench::cni::write_report(&report, &path)?;
+    print!("{}", bench::cni::table(&report));
+    println!("\nreport: {}", path.display());
+    Ok(())
 }
 
 fn run_qos(args: &QosArgs) -> anyhow::Result<()> {

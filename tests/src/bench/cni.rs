@@ -1,0 +1,307 @@
+//! `sidelane-bench cni`: how long a CNI ADD and DEL take, Sidelane against Debian's reference
+//! `bridge` plugin with `host-local` IPAM, in one run.
+//!
+//! Every case attaches `n` pods, one at a time, each to a fresh network namespace made before the
+//! clock starts. Each call forks the plugin binary exactly as a runtime does (environment, config
+//! on stdin), from inside a "node" namespace, and is timed from spawn to exit.
+//! - `sidelane-ovn`: our plugin as `kube-ovn` with the seed's `attachnet` NAD; the agent (in this
+//!   process, pods read by watch from the API double) creates net1 as allocated.
+//! - `sidelane-ipam-macvlan`: Debian's `macvlan` with `"ipam": {"type": "kube-ovn"}` (the seed's
+//!   NAD), so the time includes macvlan's own work and its call to our IPAM plugin.
+//! - `ref-bridge-host-local`: Debian's `bridge` with `host-local` IPAM on a subnet of its own.
+//!
+//! Writes `target/bench/cni.json`:
+//! `{"cases": [{"plugin", "n", "add_ms_p50", "add_ms_p99", "del_ms_p50"}]}`.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    os::{fd::AsFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sidelane_agent::{attach::Attacher, cni_server, dataplane::qos::QosDataplane, pods::KubePods};
+
+use crate::{apiserver::ApiServer, netns::NetNs, ping::percentile, sidelane::PinRoot};
+
+/// One plugin's figures.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Case {
+    /// `sidelane-ovn`, `sidelane-ipam-macvlan` or `ref-bridge-host-local`.
+    pub plugin: &'static str,
+    /// Attachments made.
+    pub n: usize,
+    /// Median ADD, ms.
+    pub add_ms_p50: f64,
+    /// 99th percentile ADD, ms.
+    pub add_ms_p99: f64,
+    /// Median DEL, ms.
+    pub del_ms_p50: f64,
+}
+
+/// `target/bench/cni.json`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CniReport {
+    /// One per plugin.
+    pub cases: Vec<Case>,
+}
+
+/// Where our plugin binary is: beside this benchmark's binary (`cargo xtask bench cni` builds
+/// it first).
+fn our_plugin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the benchmark's own path")?;
+    let bin = exe
+        .parent()
+        .map(|d| d.join("sidelane-cni"))
+        .context("the benchmark binary has no directory")?;
+    if !bin.exists() {
+        bail!(
+            "{} is missing: `cargo build --release -p sidelane-cni` first",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Runs `plugin` inside `node` with the CNI environment; returns the elapsed time.
+fn call(
+    node: &NetNs,
+    plugin: &Path,
+    cni_path: &str,
+    command: &str,
+    pod: &NetNs,
+    pod_name: &str,
+    config: &str,
+) -> anyhow::Result<Duration> {
+    let node_ns = fs::File::open(node.path()).context("opening the node namespace")?;
+    let mut cmd = Command::new(plugin);
+    cmd.env_clear()
+        .env("CNI_COMMAND", command)
+        // Unique within the first 8 characters, which name the host end of a veth.
+        .env(
+            "CNI_CONTAINERID",
+            format!("{:0>8}feedc0de", pod_name.trim_start_matches('p')),
+        )
+        .env("CNI_NETNS", pod.path())
+        .env("CNI_IFNAME", "net1")
+        .env("CNI_PATH", cni_path)
+        .env(
+            "CNI_ARGS",
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod_name}"),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setns is async-signal-safe; the closure touches only the fd it owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(node_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", plugin.display()))?;
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().context("the plugin's stdin")?;
+        stdin
+            .write_all(config.as_bytes())
+            .context("writing the config")?;
+    }
+    let out = child.wait_with_output().context("waiting for the plugin")?;
+    let elapsed = started.elapsed();
+    if !out.status.success() {
+        bail!(
+            "{} {command} for {pod_name} failed: {} {}",
+            plugin.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(elapsed)
+}
+
+fn ms(d: &[Duration], p: f64) -> f64 {
+    let v: Vec<f64> = d.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    (percentile(&v, p).unwrap_or(f64::NAN) * 1000.0).round() / 1000.0
+}
+
+/// Pods `p0`.. with allocations for both Sidelane attachments.
+fn seed_pods(api: &ApiServer, n: usize) -> anyhow::Result<()> {
+    for i in 0..n {
+        let (a, b) = (i / 200, i % 200 + 10);
+        api.seed(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("p{i}"), "namespace": "default", "annotations": {
+                "attachnet.default.ovn.kubernetes.io/allocated": "true",
+                "attachnet.default.ovn.kubernetes.io/ip_address": format!("172.17.{a}.{b}"),
+                "attachnet.default.ovn.kubernetes.io/cidr": "172.17.0.0/16",
+                "attachnet.default.ovn.kubernetes.io/gateway": "172.17.0.1",
+                "attachnet.default.ovn.kubernetes.io/mac_address":
+                    format!("00:00:00:00:{a:02x}:{b:02x}"),
+                "macvlan.default.kubernetes.io/allocated": "true",
+                "macvlan.default.kubernetes.io/ip_address": format!("172.18.{a}.{b}"),
+                "macvlan.default.kubernetes.io/cidr": "172.18.0.0/16"
+            }},
+            "spec": {"containers": [{"name": "c", "image": "alpine"}], "nodeName": "node1"}
+        }))
+        .context("seeding pods")?;
+    }
+    Ok(())
+}
+
+/// Runs the benchmark with `n` attachments per plugin.
+pub fn run(n: usize) -> anyhow::Result<CniReport> {
+    let ours = our_plugin()?;
+    let plugins = tempfile::tempdir().context("a plugin directory")?;
+    std::os::unix::fs::symlink(&ours, plugins.path().join("kube-ovn"))
+        .context("installing kube-ovn")?;
+    let cni_path = format!("{}:/usr/lib/cni", plugins.path().display());
+
+    let node = NetNs::new()?;
+    node.exec(&[
+        "ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ])?;
+    node.exec(&["ip", "link", "set", "eth0", "up"])?;
+
+    let api = ApiServer::start();
+    seed_pods(&api, n)?;
+    let dir = tempfile::tempdir().context("a socket directory")?;
+    let socket = dir.path().join("kube-ovn-daemon.sock");
+    let pins = PinRoot::new("sidelane-bench-cni");
+    let runtime = tokio::runtime::Runtime::new().context("a tokio runtime")?;
+    let client = runtime.block_on(async { api.client() });
+    let listener = runtime.block_on(async { cni_server::bind(&socket) })?;
+    let attacher = Attacher::new(
+        KubePods::new(client),
+        QosDataplane::new(pins.path())?,
+        Duration::from_secs(30),
+    )
+    .with_host_netns(node.path());
+    runtime.spawn(cni_server::serve(listener, Arc::new(attacher)));
+
+    let host_local_dir = tempfile::tempdir().context("host-local's data directory")?;
+    let configs: [(&'static str, PathBuf, Value); 3] = [
+        (
+            "sidelane-ovn",
+            ours.clone(),
+            json!({"cniVersion": "0.3.0", "name": "attachnet", "type": "kube-ovn",
+                   "server_socket": socket, "provider": "attachnet.default.ovn"}),
+        ),
+        (
+            "sidelane-ipam-macvlan",
+            PathBuf::from("/usr/lib/cni/macvlan"),
+            json!({"cniVersion": "0.3.0", "name": "macvlan", "type": "macvlan",
+                   "master": "eth0", "mode": "bridge",
+                   "ipam": {"type": "kube-ovn", "server_socket": socket,
+                            "provider": "macvlan.default"}}),
+        ),
+        (
+            "ref-bridge-host-local",
+            PathBuf::from("/usr/lib/cni/bridge"),
+            json!({"cniVersion": "0.3.0", "name": "refbr", "type": "bridge", "bridge": "slbr0",
+                   "ipam": {"type": "host-local", "subnet": "172.19.0.0/16",
+                            "dataDir": host_local_dir.path()}}),
+        ),
+    ];
+    let mut cases = Vec::new();
+    for (name, plugin, config) in configs {
+        let config = config.to_string();
+        let pods: Vec<NetNs> = (0..n).map(|_| NetNs::new()).collect::<Result<_, _>>()?;
+        let mut adds = Vec::with_capacity(n);
+        for (i, pod) in pods.iter().enumerate() {
+            adds.push(call(
+                &node,
+                &plugin,
+                &cni_path,
+                "ADD",
+                pod,
+                &format!("p{i}"),
+                &config,
+            )?);
+        }
+        let mut dels = Vec::with_capacity(n);
+        for (i, pod) in pods.iter().enumerate() {
+            dels.push(call(
+                &node,
+                &plugin,
+                &cni_path,
+                "DEL",
+                pod,
+                &format!("p{i}"),
+                &config,
+            )?);
+        }
+        let case = Case {
+            plugin: name,
+            n,
+            add_ms_p50: ms(&adds, 50.0),
+            add_ms_p99: ms(&adds, 99.0),
+            del_ms_p50: ms(&dels, 50.0),
+        };
+        eprintln!("{}", row(&case));
+        cases.push(case);
+    }
+    Ok(CniReport { cases })
+}
+
+fn row(c: &Case) -> String {
+    format!(
+        "{:<24} {:>5} {:>11.2} {:>11.2} {:>11.2}",
+        c.plugin, c.n, c.add_ms_p50, c.add_ms_p99, c.del_ms_p50
+    )
+}
+
+/// The table printed after the run.
+pub fn table(report: &CniReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:>5} {:>11} {:>11} {:>11}",
+        "plugin", "n", "ADD p50 ms", "ADD p99 ms", "DEL p50 ms"
+    );
+    for c in &report.cases {
+        let _ = writeln!(out, "{}", row(c));
+    }
+    out
+}
+
+/// Writes `report` as pretty JSON to `path`.
+pub fn write_report(report: &CniReport, path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(report).context("serialising the report")?;
+    fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_json_report_has_the_agreed_shape() {
+        let report = CniReport {
+            cases: vec![Case {
+                plugin: "sidelane-ovn",
+                n: 200,
+                add_ms_p50: 5.5,
+                add_ms_p99: 9.0,
+                del_ms_p50: 3.0,
+            }],
+        };
+        assert_eq!(
+            serde_json::to_value(&report).expect("serialises"),
+            json!({"cases": [{"plugin": "sidelane-ovn", "n": 200, "add_ms_p50": 5.5,
+                              "add_ms_p99": 9.0, "del_ms_p50": 3.0}]})
+        );
+    }
+}
