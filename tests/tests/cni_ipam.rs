@@ -404,3 +404,82 @@ fn the_reference_macvlan_plugin_gets_the_annotated_address_from_us_and_its_rate_
     let links = pod.exec(&["ip", "-o", "link"]).expect("ip link");
     assert!(!links.contains("net1"), "{links}");
 }
+
+#[test]
+fn traffic_into_an_ipam_only_macvlan_pod_is_held_to_its_ingress_rate() {
+    if !privilege::require_privileges(
+        "traffic_into_an_ipam_only_macvlan_pod_is_held_to_its_ingress_rate",
+    ) {
+        return;
+    }
+    let api = ApiServer::start();
+    // Pod "limited" has ingress_rate 20 (from ALLOCATION); pod "sender" has no limit.
+    seed_pod(&api, "limited", &allocation());
+    let mut sender = allocation();
+    sender["macvlan.default.kubernetes.io/ip_address"] = json!("172.18.0.10");
+    sender
+        .as_object_mut()
+        .expect("an object")
+        .remove("macvlan.default.kubernetes.io/ingress_rate");
+    seed_pod(&api, "sender", &sender);
+    let pins = PinRoot::new("sidelane-cni-traffic");
+    let dataplane = QosDataplane::new(pins.path()).expect("the QoS dataplane");
+    let agent = Agent::start(&api, dataplane, Duration::from_secs(20));
+    let node = NetNs::new().expect("node namespace");
+    let peer = NetNs::new().expect("peer namespace");
+    node.exec(&[
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "up0",
+        "netns",
+        peer.name(),
+    ])
+    .expect("the node's eth0");
+    node.exec(&["ip", "link", "set", "eth0", "up"])
+        .expect("eth0 up");
+    // The master needs a carrier for its macvlans to have one.
+    peer.exec(&["ip", "link", "set", "up0", "up"])
+        .expect("the wire's far end up");
+    let plugins = installed_plugin_dir();
+    let cni_path = format!("{}:/usr/lib/cni", plugins.path().display());
+    let cfg = macvlan_seed_config(&agent.socket).to_string();
+    let pods: Vec<(NetNs, &str)> = ["limited", "sender"]
+        .into_iter()
+        .map(|name| (NetNs::new().expect("pod namespace"), name))
+        .collect();
+    for (pod, name) in &pods {
+        let mut cmd = node.command(&["/usr/lib/cni/macvlan"]);
+        cmd.env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", format!("cid-{name}"))
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_IFNAME", "net1")
+            .env("CNI_PATH", &cni_path)
+            .env(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"),
+            );
+        let out =
+            sidelane_tests::process::run(&mut cmd, Some(cfg.as_bytes()), Duration::from_mins(1))
+                .expect("running macvlan");
+        assert!(
+            out.status.success(),
+            "macvlan ADD for {name}: {} {}",
+            out.stdout,
+            out.stderr
+        );
+    }
+    let spec = sidelane_tests::iperf::IperfSpec::tcp(Duration::from_secs(5));
+    let report = sidelane_tests::iperf::measure(&pods[0].0, "172.18.0.9", &pods[1].0, &spec)
+        .expect("iperf3 between the two macvlan pods");
+    let mbps = report.receiver_bps / 1e6;
+    assert!(
+        (15.0..=21.0).contains(&mbps),
+        "ingress (into the pod) at 20 Mbit/s on an IPAM-only macvlan measured {mbps:.1} Mbit/s"
+    );
+}
