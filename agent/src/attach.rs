@@ -88,6 +88,16 @@ pub enum AttachError {
         #[source]
         source: Box<DataplaneError>,
     },
+    /// CHECK found the interface not as allocated.
+    #[error("pod {pod} interface {ifname} is not as allocated: {differences}")]
+    CheckFailed {
+        /// `namespace/name`.
+        pod: String,
+        /// The interface.
+        ifname: String,
+        /// Every difference found.
+        differences: String,
+    },
     /// Creating or removing the interface failed.
     #[error("pod {pod} interface {ifname}: {source}")]
     Link {
@@ -267,7 +277,7 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
                 reason: "an OVN-backed attachment needs the MAC its logical port has".to_owned(),
             },
         })?;
-        let plan = ovn_plan(req, alloc, &mac_text, self.mtu).map_err(link_err)?;
+        let plan = ovn_plan(req, alloc, Some(&mac_text), self.mtu).map_err(link_err)?;
         let host = link::veth_name(&req.container_id, &req.if_name, 'h').map_err(link_err)?;
         let temp = link::veth_name(&req.container_id, &req.if_name, 'c').map_err(link_err)?;
         let host_netns = self.host_netns.clone();
@@ -388,6 +398,9 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
             Waited::TimedOut(None) => crate::pods::Annotations::default(),
         };
         match allocation::read(&annotations, &provider, &req.if_name) {
+            Ok(Some(alloc)) if PLUGIN_TYPES.contains(&req.cni_type.as_str()) => {
+                self.check_interface(req, &alloc).await
+            }
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(AttachError::NotAllocated {
                 pod: req.pod_key(),
@@ -399,6 +412,35 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
                 pod: req.pod_key(),
                 source,
             }),
+        }
+    }
+
+    /// CHECK of an OVN-backed interface: it exists with the allocated addresses and MAC.
+    async fn check_interface(
+        &self,
+        req: &CniRequest,
+        alloc: &Allocation,
+    ) -> Result<(), AttachError> {
+        let link_err = |source| AttachError::Link {
+            pod: req.pod_key(),
+            ifname: req.if_name.clone(),
+            source: Box::new(source),
+        };
+        let plan = ovn_plan(req, alloc, alloc.mac.as_deref(), self.mtu).map_err(link_err)?;
+        let pod_netns = PathBuf::from(&req.net_ns);
+        let differences =
+            match tokio::task::spawn_blocking(move || link::verify(&pod_netns, &plan)).await {
+                Ok(result) => result.map_err(link_err)?,
+                Err(join) => std::panic::resume_unwind(join.into_panic()),
+            };
+        if differences.is_empty() {
+            Ok(())
+        } else {
+            Err(AttachError::CheckFailed {
+                pod: req.pod_key(),
+                ifname: req.if_name.clone(),
+                differences: differences.join("; "),
+            })
         }
     }
 
@@ -483,7 +525,7 @@ fn response_ips(req: &CniRequest, alloc: &Allocation) -> Vec<ResponseIp> {
 pub fn ovn_plan(
     req: &CniRequest,
     alloc: &Allocation,
-    mac: &str,
+    mac: Option<&str>,
     mtu: u32,
 ) -> Result<PodInterfacePlan, LinkError> {
     let mut routes = Vec::new();
@@ -522,7 +564,7 @@ pub fn ovn_plan(
     }
     Ok(PodInterfacePlan {
         ifname: req.if_name.clone(),
-        mac: Some(link::parse_mac(mac)?),
+        mac: mac.map(link::parse_mac).transpose()?,
         mtu: Some(mtu),
         addresses: alloc
             .ips

@@ -61,9 +61,9 @@ fn vars(command: &str, netns: &str, ifname: &str) -> BTreeMap<String, String> {
 
 #[test]
 #[expect(clippy::too_many_lines, reason = "one scenario, asserted step by step")]
-fn add_creates_net1_and_net2_from_the_annotations_and_del_removes_them() {
+fn add_creates_net1_and_net2_check_verifies_them_and_del_removes_them() {
     if !privilege::require_privileges(
-        "add_creates_net1_and_net2_from_the_annotations_and_del_removes_them",
+        "add_creates_net1_and_net2_check_verifies_them_and_del_removes_them",
     ) {
         return;
     }
@@ -159,6 +159,22 @@ fn add_creates_net1_and_net2_from_the_annotations_and_del_removes_them() {
     assert!(
         host_ends.contains("5e7b41aa_net1_h") && host_ends.contains("5e7b41aa_net2_h"),
         "{host_ends}"
+    );
+
+    // CHECK (cniVersion 0.4.0 and later) passes, then fails naming the address removed by hand.
+    let check_cfg = cfg.replace("\"0.3.0\"", "\"0.4.0\"");
+    let ok = sidelane_cni::run(&vars("CHECK", &netns, "net1"), check_cfg.as_bytes());
+    assert_eq!(ok.exit_code, 0, "{}", ok.stdout);
+    pod.exec(&["ip", "addr", "del", "172.17.0.11/16", "dev", "net1"])
+        .expect("removing the address by hand");
+    let failed = sidelane_cni::run(&vars("CHECK", &netns, "net1"), check_cfg.as_bytes());
+    assert_eq!(failed.exit_code, 1, "{}", failed.stdout);
+    assert!(
+        failed
+            .stdout
+            .contains("address 172.17.0.11/16 is missing on net1"),
+        "{}",
+        failed.stdout
     );
 
     for ifname in ["net1", "net2"] {

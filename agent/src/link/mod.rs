@@ -207,6 +207,37 @@ fn configure_pod_end(temp_name: &str, plan: &PodInterfacePlan) -> Result<(), Lin
     Ok(())
 }
 
+/// Compares the pod end in `pod_netns` with `plan`: every difference found (a missing
+/// interface, address or wrong MAC), empty when it is as planned.
+pub fn verify(pod_netns: &Path, plan: &PodInterfacePlan) -> Result<Vec<String>, LinkError> {
+    netns::run_in(Some(pod_netns), || {
+        let ifname = plan.ifname.as_str();
+        let Some(index) = index_of(ifname) else {
+            return Ok(vec![format!("interface {ifname} is missing")]);
+        };
+        let mut nl =
+            Netlink::open().map_err(io_err("opening rtnetlink in", "the pod namespace"))?;
+        let mut differences = Vec::new();
+        let present = nl
+            .addresses(index)
+            .map_err(io_err("listing the addresses of", ifname))?;
+        for addr in &plan.addresses {
+            if !present.contains(addr) {
+                differences.push(format!("address {addr} is missing on {ifname}"));
+            }
+        }
+        if let Some(want) = plan.mac {
+            let have = nl
+                .mac(index)
+                .map_err(io_err("reading the MAC of", ifname))?;
+            if have.as_deref() != Some(&want[..]) {
+                differences.push(format!("{ifname} has MAC {have:02x?}, not {want:02x?}"));
+            }
+        }
+        Ok(differences)
+    })?
+}
+
 /// Deletes the host end `host_name` (and so the pod end). `false` if it did not exist.
 pub fn delete(host_netns: Option<&Path>, host_name: &str) -> Result<bool, LinkError> {
     netns::run_in(host_netns, || {

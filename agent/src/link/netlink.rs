@@ -9,7 +9,7 @@ use std::{
 
 use ipnet::IpNet;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
     NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::{
@@ -72,6 +72,73 @@ impl Netlink {
                 offset += len;
             }
         }
+    }
+
+    /// Dumps with `msg` and returns every reply.
+    fn dump(&mut self, msg: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = self.seq;
+        let mut request = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        request.finalize();
+        let mut buf = vec![0; request.buffer_len()];
+        request.serialize(&mut buf);
+        self.socket.send(&buf, 0)?;
+        let mut out = Vec::new();
+        let mut rx = Vec::with_capacity(64 * 1024);
+        loop {
+            rx.clear();
+            let n = self.socket.recv(&mut rx, 0)?;
+            let mut offset = 0;
+            while offset < n {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rx[offset..n])
+                    .map_err(io::Error::other)?;
+                let len = reply.header.length as usize;
+                match reply.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) if e.code.is_some() => return Err(e.to_io()),
+                    NetlinkPayload::InnerMessage(m) => out.push(m),
+                    _ => {}
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+            }
+        }
+    }
+
+    /// The addresses (with prefixes) on link `index`.
+    pub fn addresses(&mut self, index: u32) -> io::Result<Vec<IpNet>> {
+        let replies = self.dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
+                    let prefix = a.header.prefix_len;
+                    a.attributes.into_iter().find_map(|attr| match attr {
+                        AddressAttribute::Address(ip) => IpNet::new(ip, prefix).ok(),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The MAC of link `index`, if it has one.
+    pub fn mac(&mut self, index: u32) -> io::Result<Option<Vec<u8>>> {
+        let replies = self.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
+        Ok(replies.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) if l.header.index == index => {
+                l.attributes.into_iter().find_map(|a| match a {
+                    LinkAttribute::Address(mac) => Some(mac),
+                    _ => None,
+                })
+            }
+            _ => None,
+        }))
     }
 
     /// Creates a veth pair: `name` here, `peer` created directly in the namespace `peer_netns`.
