@@ -234,11 +234,11 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
         let qos = Arc::clone(&self.qos);
         let applied = {
             let target = target.clone();
-            tokio::task::spawn_blocking(move || qos.apply(&target, &spec)).await
+            blocking(move || qos.apply(&target, &spec)).await
         };
         match applied {
-            Ok(Ok(())) => {}
-            Ok(Err(source)) => {
+            Ok(()) => {}
+            Err(source) => {
                 if ovn {
                     // All or nothing: the interface goes with the failed ADD.
                     let _ = self.delete_interface(req).await;
@@ -249,7 +249,6 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
                     source: Box::new(source),
                 });
             }
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
         info!(pod = %req.pod_key(), provider = %provider, ifname = %req.if_name,
               qos = %spec, ovn, "attachment served");
@@ -282,17 +281,12 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
         let temp = link::veth_name(&req.container_id, &req.if_name, 'c').map_err(link_err)?;
         let host_netns = self.host_netns.clone();
         let pod_netns = PathBuf::from(&req.net_ns);
-        let created = {
+        {
             let (host, plan) = (host.clone(), plan.clone());
             let host_netns = host_netns.clone();
-            tokio::task::spawn_blocking(move || {
-                link::create(host_netns.as_deref(), &host, &pod_netns, &temp, &plan)
-            })
-            .await
-        };
-        match created {
-            Ok(result) => result.map_err(link_err)?,
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
+            blocking(move || link::create(host_netns.as_deref(), &host, &pod_netns, &temp, &plan))
+                .await
+                .map_err(link_err)?;
         }
         let target = QosTarget {
             netns: host_netns,
@@ -328,17 +322,15 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
         }
         let target = pod_device(req);
         let qos = Arc::clone(&self.qos);
-        let result = tokio::task::spawn_blocking(move || qos.detach(&target)).await;
-        match result {
-            Ok(Ok(()) | Err(DataplaneError::NoSuchInterface { .. } | DataplaneError::Netns(_))) => {
+        match blocking(move || qos.detach(&target)).await {
+            Ok(()) | Err(DataplaneError::NoSuchInterface { .. } | DataplaneError::Netns(_)) => {
                 Ok(())
             }
-            Ok(Err(source)) => Err(AttachError::Qos {
+            Err(source) => Err(AttachError::Qos {
                 pod: req.pod_key(),
                 ifname: req.if_name.clone(),
                 source: Box::new(source),
             }),
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
         }
     }
 
@@ -358,7 +350,7 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
         };
         let qos = Arc::clone(&self.qos);
         let host_netns = self.host_netns.clone();
-        let done = tokio::task::spawn_blocking(move || {
+        let (detached, deleted) = blocking(move || {
             let detached = match qos.detach(&target) {
                 Ok(()) | Err(DataplaneError::NoSuchInterface { .. }) => Ok(()),
                 Err(e) => Err(e),
@@ -366,10 +358,6 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
             (detached, link::delete(host_netns.as_deref(), &host))
         })
         .await;
-        let (detached, deleted) = match done {
-            Ok(both) => both,
-            Err(join) => std::panic::resume_unwind(join.into_panic()),
-        };
         deleted.map_err(link_err)?;
         detached.map_err(|source| AttachError::Qos {
             pod: req.pod_key(),
@@ -428,11 +416,9 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
         };
         let plan = ovn_plan(req, alloc, alloc.mac.as_deref(), self.mtu).map_err(link_err)?;
         let pod_netns = PathBuf::from(&req.net_ns);
-        let differences =
-            match tokio::task::spawn_blocking(move || link::verify(&pod_netns, &plan)).await {
-                Ok(result) => result.map_err(link_err)?,
-                Err(join) => std::panic::resume_unwind(join.into_panic()),
-            };
+        let differences = blocking(move || link::verify(&pod_netns, &plan))
+            .await
+            .map_err(link_err)?;
         if differences.is_empty() {
             Ok(())
         } else {
@@ -447,6 +433,14 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
     /// GC: nothing of IPAM-only attachments outlives their namespace (the limits go with the
     /// interface), so there is nothing to collect yet.
     pub fn gc(&self, _req: &GcRequest) {}
+}
+
+/// Runs blocking dataplane or netlink work off the async workers; a panic there stays a panic.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
 }
 
 fn check_request(req: &CniRequest) -> Result<(), AttachError> {
