@@ -9,7 +9,11 @@
 //!   so the agent answers with the addresses and attaches the QoS programs to that interface.
 //!   Beyond Kube-OVN, which gives these attachments no QoS at all.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use sidelane_api::{
     allocation::{self, Allocation},
@@ -30,7 +34,10 @@ use crate::{
         qos::{Placement, QosDataplane, QosTarget},
     },
     link::{self, LinkError, PodInterfacePlan},
+    netns,
     pods::{PodError, PodSource, Waited},
+    records::{AttachmentKind, AttachmentRecord, RecordError, Records},
+    subnets::{self, SubnetInfo, SubnetSource},
 };
 
 /// How long an ADD waits for the controller by default.
@@ -49,6 +56,23 @@ pub enum AttachError {
         value: String,
         /// Why it cannot be used.
         reason: &'static str,
+    },
+    /// No Subnet serves the request's provider (Kube-OVN's 400).
+    #[error("provider {provider} is not bound to any subnet")]
+    ProviderNotBound {
+        /// The provider.
+        provider: String,
+    },
+    /// The agent's attachment record could not be kept.
+    #[error("pod {pod} interface {ifname}: {source}")]
+    Record {
+        /// `namespace/name`.
+        pod: String,
+        /// The interface.
+        ifname: String,
+        /// Why.
+        #[source]
+        source: RecordError,
     },
     /// The controller did not allocate in time.
     #[error(
@@ -115,7 +139,9 @@ impl AttachError {
     /// The HTTP status for this error (Kube-OVN's: 400 for bad input, 500 otherwise).
     pub fn status(&self) -> u16 {
         match self {
-            AttachError::BadRequest { .. } | AttachError::Annotation { .. } => 400,
+            AttachError::BadRequest { .. }
+            | AttachError::Annotation { .. }
+            | AttachError::ProviderNotBound { .. } => 400,
             _ => 500,
         }
     }
@@ -127,6 +153,9 @@ pub trait QosPort: Send + Sync + 'static {
     fn apply(&self, target: &QosTarget, spec: &QosSpec) -> Result<(), DataplaneError>;
     /// Removes the limits of `target`, if any.
     fn detach(&self, target: &QosTarget) -> Result<(), DataplaneError>;
+    /// Removes the limits of every interface that no longer exists (a namespace deleted before
+    /// its attachments were).
+    fn sweep(&self) -> Result<(), DataplaneError>;
 }
 
 impl QosPort for QosDataplane {
@@ -141,12 +170,17 @@ impl QosPort for QosDataplane {
     fn detach(&self, target: &QosTarget) -> Result<(), DataplaneError> {
         QosDataplane::detach(self, target).map(drop)
     }
+
+    fn sweep(&self) -> Result<(), DataplaneError> {
+        QosDataplane::adopt(self).map(drop)
+    }
 }
 
 /// The agent's CNI logic over a pod source and a QoS port.
 pub struct Attacher<P, Q> {
     pods: P,
     qos: Arc<Q>,
+    records: Records,
     timeout: Duration,
     host_netns: Option<PathBuf>,
     mtu: u32,
@@ -156,12 +190,24 @@ pub struct Attacher<P, Q> {
 /// Geneve overlay.
 pub const DEFAULT_MTU: u32 = 1400;
 
-impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
-    /// Waits up to `timeout` for allocations.
-    pub fn new(pods: P, qos: Q, timeout: Duration) -> Attacher<P, Q> {
+/// What GC or a restart found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Attachments kept (`<container_id>/<ifname>`).
+    pub kept: Vec<String>,
+    /// Attachments removed.
+    pub removed: Vec<String>,
+    /// Record files that could not be read (left in place), with the reason.
+    pub unreadable: Vec<String>,
+}
+
+impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
+    /// Waits up to `timeout` for allocations; keeps its record of attachments in `records`.
+    pub fn new(pods: P, qos: Q, records: Records, timeout: Duration) -> Attacher<P, Q> {
         Attacher {
             pods,
             qos: Arc::new(qos),
+            records,
             timeout,
             host_netns: None,
             mtu: DEFAULT_MTU,
@@ -179,8 +225,97 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
     /// ADD.
     pub async fn add(&self, req: &CniRequest) -> Result<CniResponse, AttachError> {
         check_request(req)?;
+        if !netns::is_network_namespace(Path::new(&req.net_ns)) {
+            return Err(AttachError::BadRequest {
+                field: "net_ns",
+                value: req.net_ns.clone(),
+                reason: "not a network namespace",
+            });
+        }
         let provider = req.provider_or_default().to_owned();
         let ovn = PLUGIN_TYPES.contains(&req.cni_type.as_str());
+        let (subnets, serving) = self.serving_subnet(&provider, &req.if_name).await?;
+        let (annotations, alloc) = self.wait_for_allocation(req, &provider).await?;
+        let spec = QosSpec::from_annotations(&annotations, &alloc.prefix).map_err(|source| {
+            AttachError::Annotation {
+                pod: req.pod_key(),
+                source,
+            }
+        })?;
+        let mtu = subnets::mtu_for(
+            &subnets,
+            alloc.logical_switch.as_deref(),
+            serving.as_ref(),
+            self.mtu,
+        );
+        let record_err = |source| AttachError::Record {
+            pod: req.pod_key(),
+            ifname: req.if_name.clone(),
+            source,
+        };
+        // A record already there is an attachment in place (a repeated ADD): a failure here
+        // must not forget it.
+        let recorded = self
+            .records
+            .get(&req.container_id, &req.if_name)
+            .map_err(record_err)?
+            .is_some();
+        let record = record_of(req, ovn).map_err(|source| AttachError::Link {
+            pod: req.pod_key(),
+            ifname: req.if_name.clone(),
+            source: Box::new(source),
+        })?;
+        self.records.put(&record).map_err(record_err)?;
+        let forget = || {
+            if !recorded {
+                let _ = self.records.remove(&req.container_id, &req.if_name);
+            }
+        };
+        let created = if ovn {
+            self.create_interface(req, &alloc, mtu).await
+        } else {
+            Ok((pod_device(req), ipam_response(req, &alloc)))
+        };
+        let (target, response) = match created {
+            Ok(done) => done,
+            Err(e) => {
+                forget();
+                return Err(e);
+            }
+        };
+        let qos = Arc::clone(&self.qos);
+        let applied = {
+            let target = target.clone();
+            blocking(move || qos.apply(&target, &spec)).await
+        };
+        match applied {
+            Ok(()) => {}
+            Err(source) => {
+                if ovn {
+                    // All or nothing: the interface goes with the failed ADD.
+                    let _ = self.delete_interface(req).await;
+                }
+                forget();
+                return Err(AttachError::Qos {
+                    pod: req.pod_key(),
+                    ifname: req.if_name.clone(),
+                    source: Box::new(source),
+                });
+            }
+        }
+        info!(pod = %req.pod_key(), provider = %provider, ifname = %req.if_name,
+              qos = %spec, ovn, mtu, "attachment served");
+        Ok(response)
+    }
+
+    /// Waits (by watch) until the controller's allocation for the request's provider and
+    /// interface is on the pod; a malformed one is an error at once.
+    async fn wait_for_allocation(
+        &self,
+        req: &CniRequest,
+        provider: &str,
+    ) -> Result<(crate::pods::Annotations, Allocation), AttachError> {
+        let provider = provider.to_owned();
         let (prov, ifname) = (provider.clone(), req.if_name.clone());
         let waited = self
             .pods
@@ -212,47 +347,44 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
                 });
             }
         };
-        let annotation_err = |source| AttachError::Annotation {
-            pod: req.pod_key(),
-            source,
-        };
         let alloc = allocation::read(&annotations, &provider, &req.if_name)
-            .map_err(annotation_err)?
+            .map_err(|source| AttachError::Annotation {
+                pod: req.pod_key(),
+                source,
+            })?
             .ok_or_else(|| AttachError::NotAllocated {
                 pod: req.pod_key(),
                 provider: provider.clone(),
                 timeout: self.timeout,
                 missing: "the allocation vanished".to_owned(),
             })?;
-        let spec =
-            QosSpec::from_annotations(&annotations, &alloc.prefix).map_err(annotation_err)?;
-        let (target, response) = if ovn {
-            self.create_interface(req, &alloc).await?
-        } else {
-            (pod_device(req), ipam_response(req, &alloc))
-        };
-        let qos = Arc::clone(&self.qos);
-        let applied = {
-            let target = target.clone();
-            blocking(move || qos.apply(&target, &spec)).await
-        };
-        match applied {
-            Ok(()) => {}
-            Err(source) => {
-                if ovn {
-                    // All or nothing: the interface goes with the failed ADD.
-                    let _ = self.delete_interface(req).await;
-                }
-                return Err(AttachError::Qos {
-                    pod: req.pod_key(),
-                    ifname: req.if_name.clone(),
-                    source: Box::new(source),
-                });
-            }
+        Ok((annotations, alloc))
+    }
+
+    /// Kube-OVN's provider check: a provider other than `ovn` must be some Subnet's (the cache
+    /// is asked first, then the API, so a Subnet created a moment ago counts). Returns every
+    /// Subnet and the serving one.
+    async fn serving_subnet(
+        &self,
+        provider: &str,
+        ifname: &str,
+    ) -> Result<(Vec<SubnetInfo>, Option<SubnetInfo>), AttachError> {
+        let mut all = self.pods.subnets(false).await?;
+        let mut found = subnets::serving(&all, provider, ifname);
+        if found == Some(None) {
+            all = self.pods.subnets(true).await?;
+            found = subnets::serving(&all, provider, ifname);
         }
-        info!(pod = %req.pod_key(), provider = %provider, ifname = %req.if_name,
-              qos = %spec, ovn, "attachment served");
-        Ok(response)
+        match found {
+            Some(None) => Err(AttachError::ProviderNotBound {
+                provider: provider.to_owned(),
+            }),
+            Some(Some(s)) => {
+                let s = s.clone();
+                Ok((all, Some(s)))
+            }
+            None => Ok((all, None)),
+        }
     }
 
     /// Creates the veth pair of an OVN-backed attachment; returns the QoS target (the host
@@ -261,6 +393,7 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
         &self,
         req: &CniRequest,
         alloc: &Allocation,
+        mtu: u32,
     ) -> Result<(QosTarget, CniResponse), AttachError> {
         let link_err = |source| AttachError::Link {
             pod: req.pod_key(),
@@ -276,7 +409,7 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
                 reason: "an OVN-backed attachment needs the MAC its logical port has".to_owned(),
             },
         })?;
-        let plan = ovn_plan(req, alloc, Some(&mac_text), self.mtu).map_err(link_err)?;
+        let plan = ovn_plan(req, alloc, Some(&mac_text), mtu).map_err(link_err)?;
         let host = link::veth_name(&req.container_id, &req.if_name, 'h').map_err(link_err)?;
         let temp = link::veth_name(&req.container_id, &req.if_name, 'c').map_err(link_err)?;
         let host_netns = self.host_netns.clone();
@@ -304,7 +437,7 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
                     gateway: gw.map(|g| g.to_string()).unwrap_or_default(),
                 })
                 .collect(),
-            mtu: self.mtu,
+            mtu,
             nicname: req.if_name.clone(),
             dns: req.dns.clone(),
             error: String::new(),
@@ -312,17 +445,40 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
         Ok((target, response))
     }
 
-    /// DEL: idempotent; removes the interface's limits if the namespace still exists.
+    /// DEL: idempotent; removes what exists of the attachment (interface, limits, record).
     pub async fn del(&self, req: &CniRequest) -> Result<(), AttachError> {
         if PLUGIN_TYPES.contains(&req.cni_type.as_str()) {
-            return self.delete_interface(req).await;
+            self.delete_interface(req).await?;
+        } else {
+            self.detach_pod_device(req).await?;
         }
-        if req.net_ns.is_empty() || !std::path::Path::new(&req.net_ns).exists() {
-            return Ok(());
+        if !req.container_id.is_empty() && !req.if_name.is_empty() {
+            self.records
+                .remove(&req.container_id, &req.if_name)
+                .map_err(|source| AttachError::Record {
+                    pod: req.pod_key(),
+                    ifname: req.if_name.clone(),
+                    source,
+                })?;
         }
-        let target = pod_device(req);
+        Ok(())
+    }
+
+    /// Removes the limits of an IPAM-only attachment's interface inside the pod; when the
+    /// namespace is already gone, sweeps the limits of every vanished interface instead.
+    async fn detach_pod_device(&self, req: &CniRequest) -> Result<(), AttachError> {
         let qos = Arc::clone(&self.qos);
-        match blocking(move || qos.detach(&target)).await {
+        let gone = req.net_ns.is_empty() || !netns::is_network_namespace(Path::new(&req.net_ns));
+        let target = pod_device(req);
+        let result = blocking(move || {
+            if gone {
+                qos.sweep()
+            } else {
+                qos.detach(&target)
+            }
+        })
+        .await;
+        match result {
             Ok(()) | Err(DataplaneError::NoSuchInterface { .. } | DataplaneError::Netns(_)) => {
                 Ok(())
             }
@@ -430,9 +586,138 @@ impl<P: PodSource, Q: QosPort> Attacher<P, Q> {
         }
     }
 
-    /// GC: nothing of IPAM-only attachments outlives their namespace (the limits go with the
-    /// interface), so there is nothing to collect yet.
-    pub fn gc(&self, _req: &GcRequest) {}
+    /// GC: removes every recorded attachment of the request's provider that the runtime no
+    /// longer lists, exactly as DEL would.
+    pub async fn gc(&self, req: &GcRequest) -> Result<SweepReport, AttachError> {
+        let provider = if req.provider.is_empty() {
+            sidelane_api::annotations::DEFAULT_PROVIDER
+        } else {
+            req.provider.as_str()
+        };
+        let (records, unreadable) = self.list_records()?;
+        let mut report = SweepReport {
+            unreadable,
+            ..SweepReport::default()
+        };
+        for record in records {
+            let id = format!("{}/{}", record.container_id, record.ifname);
+            if record.provider != provider {
+                continue;
+            }
+            let valid = req
+                .valid_attachments
+                .iter()
+                .any(|v| v.container_id == record.container_id && v.if_name == record.ifname);
+            if valid {
+                report.kept.push(id);
+                continue;
+            }
+            self.del(&request_of(&record)).await?;
+            info!(pod = %record.pod_key(), provider = %record.provider, ifname = %record.ifname,
+                  container_id = %record.container_id, "collected an attachment the runtime no longer lists");
+            report.removed.push(id);
+        }
+        Ok(report)
+    }
+
+    /// After a restart: takes back every recorded attachment whose interface is still in place
+    /// and cleans up after those whose interface or namespace went away while the agent was
+    /// down. Interfaces in place are not touched.
+    pub async fn recover(&self) -> Result<SweepReport, AttachError> {
+        let (records, unreadable) = self.list_records()?;
+        let mut report = SweepReport {
+            unreadable,
+            ..SweepReport::default()
+        };
+        for record in records {
+            let id = format!("{}/{}", record.container_id, record.ifname);
+            let host_netns = self.host_netns.clone();
+            let probe = record.clone();
+            let in_place =
+                blocking(move || interface_in_place(host_netns.as_deref(), &probe)).await;
+            if in_place {
+                report.kept.push(id);
+            } else {
+                self.del(&request_of(&record)).await?;
+                info!(pod = %record.pod_key(), provider = %record.provider, ifname = %record.ifname,
+                      "removed an attachment whose interface went away while the agent was down");
+                report.removed.push(id);
+            }
+        }
+        Ok(report)
+    }
+
+    /// The attachments recorded now.
+    pub fn records(&self) -> &Records {
+        &self.records
+    }
+
+    fn list_records(&self) -> Result<(Vec<AttachmentRecord>, Vec<String>), AttachError> {
+        let listing = self.records.list().map_err(|source| AttachError::Record {
+            pod: "(all pods)".to_owned(),
+            ifname: "(all interfaces)".to_owned(),
+            source,
+        })?;
+        Ok((
+            listing.records,
+            listing
+                .unreadable
+                .into_iter()
+                .map(|(path, why)| format!("{}: {why}", path.display()))
+                .collect(),
+        ))
+    }
+}
+
+/// What the agent records of an attachment it is about to make.
+fn record_of(req: &CniRequest, ovn: bool) -> Result<AttachmentRecord, LinkError> {
+    Ok(AttachmentRecord {
+        container_id: req.container_id.clone(),
+        ifname: req.if_name.clone(),
+        netns: PathBuf::from(&req.net_ns),
+        pod_namespace: req.pod_namespace.clone(),
+        pod_name: req.pod_name.clone(),
+        provider: req.provider_or_default().to_owned(),
+        kind: if ovn {
+            AttachmentKind::Ovn {
+                host_ifname: link::veth_name(&req.container_id, &req.if_name, 'h')?,
+            }
+        } else {
+            AttachmentKind::Ipam
+        },
+    })
+}
+
+/// Whether a recorded attachment's interface still exists: the host end of an OVN-backed one,
+/// the pod's interface of an IPAM-only one.
+fn interface_in_place(host_netns: Option<&Path>, record: &AttachmentRecord) -> bool {
+    let exists = |ns: Option<&Path>, ifname: &str| {
+        netns::run_in(ns, || nix::net::if_::if_nametoindex(ifname).is_ok()).unwrap_or(false)
+    };
+    match &record.kind {
+        AttachmentKind::Ovn { host_ifname } => exists(host_netns, host_ifname),
+        AttachmentKind::Ipam => {
+            netns::is_network_namespace(&record.netns)
+                && exists(Some(&record.netns), &record.ifname)
+        }
+    }
+}
+
+/// The DEL a runtime would send for a recorded attachment.
+fn request_of(record: &AttachmentRecord) -> CniRequest {
+    CniRequest {
+        cni_type: match record.kind {
+            AttachmentKind::Ovn { .. } => PLUGIN_TYPES[0].to_owned(),
+            AttachmentKind::Ipam => "ipam".to_owned(),
+        },
+        pod_name: record.pod_name.clone(),
+        pod_namespace: record.pod_namespace.clone(),
+        container_id: record.container_id.clone(),
+        net_ns: record.netns.display().to_string(),
+        if_name: record.ifname.clone(),
+        provider: record.provider.clone(),
+        ..CniRequest::default()
+    }
 }
 
 /// Runs blocking dataplane or netlink work off the async workers; a panic there stays a panic.

@@ -7,3 +7,5 @@ pub mod dataplane;
 pub mod link;
 pub mod netns;
 pub mod pods;
+pub mod records;
+pub mod subnets;

@@ -10,6 +10,7 @@ use sidelane_agent::{
     cni_server,
     dataplane::qos::QosDataplane,
     pods::KubePods,
+    records::{DEFAULT_STATE_DIR, Records},
 };
 use sidelane_api::daemon::DEFAULT_SERVER_SOCKET;
 
@@ -22,6 +23,9 @@ struct Args {
     /// Where the eBPF programs and maps are pinned.
     #[arg(long, default_value = "/sys/fs/bpf/sidelane")]
     pin_root: PathBuf,
+    /// Where the agent records the attachments it made (a tmpfs, so a reboot starts clean).
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
     /// How long an ADD waits for the controller's allocation, in seconds.
     #[arg(long, default_value_t = DEFAULT_ALLOCATION_TIMEOUT.as_secs())]
     allocation_timeout: u64,
@@ -53,13 +57,33 @@ async fn main() -> anyhow::Result<()> {
         removed = adopted.removed.len(),
         "adopted QoS attachments"
     );
-    let listener = cni_server::bind(&args.socket)?;
-    tracing::info!(socket = %args.socket.display(), "serving CNI requests");
+    let records = Records::open(&args.state_dir).with_context(|| {
+        format!(
+            "opening the attachment records under {}",
+            args.state_dir.display()
+        )
+    })?;
     let attacher = Arc::new(Attacher::new(
         KubePods::new(client),
         dataplane,
+        records,
         Duration::from_secs(args.allocation_timeout),
     ));
+    let recovered = attacher
+        .recover()
+        .await
+        .context("taking back the recorded attachments")?;
+    tracing::info!(
+        kept = recovered.kept.len(),
+        removed = recovered.removed.len(),
+        unreadable = recovered.unreadable.len(),
+        "took back recorded attachments"
+    );
+    for bad in &recovered.unreadable {
+        tracing::warn!(record = %bad, "an attachment record cannot be read; left in place");
+    }
+    let listener = cni_server::bind(&args.socket)?;
+    tracing::info!(socket = %args.socket.display(), "serving CNI requests");
     tokio::select! {
         () = cni_server::serve(listener, attacher) => {}
         signal = tokio::signal::ctrl_c() => {

@@ -88,3 +88,32 @@ where
         })?
     })
 }
+
+/// `NS_GET_NSTYPE` from `linux/nsfs.h`: `_IO(0xb7, 0x3)`.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// Whether `path` is a network namespace: an nsfs file (a bind mount under `/var/run/netns` or
+/// `/proc/<pid>/ns/net`) whose namespace type is `CLONE_NEWNET`.
+pub fn is_network_namespace(path: &Path) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the descriptor's namespace.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
+    kind == libc::CLONE_NEWNET
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_network_namespace_file_counts_as_one() {
+        // Readable without privileges: the test process's own namespaces.
+        assert!(is_network_namespace(Path::new("/proc/self/ns/net")));
+        assert!(!is_network_namespace(Path::new("/proc/self/ns/mnt")));
+        assert!(!is_network_namespace(Path::new("/etc/hostname")));
+        assert!(!is_network_namespace(Path::new("/nonexistent/netns")));
+    }
+}

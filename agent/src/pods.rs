@@ -7,6 +7,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client, runtime::wait::await_condition};
 use thiserror::Error;
 
+use crate::subnets::SubnetCache;
+
 /// A pod's annotations.
 pub type Annotations = BTreeMap<String, String>;
 
@@ -20,6 +22,12 @@ pub enum PodError {
         namespace: String,
         /// The pod's name.
         name: String,
+        /// What the API said.
+        reason: String,
+    },
+    /// Listing or watching Subnets failed.
+    #[error("reading kubeovn.io/v1 Subnets: {reason}")]
+    Subnets {
         /// What the API said.
         reason: String,
     },
@@ -51,12 +59,26 @@ pub trait PodSource: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct KubePods {
     client: Client,
+    subnets: SubnetCache,
 }
 
 impl KubePods {
     /// Over `client`.
     pub fn new(client: Client) -> KubePods {
-        KubePods { client }
+        KubePods {
+            client,
+            subnets: SubnetCache::default(),
+        }
+    }
+
+    /// The client.
+    pub(crate) fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// The Subnet cache.
+    pub(crate) fn subnet_cache(&self) -> &SubnetCache {
+        &self.subnets
     }
 }
 

@@ -11,10 +11,12 @@
 //! - [`bandwidth_plugin`]: Debian's reference `bandwidth` CNI plugin, driven as a runtime does.
 //! - [`bench`]: the benchmarks behind `cargo xtask bench <name>`.
 //! - [`apiserver`]: a Kubernetes API double on loopback, shared by processes like a real API server.
+//! - [`cluster`]: the cluster objects (Subnets...) tests seed into it.
 
 pub mod apiserver;
 pub mod bandwidth_plugin;
 pub mod bench;
+pub mod cluster;
 pub mod iperf;
 pub mod netns;
 pub mod ping;

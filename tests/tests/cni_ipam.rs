@@ -24,9 +24,10 @@ use sidelane_agent::{
         qos::{QosDataplane, QosTarget},
     },
     pods::KubePods,
+    records::Records,
 };
 use sidelane_api::qos::QosSpec;
-use sidelane_tests::{apiserver::ApiServer, netns::NetNs, privilege, sidelane::PinRoot};
+use sidelane_tests::{apiserver::ApiServer, cluster, netns::NetNs, privilege, sidelane::PinRoot};
 
 /// Records what the agent asked of the dataplane.
 #[derive(Clone, Default)]
@@ -39,6 +40,10 @@ impl QosPort for RecordingQos {
     }
 
     fn detach(&self, _target: &QosTarget) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
+    fn sweep(&self) -> Result<(), DataplaneError> {
         Ok(())
     }
 }
@@ -63,7 +68,8 @@ impl Agent {
         let listener = runtime
             .block_on(async { cni_server::bind(&socket) })
             .expect("binding");
-        let attacher = Arc::new(Attacher::new(KubePods::new(client), qos, timeout));
+        let records = Records::open(dir.path().join("records")).expect("the record directory");
+        let attacher = Arc::new(Attacher::new(KubePods::new(client), qos, records, timeout));
         runtime.spawn(cni_server::serve(listener, attacher));
         Agent {
             _dir: dir,
@@ -72,6 +78,21 @@ impl Agent {
         }
     }
 }
+
+/// The cluster of the seed's macvlan NAD: its Subnet (provider `macvlan.default`).
+fn seed_subnet(api: &ApiServer) {
+    api.seed(cluster::subnet(
+        "macvlan",
+        "macvlan.default",
+        "172.18.0.0/16",
+        None,
+    ))
+    .expect("seeding the Subnet");
+}
+
+/// A network namespace that exists without privileges: the test's own. Tests that fake the
+/// dataplane point the runtime's `CNI_NETNS` here.
+const OWN_NETNS: &str = "/proc/self/ns/net";
 
 fn seed_pod(api: &ApiServer, name: &str, annotations: &Value) {
     api.seed(json!({
@@ -161,15 +182,13 @@ fn allocation() -> Value {
 #[test]
 fn an_ipam_add_waits_for_the_controllers_allocation_and_answers_with_it() {
     let api = ApiServer::start();
+    seed_subnet(&api);
     seed_pod(&api, "p1", &json!({}));
     let qos = RecordingQos::default();
     let agent = Agent::start(&api, qos.clone(), Duration::from_secs(20));
     let cfg = macvlan_seed_config(&agent.socket).to_string();
     let plugin = thread::spawn(move || {
-        sidelane_cni::run(
-            &cni_vars("ADD", "/var/run/netns/p1", "net1", "p1"),
-            cfg.as_bytes(),
-        )
+        sidelane_cni::run(&cni_vars("ADD", OWN_NETNS, "net1", "p1"), cfg.as_bytes())
     });
     thread::sleep(Duration::from_millis(300));
     assert!(!plugin.is_finished(), "ADD must wait for the allocation");
@@ -204,13 +223,11 @@ fn an_ipam_add_waits_for_the_controllers_allocation_and_answers_with_it() {
 #[test]
 fn an_add_that_is_never_allocated_fails_naming_pod_provider_and_what_was_missing() {
     let api = ApiServer::start();
+    seed_subnet(&api);
     seed_pod(&api, "p2", &json!({}));
     let agent = Agent::start(&api, RecordingQos::default(), Duration::from_millis(500));
     let cfg = macvlan_seed_config(&agent.socket).to_string();
-    let out = sidelane_cni::run(
-        &cni_vars("ADD", "/var/run/netns/p2", "net1", "p2"),
-        cfg.as_bytes(),
-    );
+    let out = sidelane_cni::run(&cni_vars("ADD", OWN_NETNS, "net1", "p2"), cfg.as_bytes());
     assert_eq!(out.exit_code, 1);
     let err: Value = serde_json::from_str(&out.stdout).expect("a JSON error");
     assert_eq!(err["code"], json!(11));
@@ -230,15 +247,13 @@ fn an_add_that_is_never_allocated_fails_naming_pod_provider_and_what_was_missing
 #[test]
 fn a_malformed_allocation_is_a_400_naming_the_annotation() {
     let api = ApiServer::start();
+    seed_subnet(&api);
     let mut bad = allocation();
     bad["macvlan.default.kubernetes.io/ingress_rate"] = json!("-5");
     seed_pod(&api, "p3", &bad);
     let agent = Agent::start(&api, RecordingQos::default(), Duration::from_secs(5));
     let cfg = macvlan_seed_config(&agent.socket).to_string();
-    let out = sidelane_cni::run(
-        &cni_vars("ADD", "/var/run/netns/p3", "net1", "p3"),
-        cfg.as_bytes(),
-    );
+    let out = sidelane_cni::run(&cni_vars("ADD", OWN_NETNS, "net1", "p3"), cfg.as_bytes());
     let err: Value = serde_json::from_str(&out.stdout).expect("a JSON error");
     let details = err["details"].as_str().expect("details");
     assert!(details.starts_with("request ip return 400"), "{details}");
@@ -252,6 +267,7 @@ fn a_malformed_allocation_is_a_400_naming_the_annotation() {
 #[test]
 fn fifty_concurrent_adds_for_fifty_pods_all_get_their_own_address() {
     let api = ApiServer::start();
+    seed_subnet(&api);
     for i in 0..50 {
         let mut a = allocation();
         a["macvlan.default.kubernetes.io/ip_address"] = json!(format!("172.18.1.{}", i + 10));
@@ -264,10 +280,8 @@ fn fifty_concurrent_adds_for_fifty_pods_all_get_their_own_address() {
             let cfg = cfg.clone();
             thread::spawn(move || {
                 let pod = format!("c{i}");
-                let out = sidelane_cni::run(
-                    &cni_vars("ADD", &format!("/var/run/netns/{pod}"), "net1", &pod),
-                    cfg.as_bytes(),
-                );
+                let out =
+                    sidelane_cni::run(&cni_vars("ADD", OWN_NETNS, "net1", &pod), cfg.as_bytes());
                 (i, out)
             })
         })
@@ -281,6 +295,100 @@ fn fifty_concurrent_adds_for_fifty_pods_all_get_their_own_address() {
             json!(format!("172.18.1.{}/16", i + 10))
         );
     }
+}
+
+#[test]
+fn a_provider_that_no_subnet_serves_is_refused_with_kube_ovns_400_without_waiting() {
+    let api = ApiServer::start();
+    seed_pod(&api, "p4", &allocation());
+    // A long allocation timeout: a wait would end in a 500, not the 400 asserted.
+    let agent = Agent::start(&api, RecordingQos::default(), Duration::from_mins(2));
+    let mut cfg = macvlan_seed_config(&agent.socket);
+    cfg["ipam"]["provider"] = json!("nosuch.default");
+    let out = sidelane_cni::run(
+        &cni_vars("ADD", OWN_NETNS, "net1", "p4"),
+        cfg.to_string().as_bytes(),
+    );
+    assert_eq!(out.exit_code, 1, "{}", out.stdout);
+    let err: Value = serde_json::from_str(&out.stdout).expect("a JSON error");
+    assert_eq!(
+        err["details"],
+        json!("request ip return 400 provider nosuch.default is not bound to any subnet")
+    );
+}
+
+#[test]
+fn a_netns_path_that_is_not_a_network_namespace_is_refused_naming_it() {
+    let api = ApiServer::start();
+    seed_subnet(&api);
+    seed_pod(&api, "p5", &allocation());
+    let agent = Agent::start(&api, RecordingQos::default(), Duration::from_secs(20));
+    let cfg = macvlan_seed_config(&agent.socket).to_string();
+    for path in [
+        "/etc/hostname",
+        "/proc/self/ns/mnt",
+        "/var/run/netns/no-such-pod",
+    ] {
+        let out = sidelane_cni::run(&cni_vars("ADD", path, "net1", "p5"), cfg.as_bytes());
+        assert_eq!(out.exit_code, 1, "{path}: {}", out.stdout);
+        let err: Value = serde_json::from_str(&out.stdout).expect("a JSON error");
+        let details = err["details"].as_str().expect("details");
+        assert_eq!(
+            details,
+            format!(
+                "request ip return 400 bad request: net_ns is {path:?}: not a network namespace"
+            )
+        );
+    }
+}
+
+#[test]
+fn gc_removes_the_attachments_the_runtime_no_longer_lists_and_keeps_the_others() {
+    let api = ApiServer::start();
+    seed_subnet(&api);
+    for pod in ["g1", "g2", "g3"] {
+        seed_pod(&api, pod, &allocation());
+    }
+    let agent = Agent::start(&api, RecordingQos::default(), Duration::from_secs(20));
+    let mut cfg = macvlan_seed_config(&agent.socket);
+    for pod in ["g1", "g2", "g3"] {
+        let out = sidelane_cni::run(
+            &cni_vars("ADD", OWN_NETNS, "net1", pod),
+            cfg.to_string().as_bytes(),
+        );
+        assert_eq!(out.exit_code, 0, "{pod}: {}", out.stdout);
+    }
+    let recorded = || {
+        let mut names: Vec<String> = std::fs::read_dir(agent.socket.with_file_name("records"))
+            .expect("the record directory")
+            .map(|e| {
+                e.expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        recorded(),
+        ["cid-g1+net1.json", "cid-g2+net1.json", "cid-g3+net1.json"]
+    );
+    // As a runtime sends GC (CNI 1.1.0): the network's config with what it still uses.
+    cfg["cniVersion"] = json!("1.1.0");
+    cfg["cni.dev/valid-attachments"] = json!([{"containerID": "cid-g2", "ifname": "net1"}]);
+    let mut vars = cni_vars("GC", "", "", "");
+    vars.retain(|k, _| k == "CNI_COMMAND");
+    let out = sidelane_cni::run(&vars, cfg.to_string().as_bytes());
+    assert_eq!(out.exit_code, 0, "{}", out.stdout);
+    assert_eq!(recorded(), ["cid-g2+net1.json"]);
+    // Another network's GC never touches this network's attachments.
+    cfg["ipam"]["provider"] = json!("other.default");
+    cfg["cni.dev/valid-attachments"] = json!([]);
+    let out = sidelane_cni::run(&vars, cfg.to_string().as_bytes());
+    assert_eq!(out.exit_code, 0, "{}", out.stdout);
+    assert_eq!(recorded(), ["cid-g2+net1.json"]);
 }
 
 /// Our plugin installed as `kube-ovn` in a `CNI_PATH` directory, as a node has it.
@@ -309,6 +417,7 @@ fn the_reference_macvlan_plugin_gets_the_annotated_address_from_us_and_its_rate_
         return;
     }
     let api = ApiServer::start();
+    seed_subnet(&api);
     seed_pod(&api, "m1", &allocation());
     let pins = PinRoot::new("sidelane-cni-test");
     let dataplane = QosDataplane::new(pins.path()).expect("the QoS dataplane");
@@ -413,6 +522,7 @@ fn traffic_into_an_ipam_only_macvlan_pod_is_held_to_its_ingress_rate() {
         return;
     }
     let api = ApiServer::start();
+    seed_subnet(&api);
     // Pod "limited" has ingress_rate 20 (from ALLOCATION); pod "sender" has no limit.
     seed_pod(&api, "limited", &allocation());
     let mut sender = allocation();

@@ -1,6 +1,7 @@
 //! OVN-backed attachments (`"type": "kube-ovn"`, the seed's `attachnet` NAD verbatim): our plugin
 //! driven as Multus drives it creates net1 and net2 in one pod from the annotations, beside an
-//! untouched eth0; DEL removes them and is idempotent.
+//! untouched eth0, with the Subnet's MTU; CHECK finds what was changed by hand; GC removes what
+//! the runtime no longer lists; DEL removes and is idempotent.
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
@@ -10,9 +11,10 @@ use sidelane_agent::{
     cni_server,
     dataplane::{DataplaneError, qos::QosTarget},
     pods::KubePods,
+    records::Records,
 };
 use sidelane_api::qos::QosSpec;
-use sidelane_tests::{apiserver::ApiServer, netns::NetNs, privilege};
+use sidelane_tests::{apiserver::ApiServer, cluster, netns::NetNs, privilege};
 
 struct NoQos;
 
@@ -22,6 +24,10 @@ impl QosPort for NoQos {
     }
 
     fn detach(&self, _: &QosTarget) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
+    fn sweep(&self) -> Result<(), DataplaneError> {
         Ok(())
     }
 }
@@ -61,14 +67,17 @@ fn vars(command: &str, netns: &str, ifname: &str) -> BTreeMap<String, String> {
 
 #[test]
 #[expect(clippy::too_many_lines, reason = "one scenario, asserted step by step")]
-fn add_creates_net1_and_net2_check_verifies_them_and_del_removes_them() {
+fn add_creates_net1_and_net2_check_verifies_them_gc_and_del_remove_them() {
     if !privilege::require_privileges(
-        "add_creates_net1_and_net2_check_verifies_them_and_del_removes_them",
+        "add_creates_net1_and_net2_check_verifies_them_gc_and_del_remove_them",
     ) {
         return;
     }
     let api = ApiServer::start();
     let p = "attachnet.default.ovn";
+    // The seed's Subnet for the attachment network, with an MTU of its own.
+    api.seed(cluster::subnet("attachnet", p, "172.17.0.0/16", Some(1300)))
+        .expect("seeding the Subnet");
     api.seed(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "samplepod", "namespace": "default", "annotations": {
@@ -83,7 +92,8 @@ fn add_creates_net1_and_net2_check_verifies_them_and_del_removes_them() {
             format!("{p}.net2.kubernetes.io/ip_address"): "172.17.0.12",
             format!("{p}.net2.kubernetes.io/cidr"): "172.17.0.0/16",
             format!("{p}.net2.kubernetes.io/gateway"): "172.17.0.1",
-            format!("{p}.net2.kubernetes.io/mac_address"): "00:00:00:11:22:02"
+            format!("{p}.net2.kubernetes.io/mac_address"): "00:00:00:11:22:02",
+            format!("{p}.net2.kubernetes.io/routes"): r#"[{"dst":"10.20.0.0/16","gw":"172.17.0.1"}]"#
         }},
         "spec": {"containers": [{"name": "c", "image": "alpine"}], "nodeName": "node1"}
     }))
@@ -121,8 +131,14 @@ fn add_creates_net1_and_net2_check_verifies_them_and_del_removes_them() {
     let listener = runtime
         .block_on(async { cni_server::bind(&socket) })
         .expect("binding");
-    let attacher = Attacher::new(KubePods::new(client), NoQos, Duration::from_secs(10))
-        .with_host_netns(node.path());
+    let records = Records::open(dir.path().join("records")).expect("the record directory");
+    let attacher = Attacher::new(
+        KubePods::new(client),
+        NoQos,
+        records,
+        Duration::from_secs(10),
+    )
+    .with_host_netns(node.path());
     runtime.spawn(cni_server::serve(listener, Arc::new(attacher)));
 
     let cfg = attachnet(&socket);
@@ -144,7 +160,10 @@ fn add_creates_net1_and_net2_check_verifies_them_and_del_removes_them() {
         let l2 = pod
             .exec(&["ip", "-o", "link", "show", "dev", ifname])
             .expect("ip link");
-        assert!(l2.contains(mac) && l2.contains("mtu 1400"), "{l2}");
+        assert!(
+            l2.contains(mac) && l2.contains("mtu 1300"),
+            "the Subnet's MTU: {l2}"
+        );
     }
     let routes = pod.exec(&["ip", "route"]).expect("routes");
     assert!(
@@ -175,6 +194,37 @@ fn add_creates_net1_and_net2_check_verifies_them_and_del_removes_them() {
             .contains("address 172.17.0.11/16 is missing on net1"),
         "{}",
         failed.stdout
+    );
+
+    // CHECK also finds a route removed by hand.
+    let ok = sidelane_cni::run(&vars("CHECK", &netns, "net2"), check_cfg.as_bytes());
+    assert_eq!(ok.exit_code, 0, "{}", ok.stdout);
+    pod.exec(&["ip", "route", "del", "10.20.0.0/16", "dev", "net2"])
+        .expect("removing the route by hand");
+    let failed = sidelane_cni::run(&vars("CHECK", &netns, "net2"), check_cfg.as_bytes());
+    assert_eq!(failed.exit_code, 1, "{}", failed.stdout);
+    assert!(
+        failed
+            .stdout
+            .contains("route 10.20.0.0/16 via 172.17.0.1 dev net2 is missing"),
+        "{}",
+        failed.stdout
+    );
+
+    // GC (CNI 1.1.0) with only net1 still in use removes net2 and its host end.
+    let mut gc_cfg: Value = serde_json::from_str(&cfg).expect("the config");
+    gc_cfg["cniVersion"] = json!("1.1.0");
+    gc_cfg["cni.dev/valid-attachments"] =
+        json!([{"containerID": "5e7b41aa8c1d3f2a9c0d", "ifname": "net1"}]);
+    let gc_vars: BTreeMap<String, String> = [("CNI_COMMAND".to_owned(), "GC".to_owned())].into();
+    let out = sidelane_cni::run(&gc_vars, gc_cfg.to_string().as_bytes());
+    assert_eq!(out.exit_code, 0, "{}", out.stdout);
+    let links = pod.exec(&["ip", "-o", "link"]).expect("pod links");
+    assert!(links.contains("net1") && !links.contains("net2"), "{links}");
+    let host_ends = node.exec(&["ip", "-o", "link"]).expect("node links");
+    assert!(
+        host_ends.contains("5e7b41aa_net1_h") && !host_ends.contains("5e7b41aa_net2_h"),
+        "{host_ends}"
     );
 
     for ifname in ["net1", "net2"] {

@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 use crate::{
     attach::{AttachError, Attacher, QosPort},
     pods::PodSource,
+    subnets::SubnetSource,
 };
 
 /// The largest request body accepted (a `CniRequest` is a few hundred bytes).
@@ -66,7 +67,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
 }
 
 /// Serves `listener` until the task is dropped.
-pub async fn serve<P: PodSource, Q: QosPort>(
+pub async fn serve<P: PodSource + SubnetSource, Q: QosPort>(
     listener: UnixListener,
     attacher: Arc<Attacher<P, Q>>,
 ) {
@@ -94,7 +95,7 @@ pub async fn serve<P: PodSource, Q: QosPort>(
     }
 }
 
-async fn handle<P: PodSource, Q: QosPort>(
+async fn handle<P: PodSource + SubnetSource, Q: QosPort>(
     attacher: &Attacher<P, Q>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -107,7 +108,7 @@ async fn handle<P: PodSource, Q: QosPort>(
     }
 }
 
-async fn route<P: PodSource, Q: QosPort>(
+async fn route<P: PodSource + SubnetSource, Q: QosPort>(
     attacher: &Attacher<P, Q>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
@@ -153,10 +154,10 @@ async fn route<P: PodSource, Q: QosPort>(
             Err(msg) => failure(StatusCode::BAD_REQUEST, msg),
         },
         PATH_GC => match decode::<GcRequest>(&path, &body) {
-            Ok(r) => {
-                attacher.gc(&r);
-                empty()
-            }
+            Ok(r) => match attacher.gc(&r).await {
+                Ok(_) => empty(),
+                Err(e) => attach_failure(&e),
+            },
             Err(msg) => failure(StatusCode::BAD_REQUEST, msg),
         },
         PATH_STATUS => empty(),

@@ -208,7 +208,7 @@ fn configure_pod_end(temp_name: &str, plan: &PodInterfacePlan) -> Result<(), Lin
 }
 
 /// Compares the pod end in `pod_netns` with `plan`: every difference found (a missing
-/// interface, address or wrong MAC), empty when it is as planned.
+/// interface, address or route, a wrong MAC), empty when it is as planned.
 pub fn verify(pod_netns: &Path, plan: &PodInterfacePlan) -> Result<Vec<String>, LinkError> {
     netns::run_in(Some(pod_netns), || {
         let ifname = plan.ifname.as_str();
@@ -224,6 +224,18 @@ pub fn verify(pod_netns: &Path, plan: &PodInterfacePlan) -> Result<Vec<String>, 
         for addr in &plan.addresses {
             if !present.contains(addr) {
                 differences.push(format!("address {addr} is missing on {ifname}"));
+            }
+        }
+        let routes = nl
+            .routes(index)
+            .map_err(io_err("listing the routes of", ifname))?;
+        for (dst, gw) in &plan.routes {
+            let found = routes
+                .iter()
+                .any(|(d, g)| d.trunc() == dst.trunc() && g == gw);
+            if !found {
+                let via = gw.map_or_else(String::new, |g| format!(" via {g}"));
+                differences.push(format!("route {dst}{via} dev {ifname} is missing"));
             }
         }
         if let Some(want) = plan.mac {

@@ -127,6 +127,46 @@ impl Netlink {
             .collect())
     }
 
+    /// The main table's routes through link `index`, both families: destination (`/0` for a
+    /// default route) and gateway.
+    pub fn routes(&mut self, index: u32) -> io::Result<Vec<(IpNet, Option<IpAddr>)>> {
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut msg = RouteMessage::default();
+            msg.header.address_family = family;
+            for m in self.dump(RouteNetlinkMessage::GetRoute(msg))? {
+                let RouteNetlinkMessage::NewRoute(r) = m else {
+                    continue;
+                };
+                if r.header.table != RouteHeader::RT_TABLE_MAIN {
+                    continue;
+                }
+                let (mut dst, mut gw, mut oif) = (None, None, None);
+                for attr in r.attributes {
+                    match attr {
+                        RouteAttribute::Destination(a) => dst = ip_of(&a),
+                        RouteAttribute::Gateway(a) => gw = ip_of(&a),
+                        RouteAttribute::Oif(i) => oif = Some(i),
+                        _ => {}
+                    }
+                }
+                if oif != Some(index) {
+                    continue;
+                }
+                let any = if family == AddressFamily::Inet {
+                    IpAddr::from([0u8; 4])
+                } else {
+                    IpAddr::from([0u16; 8])
+                };
+                if let Ok(net) = IpNet::new(dst.unwrap_or(any), r.header.destination_prefix_length)
+                {
+                    out.push((net, gw));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The MAC of link `index`, if it has one.
     pub fn mac(&mut self, index: u32) -> io::Result<Option<Vec<u8>>> {
         let replies = self.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
@@ -258,6 +298,14 @@ fn family(addr: IpAddr) -> AddressFamily {
         AddressFamily::Inet
     } else {
         AddressFamily::Inet6
+    }
+}
+
+fn ip_of(addr: &RouteAddress) -> Option<IpAddr> {
+    match addr {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        _ => None,
     }
 }
 

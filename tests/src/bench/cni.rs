@@ -26,9 +26,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
-use sidelane_agent::{attach::Attacher, cni_server, dataplane::qos::QosDataplane, pods::KubePods};
+use sidelane_agent::{
+    attach::Attacher, cni_server, dataplane::qos::QosDataplane, pods::KubePods, records::Records,
+};
 
-use crate::{apiserver::ApiServer, netns::NetNs, ping::percentile, sidelane::PinRoot};
+use crate::{apiserver::ApiServer, cluster, netns::NetNs, ping::percentile, sidelane::PinRoot};
 
 /// One plugin's figures.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -173,6 +175,13 @@ pub fn run(n: usize) -> anyhow::Result<CniReport> {
     node.exec(&["ip", "link", "set", "eth0", "up"])?;
 
     let api = ApiServer::start();
+    for (name, provider, cidr) in [
+        ("attachnet", "attachnet.default.ovn", "172.17.0.0/16"),
+        ("macvlan", "macvlan.default", "172.18.0.0/16"),
+    ] {
+        api.seed(cluster::subnet(name, provider, cidr, None))
+            .map_err(|e| anyhow::anyhow!("seeding Subnet {name}: {e}"))?;
+    }
     seed_pods(&api, n)?;
     let dir = tempfile::tempdir().context("a socket directory")?;
     let socket = dir.path().join("kube-ovn-daemon.sock");
@@ -183,6 +192,7 @@ pub fn run(n: usize) -> anyhow::Result<CniReport> {
     let attacher = Attacher::new(
         KubePods::new(client),
         QosDataplane::new(pins.path())?,
+        Records::open(dir.path().join("records"))?,
         Duration::from_secs(30),
     )
     .with_host_netns(node.path());
