@@ -10,8 +10,9 @@
 //!   Beyond Kube-OVN, which gives these attachments no QoS at all.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Weak},
     time::Duration,
 };
 
@@ -184,6 +185,39 @@ pub struct Attacher<P, Q> {
     timeout: Duration,
     host_netns: Option<PathBuf>,
     mtu: u32,
+    in_flight: AttachmentLocks,
+}
+
+/// One lock per attachment (container ID and interface): calls for the same attachment (an ADD
+/// and the runtime's DEL after a timeout, a GC) run one after the other; calls for different
+/// attachments never wait for each other.
+#[derive(Default)]
+struct AttachmentLocks {
+    locks: std::sync::Mutex<HashMap<AttachmentKey, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+/// Container ID and interface name.
+type AttachmentKey = (String, String);
+
+impl AttachmentLocks {
+    async fn lock(&self, container_id: &str, ifname: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self
+                .locks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let key = (container_id.to_owned(), ifname.to_owned());
+            if let Some(lock) = locks.get(&key).and_then(Weak::upgrade) {
+                lock
+            } else {
+                locks.retain(|_, weak| weak.strong_count() > 0);
+                let lock = Arc::new(tokio::sync::Mutex::new(()));
+                locks.insert(key, Arc::downgrade(&lock));
+                lock
+            }
+        };
+        lock.lock_owned().await
+    }
 }
 
 /// The MTU of OVN-backed interfaces until subnets carry their own: Kube-OVN's default for its
@@ -211,6 +245,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
             timeout,
             host_netns: None,
             mtu: DEFAULT_MTU,
+            in_flight: AttachmentLocks::default(),
         }
     }
 
@@ -225,6 +260,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
     /// ADD.
     pub async fn add(&self, req: &CniRequest) -> Result<CniResponse, AttachError> {
         check_request(req)?;
+        let _serialised = self.in_flight.lock(&req.container_id, &req.if_name).await;
         if !netns::is_network_namespace(Path::new(&req.net_ns)) {
             return Err(AttachError::BadRequest {
                 field: "net_ns",
@@ -447,6 +483,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
 
     /// DEL: idempotent; removes what exists of the attachment (interface, limits, record).
     pub async fn del(&self, req: &CniRequest) -> Result<(), AttachError> {
+        let _serialised = self.in_flight.lock(&req.container_id, &req.if_name).await;
         if PLUGIN_TYPES.contains(&req.cni_type.as_str()) {
             self.delete_interface(req).await?;
         } else {
@@ -526,6 +563,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
     /// checks that the allocation still stands.
     pub async fn check(&self, req: &CniRequest) -> Result<(), AttachError> {
         check_request(req)?;
+        let _serialised = self.in_flight.lock(&req.container_id, &req.if_name).await;
         let provider = req.provider_or_default().to_owned();
         let (prov, ifname) = (provider.clone(), req.if_name.clone());
         let waited = self

@@ -26,6 +26,10 @@ struct Args {
     /// Where the agent records the attachments it made (a tmpfs, so a reboot starts clean).
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// The namespace that holds the node's side of pod interfaces (veth host ends, OVS), when
+    /// it is not the agent's own: a node simulated in a namespace, as the lab runs them.
+    #[arg(long)]
+    host_netns: Option<PathBuf>,
     /// How long an ADD waits for the controller's allocation, in seconds.
     #[arg(long, default_value_t = DEFAULT_ALLOCATION_TIMEOUT.as_secs())]
     allocation_timeout: u64,
@@ -63,12 +67,16 @@ async fn main() -> anyhow::Result<()> {
             args.state_dir.display()
         )
     })?;
-    let attacher = Arc::new(Attacher::new(
+    let mut attacher = Attacher::new(
         KubePods::new(client),
         dataplane,
         records,
         Duration::from_secs(args.allocation_timeout),
-    ));
+    );
+    if let Some(netns) = args.host_netns {
+        attacher = attacher.with_host_netns(netns);
+    }
+    let attacher = Arc::new(attacher);
     let recovered = attacher
         .recover()
         .await

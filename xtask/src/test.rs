@@ -28,6 +28,10 @@ pub fn run(nextest_args: &[String]) -> anyhow::Result<()> {
             "warnings",
         ]))
     })?;
+    // Tests run the workspace's binaries (sidelane-cni, sidelane-agent) as a node runs them.
+    step("build", &mut || {
+        exec(Command::new("cargo").args(["build", "--locked", "--bins"]))
+    })?;
     step("tests", &mut || {
         exec(
             Command::new("cargo")
