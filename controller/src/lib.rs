@@ -2,5 +2,6 @@
 //! allocates IPs and MACs per provider; writes the allocation annotations and IP resources;
 //! builds the OVN logical topology for attachment networks in the Northbound database.
 //!
-//! Not built yet: the controller and IPAM issues bring it. The crate exists so the workspace has
-//! its fixed layout from the start.
+//! - [`ipam`]: the pure IPAM core (address pools per Subnet family).
+
+pub mod ipam;

@@ -38,9 +38,7 @@ pub fn run(name: Name, quick: bool) -> anyhow::Result<()> {
             ]))?;
             "cni"
         }
-        Name::Ipam => {
-            bail!("bench ipam: not implemented yet; it arrives with the controller issue")
-        }
+        Name::Ipam => "ipam",
         Name::Ovn => bail!("bench ovn: not implemented yet; it arrives with the OVN issue"),
         Name::Fastpath => {
             bail!("bench fastpath: not implemented yet; it arrives with the fast-path issue")

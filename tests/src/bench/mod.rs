@@ -2,10 +2,15 @@
 //!
 //! - [`qos`]: rate-limit accuracy, first-second overshoot and latency under load, Sidelane
 //!   against the reference CNI `bandwidth` plugin; per-packet program cost.
+//! - [`cni`]: CNI ADD/DEL latency against the reference bridge + host-local.
+//! - [`ipam`]: the IPAM core's allocation rate, latency and memory per address.
+//! - [`memory`]: live heap bytes, counted by the benchmark binary's allocator.
 //!
 //! Reports go to `target/bench/<name>.json` under the workspace root, and a table to stdout.
 
 pub mod cni;
+pub mod ipam;
+pub mod memory;
 pub mod qos;
 
 use std::path::{Path, PathBuf};

@@ -28,7 +28,23 @@ enum Bench {
     /// CNI ADD and DEL latency: Sidelane (OVN-backed and IPAM under macvlan) against the
     /// reference bridge plugin with host-local IPAM.
     Cni(CniArgs),
+    /// The IPAM core: allocations per second, latency and heap bytes per address in a /8.
+    Ipam(IpamArgs),
 }
+
+#[derive(Debug, Args)]
+struct IpamArgs {
+    /// 100,000 addresses instead of 1,000,000.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the JSON report [default: <workspace>/target/bench/ipam.json].
+    #[arg(long)]
+    output: Option<PathBuf>,
+}
+
+/// Counts live heap bytes for the IPAM benchmark's `bytes_per_ip`.
+#[global_allocator]
+static ALLOC: bench::memory::Counting = bench::memory::Counting;
 
 #[derive(Debug, Args)]
 struct CniArgs {
@@ -60,7 +76,20 @@ fn main() -> anyhow::Result<()> {
     match cli.bench {
         Bench::Qos(args) => run_qos(&args),
         Bench::Cni(args) => run_cni(&args),
+        Bench::Ipam(args) => run_ipam(&args),
     }
+}
+
+fn run_ipam(args: &IpamArgs) -> anyhow::Result<()> {
+    let report = bench::ipam::run(if args.quick { 100_000 } else { 1_000_000 })?;
+    let path = args
+        .output
+        .clone()
+        .unwrap_or_else(|| bench::default_report_path("ipam"));
+    bench::ipam::write_report(&report, &path)?;
+    print!("{}", bench::ipam::table(&report));
+    println!("\nreport: {}", path.display());
+    Ok(())
 }
 
 fn run_cni(args: &CniArgs) -> anyhow::Result<()> {
