@@ -270,7 +270,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
         }
         let provider = req.provider_or_default().to_owned();
         let ovn = PLUGIN_TYPES.contains(&req.cni_type.as_str());
-        let (subnets, serving) = self.serving_subnet(&provider, &req.if_name).await?;
+        let (subnets, serving) = self.serving_subnet(req, &provider).await?;
         let (annotations, alloc) = self.wait_for_allocation(req, &provider).await?;
         let spec = QosSpec::from_annotations(&annotations, &alloc.prefix).map_err(|source| {
             AttachError::Annotation {
@@ -402,14 +402,30 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
     /// Subnet and the serving one.
     async fn serving_subnet(
         &self,
+        req: &CniRequest,
         provider: &str,
-        ifname: &str,
     ) -> Result<(Vec<SubnetInfo>, Option<SubnetInfo>), AttachError> {
+        let ifname = req.if_name.as_str();
         let mut all = self.pods.subnets(false).await?;
         let mut found = subnets::serving(&all, provider, ifname);
         if found == Some(None) {
             all = self.pods.subnets(true).await?;
             found = subnets::serving(&all, provider, ifname);
+        }
+        if found == Some(None) {
+            // The seeds also attach through a Subnet of another provider (`ovn`) named by the
+            // pod's `<provider>.kubernetes.io/logical_switch`: that Subnet serves it.
+            let waited = self
+                .pods
+                .wait_for(&req.pod_namespace, &req.pod_name, |_| true, Duration::ZERO)
+                .await?;
+            if let Waited::Ready(a) | Waited::TimedOut(Some(a)) = waited {
+                let prefix = allocation::prefix(&a, provider, ifname);
+                let named = a.get(&key(&prefix, "logical_switch"));
+                if let Some(s) = named.and_then(|ls| all.iter().find(|s| &s.name == ls)) {
+                    found = Some(Some(s));
+                }
+            }
         }
         match found {
             Some(None) => Err(AttachError::ProviderNotBound {

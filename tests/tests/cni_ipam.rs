@@ -318,6 +318,24 @@ fn a_provider_that_no_subnet_serves_is_refused_with_kube_ovns_400_without_waitin
 }
 
 #[test]
+fn a_pod_naming_an_ovn_subnet_in_its_logical_switch_annotation_is_served_by_it() {
+    // The seed's second macvlan case: the Subnet's provider is `ovn`, and the pod picks it
+    // with `macvlan.default.kubernetes.io/logical_switch: macvlan`.
+    let api = ApiServer::start();
+    api.seed(cluster::subnet("macvlan", "ovn", "172.17.0.0/16", None))
+        .expect("seeding the Subnet");
+    let mut annotations = allocation();
+    annotations["macvlan.default.kubernetes.io/logical_switch"] = json!("macvlan");
+    seed_pod(&api, "p6", &annotations);
+    let agent = Agent::start(&api, RecordingQos::default(), Duration::from_secs(20));
+    let cfg = macvlan_seed_config(&agent.socket).to_string();
+    let out = sidelane_cni::run(&cni_vars("ADD", OWN_NETNS, "net1", "p6"), cfg.as_bytes());
+    assert_eq!(out.exit_code, 0, "{}", out.stdout);
+    let result: Value = serde_json::from_str(&out.stdout).expect("a JSON result");
+    assert_eq!(result["ips"][0]["address"], json!("172.18.0.9/16"));
+}
+
+#[test]
 fn a_netns_path_that_is_not_a_network_namespace_is_refused_naming_it() {
     let api = ApiServer::start();
     seed_subnet(&api);
