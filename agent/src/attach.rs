@@ -21,6 +21,7 @@ use sidelane_api::{
     annotations::{AnnotationError, key},
     cni::PLUGIN_TYPES,
     daemon::{CniRequest, CniResponse, GcRequest, Protocol, ResponseIp, Route},
+    network_selection,
     qos::QosSpec,
 };
 use thiserror::Error;
@@ -48,6 +49,14 @@ pub const DEFAULT_ALLOCATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// answers with.
 #[derive(Debug, Error)]
 pub enum AttachError {
+    /// The pod's network selection cannot be used.
+    #[error("pod {pod}: {reason}")]
+    Selection {
+        /// `namespace/name`.
+        pod: String,
+        /// What is wrong, naming the annotation and value.
+        reason: String,
+    },
     /// The request lacks something it must carry.
     #[error("bad request: {field} is {value:?}: {reason}")]
     BadRequest {
@@ -142,6 +151,7 @@ impl AttachError {
         match self {
             AttachError::BadRequest { .. }
             | AttachError::Annotation { .. }
+            | AttachError::Selection { .. }
             | AttachError::ProviderNotBound { .. } => 400,
             _ => 500,
         }
@@ -383,7 +393,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
                 });
             }
         };
-        let alloc = allocation::read(&annotations, &provider, &req.if_name)
+        let mut alloc = allocation::read(&annotations, &provider, &req.if_name)
             .map_err(|source| AttachError::Annotation {
                 pod: req.pod_key(),
                 source,
@@ -394,6 +404,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
                 timeout: self.timeout,
                 missing: "the allocation vanished".to_owned(),
             })?;
+        apply_selection_default_route(req, &provider, &annotations, &mut alloc)?;
         Ok((annotations, alloc))
     }
 
@@ -596,7 +607,8 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
             Waited::TimedOut(None) => crate::pods::Annotations::default(),
         };
         match allocation::read(&annotations, &provider, &req.if_name) {
-            Ok(Some(alloc)) if PLUGIN_TYPES.contains(&req.cni_type.as_str()) => {
+            Ok(Some(mut alloc)) if PLUGIN_TYPES.contains(&req.cni_type.as_str()) => {
+                apply_selection_default_route(req, &provider, &annotations, &mut alloc)?;
                 self.check_interface(req, &alloc).await
             }
             Ok(Some(_)) => Ok(()),
@@ -803,6 +815,48 @@ fn check_request(req: &CniRequest) -> Result<(), AttachError> {
             value: req.if_name.clone(),
             reason: "not a valid interface name (1 to 15 bytes, no '/' or spaces)",
         });
+    }
+    Ok(())
+}
+
+/// `default-route` in the pod's network selection: the attachment carries the pod's default
+/// route through those gateways (one per family), as `default_route: "true"` with the subnet's
+/// gateway does.
+fn apply_selection_default_route(
+    req: &CniRequest,
+    provider: &str,
+    annotations: &crate::pods::Annotations,
+    alloc: &mut Allocation,
+) -> Result<(), AttachError> {
+    let Some(value) = annotations.get(network_selection::NETWORKS_ANNOTATION) else {
+        return Ok(());
+    };
+    let selection_err = |reason: String| AttachError::Selection {
+        pod: req.pod_key(),
+        reason,
+    };
+    let selections = network_selection::parse(value, &req.pod_namespace)
+        .map_err(|e| selection_err(e.to_string()))?;
+    for gw in network_selection::default_route_of(&selections, provider, &req.if_name) {
+        let gw: IpAddr = gw.parse().map_err(|_| {
+            selection_err(format!(
+                "{}: default-route {gw:?} is not an IP address",
+                network_selection::NETWORKS_ANNOTATION
+            ))
+        })?;
+        let ip = alloc
+            .ips
+            .iter_mut()
+            .find(|ip| ip.address.is_ipv4() == gw.is_ipv4())
+            .ok_or_else(|| {
+                selection_err(format!(
+                    "{}: default-route {gw} has no allocated address of its family on {}",
+                    network_selection::NETWORKS_ANNOTATION,
+                    req.if_name
+                ))
+            })?;
+        ip.gateway = Some(gw);
+        alloc.default_route = true;
     }
     Ok(())
 }

@@ -140,6 +140,26 @@ pub fn provider(selections: &[NetworkSelection], index: usize, kind: NadKind) ->
     })
 }
 
+/// The `default-route` gateways the selection gives the attachment of `provider` (`<nad>.<ns>`
+/// with any `.ovn[.<if>]` suffix) on interface `ifname`; empty when it gives none.
+pub fn default_route_of<'a>(
+    selections: &'a [NetworkSelection],
+    provider: &str,
+    ifname: &str,
+) -> &'a [String] {
+    selections
+        .iter()
+        .enumerate()
+        .find(|(i, sel)| {
+            let base = format!("{}.{}", sel.name, sel.namespace);
+            let same_nad = provider
+                .strip_prefix(&base)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'));
+            same_nad && sel.interface_or_default(i + 1) == ifname
+        })
+        .map_or(&[], |(_, sel)| sel.default_route.as_slice())
+}
+
 /// `[namespace/]name[@interface]`.
 fn parse_short_form(part: &str) -> Result<NetworkSelection, NetworkSelectionError> {
     let invalid = |reason: &str| NetworkSelectionError::Element {
@@ -204,6 +224,23 @@ fn check_ifname(ifname: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_route_of_an_attachment_comes_from_its_own_selection_element() {
+        let selections = parse(
+            r#"[{"name":"attachnet","interface":"net1"},
+                {"name":"macvlan","namespace":"kube-system","default-route":["172.18.0.1"]}]"#,
+            "default",
+        )
+        .expect("parses");
+        assert!(default_route_of(&selections, "attachnet.default.ovn", "net1").is_empty());
+        assert_eq!(
+            default_route_of(&selections, "macvlan.kube-system", "net2"),
+            ["172.18.0.1".to_owned()]
+        );
+        assert!(default_route_of(&selections, "macvlan.kube-system", "net9").is_empty());
+        assert!(default_route_of(&selections, "macvlan.kube-systemx", "net2").is_empty());
+    }
 
     #[test]
     fn the_seeds_short_form_names_the_nad_in_the_pods_namespace() {

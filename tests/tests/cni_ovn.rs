@@ -239,3 +239,59 @@ fn add_creates_net1_and_net2_check_verifies_them_gc_and_del_remove_them() {
         "{links}"
     );
 }
+
+#[test]
+fn default_route_in_the_network_selection_moves_the_pods_default_route_to_the_attachment() {
+    if !privilege::require_privileges(
+        "default_route_in_the_network_selection_moves_the_pods_default_route_to_the_attachment",
+    ) {
+        return;
+    }
+    let api = ApiServer::start();
+    let p = "attachnet.default.ovn";
+    api.seed(cluster::subnet("attachnet", p, "172.17.0.0/16", None))
+        .expect("seeding the Subnet");
+    api.seed(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "samplepod", "namespace": "default", "annotations": {
+            "k8s.v1.cni.cncf.io/networks":
+                r#"[{"name": "attachnet", "interface": "net1", "default-route": ["172.17.0.1"]}]"#,
+            format!("{p}.kubernetes.io/allocated"): "true",
+            format!("{p}.kubernetes.io/ip_address"): "172.17.0.31",
+            format!("{p}.kubernetes.io/cidr"): "172.17.0.0/16",
+            format!("{p}.kubernetes.io/gateway"): "172.17.0.1",
+            format!("{p}.kubernetes.io/mac_address"): "00:00:00:11:22:31"
+        }},
+        "spec": {"containers": [{"name": "c", "image": "alpine"}], "nodeName": "node1"}
+    }))
+    .expect("seeding the pod");
+    let node = NetNs::new().expect("node namespace");
+    let pod = NetNs::new().expect("pod namespace");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let socket: PathBuf = dir.path().join("kube-ovn-daemon.sock");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let client = runtime.block_on(async { api.client() });
+    let listener = runtime
+        .block_on(async { cni_server::bind(&socket) })
+        .expect("binding");
+    let records = Records::open(dir.path().join("records")).expect("the record directory");
+    let attacher = Attacher::new(
+        KubePods::new(client),
+        NoQos,
+        records,
+        Duration::from_secs(10),
+    )
+    .with_host_netns(node.path());
+    runtime.spawn(cni_server::serve(listener, Arc::new(attacher)));
+
+    let netns = pod.path().display().to_string();
+    let out = sidelane_cni::run(&vars("ADD", &netns, "net1"), attachnet(&socket).as_bytes());
+    assert_eq!(out.exit_code, 0, "{}", out.stdout);
+    let result: Value = serde_json::from_str(&out.stdout).expect("a JSON result");
+    assert_eq!(result["ips"][0]["gateway"], json!("172.17.0.1"));
+    let routes = pod.exec(&["ip", "route"]).expect("routes");
+    assert!(
+        routes.contains("default via 172.17.0.1 dev net1"),
+        "{routes}"
+    );
+}
