@@ -3,5 +3,7 @@
 //! builds the OVN logical topology for attachment networks in the Northbound database.
 //!
 //! - [`ipam`]: the pure IPAM core (address pools per Subnet family).
+//! - [`subnet`]: Subnet defaulting and validation as Kube-OVN's.
 
 pub mod ipam;
+pub mod subnet;
