@@ -5,5 +5,6 @@ pub mod allocation;
 pub mod annotations;
 pub mod cni;
 pub mod daemon;
+pub mod nad;
 pub mod network_selection;
 pub mod qos;
