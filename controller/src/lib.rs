@@ -4,6 +4,8 @@
 //!
 //! - [`ipam`]: the pure IPAM core (address pools per Subnet family).
 //! - [`subnet`]: Subnet defaulting and validation as Kube-OVN's.
+//! - [`plan`]: from a pod to the attachments it asks for, and back to annotations.
 
 pub mod ipam;
+pub mod plan;
 pub mod subnet;
