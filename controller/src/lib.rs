@@ -4,8 +4,10 @@
 //!
 //! - [`ipam`]: the pure IPAM core (address pools per Subnet family).
 //! - [`subnet`]: Subnet defaulting and validation as Kube-OVN's.
+//! - [`leader`]: leader election over a Lease.
 //! - [`plan`]: from a pod to the attachments it asks for, and back to annotations.
 
 pub mod ipam;
+pub mod leader;
 pub mod plan;
 pub mod subnet;
