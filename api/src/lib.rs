@@ -5,6 +5,7 @@ pub mod allocation;
 pub mod annotations;
 pub mod cni;
 pub mod daemon;
+pub mod mac;
 pub mod nad;
 pub mod network_selection;
 pub mod qos;

@@ -4,9 +4,11 @@
 //!
 //! - [`ipam`]: the pure IPAM core (address pools per Subnet family).
 //! - [`subnet`]: Subnet defaulting and validation as Kube-OVN's.
+//! - [`engine`]: the controller's decisions (pure): pods, NADs, Subnets in; annotations, IPs, events out.
 //! - [`leader`]: leader election over a Lease.
 //! - [`plan`]: from a pod to the attachments it asks for, and back to annotations.
 
+pub mod engine;
 pub mod ipam;
 pub mod leader;
 pub mod plan;

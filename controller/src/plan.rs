@@ -13,6 +13,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use sidelane_api::{
     annotations::key,
+    mac,
     nad::{NadConfig, NadError},
     network_selection::{self, NETWORKS_ANNOTATION},
 };
@@ -274,7 +275,7 @@ fn wanted(
             .or_else(|| get("mac_address").map(|(k, v)| (k, v.to_owned())))
     };
     let mac = match mac_text.filter(|(_, v)| !v.is_empty()) {
-        Some((k, v)) => Some(parse_mac(&v).ok_or_else(|| {
+        Some((k, v)) => Some(mac::parse(&v).ok_or_else(|| {
             refuse(
                 k.clone(),
                 format!("{v:?} is not a valid {k}: expected six hex octets"),
@@ -334,19 +335,6 @@ fn wanted(
     })
 }
 
-fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split([':', '-']);
-    for b in &mut out {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
-}
-
 /// The annotations that carry `alloc` under `prefix`, as Kube-OVN writes them.
 pub fn annotations_for(
     prefix: &str,
@@ -382,7 +370,7 @@ pub fn annotations_for(
         ),
     );
     if let Some(mac) = alloc.mac {
-        out.insert(key(prefix, "mac_address"), crate::ipam::format_mac(mac));
+        out.insert(key(prefix, "mac_address"), mac::format(mac));
     }
     out.insert(key(prefix, "logical_switch"), alloc.subnet.clone());
     out.insert(key(prefix, "allocated"), "true".to_owned());

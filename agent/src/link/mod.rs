@@ -96,19 +96,7 @@ pub fn veth_name(container_id: &str, ifname: &str, suffix: char) -> Result<Strin
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(mac: &str) -> Result<[u8; 6], LinkError> {
-    let mut out = [0u8; 6];
-    let mut parts = mac.split(':');
-    for byte in &mut out {
-        *byte = parts
-            .next()
-            .filter(|p| p.len() == 2)
-            .and_then(|p| u8::from_str_radix(p, 16).ok())
-            .ok_or_else(|| LinkError::BadMac(mac.to_owned()))?;
-    }
-    if parts.next().is_some() {
-        return Err(LinkError::BadMac(mac.to_owned()));
-    }
-    Ok(out)
+    sidelane_api::mac::parse(mac).ok_or_else(|| LinkError::BadMac(mac.to_owned()))
 }
 
 /// What the pod end should look like.

@@ -292,6 +292,27 @@ struct OwnerRecord {
     held: Allocated,
 }
 
+/// An allocation given up, and whose it was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Released {
+    /// The attachment.
+    pub key: AttachmentKey,
+    /// The pod it last served.
+    pub pod: PodRef,
+    /// What it held.
+    pub held: Allocated,
+}
+
+impl From<OwnerRecord> for Released {
+    fn from(r: OwnerRecord) -> Released {
+        Released {
+            key: r.key,
+            pod: r.pod,
+            held: r.held,
+        }
+    }
+}
+
 /// The cluster's attachment IPAM.
 #[derive(Default)]
 pub struct Ipam {
@@ -299,14 +320,6 @@ pub struct Ipam {
     owners: Vec<Option<OwnerRecord>>,
     free_ids: Vec<u32>,
     by_key: HashMap<AttachmentKey, OwnerId, RandomState>,
-}
-
-/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
-pub fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 impl Ipam {
@@ -317,7 +330,7 @@ impl Ipam {
 
     /// Adds or replaces a Subnet. On replacement every allocation in it is claimed again in
     /// the new ranges; those that no longer fit are released and returned.
-    pub fn set_subnet(&mut self, config: SubnetConfig) -> Vec<(AttachmentKey, Allocated)> {
+    pub fn set_subnet(&mut self, config: SubnetConfig) -> Vec<Released> {
         let name = config.name.clone();
         let mut state = SubnetState::new(config);
         let mut displaced = Vec::new();
@@ -349,7 +362,7 @@ impl Ipam {
                         }
                     }
                     if let Some(r) = self.remove_owner(id) {
-                        displaced.push((r.key, r.held));
+                        displaced.push(Released::from(r));
                     }
                 }
             }
@@ -359,7 +372,7 @@ impl Ipam {
     }
 
     /// Removes a Subnet; its allocations are released and returned.
-    pub fn remove_subnet(&mut self, name: &str) -> Vec<(AttachmentKey, Allocated)> {
+    pub fn remove_subnet(&mut self, name: &str) -> Vec<Released> {
         if self.subnets.remove(name).is_none() {
             return Vec::new();
         }
@@ -371,7 +384,7 @@ impl Ipam {
             .collect();
         ids.into_iter()
             .filter_map(|id| self.remove_owner(id))
-            .map(|r| (r.key, r.held))
+            .map(Released::from)
             .collect()
     }
 
@@ -795,7 +808,7 @@ impl Ipam {
             .and_then(|s| s.macs.get(&mac).copied());
         match holder {
             Some(h) if h != id => Err(AllocError::MacConflict {
-                mac: format_mac(mac),
+                mac: sidelane_api::mac::format(mac),
                 subnet: subnet.to_owned(),
                 holder: self.holder_name(h),
             }),

@@ -101,7 +101,7 @@ fn an_ovn_attachment_gets_a_stable_locally_administered_mac() {
         mac[0] & 0x03,
         0x02,
         "locally administered unicast: {}",
-        format_mac(mac)
+        sidelane_api::mac::format(mac)
     );
     assert_eq!(ipam.allocate(&req).expect("again"), first, "idempotent");
 }
@@ -387,7 +387,7 @@ fn narrowing_a_subnet_displaces_only_the_allocations_that_no_longer_fit() {
     ipam.allocate(&b).expect("b");
     let displaced = ipam.set_subnet(subnet("s", "s.default", "10.3.0.0/24", &[], &[]));
     assert_eq!(displaced.len(), 1);
-    assert_eq!(displaced[0].0, b.key);
+    assert_eq!(displaced[0].key, b.key);
     assert_eq!(ipam.get(&a.key).expect("kept").ips, [ip("10.3.0.5")]);
     assert_eq!(ipam.usage("s").expect("usage").v4_used, 1);
 }

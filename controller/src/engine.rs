@@ -1,0 +1,454 @@
+//! The controller's decisions, pure: given what the cluster says (Subnets, NADs, IPPools,
+//! StatefulSets, pods), what to write back (pod annotations, IP resources, events, Subnet
+//! status). The Kubernetes layer feeds it events and carries out its outcomes; everything here
+//! is tested without an API server.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use sidelane_api::{
+    mac,
+    nad::{self, NadConfig, NadError},
+};
+
+use crate::{
+    ipam::{AllocError, Allocated, AttachmentKey, Holder, Ipam, PodRef, Released, Usage},
+    plan::{self, NadLookup, PodView},
+    subnet::{SubnetConfig, SubnetError, SubnetInput},
+};
+
+/// An event to record on an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `Warning` or `Normal`.
+    pub warning: bool,
+    /// CamelCase reason (`AcquireAddressFailed`).
+    pub reason: &'static str,
+    /// What happened, naming the value.
+    pub message: String,
+}
+
+impl Event {
+    fn warning(reason: &'static str, message: String) -> Event {
+        Event {
+            warning: true,
+            reason,
+            message,
+        }
+    }
+}
+
+/// An IP resource (`ips.kubeovn.io`), one per attachment, named as Kube-OVN names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpRecord {
+    /// `<pod>.<namespace>.<provider>` (`.<ifname>` added for a NAD attached twice).
+    pub name: String,
+    /// The pod's name.
+    pub pod_name: String,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's UID (ours, in an annotation: Kube-OVN's IP has no UID).
+    pub pod_uid: String,
+    /// The Subnet.
+    pub subnet: String,
+    /// The addresses, IPv4 first.
+    pub ips: Vec<IpAddr>,
+    /// The MAC, when the Subnet gives one.
+    pub mac: Option<String>,
+    /// The provider.
+    pub provider: String,
+    /// The interface in the pod.
+    pub ifname: String,
+    /// `StatefulSet` for a StatefulSet slot, empty otherwise.
+    pub pod_type: String,
+}
+
+impl IpRecord {
+    /// The attachment this record belongs to.
+    pub fn key(&self) -> AttachmentKey {
+        AttachmentKey {
+            holder: if self.pod_type == "StatefulSet" {
+                Holder::StatefulSetSlot {
+                    namespace: self.namespace.clone(),
+                    pod: self.pod_name.clone(),
+                }
+            } else {
+                Holder::Pod {
+                    uid: self.pod_uid.clone(),
+                }
+            },
+            provider: self.provider.clone(),
+            ifname: self.ifname.clone(),
+        }
+    }
+
+    /// The pod it serves.
+    pub fn pod(&self) -> PodRef {
+        PodRef {
+            namespace: self.namespace.clone(),
+            name: self.pod_name.clone(),
+            uid: self.pod_uid.clone(),
+        }
+    }
+}
+
+/// Kube-OVN's IP resource name for an attachment: `<pod>.<namespace>.<provider>`, with the
+/// interface added for a NAD attached more than once (its prefix then ends in `.<ifname>`).
+pub fn ip_name(pod: &str, namespace: &str, prefix: &str) -> String {
+    format!("{pod}.{namespace}.{prefix}")
+}
+
+/// What to do for one pod.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodOutcome {
+    /// Annotations to set on the pod in one patch (empty: nothing to write).
+    pub annotations: BTreeMap<String, String>,
+    /// IP resources to create or update.
+    pub upsert_ips: Vec<IpRecord>,
+    /// IP resources to delete (by name).
+    pub delete_ips: Vec<String>,
+    /// Events for the pod.
+    pub events: Vec<Event>,
+    /// Subnets whose usage changed.
+    pub touched_subnets: BTreeSet<String>,
+}
+
+/// What to do for one Subnet.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SubnetOutcome {
+    /// Valid: the spec as Kube-OVN writes it back, and its usage.
+    Valid {
+        /// `spec.cidrBlock`, `spec.gateway`, `spec.excludeIps`, `spec.protocol`, `spec.provider`
+        /// after defaulting.
+        formatted: FormattedSpec,
+        /// Allocations that no longer fit, with their IP resource names (to delete; their
+        /// pods get events and a new allocation when next reconciled).
+        displaced: Vec<(String, Released)>,
+    },
+    /// Refused: why (`Validated=False`); allocations in it stay as they are.
+    Invalid(SubnetError),
+}
+
+/// The defaulted spec fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FormattedSpec {
+    /// `cidrBlock`.
+    pub cidr_block: String,
+    /// `gateway`.
+    pub gateway: String,
+    /// `excludeIps`.
+    pub exclude_ips: Vec<String>,
+    /// `protocol`.
+    pub protocol: String,
+    /// `provider`.
+    pub provider: String,
+}
+
+/// The controller's state and decisions.
+#[derive(Default)]
+pub struct Engine {
+    ipam: Ipam,
+    nads: HashMap<(String, String), Result<Option<NadConfig>, NadError>>,
+    ip_pools: HashMap<String, Vec<Vec<IpAddr>>>,
+    /// StatefulSets and their replica counts.
+    statefulsets: HashMap<(String, String), u32>,
+    /// IP resource name of each attachment, to delete the right one on release.
+    ip_names: HashMap<AttachmentKey, String>,
+}
+
+impl Engine {
+    /// An empty engine.
+    pub fn new() -> Engine {
+        Engine::default()
+    }
+
+    /// The IPAM state.
+    pub fn ipam(&self) -> &Ipam {
+        &self.ipam
+    }
+
+    /// A NAD was added or changed: its `spec.config` (`None`: the spec has no config).
+    pub fn set_nad(&mut self, namespace: &str, name: &str, config: Option<&str>) -> Vec<Event> {
+        let parsed = nad::parse(namespace, name, config.unwrap_or(""));
+        let mut events = Vec::new();
+        match &parsed {
+            Err(e) => events.push(Event::warning(
+                "InvalidNetworkAttachmentDefinition",
+                e.to_string(),
+            )),
+            Ok(Some(c)) => {
+                if let Some(w) = c.provider_mismatch() {
+                    events.push(Event::warning("ProviderMismatch", w));
+                }
+            }
+            Ok(None) => {}
+        }
+        self.nads
+            .insert((namespace.to_owned(), name.to_owned()), parsed);
+        events
+    }
+
+    /// A NAD was deleted.
+    pub fn remove_nad(&mut self, namespace: &str, name: &str) {
+        self.nads.remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// An IPPool was added or changed: its addresses (one entry each).
+    pub fn set_ip_pool(&mut self, name: &str, entries: Vec<Vec<IpAddr>>) {
+        self.ip_pools.insert(name.to_owned(), entries);
+    }
+
+    /// A StatefulSet was added, changed (`Some(replicas)`) or deleted (`None`).
+    pub fn set_statefulset(&mut self, namespace: &str, name: &str, replicas: Option<u32>) {
+        let key = (namespace.to_owned(), name.to_owned());
+        match replicas {
+            Some(r) => {
+                self.statefulsets.insert(key, r);
+            }
+            None => {
+                self.statefulsets.remove(&key);
+            }
+        }
+    }
+
+    /// A Subnet was added or changed.
+    pub fn set_subnet(&mut self, input: &SubnetInput) -> SubnetOutcome {
+        let config = match SubnetConfig::from_input(input) {
+            Ok(c) => c,
+            Err(e) => return SubnetOutcome::Invalid(e),
+        };
+        let formatted = FormattedSpec {
+            cidr_block: config.cidr_block(),
+            gateway: config.gateway(),
+            exclude_ips: config.exclude_ips(),
+            protocol: config.protocol.to_string(),
+            provider: config.provider.clone(),
+        };
+        let displaced = self
+            .ipam
+            .set_subnet(config)
+            .into_iter()
+            .map(|r| {
+                let name = self.ip_names.remove(&r.key).unwrap_or_default();
+                (name, r)
+            })
+            .collect();
+        SubnetOutcome::Valid {
+            formatted,
+            displaced,
+        }
+    }
+
+    /// A Subnet was deleted: the IP resources of its allocations.
+    pub fn remove_subnet(&mut self, name: &str) -> Vec<(String, Released)> {
+        self.ipam
+            .remove_subnet(name)
+            .into_iter()
+            .map(|r| (self.ip_names.remove(&r.key).unwrap_or_default(), r))
+            .collect()
+    }
+
+    /// Usage of a Subnet, for its status.
+    pub fn usage(&self, subnet: &str) -> Option<Usage> {
+        self.ipam.usage(subnet)
+    }
+
+    /// Takes back an allocation an IP resource records (after a restart, before anything is
+    /// allocated). A conflict (the cluster already records the address for someone else) is
+    /// returned as an event for the pod.
+    pub fn restore_ip(&mut self, record: &IpRecord) -> Result<(), Event> {
+        let mac = match record.mac.as_deref() {
+            Some(m) if !m.is_empty() => Some(mac::parse(m).ok_or_else(|| {
+                Event::warning(
+                    "RestoreAddressFailed",
+                    format!("IP {}: macAddress {m:?} is not a MAC", record.name),
+                )
+            })?),
+            _ => None,
+        };
+        let held = Allocated {
+            subnet: record.subnet.clone(),
+            ips: record.ips.clone(),
+            mac,
+        };
+        let key = record.key();
+        self.ipam.restore(&key, &record.pod(), &held).map_err(|e| {
+            Event::warning("RestoreAddressFailed", format!("IP {}: {e}", record.name))
+        })?;
+        self.ip_names.insert(key, record.name.clone());
+        Ok(())
+    }
+
+    fn lookup(&self, namespace: &str, name: &str) -> NadLookup {
+        match self.nads.get(&(namespace.to_owned(), name.to_owned())) {
+            None => NadLookup::Missing,
+            Some(Err(e)) => NadLookup::Invalid(e.clone()),
+            Some(Ok(None)) => NadLookup::Foreign,
+            Some(Ok(Some(c))) => NadLookup::Ours(c.clone()),
+        }
+    }
+
+    /// A pod was added or changed: allocate what it asks for, release what it no longer
+    /// asks for.
+    pub fn on_pod(&mut self, pod: &PodView) -> PodOutcome {
+        let mut out = PodOutcome::default();
+        let plan = plan::plan(pod, &|ns, name| self.lookup(ns, name));
+        for w in plan.warnings {
+            out.events.push(Event::warning("ProviderMismatch", w));
+        }
+        for r in plan.refused {
+            out.events.push(Event::warning(
+                "AcquireAddressFailed",
+                format!("{}: {}", r.subject, r.reason),
+            ));
+        }
+        let mut wanted_keys = BTreeSet::new();
+        for mut w in plan.wanted {
+            wanted_keys.insert(w.request.key.clone());
+            if !w.pool_names.is_empty() {
+                let mut entries = Vec::new();
+                for name in &w.pool_names {
+                    match self.ip_pools.get(name) {
+                        Some(e) => entries.extend(e.iter().cloned()),
+                        None => out.events.push(Event::warning(
+                            "AcquireAddressFailed",
+                            format!("{}: ip_pool {name:?} names no IPPool", w.prefix),
+                        )),
+                    }
+                }
+                w.request.ip_pool = entries;
+            }
+            let before = self.ipam.get(&w.request.key).cloned();
+            match self.ipam.allocate(&w.request) {
+                Ok(alloc) => {
+                    if before.as_ref() != Some(&alloc) {
+                        out.touched_subnets.insert(alloc.subnet.clone());
+                    }
+                    let name = ip_name(&pod.name, &pod.namespace, &w.prefix);
+                    self.ip_names.insert(w.request.key.clone(), name.clone());
+                    let Some(subnet) = self.ipam.subnet(&alloc.subnet) else {
+                        continue;
+                    };
+                    let annotations = plan::annotations_for(&w.prefix, &alloc, subnet);
+                    let unchanged = annotations
+                        .iter()
+                        .all(|(k, v)| pod.annotations.get(k) == Some(v));
+                    if !unchanged {
+                        out.annotations.extend(annotations);
+                    }
+                    if before.as_ref() != Some(&alloc) || !unchanged {
+                        out.upsert_ips.push(IpRecord {
+                            name,
+                            pod_name: pod.name.clone(),
+                            namespace: pod.namespace.clone(),
+                            pod_uid: pod.uid.clone(),
+                            subnet: alloc.subnet.clone(),
+                            ips: alloc.ips.clone(),
+                            mac: alloc.mac.map(mac::format),
+                            provider: w.request.key.provider.clone(),
+                            ifname: w.request.key.ifname.clone(),
+                            pod_type: if pod.statefulset.is_some() {
+                                "StatefulSet".to_owned()
+                            } else {
+                                String::new()
+                            },
+                        });
+                    }
+                }
+                Err(e) => {
+                    let reason = if w.already_allocated {
+                        "AddressConflict"
+                    } else {
+                        "AcquireAddressFailed"
+                    };
+                    out.events.push(Event::warning(
+                        reason,
+                        format!("{} ({}): {e}", w.nad, w.request.key.ifname),
+                    ));
+                    if let AllocError::Exhausted { subnet, .. } = &e {
+                        out.touched_subnets.insert(subnet.clone());
+                    }
+                }
+            }
+        }
+        // Networks removed from the selection: release what this pod holds beyond the plan.
+        let stale: Vec<AttachmentKey> = self
+            .ipam
+            .attachments()
+            .filter(|(k, p, _)| p.uid == pod.uid && !wanted_keys.contains(*k))
+            .map(|(k, _, _)| k.clone())
+            .collect();
+        for key in stale {
+            if let Some(alloc) = self.ipam.release(&key) {
+                out.touched_subnets.insert(alloc.subnet);
+            }
+            if let Some(name) = self.ip_names.remove(&key) {
+                out.delete_ips.push(name);
+            }
+        }
+        out
+    }
+
+    /// A pod is gone (deleted, or finished for good). Its allocations are released, except a
+    /// StatefulSet slot whose StatefulSet still keeps the ordinal. Returns the IP resources to
+    /// delete and the Subnets touched.
+    pub fn on_pod_gone(&mut self, pod: &PodView) -> PodOutcome {
+        let keep_slots = pod.statefulset.as_ref().is_some_and(|sts| {
+            self.statefulsets
+                .get(&(pod.namespace.clone(), sts.clone()))
+                .is_some_and(|&replicas| pod.ordinal().is_some_and(|n| n < replicas))
+        });
+        let mut out = PodOutcome::default();
+        for (key, alloc) in self.ipam.release_pod(&pod.uid, !keep_slots) {
+            out.touched_subnets.insert(alloc.subnet);
+            if let Some(name) = self.ip_names.remove(&key) {
+                out.delete_ips.push(name);
+            }
+        }
+        out
+    }
+
+    /// Garbage collection: releases every allocation whose pod is not in `live_pods` (UIDs)
+    /// and whose StatefulSet slot is not kept. Returns the IP resources to delete.
+    pub fn collect_garbage(&mut self, live_pods: &BTreeSet<String>) -> PodOutcome {
+        let gone: Vec<(AttachmentKey, PodRef)> = self
+            .ipam
+            .attachments()
+            .filter(|(_, p, _)| !live_pods.contains(&p.uid))
+            .map(|(k, p, _)| (k.clone(), p.clone()))
+            .collect();
+        let mut out = PodOutcome::default();
+        for (key, pod) in gone {
+            if let Holder::StatefulSetSlot {
+                namespace,
+                pod: pod_name,
+            } = &key.holder
+            {
+                let kept = self.statefulsets.iter().any(|((ns, sts), &replicas)| {
+                    ns == namespace
+                        && pod_name
+                            .strip_prefix(sts.as_str())
+                            .and_then(|r| r.strip_prefix('-'))
+                            .and_then(|n| n.parse::<u32>().ok())
+                            .is_some_and(|n| n < replicas)
+                });
+                if kept {
+                    continue;
+                }
+            }
+            let _ = pod;
+            if let Some(alloc) = self.ipam.release(&key) {
+                out.touched_subnets.insert(alloc.subnet);
+            }
+            if let Some(name) = self.ip_names.remove(&key) {
+                out.delete_ips.push(name);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,336 @@
+use super::*;
+
+const MACVLAN: &str = r#"{"cniVersion": "0.3.0", "type": "macvlan", "master": "eth0", "mode": "bridge",
+    "ipam": {"type": "kube-ovn", "server_socket": "/run/openvswitch/kube-ovn-daemon.sock",
+             "provider": "macvlan.default"}}"#;
+const ATTACHNET: &str = r#"{"cniVersion": "0.3.0", "type": "kube-ovn",
+    "server_socket": "/run/openvswitch/kube-ovn-daemon.sock", "provider": "attachnet.default.ovn"}"#;
+
+fn subnet(name: &str, provider: &str, cidr: &str, exclude: &[&str]) -> SubnetInput {
+    SubnetInput {
+        name: name.to_owned(),
+        cidr_block: cidr.to_owned(),
+        gateway: String::new(),
+        exclude_ips: exclude.iter().map(|s| (*s).to_owned()).collect(),
+        provider: provider.to_owned(),
+        protocol: "IPv4".to_owned(),
+        ..SubnetInput::default()
+    }
+}
+
+/// The seeds' cluster: both NADs and their Subnets.
+fn seeded() -> Engine {
+    let mut e = Engine::new();
+    assert!(e.set_nad("default", "macvlan", Some(MACVLAN)).is_empty());
+    assert!(
+        e.set_nad("default", "attachnet", Some(ATTACHNET))
+            .is_empty()
+    );
+    for s in [
+        subnet(
+            "macvlan",
+            "macvlan.default",
+            "172.17.0.0/16",
+            &["172.17.0.1..172.17.0.10"],
+        ),
+        subnet(
+            "attachnet",
+            "attachnet.default.ovn",
+            "172.18.0.0/16",
+            &["172.18.0.0..172.18.0.10"],
+        ),
+    ] {
+        assert!(matches!(e.set_subnet(&s), SubnetOutcome::Valid { .. }));
+    }
+    e
+}
+
+fn pod(name: &str, uid: &str, annotations: &[(&str, &str)]) -> PodView {
+    PodView {
+        namespace: "default".to_owned(),
+        name: name.to_owned(),
+        uid: uid.to_owned(),
+        annotations: annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        statefulset: None,
+    }
+}
+
+fn with(mut p: PodView, annotations: &BTreeMap<String, String>) -> PodView {
+    p.annotations.extend(annotations.clone());
+    p
+}
+
+#[test]
+fn the_seeds_pod_gets_kube_ovns_annotations_and_ip_resources_once() {
+    let mut e = seeded();
+    let p = pod(
+        "samplepod",
+        "u1",
+        &[(
+            "k8s.v1.cni.cncf.io/networks",
+            "default/macvlan, default/attachnet",
+        )],
+    );
+    let out = e.on_pod(&p);
+    assert!(out.events.is_empty(), "{:?}", out.events);
+    let a = &out.annotations;
+    assert_eq!(a["macvlan.default.kubernetes.io/ip_address"], "172.17.0.11");
+    assert_eq!(a["macvlan.default.kubernetes.io/cidr"], "172.17.0.0/16");
+    assert_eq!(a["macvlan.default.kubernetes.io/gateway"], "172.17.0.1");
+    assert_eq!(a["macvlan.default.kubernetes.io/logical_switch"], "macvlan");
+    assert_eq!(a["macvlan.default.kubernetes.io/allocated"], "true");
+    assert!(
+        !a.contains_key("macvlan.default.kubernetes.io/mac_address"),
+        "IPAM-only: no MAC"
+    );
+    assert_eq!(
+        a["attachnet.default.ovn.kubernetes.io/ip_address"],
+        "172.18.0.11"
+    );
+    assert!(a.contains_key("attachnet.default.ovn.kubernetes.io/mac_address"));
+    let names: Vec<&str> = out.upsert_ips.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "samplepod.default.macvlan.default",
+            "samplepod.default.attachnet.default.ovn"
+        ]
+    );
+    assert_eq!(out.upsert_ips[0].ifname, "net1");
+    assert_eq!(out.upsert_ips[1].ifname, "net2");
+
+    // The pod as patched: reconciling it again changes nothing.
+    let again = e.on_pod(&with(p, &out.annotations));
+    assert_eq!(again, PodOutcome::default());
+    assert_eq!(e.usage("macvlan").expect("usage").v4_used, 1);
+}
+
+#[test]
+fn a_static_address_taken_by_another_pod_is_an_event_and_the_other_attachment_is_served() {
+    let mut e = seeded();
+    let first = e.on_pod(&pod(
+        "a",
+        "ua",
+        &[
+            ("k8s.v1.cni.cncf.io/networks", "default/macvlan"),
+            ("macvlan.default.kubernetes.io/ip_address", "172.17.0.100"),
+        ],
+    ));
+    assert_eq!(
+        first.annotations["macvlan.default.kubernetes.io/ip_address"],
+        "172.17.0.100"
+    );
+    let out = e.on_pod(&pod(
+        "b",
+        "ub",
+        &[
+            (
+                "k8s.v1.cni.cncf.io/networks",
+                "default/macvlan, default/attachnet",
+            ),
+            ("macvlan.default.kubernetes.io/ip_address", "172.17.0.100"),
+        ],
+    ));
+    assert_eq!(out.events.len(), 1);
+    assert_eq!(out.events[0].reason, "AcquireAddressFailed");
+    assert_eq!(
+        out.events[0].message,
+        "default/macvlan (net1): 172.17.0.100 in subnet macvlan is already held by pod default/a"
+    );
+    assert!(
+        !out.annotations
+            .contains_key("macvlan.default.kubernetes.io/allocated")
+    );
+    assert_eq!(
+        out.annotations["attachnet.default.ovn.kubernetes.io/allocated"],
+        "true"
+    );
+}
+
+#[test]
+fn deleting_a_pod_or_dropping_a_network_releases_and_deletes_the_ip_resource() {
+    let mut e = seeded();
+    let p = pod(
+        "samplepod",
+        "u1",
+        &[(
+            "k8s.v1.cni.cncf.io/networks",
+            "default/macvlan, default/attachnet",
+        )],
+    );
+    let out = e.on_pod(&p);
+    let p = with(p, &out.annotations);
+    let mut dropped = p.clone();
+    dropped.annotations.insert(
+        "k8s.v1.cni.cncf.io/networks".to_owned(),
+        "default/attachnet@net2".to_owned(),
+    );
+    let out = e.on_pod(&dropped);
+    assert_eq!(out.delete_ips, ["samplepod.default.macvlan.default"]);
+    assert_eq!(e.usage("macvlan").expect("usage").v4_used, 0);
+    let out = e.on_pod_gone(&dropped);
+    assert_eq!(out.delete_ips, ["samplepod.default.attachnet.default.ovn"]);
+    assert_eq!(e.usage("attachnet").expect("usage").v4_used, 0);
+}
+
+#[test]
+fn a_statefulset_pod_keeps_its_address_while_the_statefulset_keeps_its_ordinal() {
+    let mut e = seeded();
+    e.set_statefulset("default", "db", Some(3));
+    let mut p = pod(
+        "db-1",
+        "old",
+        &[("k8s.v1.cni.cncf.io/networks", "default/macvlan")],
+    );
+    p.statefulset = Some("db".to_owned());
+    let out = e.on_pod(&p);
+    let ip = out.annotations["macvlan.default.kubernetes.io/ip_address"].clone();
+    assert_eq!(out.upsert_ips[0].pod_type, "StatefulSet");
+    assert!(e.on_pod_gone(&p).delete_ips.is_empty(), "the slot is kept");
+    // Re-created with a new UID (no annotations yet): the same address.
+    let mut again = p.clone();
+    again.uid = "new".to_owned();
+    let out = e.on_pod(&again);
+    assert_eq!(
+        out.annotations["macvlan.default.kubernetes.io/ip_address"],
+        ip
+    );
+    // Scaled to 1: the pod's deletion now releases the slot.
+    e.set_statefulset("default", "db", Some(1));
+    assert_eq!(
+        e.on_pod_gone(&again).delete_ips,
+        ["db-1.default.macvlan.default"]
+    );
+}
+
+#[test]
+fn after_a_restart_recorded_addresses_are_taken_back_and_never_handed_out_again() {
+    let mut before = seeded();
+    let p = pod(
+        "samplepod",
+        "u1",
+        &[("k8s.v1.cni.cncf.io/networks", "default/macvlan")],
+    );
+    let out = before.on_pod(&p);
+    let record = out.upsert_ips[0].clone();
+    let p = with(p, &out.annotations);
+
+    let mut after = seeded();
+    after.restore_ip(&record).expect("restored");
+    assert_eq!(
+        after.on_pod(&p),
+        PodOutcome::default(),
+        "nothing changes for the live pod"
+    );
+    let other = after.on_pod(&pod(
+        "other",
+        "u2",
+        &[("k8s.v1.cni.cncf.io/networks", "default/macvlan")],
+    ));
+    assert_eq!(
+        other.annotations["macvlan.default.kubernetes.io/ip_address"],
+        "172.17.0.12"
+    );
+    // A second record claiming the same address is refused, naming the holder.
+    let mut dup = record.clone();
+    dup.name = "x.default.macvlan.default".to_owned();
+    dup.pod_uid = "u9".to_owned();
+    dup.pod_name = "x".to_owned();
+    let err = after.restore_ip(&dup).expect_err("a duplicate");
+    assert!(
+        err.message
+            .contains("already held by pod default/samplepod"),
+        "{}",
+        err.message
+    );
+}
+
+#[test]
+fn an_annotated_allocation_is_taken_back_even_without_its_ip_resource() {
+    // The leader died after patching the pod and before creating the IP resource.
+    let mut before = seeded();
+    let p = pod(
+        "samplepod",
+        "u1",
+        &[("k8s.v1.cni.cncf.io/networks", "default/macvlan")],
+    );
+    let out = before.on_pod(&p);
+    let p = with(p, &out.annotations);
+    let mut after = seeded();
+    let out = after.on_pod(&p);
+    assert!(
+        out.annotations.is_empty(),
+        "the same address: {:?}",
+        out.annotations
+    );
+    assert_eq!(
+        out.upsert_ips.len(),
+        1,
+        "the missing IP resource is written"
+    );
+    assert_eq!(
+        out.upsert_ips[0].ips,
+        ["172.17.0.11".parse::<IpAddr>().expect("ip")]
+    );
+}
+
+#[test]
+fn garbage_collection_releases_allocations_of_pods_that_are_gone() {
+    let mut e = seeded();
+    e.on_pod(&pod(
+        "a",
+        "ua",
+        &[("k8s.v1.cni.cncf.io/networks", "default/macvlan")],
+    ));
+    e.on_pod(&pod(
+        "b",
+        "ub",
+        &[("k8s.v1.cni.cncf.io/networks", "default/macvlan")],
+    ));
+    let live = BTreeSet::from(["ub".to_owned()]);
+    let out = e.collect_garbage(&live);
+    assert_eq!(out.delete_ips, ["a.default.macvlan.default"]);
+    assert_eq!(e.usage("macvlan").expect("usage").v4_used, 1);
+}
+
+#[test]
+fn an_empty_nad_and_a_disagreeing_provider_field_are_reported() {
+    let mut e = seeded();
+    let events = e.set_nad("default", "empty", None);
+    assert_eq!(events[0].reason, "InvalidNetworkAttachmentDefinition");
+    let events = e.set_nad(
+        "default",
+        "attach2",
+        Some(r#"{"type": "kube-ovn", "provider": "attachnet.default.ovn"}"#),
+    );
+    assert_eq!(events[0].reason, "ProviderMismatch");
+}
+
+#[test]
+fn an_invalid_subnet_is_refused_and_keeps_what_was_allocated() {
+    let mut e = seeded();
+    e.on_pod(&pod(
+        "a",
+        "ua",
+        &[("k8s.v1.cni.cncf.io/networks", "default/macvlan")],
+    ));
+    let bad = subnet(
+        "macvlan",
+        "macvlan.default",
+        "172.17.0.0/16",
+        &["not-an-ip"],
+    );
+    match e.set_subnet(&bad) {
+        SubnetOutcome::Invalid(err) => {
+            assert_eq!(
+                err.to_string(),
+                "ip not-an-ip in excludeIps is not a valid address"
+            );
+        }
+        SubnetOutcome::Valid { .. } => panic!("accepted a bad excludeIps"),
+    }
+    assert_eq!(e.usage("macvlan").expect("usage").v4_used, 1);
+}
