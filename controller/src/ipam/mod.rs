@@ -332,6 +332,10 @@ impl Ipam {
     /// the new ranges; those that no longer fit are released and returned.
     pub fn set_subnet(&mut self, config: SubnetConfig) -> Vec<Released> {
         let name = config.name.clone();
+        if self.subnets.get(&name).is_some_and(|s| s.config == config) {
+            // Unchanged: keep the pools as they are (their released-address queue included).
+            return Vec::new();
+        }
         let mut state = SubnetState::new(config);
         let mut displaced = Vec::new();
         if self.subnets.contains_key(&name) {

@@ -451,3 +451,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn re_reading_an_unchanged_subnet_keeps_the_release_order() {
+    let mut ipam = seeded();
+    let a = request(&pod("default", "a", "ua"), "macvlan.default");
+    ipam.allocate(&a).expect("a");
+    ipam.release_pod("ua", false);
+    ipam.set_subnet(subnet(
+        "macvlan",
+        "macvlan.default",
+        "172.17.0.0/16",
+        &["172.17.0.0..172.17.0.10"],
+        &[],
+    ));
+    let b = request(&pod("default", "b", "ub"), "macvlan.default");
+    assert_eq!(ipam.allocate(&b).expect("b").ips, [ip("172.17.0.12")]);
+}

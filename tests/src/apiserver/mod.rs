@@ -11,6 +11,7 @@
 //! - core v1 `namespaces`, `nodes`, `pods` (each with `status`), `events`;
 //!   `events.k8s.io/v1` `events`; `coordination.k8s.io/v1` `leases`;
 //!   `k8s.cni.cncf.io/v1` `network-attachment-definitions` (namespaced);
+//!   `apps/v1` `statefulsets`;
 //!   `kubeovn.io/v1` `subnets`, `vpcs`, `ippools` (cluster-scoped, with `status`) and `ips`
 //!   (cluster-scoped; Kube-OVN gives IPs no status subresource).
 //! - Discovery: `/api`, `/api/v1`, `/apis`, `/apis/<group>`, `/apis/<group>/<version>`, also as
