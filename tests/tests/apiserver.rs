@@ -1058,6 +1058,7 @@ async fn aggregated_discovery_lists_every_served_group() {
         groups,
         [
             "",
+            "apps",
             "coordination.k8s.io",
             "events.k8s.io",
             "k8s.cni.cncf.io",
