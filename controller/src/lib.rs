@@ -6,10 +6,12 @@
 //! - [`subnet`]: Subnet defaulting and validation as Kube-OVN's.
 //! - [`engine`]: the controller's decisions (pure): pods, NADs, Subnets in; annotations, IPs, events out.
 //! - [`leader`]: leader election over a Lease.
+//! - [`objects`]: Kubernetes objects to and from the engine's types.
 //! - [`plan`]: from a pod to the attachments it asks for, and back to annotations.
 
 pub mod engine;
 pub mod ipam;
 pub mod leader;
+pub mod objects;
 pub mod plan;
 pub mod subnet;

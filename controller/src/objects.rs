@@ -1,0 +1,373 @@
+//! Between Kubernetes objects and the engine's types: pods, StatefulSets, NADs, Subnets, IPPools
+//! and IP resources in; IP resources and Subnet status out. Custom resources are read as JSON
+//! (`DynamicObject`), field by field, so a Subnet written for Kube-OVN is read as Kube-OVN reads
+//! it and unknown fields never get in the way.
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use serde_json::{Value, json};
+
+use crate::{
+    engine::IpRecord,
+    ipam::Usage,
+    plan::{PodView, PoolSpec, parse_ip_pool},
+    subnet::SubnetInput,
+};
+
+/// Where Sidelane keeps what Kube-OVN's IP resource has no field for.
+pub const POD_UID_ANNOTATION: &str = "sidelane.io/pod-uid";
+/// The attachment's provider on an IP resource.
+pub const PROVIDER_ANNOTATION: &str = "sidelane.io/provider";
+/// The attachment's interface on an IP resource.
+pub const IFNAME_ANNOTATION: &str = "sidelane.io/ifname";
+
+/// `kubeovn.io/v1` `Subnet`.
+pub fn subnet_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kubeovn.io", "v1", "Subnet"),
+        "subnets",
+    )
+}
+
+/// `kubeovn.io/v1` `IP`.
+pub fn ip_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("kubeovn.io", "v1", "IP"), "ips")
+}
+
+/// `kubeovn.io/v1` `IPPool`.
+pub fn ip_pool_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kubeovn.io", "v1", "IPPool"),
+        "ippools",
+    )
+}
+
+/// `k8s.cni.cncf.io/v1` `NetworkAttachmentDefinition`.
+pub fn nad_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition"),
+        "network-attachment-definitions",
+    )
+}
+
+/// The engine's view of a pod.
+pub fn pod_view(pod: &Pod) -> PodView {
+    let meta = &pod.metadata;
+    PodView {
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        annotations: meta.annotations.clone().unwrap_or_default(),
+        statefulset: meta
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.kind == "StatefulSet" && o.controller == Some(true))
+            .map(|o| o.name.clone()),
+    }
+}
+
+/// Whether a pod no longer needs its addresses: being deleted, or finished for good
+/// (Succeeded, or Failed and never restarted), as Kube-OVN decides.
+pub fn is_gone(pod: &Pod) -> bool {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return true;
+    }
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    let restart = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        .unwrap_or("Always");
+    matches!(
+        (phase, restart),
+        (Some("Succeeded"), "Never" | "OnFailure") | (Some("Failed"), "Never")
+    )
+}
+
+/// A StatefulSet's replica count (1 when unset, as Kubernetes defaults it).
+pub fn replicas(sts: &StatefulSet) -> u32 {
+    sts.spec
+        .replicas
+        .and_then(|r| u32::try_from(r).ok())
+        .unwrap_or(1)
+}
+
+fn str_at<'a>(v: &'a Value, field: &str) -> &'a str {
+    v.get(field).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn strings_at(v: &Value, field: &str) -> Vec<String> {
+    v.get(field)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A NAD's `spec.config` (`None` when the spec has none).
+pub fn nad_config(obj: &DynamicObject) -> Option<String> {
+    obj.data
+        .get("spec")
+        .and_then(|s| s.get("config"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+/// The Subnet fields the controller reads.
+pub fn subnet_input(obj: &DynamicObject) -> SubnetInput {
+    let spec = obj.data.get("spec").cloned().unwrap_or(Value::Null);
+    SubnetInput {
+        name: obj.metadata.name.clone().unwrap_or_default(),
+        cidr_block: str_at(&spec, "cidrBlock").to_owned(),
+        gateway: str_at(&spec, "gateway").to_owned(),
+        exclude_ips: strings_at(&spec, "excludeIps"),
+        provider: str_at(&spec, "provider").to_owned(),
+        protocol: str_at(&spec, "protocol").to_owned(),
+        vpc: str_at(&spec, "vpc").to_owned(),
+        namespaces: strings_at(&spec, "namespaces"),
+        mtu: spec
+            .get("mtu")
+            .and_then(Value::as_u64)
+            .and_then(|m| u32::try_from(m).ok()),
+    }
+}
+
+/// An IPPool's name and entries (`spec.ips`: addresses, ranges are not expanded).
+pub fn ip_pool(obj: &DynamicObject) -> (String, Vec<Vec<IpAddr>>) {
+    let spec = obj.data.get("spec").cloned().unwrap_or(Value::Null);
+    let entries = match parse_ip_pool(&strings_at(&spec, "ips").join(",")) {
+        PoolSpec::Entries(e) => e,
+        PoolSpec::Named(_) => Vec::new(),
+    };
+    (obj.metadata.name.clone().unwrap_or_default(), entries)
+}
+
+/// The record an IP resource holds; `None` for one Sidelane did not write (no attachment
+/// annotations) or without addresses.
+pub fn ip_record(obj: &DynamicObject) -> Option<IpRecord> {
+    let spec = obj.data.get("spec")?;
+    let annotations = obj.metadata.annotations.as_ref()?;
+    let ips: Vec<IpAddr> = str_at(spec, "ipAddress")
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    if ips.is_empty() {
+        return None;
+    }
+    let mac = str_at(spec, "macAddress");
+    Some(IpRecord {
+        name: obj.metadata.name.clone()?,
+        pod_name: str_at(spec, "podName").to_owned(),
+        namespace: str_at(spec, "namespace").to_owned(),
+        pod_uid: annotations.get(POD_UID_ANNOTATION)?.clone(),
+        subnet: str_at(spec, "subnet").to_owned(),
+        ips,
+        mac: (!mac.is_empty()).then(|| mac.to_owned()),
+        provider: annotations.get(PROVIDER_ANNOTATION)?.clone(),
+        ifname: annotations.get(IFNAME_ANNOTATION)?.clone(),
+        pod_type: str_at(spec, "podType").to_owned(),
+    })
+}
+
+/// The IP resource for `record`, with Kube-OVN's fields and labels.
+pub fn ip_object(record: &IpRecord, node_name: &str) -> Value {
+    let join = |v: Vec<String>| v.join(",");
+    let of = |v4: bool| {
+        join(
+            record
+                .ips
+                .iter()
+                .filter(|ip| ip.is_ipv4() == v4)
+                .map(ToString::to_string)
+                .collect(),
+        )
+    };
+    let labels: BTreeMap<String, String> = [
+        ("ovn.kubernetes.io/subnet".to_owned(), record.subnet.clone()),
+        (
+            "ovn.kubernetes.io/node-name".to_owned(),
+            node_name.to_owned(),
+        ),
+        (record.subnet.clone(), String::new()),
+        (
+            "ovn.kubernetes.io/ip_reserved".to_owned(),
+            "false".to_owned(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    json!({
+        "apiVersion": "kubeovn.io/v1",
+        "kind": "IP",
+        "metadata": {
+            "name": record.name,
+            "labels": labels,
+            "annotations": {
+                POD_UID_ANNOTATION: record.pod_uid,
+                PROVIDER_ANNOTATION: record.provider,
+                IFNAME_ANNOTATION: record.ifname,
+            },
+        },
+        "spec": {
+            "podName": record.pod_name,
+            "namespace": record.namespace,
+            "subnet": record.subnet,
+            "attachSubnets": [],
+            "nodeName": node_name,
+            "ipAddress": join(record.ips.iter().map(ToString::to_string).collect()),
+            "v4IpAddress": of(true),
+            "v6IpAddress": of(false),
+            "attachIps": [],
+            "macAddress": record.mac.clone().unwrap_or_default(),
+            "attachMacs": [],
+            "containerID": "",
+            "podType": record.pod_type,
+        },
+    })
+}
+
+/// A condition as Kube-OVN writes them.
+fn condition(kind: &str, ok: bool, reason: &str, message: &str, now: &str) -> Value {
+    json!({
+        "type": kind,
+        "status": if ok { "True" } else { "False" },
+        "reason": reason,
+        "message": message,
+        "lastUpdateTime": now,
+        "lastTransitionTime": now,
+    })
+}
+
+/// The Subnet status: usage per family and the `Validated`/`Ready`/`Full` conditions.
+/// `validation` is `Err(message)` for a refused spec.
+pub fn subnet_status(usage: Option<Usage>, validation: Result<(), &str>, now: &str) -> Value {
+    let u = usage.unwrap_or_default();
+    let mut conditions = vec![match validation {
+        Ok(()) => condition("Validated", true, "ValidatedSubnet", "", now),
+        Err(m) => condition("Validated", false, "ValidateLogicalSwitchFailed", m, now),
+    }];
+    conditions.push(condition(
+        "Ready",
+        validation.is_ok(),
+        if validation.is_ok() {
+            "SubnetReady"
+        } else {
+            "ValidationFailed"
+        },
+        "",
+        now,
+    ));
+    let full = validation.is_ok()
+        && ((u.v4_used > 0 && u.v4_available == 0) || (u.v6_used > 0 && u.v6_available == 0));
+    conditions.push(condition(
+        "Full",
+        full,
+        if full {
+            "NoAvailableAddress"
+        } else {
+            "AddressesAvailable"
+        },
+        if full {
+            "every address of the subnet is in use"
+        } else {
+            ""
+        },
+        now,
+    ));
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "Kube-OVN writes these counts as floats"
+    )]
+    let f = |n: u64| n as f64;
+    json!({
+        "v4availableIPs": f(u.v4_available),
+        "v4usingIPs": f(u.v4_used),
+        "v6availableIPs": f(u.v6_available),
+        "v6usingIPs": f(u.v6_used),
+        "conditions": conditions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dynamic(value: Value) -> DynamicObject {
+        serde_json::from_value(value).expect("a dynamic object")
+    }
+
+    #[test]
+    fn the_seeds_subnet_is_read_field_by_field() {
+        let obj = dynamic(json!({
+            "apiVersion": "kubeovn.io/v1", "kind": "Subnet", "metadata": {"name": "macvlan"},
+            "spec": {"protocol": "IPv4", "provider": "macvlan.default", "cidrBlock": "172.17.0.0/16",
+                     "gateway": "172.17.0.1", "excludeIps": ["172.17.0.0..172.17.0.10"],
+                     "natOutgoing": true, "unknownField": 3}
+        }));
+        let input = subnet_input(&obj);
+        assert_eq!(input.name, "macvlan");
+        assert_eq!(input.cidr_block, "172.17.0.0/16");
+        assert_eq!(input.exclude_ips, ["172.17.0.0..172.17.0.10"]);
+        assert_eq!(input.provider, "macvlan.default");
+    }
+
+    #[test]
+    fn an_ip_resource_round_trips_through_its_json() {
+        let record = IpRecord {
+            name: "samplepod.default.attachnet.default.ovn".to_owned(),
+            pod_name: "samplepod".to_owned(),
+            namespace: "default".to_owned(),
+            pod_uid: "u1".to_owned(),
+            subnet: "attachnet".to_owned(),
+            ips: vec![
+                "172.18.0.11".parse().expect("ip"),
+                "fd00::b".parse().expect("ip"),
+            ],
+            mac: Some("02:00:00:00:00:0b".to_owned()),
+            provider: "attachnet.default.ovn".to_owned(),
+            ifname: "net1".to_owned(),
+            pod_type: String::new(),
+        };
+        let obj = ip_object(&record, "node1");
+        assert_eq!(obj["spec"]["ipAddress"], "172.18.0.11,fd00::b");
+        assert_eq!(obj["spec"]["v4IpAddress"], "172.18.0.11");
+        assert_eq!(obj["spec"]["v6IpAddress"], "fd00::b");
+        assert_eq!(
+            obj["metadata"]["labels"]["ovn.kubernetes.io/subnet"],
+            "attachnet"
+        );
+        assert_eq!(ip_record(&dynamic(obj)), Some(record));
+    }
+
+    #[test]
+    fn a_full_subnet_says_so_in_its_conditions() {
+        let usage = Usage {
+            v4_used: 5,
+            v4_available: 0,
+            ..Usage::default()
+        };
+        let status = subnet_status(Some(usage), Ok(()), "2026-11-23T00:00:00Z");
+        assert_eq!(status["v4usingIPs"], 5.0);
+        let full = status["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .find(|c| c["type"] == "Full")
+            .expect("a Full condition")
+            .clone();
+        assert_eq!(full["status"], "True");
+        let invalid = subnet_status(None, Err("gateway 1.1.1.1 is not in cidr 10.0.0.0/8"), "t");
+        assert_eq!(invalid["conditions"][0]["status"], "False");
+        assert_eq!(
+            invalid["conditions"][0]["message"],
+            "gateway 1.1.1.1 is not in cidr 10.0.0.0/8"
+        );
+    }
+}
