@@ -3,15 +3,19 @@
 //! builds the OVN logical topology for attachment networks in the Northbound database.
 //!
 //! - [`ipam`]: the pure IPAM core (address pools per Subnet family).
+//! - [`run`]: the leader's work against the API: load, restore, follow, write.
 //! - [`subnet`]: Subnet defaulting and validation as Kube-OVN's.
 //! - [`engine`]: the controller's decisions (pure): pods, NADs, Subnets in; annotations, IPs, events out.
 //! - [`leader`]: leader election over a Lease.
+//! - [`metrics`]: Prometheus metrics and the health and readiness probes.
 //! - [`objects`]: Kubernetes objects to and from the engine's types.
 //! - [`plan`]: from a pod to the attachments it asks for, and back to annotations.
 
 pub mod engine;
 pub mod ipam;
 pub mod leader;
+pub mod metrics;
 pub mod objects;
 pub mod plan;
+pub mod run;
 pub mod subnet;

@@ -1,0 +1,193 @@
+//! The controller's metrics (Prometheus text format) and probes, on one HTTP port:
+//! `/metrics`, `/healthz` (the process serves), `/readyz` (a follower, or a leader that has
+//! loaded the cluster and taken back every recorded allocation).
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+/// Labels of a refusal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The event reason (`AcquireAddressFailed`, `AddressConflict`...).
+    pub reason: String,
+}
+
+/// Labels of a Subnet gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubnetLabels {
+    /// The Subnet.
+    pub subnet: String,
+    /// `ipv4` or `ipv6`.
+    pub family: String,
+}
+
+/// Everything the controller exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Allocations written to pods.
+    pub allocations: Counter,
+    /// Releases.
+    pub releases: Counter,
+    /// Refused attachments, by reason.
+    pub refusals: Family<ReasonLabels, Counter>,
+    /// Addresses in use per Subnet and family.
+    pub subnet_used: Family<SubnetLabels, Gauge>,
+    /// Addresses still available per Subnet and family.
+    pub subnet_available: Family<SubnetLabels, Gauge>,
+    /// Seconds from a pod event to its writes being done.
+    pub reconcile_seconds: Histogram,
+    /// Whether this replica leads (1) or follows (0).
+    pub leader: Gauge,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("sidelane_controller");
+        let allocations = Counter::default();
+        let releases = Counter::default();
+        let refusals = Family::<ReasonLabels, Counter>::default();
+        let subnet_used = Family::<SubnetLabels, Gauge>::default();
+        let subnet_available = Family::<SubnetLabels, Gauge>::default();
+        let reconcile_seconds = Histogram::new([
+            0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
+        let leader = Gauge::default();
+        registry.register(
+            "allocations",
+            "Attachment allocations written to pods",
+            allocations.clone(),
+        );
+        registry.register(
+            "releases",
+            "Attachment allocations released",
+            releases.clone(),
+        );
+        registry.register(
+            "refusals",
+            "Attachments refused, by reason",
+            refusals.clone(),
+        );
+        registry.register(
+            "subnet_used_ips",
+            "Addresses in use per subnet and family",
+            subnet_used.clone(),
+        );
+        registry.register(
+            "subnet_available_ips",
+            "Addresses still available per subnet and family",
+            subnet_available.clone(),
+        );
+        registry.register(
+            "reconcile_seconds",
+            "Time from a pod event to its writes being done",
+            reconcile_seconds.clone(),
+        );
+        registry.register("leader", "1 when this replica leads", leader.clone());
+        Metrics {
+            registry,
+            allocations,
+            releases,
+            refusals,
+            subnet_used,
+            subnet_available,
+            reconcile_seconds,
+            leader,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the replica ready (or not) for `/readyz`.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            warn!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn route(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/metrics" => text(StatusCode::OK, metrics.render()),
+        "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" if metrics.is_ready() => text(StatusCode::OK, "ok\n".to_owned()),
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "loading the cluster\n".to_owned(),
+        ),
+        other => text(StatusCode::NOT_FOUND, format!("no such path: {other}\n")),
+    }
+}
+
+/// Serves metrics and probes on `listener` forever.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "accepting a metrics connection");
+                continue;
+            }
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let metrics = Arc::clone(&metrics);
+                async move { Ok::<_, Infallible>(route(&metrics, &req)) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(error = %e, "metrics connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Binds the metrics address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

@@ -1,0 +1,713 @@
+//! The leader's work, the thin Kubernetes layer around the [`Engine`]: load the cluster in
+//! order (StatefulSets, NADs, IPPools, Subnets, then the recorded allocations — IP resources,
+//! then pods' annotations — before anything new is allocated), collect what pods deleted while
+//! no leader ran left behind, then follow every change by watch and carry out the engine's
+//! outcomes. Writes for one pod run in order; writes for different pods run concurrently.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{StreamExt as _, stream::BoxStream};
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        core::v1::{ObjectReference, Pod},
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource as _, ResourceExt,
+    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
+    runtime::{
+        WatchStreamExt as _,
+        events::{Event as KubeEvent, EventType, Recorder, Reporter},
+        watcher,
+    },
+};
+use serde_json::{Value, json};
+use thiserror::Error;
+use tokio::{
+    sync::{Semaphore, oneshot, watch},
+    time::Instant,
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    engine::{Engine, Event, IpRecord, PodOutcome, SubnetOutcome},
+    metrics::{Metrics, ReasonLabels, SubnetLabels},
+    objects::{self, POD_UID_ANNOTATION},
+};
+
+/// Tuning of the leader's work.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How often garbage is collected (allocations of pods that are gone).
+    pub gc_interval: Duration,
+    /// Writes in flight at once.
+    pub write_concurrency: usize,
+    /// The name events are reported under, and this replica's identity.
+    pub reporter: String,
+    /// This replica's identity (pod name).
+    pub instance: String,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            gc_interval: Duration::from_mins(1),
+            write_concurrency: 64,
+            reporter: "sidelane-controller".to_owned(),
+            instance: String::new(),
+        }
+    }
+}
+
+/// The leader's work stopped.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// Listing a kind of object failed.
+    #[error("listing {what}: {source}")]
+    List {
+        /// What was being listed.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// A watch stream ended.
+    #[error("the watch of {0} ended")]
+    WatchEnded(&'static str),
+}
+
+/// One change seen by a watch.
+enum Change {
+    Pod(watcher::Event<Pod>),
+    StatefulSet(watcher::Event<StatefulSet>),
+    Nad(watcher::Event<DynamicObject>),
+    Subnet(watcher::Event<DynamicObject>),
+    IpPool(watcher::Event<DynamicObject>),
+}
+
+/// Follows leadership forever: works while this replica leads, stops when it does not.
+pub async fn lead(
+    client: Client,
+    opts: Options,
+    metrics: Arc<Metrics>,
+    mut leading: watch::Receiver<bool>,
+) {
+    loop {
+        metrics.leader.set(0);
+        // A follower is ready: it serves probes and would take over.
+        metrics.set_ready(true);
+        while !*leading.borrow_and_update() {
+            if leading.changed().await.is_err() {
+                return;
+            }
+        }
+        metrics.leader.set(1);
+        metrics.set_ready(false);
+        let work = Leader::new(client.clone(), opts.clone(), Arc::clone(&metrics)).run();
+        let mut stepped_down = leading.clone();
+        tokio::select! {
+            result = work => {
+                if let Err(e) = result {
+                    warn!(error = %e, "the leader's work stopped; starting over");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            () = async {
+                while *stepped_down.borrow_and_update() {
+                    if stepped_down.changed().await.is_err() {
+                        break;
+                    }
+                }
+            } => {
+                info!("no longer the leader; stopped allocating");
+            }
+        }
+    }
+}
+
+struct Leader {
+    client: Client,
+    opts: Options,
+    metrics: Arc<Metrics>,
+    engine: Engine,
+    writer: Arc<Writer>,
+    /// Validation of each Subnet, for its status.
+    validation: HashMap<String, Result<(), String>>,
+    pending_status: BTreeSet<String>,
+}
+
+impl Leader {
+    fn new(client: Client, opts: Options, metrics: Arc<Metrics>) -> Leader {
+        let reporter = Reporter {
+            controller: opts.reporter.clone(),
+            instance: Some(opts.instance.clone()).filter(|i| !i.is_empty()),
+        };
+        let writer = Arc::new(Writer {
+            client: client.clone(),
+            recorder: Recorder::new(client.clone(), reporter),
+            ips: Api::all_with(client.clone(), &objects::ip_resource()),
+            subnets: Api::all_with(client.clone(), &objects::subnet_resource()),
+            permits: Arc::new(Semaphore::new(opts.write_concurrency.max(1))),
+            chains: std::sync::Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            metrics: Arc::clone(&metrics),
+        });
+        Leader {
+            client,
+            opts,
+            metrics,
+            engine: Engine::new(),
+            writer,
+            validation: HashMap::new(),
+            pending_status: BTreeSet::new(),
+        }
+    }
+
+    async fn run(mut self) -> Result<(), RunError> {
+        let started = Instant::now();
+        self.load().await?;
+        self.flush_status();
+        self.metrics.set_ready(true);
+        info!(elapsed = ?started.elapsed(), "loaded the cluster; following it");
+        let mut changes = self.changes();
+        let mut gc = tokio::time::interval(self.opts.gc_interval);
+        gc.tick().await;
+        let mut status = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                change = changes.next() => {
+                    let Some(change) = change else {
+                        return Err(RunError::WatchEnded("the cluster"));
+                    };
+                    self.apply(change);
+                }
+                _ = gc.tick() => {
+                    if let Err(e) = self.collect_garbage().await {
+                        warn!(error = %e, "garbage collection");
+                    }
+                }
+                _ = status.tick() => self.flush_status(),
+            }
+        }
+    }
+
+    /// Lists everything in dependency order and takes back what the cluster records.
+    async fn load(&mut self) -> Result<(), RunError> {
+        let lp = ListParams::default();
+        let list_err = |what| move |source| RunError::List { what, source };
+        let sts: Api<StatefulSet> = Api::all(self.client.clone());
+        for s in sts.list(&lp).await.map_err(list_err("StatefulSets"))? {
+            self.statefulset(&s, false);
+        }
+        let nads: Api<DynamicObject> = Api::all_with(self.client.clone(), &objects::nad_resource());
+        for n in nads
+            .list(&lp)
+            .await
+            .map_err(list_err("NetworkAttachmentDefinitions"))?
+        {
+            self.nad(&n, false);
+        }
+        let pools: Api<DynamicObject> =
+            Api::all_with(self.client.clone(), &objects::ip_pool_resource());
+        for p in pools.list(&lp).await.map_err(list_err("IPPools"))? {
+            let (name, entries) = objects::ip_pool(&p);
+            self.engine.set_ip_pool(&name, entries);
+        }
+        for s in self
+            .writer
+            .subnets
+            .list(&lp)
+            .await
+            .map_err(list_err("Subnets"))?
+        {
+            self.subnet(&s, false);
+        }
+        let mut restored = 0usize;
+        let ips = self.writer.ips.list(&lp).await.map_err(list_err("IPs"))?;
+        for ip in &ips {
+            let Some(record) = objects::ip_record(ip) else {
+                continue;
+            };
+            match self.engine.restore_ip(&record) {
+                Ok(()) => restored += 1,
+                Err(e) => warn!(ip = %record.name, reason = e.reason, "{}", e.message),
+            }
+        }
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let pods = pods.list(&lp).await.map_err(list_err("Pods"))?;
+        let mut live = BTreeSet::new();
+        // Pods already allocated first, so that their addresses are taken back before any new
+        // pod gets one.
+        let (allocated, fresh): (Vec<&Pod>, Vec<&Pod>) = pods.items.iter().partition(|p| {
+            p.annotations()
+                .iter()
+                .any(|(k, v)| k.ends_with(".kubernetes.io/allocated") && v == "true")
+        });
+        for pod in allocated.into_iter().chain(fresh) {
+            if !objects::is_gone(pod) {
+                live.insert(pod.uid().unwrap_or_default());
+            }
+            self.pod(pod);
+        }
+        let outcome = self.engine.collect_garbage(&live);
+        self.writer.submit(None, String::new(), outcome);
+        // IP resources whose attachment no longer exists (pod deleted meanwhile).
+        let owned: BTreeSet<String> = self
+            .engine
+            .ipam()
+            .attachments()
+            .map(|(_, p, _)| p.uid.clone())
+            .collect();
+        let stale: Vec<String> = ips
+            .iter()
+            .filter(|ip| {
+                ip.annotations()
+                    .get(POD_UID_ANNOTATION)
+                    .is_some_and(|uid| !owned.contains(uid) && !live.contains(uid))
+            })
+            .map(ResourceExt::name_any)
+            .collect();
+        if !stale.is_empty() {
+            self.writer.submit(
+                None,
+                String::new(),
+                PodOutcome {
+                    delete_ips: stale,
+                    ..PodOutcome::default()
+                },
+            );
+        }
+        info!(
+            restored,
+            pods = pods.items.len(),
+            "took back the recorded allocations"
+        );
+        Ok(())
+    }
+
+    fn changes(&self) -> BoxStream<'static, Change> {
+        let cfg = watcher::Config::default();
+        let pods = watcher(Api::<Pod>::all(self.client.clone()), cfg.clone())
+            .default_backoff()
+            .map(|e| e.map(Change::Pod));
+        let sts = watcher(Api::<StatefulSet>::all(self.client.clone()), cfg.clone())
+            .default_backoff()
+            .map(|e| e.map(Change::StatefulSet));
+        let nads = watcher(
+            Api::<DynamicObject>::all_with(self.client.clone(), &objects::nad_resource()),
+            cfg.clone(),
+        )
+        .default_backoff()
+        .map(|e| e.map(Change::Nad));
+        let subnets = watcher(self.writer.subnets.clone(), cfg.clone())
+            .default_backoff()
+            .map(|e| e.map(Change::Subnet));
+        let pools = watcher(
+            Api::<DynamicObject>::all_with(self.client.clone(), &objects::ip_pool_resource()),
+            cfg,
+        )
+        .default_backoff()
+        .map(|e| e.map(Change::IpPool));
+        futures::stream::select_all([
+            sts.boxed(),
+            nads.boxed(),
+            pools.boxed(),
+            subnets.boxed(),
+            pods.boxed(),
+        ])
+        .filter_map(|e| async move {
+            match e {
+                Ok(c) => Some(c),
+                Err(err) => {
+                    warn!(error = %err, "a watch failed; it retries with backoff");
+                    None
+                }
+            }
+        })
+        .boxed()
+    }
+
+    fn apply(&mut self, change: Change) {
+        use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+        match change {
+            Change::Pod(Apply(p) | InitApply(p)) => self.pod(&p),
+            Change::Pod(Delete(p)) => {
+                let outcome = self.engine.on_pod_gone(&objects::pod_view(&p));
+                self.count(&outcome);
+                self.writer.submit(None, String::new(), outcome);
+            }
+            Change::StatefulSet(Apply(s) | InitApply(s)) => self.statefulset(&s, false),
+            Change::StatefulSet(Delete(s)) => self.statefulset(&s, true),
+            Change::Nad(Apply(n) | InitApply(n)) => self.nad(&n, false),
+            Change::Nad(Delete(n)) => self.nad(&n, true),
+            Change::Subnet(Apply(s) | InitApply(s)) => self.subnet(&s, false),
+            Change::Subnet(Delete(s)) => self.subnet(&s, true),
+            Change::IpPool(Apply(p) | InitApply(p)) => {
+                let (name, entries) = objects::ip_pool(&p);
+                self.engine.set_ip_pool(&name, entries);
+            }
+            Change::IpPool(Delete(p)) => self.engine.set_ip_pool(&p.name_any(), Vec::new()),
+            Change::Pod(Init | InitDone)
+            | Change::StatefulSet(Init | InitDone)
+            | Change::Nad(Init | InitDone)
+            | Change::Subnet(Init | InitDone)
+            | Change::IpPool(Init | InitDone) => {}
+        }
+    }
+
+    fn pod(&mut self, pod: &Pod) {
+        let view = objects::pod_view(pod);
+        let outcome = if objects::is_gone(pod) {
+            self.engine.on_pod_gone(&view)
+        } else {
+            self.engine.on_pod(&view)
+        };
+        self.count(&outcome);
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default();
+        self.writer.submit(Some(pod), node, outcome);
+    }
+
+    fn count(&mut self, outcome: &PodOutcome) {
+        self.metrics
+            .allocations
+            .inc_by(u64::from(!outcome.annotations.is_empty()));
+        self.metrics
+            .releases
+            .inc_by(outcome.delete_ips.len() as u64);
+        for e in &outcome.events {
+            self.metrics
+                .refusals
+                .get_or_create(&ReasonLabels {
+                    reason: e.reason.to_owned(),
+                })
+                .inc();
+        }
+        self.pending_status
+            .extend(outcome.touched_subnets.iter().cloned());
+    }
+
+    fn statefulset(&mut self, sts: &StatefulSet, deleted: bool) {
+        let ns = sts.namespace().unwrap_or_default();
+        let replicas = (!deleted).then(|| objects::replicas(sts));
+        self.engine.set_statefulset(&ns, &sts.name_any(), replicas);
+    }
+
+    fn nad(&mut self, nad: &DynamicObject, deleted: bool) {
+        let ns = nad.namespace().unwrap_or_default();
+        let name = nad.name_any();
+        if deleted {
+            self.engine.remove_nad(&ns, &name);
+            return;
+        }
+        let events = self
+            .engine
+            .set_nad(&ns, &name, objects::nad_config(nad).as_deref());
+        if !events.is_empty() {
+            let reference = nad.object_ref(&objects::nad_resource());
+            let writer = Arc::clone(&self.writer);
+            tokio::spawn(async move { writer.publish(&events, &reference).await });
+        }
+    }
+
+    fn subnet(&mut self, obj: &DynamicObject, deleted: bool) {
+        let name = obj.name_any();
+        if deleted {
+            let released = self.engine.remove_subnet(&name);
+            let outcome = PodOutcome {
+                delete_ips: released
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+                ..PodOutcome::default()
+            };
+            self.validation.remove(&name);
+            self.writer.submit(None, String::new(), outcome);
+            return;
+        }
+        match self.engine.set_subnet(&objects::subnet_input(obj)) {
+            SubnetOutcome::Valid {
+                formatted,
+                displaced,
+            } => {
+                self.validation.insert(name.clone(), Ok(()));
+                let spec = obj.data.get("spec").cloned().unwrap_or(Value::Null);
+                let wanted = json!({
+                    "cidrBlock": formatted.cidr_block,
+                    "gateway": formatted.gateway,
+                    "excludeIps": formatted.exclude_ips,
+                    "protocol": formatted.protocol,
+                    "provider": formatted.provider,
+                });
+                let differs = wanted
+                    .as_object()
+                    .is_some_and(|w| w.iter().any(|(k, v)| spec.get(k) != Some(v)));
+                if differs {
+                    let writer = Arc::clone(&self.writer);
+                    let name = name.clone();
+                    tokio::spawn(async move { writer.format_subnet(&name, wanted).await });
+                }
+                let outcome = PodOutcome {
+                    delete_ips: displaced
+                        .into_iter()
+                        .map(|(n, _)| n)
+                        .filter(|n| !n.is_empty())
+                        .collect(),
+                    ..PodOutcome::default()
+                };
+                self.writer.submit(None, String::new(), outcome);
+            }
+            SubnetOutcome::Invalid(e) => {
+                warn!(subnet = %name, error = %e, "refusing the subnet");
+                self.validation.insert(name.clone(), Err(e.to_string()));
+            }
+        }
+        self.pending_status.insert(name);
+    }
+
+    /// Writes the status of every Subnet whose usage or validity changed since the last flush.
+    fn flush_status(&mut self) {
+        if self.pending_status.is_empty() {
+            return;
+        }
+        let now = Timestamp::now().to_string();
+        for name in std::mem::take(&mut self.pending_status) {
+            let Some(validation) = self.validation.get(&name) else {
+                continue;
+            };
+            let usage = self.engine.usage(&name);
+            if let Some(u) = usage {
+                for (family, used, available) in [
+                    ("ipv4", u.v4_used, u.v4_available),
+                    ("ipv6", u.v6_used, u.v6_available),
+                ] {
+                    let labels = SubnetLabels {
+                        subnet: name.clone(),
+                        family: family.to_owned(),
+                    };
+                    self.metrics
+                        .subnet_used
+                        .get_or_create(&labels)
+                        .set(i64::try_from(used).unwrap_or(i64::MAX));
+                    self.metrics
+                        .subnet_available
+                        .get_or_create(&labels)
+                        .set(i64::try_from(available).unwrap_or(i64::MAX));
+                }
+            }
+            let status = objects::subnet_status(
+                usage,
+                validation.as_ref().copied().map_err(String::as_str),
+                &now,
+            );
+            let writer = Arc::clone(&self.writer);
+            tokio::spawn(async move { writer.subnet_status(&name, status).await });
+        }
+    }
+
+    async fn collect_garbage(&mut self) -> Result<(), kube::Error> {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let live: BTreeSet<String> = pods
+            .list_metadata(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        let outcome = self.engine.collect_garbage(&live);
+        if !outcome.delete_ips.is_empty() {
+            info!(
+                released = outcome.delete_ips.len(),
+                "collected allocations of pods that are gone"
+            );
+        }
+        self.count(&outcome);
+        self.writer.submit(None, String::new(), outcome);
+        Ok(())
+    }
+}
+
+/// Carries out outcomes against the API.
+struct Writer {
+    client: Client,
+    recorder: Recorder,
+    ips: Api<DynamicObject>,
+    subnets: Api<DynamicObject>,
+    permits: Arc<Semaphore>,
+    /// The completion of each pod's last queued write (by UID), so that its writes stay in
+    /// order; the number tells whose it is.
+    chains: std::sync::Mutex<HashMap<String, (u64, oneshot::Receiver<()>)>>,
+    generation: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    /// Queues `outcome`'s writes: after the pod's earlier writes, concurrently with others.
+    fn submit(self: &Arc<Self>, pod: Option<&Pod>, node: String, outcome: PodOutcome) {
+        if outcome.annotations.is_empty()
+            && outcome.upsert_ips.is_empty()
+            && outcome.delete_ips.is_empty()
+            && outcome.events.is_empty()
+        {
+            return;
+        }
+        let started = Instant::now();
+        let target = pod.map(|p| {
+            (
+                p.namespace().unwrap_or_default(),
+                p.name_any(),
+                p.object_ref(&()),
+            )
+        });
+        let key = pod.and_then(ResourceExt::uid).unwrap_or_default();
+        // Chained here, in submission order: this write waits for the pod's previous one.
+        let (done, finished) = oneshot::channel::<()>();
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let previous = self
+            .chains
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.clone(), (generation, finished));
+        let writer = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Some((_, previous)) = previous {
+                // An error only means the previous write's task ended without signalling.
+                let _ = previous.await;
+            }
+            if let Ok(_permit) = Arc::clone(&writer.permits).acquire_owned().await {
+                writer.write(target.as_ref(), &node, outcome).await;
+            }
+            writer
+                .metrics
+                .reconcile_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let _ = done.send(());
+            let mut chains = writer
+                .chains
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if chains.get(&key).is_some_and(|(g, _)| *g == generation) {
+                chains.remove(&key);
+            }
+        });
+    }
+
+    async fn write(
+        &self,
+        target: Option<&(String, String, ObjectReference)>,
+        node: &str,
+        outcome: PodOutcome,
+    ) {
+        for record in &outcome.upsert_ips {
+            self.upsert_ip(record, node).await;
+        }
+        if let Some((ns, name, _)) = target
+            && !outcome.annotations.is_empty()
+        {
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+            let patch = json!({"metadata": {"annotations": outcome.annotations}});
+            match pods
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => debug!(pod = %format!("{ns}/{name}"), "wrote the allocation"),
+                Err(kube::Error::Api(e)) if e.code == 404 => {
+                    debug!(pod = %format!("{ns}/{name}"), "the pod is gone; its release follows");
+                }
+                Err(e) => {
+                    warn!(pod = %format!("{ns}/{name}"), error = %e, "writing the allocation");
+                }
+            }
+        }
+        for name in &outcome.delete_ips {
+            match self.ips.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => warn!(ip = %name, error = %e, "deleting the IP resource"),
+            }
+        }
+        if let Some((_, _, reference)) = target {
+            self.publish(&outcome.events, reference).await;
+        }
+    }
+
+    async fn upsert_ip(&self, record: &IpRecord, node: &str) {
+        let body = objects::ip_object(record, node);
+        let obj: DynamicObject = match serde_json::from_value(body.clone()) {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(ip = %record.name, error = %e, "building the IP resource");
+                return;
+            }
+        };
+        match self.ips.create(&PostParams::default(), &obj).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                let patch = json!({"metadata": {"labels": body["metadata"]["labels"], "annotations": body["metadata"]["annotations"]}, "spec": body["spec"]});
+                if let Err(e) = self
+                    .ips
+                    .patch(&record.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                {
+                    warn!(ip = %record.name, error = %e, "updating the IP resource");
+                }
+            }
+            Err(e) => warn!(ip = %record.name, error = %e, "creating the IP resource"),
+        }
+    }
+
+    async fn publish(&self, events: &[Event], reference: &ObjectReference) {
+        for e in events {
+            let event = KubeEvent {
+                type_: if e.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: e.reason.to_owned(),
+                note: Some(e.message.clone()),
+                action: "Allocate".to_owned(),
+                secondary: None,
+            };
+            if let Err(err) = self.recorder.publish(&event, reference).await {
+                warn!(error = %err, reason = e.reason, "recording an event");
+            }
+        }
+    }
+
+    async fn format_subnet(&self, name: &str, spec: Value) {
+        let patch = json!({ "spec": spec });
+        if let Err(e) = self
+            .subnets
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            warn!(subnet = %name, error = %e, "writing the defaulted spec");
+        }
+    }
+
+    async fn subnet_status(&self, name: &str, status: Value) {
+        let patch = json!({ "status": status });
+        if let Err(e) = self
+            .subnets
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            warn!(subnet = %name, error = %e, "writing the status");
+        }
+    }
+}
