@@ -1,0 +1,404 @@
+//! The controller against the API double: the seeds' YAML (deploy/examples) gets the
+//! annotations the seeds promise; conflicts become events; deletion releases; StatefulSet pods
+//! keep their addresses; a restarted controller takes back what is allocated and never hands
+//! an address out twice.
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api,
+    api::{DeleteParams, Patch, PatchParams},
+};
+use serde_json::{Value, json};
+use sidelane_controller::{
+    metrics::Metrics,
+    run::{self, Options},
+};
+use sidelane_tests::apiserver::ApiServer;
+use tokio::{sync::watch, task::JoinHandle};
+
+/// The YAML documents of `deploy/examples/<file>`, as JSON.
+fn example(file: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples")
+        .join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// Applies a document as the cluster would: a Deployment becomes its pods (as its ReplicaSet
+/// would create them), everything else is stored as is.
+fn apply(api: &ApiServer, doc: &Value) {
+    if doc["kind"] == "Deployment" {
+        let replicas = doc["spec"]["replicas"].as_u64().unwrap_or(1);
+        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+        for i in 0..replicas {
+            let mut pod = json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": doc["spec"]["template"]["metadata"].clone(),
+                "spec": doc["spec"]["template"]["spec"].clone(),
+            });
+            pod["metadata"]["name"] = json!(format!("{name}-5d8f7-{i}"));
+            pod["metadata"]["namespace"] = doc["metadata"]["namespace"].clone();
+            pod["metadata"]["ownerReferences"] = json!([{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{name}-5d8f7"),
+                "uid": "rs-uid", "controller": true
+            }]);
+            api.seed(pod).expect("seeding a replica");
+        }
+        return;
+    }
+    api.seed(doc.clone()).expect("seeding an example document");
+}
+
+struct Controller {
+    task: JoinHandle<()>,
+    metrics: Arc<Metrics>,
+    _leading: watch::Sender<bool>,
+}
+
+impl Controller {
+    /// A controller that leads at once (leader election has its own test).
+    fn start(api: &ApiServer, runtime: &tokio::runtime::Runtime) -> Controller {
+        let client = runtime.block_on(async { api.client() });
+        let metrics = Arc::new(Metrics::new());
+        let (tx, rx) = watch::channel(true);
+        let opts = Options {
+            gc_interval: Duration::from_millis(300),
+            instance: "test".to_owned(),
+            ..Options::default()
+        };
+        let task = runtime.spawn(run::lead(client, opts, Arc::clone(&metrics), rx));
+        Controller {
+            task,
+            metrics,
+            _leading: tx,
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn pod_annotations(api: &ApiServer, name: &str) -> Value {
+    api.get("v1", "Pod", "default", name)
+        .map_or(Value::Null, |p| p["metadata"]["annotations"].clone())
+}
+
+/// Waits until `check` holds, failing with `what` after 20 s.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn allocated(api: &ApiServer, pod: &str, prefix: &str) -> Option<String> {
+    let a = pod_annotations(api, pod);
+    (a[format!("{prefix}.kubernetes.io/allocated")] == "true")
+        .then(|| {
+            a[format!("{prefix}.kubernetes.io/ip_address")]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .flatten()
+}
+
+fn seed_pod(api: &ApiServer, name: &str, annotations: &Value) {
+    api.seed(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+        "spec": {"containers": [{"name": "c", "image": "alpine"}], "nodeName": "node1"}
+    }))
+    .expect("seeding a pod");
+}
+
+#[test]
+fn the_multi_nic_ipam_seed_gets_the_annotations_it_promises() {
+    let api = ApiServer::start();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    for doc in example("multi-nic-ipam.yaml") {
+        apply(&api, &doc);
+    }
+    let controller = Controller::start(&api, &runtime);
+    let p = "macvlan.default";
+    eventually("samplepod allocated", || {
+        allocated(&api, "samplepod", p).is_some()
+    });
+    assert_eq!(
+        allocated(&api, "samplepod", p).as_deref(),
+        Some("172.17.0.11")
+    );
+    let a = pod_annotations(&api, "samplepod");
+    assert_eq!(a[format!("{p}.kubernetes.io/cidr")], "172.17.0.0/16");
+    assert_eq!(a[format!("{p}.kubernetes.io/gateway")], "172.17.0.1");
+    assert_eq!(a[format!("{p}.kubernetes.io/logical_switch")], "macvlan");
+    eventually("static-ip allocated", || {
+        allocated(&api, "static-ip", p).is_some()
+    });
+    assert_eq!(
+        allocated(&api, "static-ip", p).as_deref(),
+        Some("172.17.0.100")
+    );
+    // The Deployment's replicas take the first free ip_pool entries.
+    let mut pooled = BTreeSet::new();
+    for i in 0..2 {
+        let name = format!("static-workload-5d8f7-{i}");
+        eventually("a replica allocated", || {
+            allocated(&api, &name, p).is_some()
+        });
+        pooled.insert(allocated(&api, &name, p).unwrap_or_default());
+    }
+    assert_eq!(
+        pooled,
+        BTreeSet::from(["172.17.0.200".to_owned(), "172.17.0.201".to_owned()])
+    );
+    // One IP resource per attachment, named as Kube-OVN names it.
+    let ip = api
+        .get(
+            "kubeovn.io/v1",
+            "IP",
+            "",
+            "samplepod.default.macvlan.default",
+        )
+        .expect("the IP resource");
+    assert_eq!(ip["spec"]["ipAddress"], "172.17.0.11");
+    assert_eq!(ip["spec"]["subnet"], "macvlan");
+    assert_eq!(
+        ip["spec"]["macAddress"], "",
+        "IPAM-only subnets give no MAC"
+    );
+    // The Subnet was defaulted and its status counts the four addresses.
+    eventually("the subnet's status", || {
+        api.get("kubeovn.io/v1", "Subnet", "", "macvlan")
+            .is_some_and(|s| s["status"]["v4usingIPs"] == 4.0)
+    });
+    let subnet = api
+        .get("kubeovn.io/v1", "Subnet", "", "macvlan")
+        .expect("the subnet");
+    assert_eq!(
+        subnet["spec"]["excludeIps"],
+        json!(["172.17.0.1..172.17.0.10"])
+    );
+    assert_eq!(subnet["status"]["conditions"][0]["type"], "Validated");
+    assert_eq!(subnet["status"]["conditions"][0]["status"], "True");
+    assert!(
+        controller
+            .metrics
+            .render()
+            .contains("sidelane_controller_allocations_total 4"),
+        "{}",
+        controller.metrics.render()
+    );
+}
+
+#[test]
+fn a_taken_static_address_is_an_event_naming_the_holder_and_allocates_nothing() {
+    let api = ApiServer::start();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    for doc in example("multi-nic-ipam.yaml") {
+        if doc["kind"] != "Pod" && doc["kind"] != "Deployment" {
+            apply(&api, &doc);
+        }
+    }
+    let _controller = Controller::start(&api, &runtime);
+    let p = "macvlan.default";
+    seed_pod(
+        &api,
+        "first",
+        &json!({"k8s.v1.cni.cncf.io/networks": "macvlan",
+        format!("{p}.kubernetes.io/ip_address"): "172.17.0.50"}),
+    );
+    eventually("first allocated", || allocated(&api, "first", p).is_some());
+    seed_pod(
+        &api,
+        "second",
+        &json!({"k8s.v1.cni.cncf.io/networks": "macvlan",
+        format!("{p}.kubernetes.io/ip_address"): "172.17.0.50"}),
+    );
+    eventually("an event on the second pod", || {
+        api.list("events.k8s.io/v1", "Event", Some("default"))
+            .iter()
+            .any(|e| e["regarding"]["name"] == "second")
+    });
+    let events = api.list("events.k8s.io/v1", "Event", Some("default"));
+    let event = events
+        .iter()
+        .find(|e| e["regarding"]["name"] == "second")
+        .expect("the event");
+    assert_eq!(event["reason"], "AcquireAddressFailed");
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(
+        event["note"],
+        "default/macvlan (net1): 172.17.0.50 in subnet macvlan is already held by pod default/first"
+    );
+    assert_eq!(allocated(&api, "second", p), None);
+}
+
+#[test]
+fn deleting_a_pod_releases_its_address_and_ip_resource() {
+    let api = ApiServer::start();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    for doc in example("multi-nic-ipam.yaml") {
+        if doc["kind"] != "Pod" && doc["kind"] != "Deployment" {
+            apply(&api, &doc);
+        }
+    }
+    let _controller = Controller::start(&api, &runtime);
+    let p = "macvlan.default";
+    seed_pod(
+        &api,
+        "gone",
+        &json!({"k8s.v1.cni.cncf.io/networks": "macvlan"}),
+    );
+    eventually("allocated", || allocated(&api, "gone", p).is_some());
+    let name = "gone.default.macvlan.default";
+    assert!(api.get("kubeovn.io/v1", "IP", "", name).is_some());
+    runtime.block_on(async {
+        let pods: Api<Pod> = Api::namespaced(api.client(), "default");
+        pods.delete("gone", &DeleteParams::default())
+            .await
+            .expect("deleting the pod");
+    });
+    eventually("the IP resource deleted", || {
+        api.get("kubeovn.io/v1", "IP", "", name).is_none()
+    });
+    // The released address is reused only after the never-used ones.
+    seed_pod(
+        &api,
+        "next",
+        &json!({"k8s.v1.cni.cncf.io/networks": "macvlan"}),
+    );
+    eventually("next allocated", || allocated(&api, "next", p).is_some());
+    assert_eq!(allocated(&api, "next", p).as_deref(), Some("172.17.0.12"));
+}
+
+#[test]
+fn a_statefulset_pod_recreated_keeps_its_pool_entry() {
+    let api = ApiServer::start();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    for doc in example("multi-nic-ipam.yaml") {
+        if doc["kind"] != "Pod" && doc["kind"] != "Deployment" {
+            apply(&api, &doc);
+        }
+    }
+    api.seed(json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db", "namespace": "default", "uid": "sts-uid"},
+        "spec": {"replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                 "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": []}}}}))
+        .expect("seeding the StatefulSet");
+    let _controller = Controller::start(&api, &runtime);
+    let p = "macvlan.default";
+    let sts_pod = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db",
+                                     "uid": "sts-uid", "controller": true}],
+                "annotations": {"k8s.v1.cni.cncf.io/networks": "macvlan",
+                    format!("{p}.kubernetes.io/ip_pool"): "172.17.0.30,172.17.0.31"}},
+            "spec": {"containers": [{"name": "c", "image": "alpine"}]}})
+    };
+    api.seed(sts_pod("db-1")).expect("db-1");
+    api.seed(sts_pod("db-0")).expect("db-0");
+    eventually("db-1 allocated", || allocated(&api, "db-1", p).is_some());
+    eventually("db-0 allocated", || allocated(&api, "db-0", p).is_some());
+    assert_eq!(allocated(&api, "db-0", p).as_deref(), Some("172.17.0.30"));
+    assert_eq!(allocated(&api, "db-1", p).as_deref(), Some("172.17.0.31"));
+    runtime.block_on(async {
+        let pods: Api<Pod> = Api::namespaced(api.client(), "default");
+        pods.delete("db-1", &DeleteParams::default())
+            .await
+            .expect("deleting db-1");
+    });
+    api.seed(sts_pod("db-1")).expect("db-1 again");
+    eventually("db-1 allocated again", || {
+        allocated(&api, "db-1", p).is_some()
+    });
+    assert_eq!(allocated(&api, "db-1", p).as_deref(), Some("172.17.0.31"));
+    assert!(
+        api.get("kubeovn.io/v1", "IP", "", "db-1.default.macvlan.default")
+            .is_some(),
+        "the slot's IP resource stays"
+    );
+}
+
+#[test]
+fn a_restarted_controller_keeps_every_address_and_hands_out_only_free_ones() {
+    let api = ApiServer::start();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    for doc in example("multi-nic-ipam.yaml") {
+        if doc["kind"] != "Pod" && doc["kind"] != "Deployment" {
+            apply(&api, &doc);
+        }
+    }
+    let p = "macvlan.default";
+    let first = Controller::start(&api, &runtime);
+    for i in 0..20 {
+        seed_pod(
+            &api,
+            &format!("p{i}"),
+            &json!({"k8s.v1.cni.cncf.io/networks": "macvlan"}),
+        );
+    }
+    for i in 0..20 {
+        eventually("allocated", || {
+            allocated(&api, &format!("p{i}"), p).is_some()
+        });
+    }
+    drop(first);
+    // While no controller runs: one pod goes away, one is created.
+    runtime.block_on(async {
+        let pods: Api<Pod> = Api::namespaced(api.client(), "default");
+        pods.delete("p3", &DeleteParams::default())
+            .await
+            .expect("deleting p3");
+        // A user edit that must not change the allocation.
+        pods.patch(
+            "p4",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+        )
+        .await
+        .expect("labelling p4");
+    });
+    seed_pod(
+        &api,
+        "late",
+        &json!({"k8s.v1.cni.cncf.io/networks": "macvlan"}),
+    );
+    let _second = Controller::start(&api, &runtime);
+    eventually("late allocated", || allocated(&api, "late", p).is_some());
+    eventually("p3's IP resource collected", || {
+        api.get("kubeovn.io/v1", "IP", "", "p3.default.macvlan.default")
+            .is_none()
+    });
+    let mut seen = BTreeSet::new();
+    for name in (0..20)
+        .filter(|i| *i != 3)
+        .map(|i| format!("p{i}"))
+        .chain(["late".to_owned()])
+    {
+        let ip = allocated(&api, &name, p).expect("allocated");
+        assert!(seen.insert(ip.clone()), "{ip} handed out twice");
+    }
+    assert_eq!(
+        allocated(&api, "late", p).as_deref(),
+        Some("172.17.0.31"),
+        "the next never-used address"
+    );
+}
