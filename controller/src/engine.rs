@@ -113,6 +113,8 @@ pub struct PodOutcome {
     pub events: Vec<Event>,
     /// Subnets whose usage changed.
     pub touched_subnets: BTreeSet<String>,
+    /// Attachments that got a new allocation (not a rewrite of one already held).
+    pub new_allocations: u32,
 }
 
 /// What to do for one Subnet.
@@ -325,6 +327,7 @@ impl Engine {
                 Ok(alloc) => {
                     if before.as_ref() != Some(&alloc) {
                         out.touched_subnets.insert(alloc.subnet.clone());
+                        out.new_allocations += 1;
                     }
                     let name = ip_name(&pod.name, &pod.namespace, &w.prefix);
                     self.ip_names.insert(w.request.key.clone(), name.clone());

@@ -383,7 +383,7 @@ impl Leader {
     fn count(&mut self, outcome: &PodOutcome) {
         self.metrics
             .allocations
-            .inc_by(u64::from(!outcome.annotations.is_empty()));
+            .inc_by(u64::from(outcome.new_allocations));
         self.metrics
             .releases
             .inc_by(outcome.delete_ips.len() as u64);

@@ -402,3 +402,71 @@ fn a_restarted_controller_keeps_every_address_and_hands_out_only_free_ones() {
         "the next never-used address"
     );
 }
+
+#[test]
+fn dual_stack_and_namespace_restricted_subnets_are_served_as_written() {
+    let api = ApiServer::start();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    for (name, config) in [
+        (
+            "dual",
+            r#"{"cniVersion": "0.3.0", "type": "kube-ovn", "provider": "dual.default.ovn"}"#,
+        ),
+        (
+            "team",
+            r#"{"cniVersion": "0.3.0", "type": "macvlan", "ipam": {"type": "kube-ovn"}}"#,
+        ),
+    ] {
+        api.seed(
+            json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name, "namespace": "default"}, "spec": {"config": config}}),
+        )
+        .expect("a NAD");
+    }
+    api.seed(
+        json!({"apiVersion": "kubeovn.io/v1", "kind": "Subnet", "metadata": {"name": "dual"},
+        "spec": {"protocol": "Dual", "provider": "dual.default.ovn",
+                 "cidrBlock": "10.66.0.0/24,fd00:66::/120"}}),
+    )
+    .expect("the dual-stack subnet");
+    api.seed(json!({"apiVersion": "kubeovn.io/v1", "kind": "Subnet", "metadata": {"name": "team"},
+        "spec": {"provider": "team.default", "cidrBlock": "10.77.0.0/24", "namespaces": ["team-a"]}}))
+        .expect("the restricted subnet");
+    let _controller = Controller::start(&api, &runtime);
+    seed_pod(
+        &api,
+        "both",
+        &json!({"k8s.v1.cni.cncf.io/networks": "dual, team"}),
+    );
+    eventually("the dual-stack attachment", || {
+        allocated(&api, "both", "dual.default.ovn").is_some()
+    });
+    let a = pod_annotations(&api, "both");
+    assert_eq!(
+        a["dual.default.ovn.kubernetes.io/ip_address"],
+        "10.66.0.2,fd00:66::2"
+    );
+    assert_eq!(
+        a["dual.default.ovn.kubernetes.io/cidr"],
+        "10.66.0.0/24,fd00:66::/120"
+    );
+    assert_eq!(
+        a["dual.default.ovn.kubernetes.io/gateway"],
+        "10.66.0.1,fd00:66::1"
+    );
+    assert!(
+        a["dual.default.ovn.kubernetes.io/mac_address"].is_string(),
+        "an OVN subnet gives a MAC"
+    );
+    // The restricted subnet does not serve namespace default: an event, and nothing else changes.
+    eventually("the refusal event", || {
+        api.list("events.k8s.io/v1", "Event", Some("default"))
+            .iter()
+            .any(|e| {
+                e["note"].as_str().is_some_and(|n| {
+                    n.contains("not bound to any subnet that serves namespace default")
+                })
+            })
+    });
+    assert_eq!(allocated(&api, "both", "team.default"), None);
+}
