@@ -38,7 +38,19 @@ pub fn run(name: Name, quick: bool) -> anyhow::Result<()> {
             ]))?;
             "cni"
         }
-        Name::Ipam => "ipam",
+        Name::Ipam => {
+            // The burst runs the controller binary, which must sit beside the benchmark.
+            exec(Command::new("cargo").args([
+                "build",
+                "--locked",
+                "--release",
+                "--package",
+                "sidelane-controller",
+                "--bin",
+                "sidelane-controller",
+            ]))?;
+            "ipam"
+        }
         Name::Ovn => bail!("bench ovn: not implemented yet; it arrives with the OVN issue"),
         Name::Fastpath => {
             bail!("bench fastpath: not implemented yet; it arrives with the fast-path issue")

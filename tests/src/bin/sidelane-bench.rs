@@ -34,7 +34,7 @@ enum Bench {
 
 #[derive(Debug, Args)]
 struct IpamArgs {
-    /// 100,000 addresses instead of 1,000,000.
+    /// 100,000 addresses and 200 pods instead of 1,000,000 and 2,000.
     #[arg(long)]
     quick: bool,
     /// Where to write the JSON report [default: <workspace>/target/bench/ipam.json].
@@ -81,7 +81,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run_ipam(args: &IpamArgs) -> anyhow::Result<()> {
-    let report = bench::ipam::run(if args.quick { 100_000 } else { 1_000_000 })?;
+    let controller = std::env::current_exe()
+        .context("finding the benchmark's own path")?
+        .with_file_name("sidelane-controller");
+    let report = bench::ipam::run_all(
+        if args.quick { 100_000 } else { 1_000_000 },
+        if args.quick { 200 } else { 2000 },
+        &controller,
+    )?;
     let path = args
         .output
         .clone()
