@@ -23,6 +23,9 @@ use crate::{
     subnet::SubnetConfig,
 };
 
+/// Multus's annotation for the NAD that gives the pod's eth0.
+pub const DEFAULT_NETWORK_ANNOTATION: &str = "v1.multus-cni.io/default-network";
+
 /// What the controller knows of a pod.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodView {
@@ -168,20 +171,43 @@ pub fn parse_ip_pool(value: &str) -> PoolSpec {
 /// What `pod` asks for, given how its NADs look up.
 pub fn plan(pod: &PodView, lookup: &dyn Fn(&str, &str) -> NadLookup) -> Plan {
     let mut out = Plan::default();
-    let Some(value) = pod.annotations.get(NETWORKS_ANNOTATION) else {
-        return out;
-    };
-    let selections = match network_selection::parse(value, &pod.namespace) {
-        Ok(s) => s,
-        Err(e) => {
-            out.refused.push(Refusal {
-                subject: NETWORKS_ANNOTATION.to_owned(),
-                reason: e.to_string(),
-            });
-            return out;
+    let mut selections = Vec::new();
+    // Multus's `v1.multus-cni.io/default-network` names the NAD that gives eth0 (the seeds'
+    // "macvlan as the main NIC"); it comes first, as Kube-OVN puts it.
+    if let Some(value) = pod.annotations.get(DEFAULT_NETWORK_ANNOTATION) {
+        match network_selection::parse(value, &pod.namespace) {
+            Ok(mut s) if s.len() == 1 => {
+                s[0].interface = Some("eth0".to_owned());
+                selections.extend(s);
+            }
+            Ok(_) => out.refused.push(Refusal {
+                subject: DEFAULT_NETWORK_ANNOTATION.to_owned(),
+                reason: format!("{value:?} must name exactly one NetworkAttachmentDefinition"),
+            }),
+            Err(e) => out.refused.push(Refusal {
+                subject: DEFAULT_NETWORK_ANNOTATION.to_owned(),
+                reason: e
+                    .to_string()
+                    .replace(NETWORKS_ANNOTATION, DEFAULT_NETWORK_ANNOTATION),
+            }),
         }
-    };
+    }
+    let defaults = selections.len();
+    if let Some(value) = pod.annotations.get(NETWORKS_ANNOTATION) {
+        match network_selection::parse(value, &pod.namespace) {
+            Ok(s) => selections.extend(s),
+            Err(e) => {
+                out.refused.push(Refusal {
+                    subject: NETWORKS_ANNOTATION.to_owned(),
+                    reason: e.to_string(),
+                });
+                return out;
+            }
+        }
+    }
     for (i, sel) in selections.iter().enumerate() {
+        // Multus numbers the attachments of the networks annotation from net1.
+        let position = i + 1 - defaults.min(i + 1);
         let nad = format!("{}/{}", sel.namespace, sel.name);
         let config = match lookup(&sel.namespace, &sel.name) {
             NadLookup::Ours(c) => c,
@@ -205,7 +231,7 @@ pub fn plan(pod: &PodView, lookup: &dyn Fn(&str, &str) -> NadLookup) -> Plan {
             out.warnings
                 .push(format!("NetworkAttachmentDefinition {nad}: {w}"));
         }
-        let ifname = sel.interface_or_default(i + 1);
+        let ifname = sel.interface_or_default(position.max(1));
         let listed = selections
             .iter()
             .filter(|s| s.name == sel.name && s.namespace == sel.namespace)

@@ -47,7 +47,8 @@ fn apply(api: &ApiServer, doc: &Value) {
                 "spec": doc["spec"]["template"]["spec"].clone(),
             });
             pod["metadata"]["name"] = json!(format!("{name}-5d8f7-{i}"));
-            pod["metadata"]["namespace"] = doc["metadata"]["namespace"].clone();
+            pod["metadata"]["namespace"] =
+                json!(doc["metadata"]["namespace"].as_str().unwrap_or("default"));
             pod["metadata"]["ownerReferences"] = json!([{
                 "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{name}-5d8f7"),
                 "uid": "rs-uid", "controller": true
@@ -469,4 +470,93 @@ fn dual_stack_and_namespace_restricted_subnets_are_served_as_written() {
             })
     });
     assert_eq!(allocated(&api, "both", "team.default"), None);
+}
+
+/// Every seed scenario in `deploy/examples`, each in a cluster of its own: every pod (and every
+/// replica of a Deployment) gets its attachment's allocation, within the Subnet, no address
+/// twice; static addresses and pool entries as written.
+#[test]
+fn every_seed_scenario_gets_the_allocations_it_promises() {
+    // (file, provider, pods with a known address)
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str)],
+    );
+    let cases: [Case; 4] = [
+        (
+            "macvlan-ipam.yaml",
+            "macvlan.default",
+            &[("static-ip", "172.17.0.100"), ("samplepod", "172.17.0.11")],
+        ),
+        (
+            "macvlan-ovn-subnet.yaml",
+            "macvlan.default",
+            &[("samplepod", "172.17.0.11")],
+        ),
+        ("attachnet.yaml", "attachnet.default.ovn", &[]),
+        (
+            "attachnet-ovn-subnet.yaml",
+            "attachnet.default.ovn",
+            &[("samplepod", "172.17.0.11")],
+        ),
+    ];
+    for (file, provider, fixed) in cases {
+        let api = ApiServer::start();
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        let docs = example(file);
+        for doc in &docs {
+            apply(&api, doc);
+        }
+        let _controller = Controller::start(&api, &runtime);
+        let pods: Vec<String> = api
+            .list("v1", "Pod", Some("default"))
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+            .collect();
+        assert!(!pods.is_empty(), "{file}: no pods");
+        let mut seen = BTreeSet::new();
+        for pod in &pods {
+            eventually(&format!("{file}: {pod} allocated"), || {
+                allocated(&api, pod, provider).is_some()
+            });
+            let ip = allocated(&api, pod, provider).unwrap_or_default();
+            assert!(ip.starts_with("172.17."), "{file}: {pod} got {ip}");
+            assert!(seen.insert(ip.clone()), "{file}: {ip} twice");
+        }
+        for (pod, ip) in fixed {
+            assert_eq!(
+                allocated(&api, pod, provider).as_deref(),
+                Some(*ip),
+                "{file}: {pod}"
+            );
+        }
+        let a = pod_annotations(&api, "samplepod");
+        let ovn_subnet = file.contains("ovn-subnet") || file.starts_with("attachnet");
+        assert_eq!(
+            a[format!("{provider}.kubernetes.io/mac_address")].is_string(),
+            ovn_subnet,
+            "{file}: a MAC exactly when the Subnet is an OVN one"
+        );
+        if file == "macvlan-ipam.yaml" {
+            let mut pool: Vec<String> = pods
+                .iter()
+                .filter(|p| p.starts_with("static-workload"))
+                .filter_map(|p| allocated(&api, p, provider))
+                .collect();
+            pool.sort();
+            assert_eq!(
+                pool,
+                ["172.17.0.200", "172.17.0.201"],
+                "{file}: the ip_pool"
+            );
+        }
+        if file == "attachnet.yaml" {
+            let routes = &pod_annotations(&api, "custom-routes-attach")["attachnet.default.ovn.kubernetes.io/routes"];
+            assert!(
+                routes.as_str().is_some_and(|r| r.contains("172.17.0.254")),
+                "routes kept"
+            );
+        }
+    }
 }

@@ -188,3 +188,24 @@ fn an_allocation_is_written_as_kube_ovn_writes_it() {
     assert_eq!(read.ips.len(), 2);
     assert_eq!(read.mac.as_deref(), Some("02:00:00:00:00:09"));
 }
+
+#[test]
+fn the_default_network_annotation_asks_for_eth0_and_the_others_keep_their_numbers() {
+    let p = pod(&[
+        ("v1.multus-cni.io/default-network", "default/macvlan"),
+        ("k8s.v1.cni.cncf.io/networks", "default/attachnet"),
+    ]);
+    let plan = plan(&p, &seeds_lookup);
+    let got: Vec<(&str, &str)> = plan
+        .wanted
+        .iter()
+        .map(|w| (w.prefix.as_str(), w.request.key.ifname.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("macvlan.default", "eth0"),
+            ("attachnet.default.ovn", "net1")
+        ]
+    );
+}
