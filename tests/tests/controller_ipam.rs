@@ -560,3 +560,52 @@ fn every_seed_scenario_gets_the_allocations_it_promises() {
         }
     }
 }
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("writing");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("reading");
+    out
+}
+
+#[test]
+fn metrics_and_probes_are_served_over_http() {
+    let api = ApiServer::start();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    for doc in example("multi-nic-ipam.yaml") {
+        apply(&api, &doc);
+    }
+    let controller = Controller::start(&api, &runtime);
+    let listener = runtime
+        .block_on(sidelane_controller::metrics::bind(
+            "127.0.0.1:0".parse().expect("an address"),
+        ))
+        .expect("binding");
+    let port = listener.local_addr().expect("the port").port();
+    runtime.spawn(sidelane_controller::metrics::serve(
+        listener,
+        Arc::clone(&controller.metrics),
+    ));
+    eventually("ready", || {
+        http_get(port, "/readyz").starts_with("HTTP/1.1 200")
+    });
+    assert!(http_get(port, "/healthz").starts_with("HTTP/1.1 200"));
+    eventually("allocations counted", || {
+        http_get(port, "/metrics").contains("sidelane_controller_allocations_total 4")
+    });
+    let metrics = http_get(port, "/metrics");
+    for name in [
+        "sidelane_controller_subnet_used_ips{subnet=\"macvlan\",family=\"ipv4\"} 4",
+        "sidelane_controller_reconcile_seconds_bucket",
+        "sidelane_controller_leader 1",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+    }
+    assert!(http_get(port, "/nope").starts_with("HTTP/1.1 404"));
+}
