@@ -4,6 +4,8 @@
 pub mod allocation;
 pub mod annotations;
 pub mod cni;
+#[cfg(feature = "crd")]
+pub mod crd;
 pub mod daemon;
 pub mod mac;
 pub mod nad;

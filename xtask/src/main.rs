@@ -3,6 +3,7 @@
 mod bench;
 mod build_ebpf;
 mod cmd;
+mod crds;
 mod lab;
 mod setup;
 mod test;
@@ -31,6 +32,12 @@ enum Command {
     },
     /// The whole system on one machine.
     Lab,
+    /// Write `deploy/crds/` from the `kubeovn.io/v1` types in `api/src/crd`.
+    Crds {
+        /// Fail (naming the file) when a committed CRD differs instead of writing.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run a benchmark; writes `target/bench/<name>.json` and prints a table.
     Bench {
         /// Which benchmark.
@@ -51,5 +58,14 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { name, quick } => bench::run(name, quick),
+        Command::Crds { check } => crds::run(&workspace_root(), check),
     }
+}
+
+/// The workspace root: xtask's parent directory.
+fn workspace_root() -> std::path::PathBuf {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map_or_else(|| manifest.to_owned(), std::path::Path::to_owned)
 }

@@ -18,6 +18,9 @@ pub fn run(nextest_args: &[String]) -> anyhow::Result<()> {
     step("fmt", &mut || {
         exec(Command::new("cargo").args(["fmt", "--all", "--check"]))
     })?;
+    step("crds", &mut || {
+        crate::crds::run(&crate::workspace_root(), true)
+    })?;
     step("clippy", &mut || {
         exec(Command::new("cargo").args([
             "clippy",

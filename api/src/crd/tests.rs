@@ -1,0 +1,106 @@
+use kube::CustomResourceExt as _;
+use serde_json::Value;
+
+use super::*;
+
+/// Every document of every file in `deploy/examples`.
+fn examples() -> Vec<Value> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let mut docs = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("the examples directory") {
+        let path = entry.expect("an entry").path();
+        let text = std::fs::read_to_string(&path).expect("an example");
+        docs.extend(serde_saphyr::from_multiple::<Value>(&text).expect("YAML"));
+    }
+    docs
+}
+
+#[test]
+fn every_seed_subnet_parses_and_round_trips_without_gaining_fields() {
+    let subnets: Vec<Value> = examples()
+        .into_iter()
+        .filter(|d| d["kind"] == "Subnet")
+        .collect();
+    assert!(
+        subnets.len() >= 4,
+        "the seeds have Subnets: {}",
+        subnets.len()
+    );
+    for doc in subnets {
+        let subnet: Subnet = serde_json::from_value(doc.clone()).expect("a Subnet");
+        assert_eq!(subnet.spec.cidr_block, "172.17.0.0/16");
+        assert_eq!(subnet.spec.gateway, "172.17.0.1");
+        assert_eq!(subnet.spec.protocol, "IPv4");
+        assert_eq!(subnet.spec.exclude_ips.len(), 1);
+        let back = serde_json::to_value(&subnet).expect("serialises");
+        assert_eq!(back["spec"], doc["spec"], "no field gained or lost");
+    }
+}
+
+#[test]
+fn a_kube_ovn_subnet_with_fields_we_do_not_name_keeps_them() {
+    let doc = serde_json::json!({
+        "apiVersion": "kubeovn.io/v1", "kind": "Subnet", "metadata": {"name": "s"},
+        "spec": {"cidrBlock": "10.16.0.0/16", "enableDHCP": true, "logicalGateway": false,
+                 "u2oInterconnection": true}
+    });
+    let subnet: Subnet = serde_json::from_value(doc.clone()).expect("a Subnet");
+    assert_eq!(subnet.spec.enable_dhcp, Some(true));
+    assert_eq!(
+        serde_json::to_value(&subnet).expect("serialises")["spec"],
+        doc["spec"]
+    );
+}
+
+#[test]
+fn the_crds_are_cluster_scoped_with_status_and_printer_columns() {
+    for (crd, plural, status) in [
+        (Subnet::crd(), "subnets", true),
+        (IP::crd(), "ips", false),
+        (Vpc::crd(), "vpcs", true),
+        (VpcNatGateway::crd(), "vpc-nat-gateways", false),
+        (IPPool::crd(), "ippools", false),
+    ] {
+        assert_eq!(crd.spec.group, "kubeovn.io");
+        assert_eq!(crd.spec.scope, "Cluster", "{plural}");
+        assert_eq!(crd.spec.names.plural, plural);
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, "v1");
+        assert_eq!(
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
+            status,
+            "{plural}: status subresource"
+        );
+        assert!(
+            version
+                .additional_printer_columns
+                .as_ref()
+                .is_some_and(|c| !c.is_empty()),
+            "{plural}: printer columns"
+        );
+    }
+    let subnet = serde_json::to_value(Subnet::crd()).expect("serialises");
+    let protocol = &subnet["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["protocol"];
+    assert_eq!(protocol["pattern"], "^(IPv4|IPv6|Dual|Mac)?$");
+}
+
+#[test]
+fn an_ip_resource_written_by_the_controller_parses() {
+    let doc = serde_json::json!({
+        "apiVersion": "kubeovn.io/v1", "kind": "IP",
+        "metadata": {"name": "samplepod.default.attachnet.default.ovn"},
+        "spec": {"podName": "samplepod", "namespace": "default", "subnet": "attachnet",
+                 "attachSubnets": [], "nodeName": "node1", "ipAddress": "172.17.0.11",
+                 "v4IpAddress": "172.17.0.11", "v6IpAddress": "", "attachIps": [],
+                 "macAddress": "02:00:00:00:00:0b", "attachMacs": [], "containerID": "",
+                 "podType": ""}
+    });
+    let ip: IP = serde_json::from_value(doc).expect("an IP");
+    assert_eq!(ip.spec.v4_ip_address, "172.17.0.11");
+    assert_eq!(ip.spec.mac_address, "02:00:00:00:00:0b");
+}
