@@ -221,6 +221,14 @@ impl Engine {
             Ok(c) => c,
             Err(e) => return SubnetOutcome::Invalid(e),
         };
+        if let Some(other) = self.ipam.subnets().find(|o| config.conflicts_with(o)) {
+            return SubnetOutcome::Invalid(SubnetError::Overlap {
+                subnet: config.name.clone(),
+                cidr: config.cidr_block(),
+                other: other.name.clone(),
+                other_cidr: other.cidr_block(),
+            });
+        }
         let formatted = FormattedSpec {
             cidr_block: config.cidr_block(),
             gateway: config.gateway(),

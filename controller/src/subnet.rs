@@ -137,6 +137,18 @@ pub enum SubnetError {
     /// The MTU of an IPv6 subnet is below IPv6's minimum.
     #[error("validate ipv6 subnet mtu {0} should be greater than 1280")]
     Ipv6Mtu(u32),
+    /// Two OVN Subnets of one VPC overlap (Kube-OVN's 409).
+    #[error("subnet {subnet} cidr {cidr} is conflict with subnet {other} cidr {other_cidr}")]
+    Overlap {
+        /// The Subnet refused.
+        subnet: String,
+        /// Its CIDR block.
+        cidr: String,
+        /// The Subnet it overlaps.
+        other: String,
+        /// That Subnet's CIDR block.
+        other_cidr: String,
+    },
     /// The Subnet is named as its VPC.
     #[error("subnet name {0} should not be equal to vpc name")]
     NamedAsVpc(String),
@@ -411,6 +423,37 @@ impl SubnetConfig {
             .iter()
             .copied()
             .find(|c| c.addr().is_ipv4() == family_of.is_ipv4())
+    }
+
+    /// Whether it is an OVN Subnet (a logical switch), as opposed to IPAM only.
+    pub fn is_ovn(&self) -> bool {
+        self.provider == "ovn"
+            || self
+                .provider
+                .rsplit_once('.')
+                .is_some_and(|(_, last)| last == "ovn")
+    }
+
+    /// The VPC it belongs to: OVN Subnets without one belong to Kube-OVN's `ovn-cluster`.
+    pub fn vpc_or_default(&self) -> &str {
+        if self.vpc.is_empty() && self.is_ovn() {
+            "ovn-cluster"
+        } else {
+            &self.vpc
+        }
+    }
+
+    /// Kube-OVN's overlap rule: two OVN Subnets of one VPC may not share addresses (IPAM-only
+    /// Subnets are separate networks and may).
+    pub fn conflicts_with(&self, other: &SubnetConfig) -> bool {
+        self.name != other.name
+            && self.is_ovn()
+            && other.is_ovn()
+            && self.vpc_or_default() == other.vpc_or_default()
+            && self
+                .cidrs
+                .iter()
+                .any(|a| other.cidrs.iter().any(|b| overlaps(*a, *b)))
     }
 
     /// Whether it serves pods of `namespace`.

@@ -334,3 +334,27 @@ fn an_invalid_subnet_is_refused_and_keeps_what_was_allocated() {
     }
     assert_eq!(e.usage("macvlan").expect("usage").v4_used, 1);
 }
+
+#[test]
+fn overlapping_ovn_subnets_of_one_vpc_are_refused_but_ipam_only_ones_may_overlap() {
+    let mut e = seeded();
+    // attachnet (OVN, 172.18.0.0/16) exists: another OVN Subnet over it is refused.
+    let clash = subnet("clash", "other.default.ovn", "172.18.5.0/24", &[]);
+    match e.set_subnet(&clash) {
+        SubnetOutcome::Invalid(err) => assert_eq!(
+            err.to_string(),
+            "subnet clash cidr 172.18.5.0/24 is conflict with subnet attachnet cidr 172.18.0.0/16"
+        ),
+        SubnetOutcome::Valid { .. } => panic!("an overlapping OVN subnet was accepted"),
+    }
+    // Another macvlan network over the macvlan Subnet's range is a separate network.
+    let twin = subnet("macvlan2", "macvlan2.default", "172.17.0.0/16", &[]);
+    assert!(matches!(e.set_subnet(&twin), SubnetOutcome::Valid { .. }));
+    // In another VPC the same range is fine.
+    let mut elsewhere = subnet("vpc2-net", "other.default.ovn", "172.18.5.0/24", &[]);
+    elsewhere.vpc = "vpc2".to_owned();
+    assert!(matches!(
+        e.set_subnet(&elsewhere),
+        SubnetOutcome::Valid { .. }
+    ));
+}

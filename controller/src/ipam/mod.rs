@@ -277,12 +277,7 @@ impl SubnetState {
 
     /// OVN Subnets give every port a MAC; IPAM-only ones do not (as Kube-OVN).
     fn allocates_macs(&self) -> bool {
-        self.config.provider == "ovn"
-            || self
-                .config
-                .provider
-                .rsplit_once('.')
-                .is_some_and(|(_, last)| last == "ovn")
+        self.config.is_ovn()
     }
 }
 
@@ -395,6 +390,11 @@ impl Ipam {
     /// The Subnet's configuration.
     pub fn subnet(&self, name: &str) -> Option<&SubnetConfig> {
         self.subnets.get(name).map(|s| &s.config)
+    }
+
+    /// Every Subnet's configuration.
+    pub fn subnets(&self) -> impl Iterator<Item = &SubnetConfig> {
+        self.subnets.values().map(|s| &s.config)
     }
 
     /// Every Subnet's name.
