@@ -576,6 +576,7 @@ mod tests {
             names,
             [
                 "events.k8s.io",
+                "apps",
                 "coordination.k8s.io",
                 "k8s.cni.cncf.io",
                 "kubeovn.io"
