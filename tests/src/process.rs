@@ -177,6 +177,28 @@ impl Drop for Background {
     }
 }
 
+/// A binary of the workspace (`sidelane-agent`, `sidelane-controller`...) as an integration test
+/// finds it: in the target directory above the test binary's `deps/`. Panics, naming the command
+/// to run, when it has not been built.
+///
+/// # Panics
+///
+/// When the binary is missing: the message says how to build it.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|d| d.join(name))
+        .expect("the target directory");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace's binaries (cargo build --bins) before this test",
+        bin.display()
+    );
+    bin
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

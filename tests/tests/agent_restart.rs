@@ -17,22 +17,6 @@ use sidelane_tests::{
 
 const PROVIDER: &str = "attachnet.default.ovn";
 
-/// A binary of the workspace, next to the test binary's directory.
-fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join(name))
-        .expect("the target directory");
-    assert!(
-        bin.exists(),
-        "{} is missing: build the workspace's binaries (cargo build --bins) before this test",
-        bin.display()
-    );
-    bin
-}
-
 fn seed_pod(api: &ApiServer, name: &str, ip: &str, mac: &str, ingress_rate: Option<&str>) {
     let mut annotations = json!({
         "k8s.v1.cni.cncf.io/networks": "default/attachnet",
@@ -103,7 +87,7 @@ impl Node {
 
     /// Starts the agent binary inside the node's namespace and waits until it answers STATUS.
     fn start_agent(&self) -> Background {
-        let agent = workspace_binary("sidelane-agent");
+        let agent = sidelane_tests::process::workspace_binary("sidelane-agent");
         // The agent runs beside the API double (loopback); the node's side of pod interfaces
         // is a namespace of its own, as the lab's simulated nodes have it.
         let socket = self.socket();

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -15,23 +15,10 @@ use kube::{Api, api::DeleteParams};
 use serde_json::{Value, json};
 use sidelane_tests::{apiserver::ApiServer, process::Background};
 
-fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join(name))
-        .expect("the target directory");
-    assert!(
-        bin.exists(),
-        "{} is missing: build the workspace's binaries (cargo build --bins) before this test",
-        bin.display()
-    );
-    bin
-}
-
 fn replica(kubeconfig: &Path, identity: &str) -> Background {
-    let mut cmd = Command::new(workspace_binary("sidelane-controller"));
+    let mut cmd = Command::new(sidelane_tests::process::workspace_binary(
+        "sidelane-controller",
+    ));
     cmd.args([
         "--identity",
         identity,
