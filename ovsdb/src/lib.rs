@@ -1,5 +1,27 @@
-//! Sidelane's OVSDB client (RFC 7047): `transact`, `monitor` and `echo` replies, which the
-//! published `ovsdb-client` crate lacks (see `../shared/style.md`).
+//! Sidelane's OVSDB (RFC 7047) client, used by the controller for OVN's Northbound database
+//! and by the agent for the node's `Open_vSwitch` database.
 //!
-//! Not built yet: the OVN topology issue brings it. The crate exists so the workspace has its
-//! fixed layout from the start.
+//! Why our own: the published `ovsdb-client` 0.0.1 has no `transact`, never answers the
+//! server's `echo` probes (so ovsdb-server drops the connection) and its codec fails when two
+//! replies arrive in one read; `ovsdb` 0.0.6 only selects and panics on server requests.
+//!
+//! - [`framing`]: JSON messages out of a byte stream, however reads split or join them.
+//! - [`datum`]: OVSDB values (uuid, named-uuid, set, map) built and read.
+//! - [`operation`]: typed `transact` operations and results.
+//! - [`schema`], [`replica`]: a local copy of monitored tables kept by `update2`.
+//! - [`remote`]: `unix:` and `tcp:` remotes (`ssl:` refused clearly).
+//! - [`client`]: the session (request ids, echo, monitors, reconnect with resync, leader only).
+
+pub mod client;
+pub mod datum;
+pub mod framing;
+pub mod operation;
+pub mod remote;
+pub mod replica;
+pub mod schema;
+
+pub use client::{Client, ClientError, Monitor, MonitorEvent, MonitorRequest, Options};
+pub use operation::{Condition, Mutation, Operation, OperationResult, Row};
+pub use remote::{Remote, RemoteError, parse_remotes};
+pub use replica::Replica;
+pub use schema::Schema;

@@ -12,6 +12,7 @@
 //! - [`bench`]: the benchmarks behind `cargo xtask bench <name>`.
 //! - [`apiserver`]: a Kubernetes API double on loopback, shared by processes like a real API server.
 //! - [`cluster`]: the cluster objects (Subnets...) tests seed into it.
+//! - [`ovn`]: real OVN central and chassis processes (userspace datapath) from a temporary directory.
 
 pub mod apiserver;
 pub mod bandwidth_plugin;
@@ -19,6 +20,7 @@ pub mod bench;
 pub mod cluster;
 pub mod iperf;
 pub mod netns;
+pub mod ovn;
 pub mod ping;
 pub mod privilege;
 pub mod process;

@@ -1,0 +1,402 @@
+//! Real OVN and OVS from Debian's packages, run as plain processes from a temporary
+//! directory: the central part ([`Central`]: Northbound and Southbound ovsdb-servers and
+//! ovn-northd) and chassis ([`Chassis`]: a network namespace with its own `Open_vSwitch`
+//! ovsdb-server, ovs-vswitchd on the userspace `netdev` datapath, and ovn-controller).
+//! Every process logs to a file in the directory; all die with their guard.
+
+use std::{
+    ffi::OsStr,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    netns::NetNs,
+    process::{self, Background},
+};
+
+const NB_SCHEMA: &str = "/usr/share/ovn/ovn-nb.ovsschema";
+const SB_SCHEMA: &str = "/usr/share/ovn/ovn-sb.ovsschema";
+const VSWITCH_SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
+const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether OVN's and OVS's programs are installed (`cargo xtask setup` installs them).
+pub fn installed() -> bool {
+    [NB_SCHEMA, SB_SCHEMA, VSWITCH_SCHEMA]
+        .iter()
+        .all(|p| Path::new(p).exists())
+}
+
+fn with_env(cmd: &mut Command, dir: &Path) {
+    for var in [
+        "OVS_RUNDIR",
+        "OVS_LOGDIR",
+        "OVS_DBDIR",
+        "OVS_SYSCONFDIR",
+        "OVN_RUNDIR",
+        "OVN_LOGDIR",
+        "OVN_DBDIR",
+        "OVN_SYSCONFDIR",
+    ] {
+        cmd.env(var, dir);
+    }
+}
+
+fn tool(dir: &Path, argv: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = process::command(argv)?;
+    with_env(&mut cmd, dir);
+    process::run(&mut cmd, None, TOOL_TIMEOUT)?.checked()
+}
+
+fn daemon(dir: &Path, mut cmd: Command) -> anyhow::Result<Background> {
+    with_env(&mut cmd, dir);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Background::spawn(&mut cmd)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        if Instant::now() >= deadline {
+            bail!("{what} not ready within {timeout:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free TCP port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// One ovsdb-server serving one database file on a Unix socket and a loopback TCP port.
+#[derive(Debug)]
+pub struct DbServer {
+    dir: PathBuf,
+    name: String,
+    /// The database file.
+    pub file: PathBuf,
+    /// The Unix socket.
+    pub socket: PathBuf,
+    /// The loopback TCP port.
+    pub port: u16,
+    process: Option<Background>,
+}
+
+impl DbServer {
+    /// Creates `<name>.db` from `schema` in `dir` and serves it.
+    pub fn create(dir: &Path, name: &str, schema: &str) -> anyhow::Result<DbServer> {
+        let file = dir.join(format!("{name}.db"));
+        tool(
+            dir,
+            &["ovsdb-tool", "create", &file.to_string_lossy(), schema],
+        )?;
+        let mut server = DbServer {
+            dir: dir.to_owned(),
+            name: name.to_owned(),
+            socket: dir.join(format!("{name}.sock")),
+            file,
+            port: free_port()?,
+            process: None,
+        };
+        server.start()?;
+        Ok(server)
+    }
+
+    /// `unix:<socket>`.
+    pub fn unix_remote(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+
+    /// `tcp:127.0.0.1:<port>`.
+    pub fn tcp_remote(&self) -> String {
+        format!("tcp:127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on the same file, socket and port.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        let _ = std::fs::remove_file(&self.socket);
+        let mut cmd = Command::new("ovsdb-server");
+        cmd.arg(&self.file)
+            .arg(format!("--remote=punix:{}", self.socket.display()))
+            .arg(format!("--remote=ptcp:{}:127.0.0.1", self.port))
+            .arg(format!(
+                "--unixctl={}",
+                self.dir.join(format!("{}.ctl", self.name)).display()
+            ))
+            .arg(format!(
+                "--log-file={}",
+                self.dir.join(format!("{}.log", self.name)).display()
+            ))
+            .arg("-vconsole:off");
+        self.process = Some(daemon(&self.dir, cmd)?);
+        let socket = self.socket.clone();
+        let port = self.port;
+        wait_for(
+            &format!("ovsdb-server {}", self.name),
+            Duration::from_secs(10),
+            || {
+                std::os::unix::net::UnixStream::connect(&socket).is_ok()
+                    && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            },
+        )
+    }
+
+    /// Kills the server (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        self.process = None;
+    }
+}
+
+/// OVN's central part: the Northbound and Southbound databases and ovn-northd.
+#[derive(Debug)]
+pub struct Central {
+    dir: tempfile::TempDir,
+    /// The Northbound database.
+    pub nb: DbServer,
+    /// The Southbound database.
+    pub sb: DbServer,
+    northd: Background,
+}
+
+impl Central {
+    /// Starts the databases and ovn-northd.
+    pub fn start() -> anyhow::Result<Central> {
+        let dir = tempfile::Builder::new()
+            .prefix("sidelane-ovn-")
+            .tempdir()
+            .context("creating OVN's directory")?;
+        let nb = DbServer::create(dir.path(), "ovnnb_db", NB_SCHEMA)?;
+        let sb = DbServer::create(dir.path(), "ovnsb_db", SB_SCHEMA)?;
+        let mut cmd = Command::new("ovn-northd");
+        cmd.arg(format!("--ovnnb-db={}", nb.unix_remote()))
+            .arg(format!("--ovnsb-db={}", sb.unix_remote()))
+            .arg(format!(
+                "--unixctl={}",
+                dir.path().join("ovn-northd.ctl").display()
+            ))
+            .arg(format!(
+                "--log-file={}",
+                dir.path().join("ovn-northd.log").display()
+            ))
+            .arg("-vconsole:off");
+        let northd = daemon(dir.path(), cmd)?;
+        let central = Central {
+            dir,
+            nb,
+            sb,
+            northd,
+        };
+        // ovn-northd has connected when NB_Global has a row it filled.
+        wait_for("ovn-northd", Duration::from_secs(20), || {
+            central
+                .nbctl(&["--bare", "--columns=_uuid", "list", "NB_Global"])
+                .is_ok_and(|o| !o.trim().is_empty())
+        })?;
+        Ok(central)
+    }
+
+    /// The directory holding the databases and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `ovn-nbctl` against the Northbound database.
+    pub fn nbctl<S: AsRef<OsStr>>(&self, args: &[S]) -> anyhow::Result<String> {
+        let mut cmd = Command::new("ovn-nbctl");
+        cmd.arg(format!("--db={}", self.nb.unix_remote()))
+            .arg("--timeout=30")
+            .args(args);
+        with_env(&mut cmd, self.dir.path());
+        process::run(&mut cmd, None, TOOL_TIMEOUT)?.checked()
+    }
+
+    /// Runs `ovn-sbctl` against the Southbound database.
+    pub fn sbctl<S: AsRef<OsStr>>(&self, args: &[S]) -> anyhow::Result<String> {
+        let mut cmd = Command::new("ovn-sbctl");
+        cmd.arg(format!("--db={}", self.sb.unix_remote()))
+            .arg("--timeout=30")
+            .args(args);
+        with_env(&mut cmd, self.dir.path());
+        process::run(&mut cmd, None, TOOL_TIMEOUT)?.checked()
+    }
+
+    /// Runs `ovn-trace` (which reads the Southbound database) on one logical datapath.
+    pub fn trace(&self, datapath: &str, microflow: &str) -> anyhow::Result<String> {
+        let mut cmd = Command::new("ovn-trace");
+        cmd.arg(format!("--db={}", self.sb.unix_remote()))
+            .arg("--minimal")
+            .arg(datapath)
+            .arg(microflow);
+        with_env(&mut cmd, self.dir.path());
+        process::run(&mut cmd, None, TOOL_TIMEOUT)?.checked()
+    }
+
+    /// Waits until ovn-northd has turned the Northbound contents into the Southbound ones.
+    pub fn sync(&self) -> anyhow::Result<()> {
+        self.nbctl(&["--wait=sb", "sync"]).map(drop)
+    }
+
+    /// Whether ovn-northd still runs.
+    pub fn northd_running(&mut self) -> bool {
+        self.northd.is_running()
+    }
+}
+
+/// A chassis: a network namespace with its own OVS (userspace datapath) and ovn-controller.
+#[derive(Debug)]
+pub struct Chassis {
+    /// The node's namespace: `br-int` and the host ends of pod veths live here.
+    pub ns: NetNs,
+    dir: tempfile::TempDir,
+    /// The chassis' name (OVS `system-id`).
+    pub name: String,
+    /// The `Open_vSwitch` database.
+    pub db: DbServer,
+    vswitchd: Background,
+    controller: Background,
+}
+
+impl Chassis {
+    /// Starts a chassis attached to `central`, with `br-int` on the `netdev` datapath.
+    pub fn start(central: &Central, name: &str) -> anyhow::Result<Chassis> {
+        let ns = NetNs::new()?;
+        let dir = tempfile::Builder::new()
+            .prefix("sidelane-ovs-")
+            .tempdir()
+            .context("creating the chassis' directory")?;
+        let db = DbServer::create(dir.path(), "conf", VSWITCH_SCHEMA)?;
+        let remote = db.unix_remote();
+        tool(
+            dir.path(),
+            &["ovs-vsctl", &format!("--db={remote}"), "--no-wait", "init"],
+        )?;
+        let mut cmd = ns.command(&["ovs-vswitchd"]);
+        cmd.arg(&remote)
+            .arg(format!(
+                "--unixctl={}",
+                dir.path().join("ovs-vswitchd.ctl").display()
+            ))
+            .arg(format!(
+                "--log-file={}",
+                dir.path().join("ovs-vswitchd.log").display()
+            ))
+            .arg("-vconsole:off");
+        let vswitchd = daemon(dir.path(), cmd)?;
+        tool(
+            dir.path(),
+            &[
+                "ovs-vsctl",
+                &format!("--db={remote}"),
+                "--timeout=30",
+                "set",
+                "Open_vSwitch",
+                ".",
+                &format!("external_ids:system-id={name}"),
+                &format!("external_ids:ovn-remote={}", central.sb.unix_remote()),
+                "external_ids:ovn-encap-type=geneve",
+                "external_ids:ovn-encap-ip=127.0.0.1",
+                "external_ids:ovn-bridge-datapath-type=netdev",
+                "--",
+                "--may-exist",
+                "add-br",
+                "br-int",
+                "--",
+                "set",
+                "Bridge",
+                "br-int",
+                "datapath_type=netdev",
+                "fail-mode=secure",
+                "other_config:disable-in-band=true",
+            ],
+        )?;
+        let mut cmd = ns.command(&["ovn-controller"]);
+        cmd.arg(&remote)
+            .arg(format!(
+                "--unixctl={}",
+                dir.path().join("ovn-controller.ctl").display()
+            ))
+            .arg(format!(
+                "--log-file={}",
+                dir.path().join("ovn-controller.log").display()
+            ))
+            .arg("-vconsole:off");
+        let controller = daemon(dir.path(), cmd)?;
+        let chassis = Chassis {
+            ns,
+            dir,
+            name: name.to_owned(),
+            db,
+            vswitchd,
+            controller,
+        };
+        wait_for(
+            "the chassis in the Southbound database",
+            Duration::from_secs(30),
+            || {
+                central
+                    .sbctl(&["--bare", "--columns=name", "list", "Chassis"])
+                    .is_ok_and(|o| o.lines().any(|l| l.trim() == name))
+            },
+        )?;
+        Ok(chassis)
+    }
+
+    /// The directory holding the chassis' database and logs (its `OVS_RUNDIR`).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `ovs-vsctl` against the chassis' database.
+    pub fn vsctl<S: AsRef<OsStr>>(&self, args: &[S]) -> anyhow::Result<String> {
+        let mut cmd = Command::new("ovs-vsctl");
+        cmd.arg(format!("--db={}", self.db.unix_remote()))
+            .arg("--timeout=30")
+            .args(args);
+        with_env(&mut cmd, self.dir.path());
+        process::run(&mut cmd, None, TOOL_TIMEOUT)?.checked()
+    }
+
+    /// Runs `ovs-appctl` against ovs-vswitchd (`dpctl/dump-flows`, `dpif/show`...).
+    pub fn appctl<S: AsRef<OsStr>>(&self, args: &[S]) -> anyhow::Result<String> {
+        let mut cmd = Command::new("ovs-appctl");
+        cmd.arg(format!(
+            "--target={}",
+            self.dir.path().join("ovs-vswitchd.ctl").display()
+        ))
+        .args(args);
+        with_env(&mut cmd, self.dir.path());
+        process::run(&mut cmd, None, TOOL_TIMEOUT)?.checked()
+    }
+
+    /// Whether ovs-vswitchd and ovn-controller still run.
+    pub fn running(&mut self) -> bool {
+        self.vswitchd.is_running() && self.controller.is_running()
+    }
+}
+
+/// `true` if OVN and OVS are installed; otherwise skips with a message, or panics under CI
+/// (`CI=true` or `1`), where tests against the real OVN never skip.
+///
+/// # Panics
+/// In CI when OVN or OVS is missing.
+pub fn require_installed(test: &str) -> bool {
+    if installed() {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    assert!(
+        !ci,
+        "{test} needs OVN and OVS ({NB_SCHEMA}, {VSWITCH_SCHEMA}); run `cargo xtask setup`"
+    );
+    eprintln!("skipping {test}: OVN and OVS are not installed (cargo xtask setup installs them)");
+    false
+}
