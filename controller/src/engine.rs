@@ -15,6 +15,7 @@ use sidelane_api::{
 
 use crate::{
     ipam::{AllocError, Allocated, AttachmentKey, Holder, Ipam, PodRef, Released, Usage},
+    ovn,
     plan::{self, NadLookup, PodView},
     subnet::{SubnetConfig, SubnetError, SubnetInput},
 };
@@ -169,6 +170,27 @@ impl Engine {
     /// The IPAM state.
     pub fn ipam(&self) -> &Ipam {
         &self.ipam
+    }
+
+    /// The OVN topology for the Subnets and the OVN attachments held now (ports named as
+    /// their IP resources are).
+    pub fn topology(&self, vpcs: &BTreeMap<String, ovn::VpcInput>) -> ovn::Topology {
+        let ports = self.ipam.attachments().filter_map(|(key, pod, alloc)| {
+            let mac = alloc.mac?;
+            Some(ovn::PortInput {
+                name: self
+                    .ip_names
+                    .get(key)
+                    .cloned()
+                    .unwrap_or_else(|| ip_name(&pod.name, &pod.namespace, &key.provider)),
+                subnet: alloc.subnet.clone(),
+                mac,
+                ips: alloc.ips.clone(),
+                pod: format!("{}/{}", pod.namespace, pod.name),
+                provider: key.provider.clone(),
+            })
+        });
+        ovn::build(self.ipam.subnets(), vpcs, ports)
     }
 
     /// A NAD was added or changed: its `spec.config` (`None`: the spec has no config).

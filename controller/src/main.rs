@@ -40,6 +40,10 @@ struct Args {
     /// Lease duration, seconds (renewal deadline and retry period scale with it).
     #[arg(long, default_value_t = 15)]
     lease_duration: u64,
+    /// The OVN Northbound database (`tcp:<host>:6641`, `unix:<path>`, comma-separated for a
+    /// cluster; `ssl:` is not supported yet). Unset: IPAM only, no OVN topology.
+    #[arg(long, env = "OVN_NB_DB")]
+    ovn_nb_addr: Option<String>,
 }
 
 #[tokio::main]
@@ -89,7 +93,19 @@ async fn main() -> anyhow::Result<()> {
                    metrics = %args.metrics_addr, "starting");
     let (tx, rx) = watch::channel(false);
     tokio::spawn(leader::run(client.clone(), lease, tx));
+    let ovn_nb = match args.ovn_nb_addr.as_deref().filter(|a| !a.trim().is_empty()) {
+        Some(addr) => {
+            let remotes = sidelane_ovsdb::parse_remotes(addr)
+                .with_context(|| format!("--ovn-nb-addr {addr:?}"))?;
+            let mut nb = sidelane_ovsdb::Options::new(remotes);
+            // Against a clustered Northbound database, write to its leader only.
+            nb.leader_of = Some(sidelane_controller::nb::NB.to_owned());
+            Some(nb)
+        }
+        None => None,
+    };
     let opts = Options {
+        ovn_nb,
         gc_interval: Duration::from_secs(args.gc_interval.max(1)),
         write_concurrency: args.write_concurrency,
         instance: identity,

@@ -39,6 +39,20 @@ pub struct SubnetLabels {
     pub family: String,
 }
 
+/// Labels of a transaction count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `failed`.
+    pub result: &'static str,
+}
+
+/// Labels of a row count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// `insert`, `update` or `delete`.
+    pub op: &'static str,
+}
+
 /// Everything the controller exports.
 pub struct Metrics {
     registry: Registry,
@@ -56,6 +70,14 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     /// Whether this replica leads (1) or follows (0).
     pub leader: Gauge,
+    /// Northbound transactions, by result (`ok`, `failed`).
+    pub nb_transactions: Family<ResultLabels, Counter>,
+    /// Northbound rows inserted, updated and deleted, by operation.
+    pub nb_rows: Family<OpLabels, Counter>,
+    /// Rows Sidelane wants whose name is held by a row it does not own.
+    pub nb_conflicts: Gauge,
+    /// Whether the Northbound database holds the wanted topology (1) or not yet (0).
+    pub nb_in_sync: Gauge,
     ready: AtomicBool,
 }
 
@@ -78,6 +100,30 @@ impl Metrics {
             0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ]);
         let leader = Gauge::default();
+        let nb_transactions = Family::<ResultLabels, Counter>::default();
+        let nb_rows = Family::<OpLabels, Counter>::default();
+        let nb_conflicts = Gauge::default();
+        let nb_in_sync = Gauge::default();
+        registry.register(
+            "nb_transactions",
+            "OVN Northbound transactions, by result",
+            nb_transactions.clone(),
+        );
+        registry.register(
+            "nb_rows",
+            "OVN Northbound rows inserted, updated and deleted",
+            nb_rows.clone(),
+        );
+        registry.register(
+            "nb_conflicts",
+            "Wanted OVN rows whose name is held by a row Sidelane does not own",
+            nb_conflicts.clone(),
+        );
+        registry.register(
+            "nb_in_sync",
+            "Whether the OVN Northbound database holds the wanted topology",
+            nb_in_sync.clone(),
+        );
         registry.register(
             "allocations",
             "Attachment allocations written to pods",
@@ -118,6 +164,10 @@ impl Metrics {
             subnet_available,
             reconcile_seconds,
             leader,
+            nb_transactions,
+            nb_rows,
+            nb_conflicts,
+            nb_in_sync,
             ready: AtomicBool::new(false),
         }
     }

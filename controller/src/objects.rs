@@ -44,6 +44,41 @@ pub fn ip_pool_resource() -> ApiResource {
     )
 }
 
+/// `kubeovn.io/v1` `Vpc`.
+pub fn vpc_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("kubeovn.io", "v1", "Vpc"), "vpcs")
+}
+
+/// A Vpc's name and its part in the OVN topology (`spec.staticRoutes`; entries without a
+/// CIDR or next hop are skipped).
+pub fn vpc_input(obj: &DynamicObject) -> (String, crate::ovn::VpcInput) {
+    let routes = obj
+        .data
+        .pointer("/spec/staticRoutes")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let text = |r: &Value, k: &str| {
+        r.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let static_routes = routes
+        .iter()
+        .map(|r| crate::ovn::StaticRoute {
+            ip_prefix: text(r, "cidr"),
+            nexthop: text(r, "nextHopIP"),
+            policy: crate::ovn::route_policy(&text(r, "policy")).to_owned(),
+        })
+        .filter(|r| !r.ip_prefix.is_empty() && !r.nexthop.is_empty())
+        .collect();
+    (
+        kube::ResourceExt::name_any(obj),
+        crate::ovn::VpcInput { static_routes },
+    )
+}
+
 /// `k8s.cni.cncf.io/v1` `NetworkAttachmentDefinition`.
 pub fn nad_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -125,7 +160,11 @@ pub fn subnet_input(obj: &DynamicObject) -> SubnetInput {
     let spec = obj.data.get("spec").cloned().unwrap_or(Value::Null);
     SubnetInput {
         name: obj.metadata.name.clone().unwrap_or_default(),
-        cidr_block: str_at(&spec, "cidrBlock").to_owned(),
+        // The non-primary mode document writes `cidr`; Kube-OVN's field is `cidrBlock`.
+        cidr_block: Some(str_at(&spec, "cidrBlock"))
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| str_at(&spec, "cidr"))
+            .to_owned(),
         gateway: str_at(&spec, "gateway").to_owned(),
         exclude_ips: strings_at(&spec, "excludeIps"),
         provider: str_at(&spec, "provider").to_owned(),

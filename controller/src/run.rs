@@ -5,7 +5,7 @@
 //! outcomes. Writes for one pod run in order; writes for different pods run concurrently.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -41,7 +41,9 @@ use tracing::{debug, info, warn};
 use crate::{
     engine::{Engine, Event, IpRecord, PodOutcome, SubnetOutcome},
     metrics::{Metrics, ReasonLabels, SubnetLabels},
+    nb,
     objects::{self, POD_UID_ANNOTATION},
+    ovn,
 };
 
 /// Tuning of the leader's work.
@@ -55,6 +57,8 @@ pub struct Options {
     pub reporter: String,
     /// This replica's identity (pod name).
     pub instance: String,
+    /// The OVN Northbound database, when Sidelane builds OVN topology (`None`: IPAM only).
+    pub ovn_nb: Option<sidelane_ovsdb::Options>,
 }
 
 impl Default for Options {
@@ -64,6 +68,7 @@ impl Default for Options {
             write_concurrency: 64,
             reporter: "sidelane-controller".to_owned(),
             instance: String::new(),
+            ovn_nb: None,
         }
     }
 }
@@ -92,6 +97,7 @@ enum Change {
     Nad(watcher::Event<DynamicObject>),
     Subnet(watcher::Event<DynamicObject>),
     IpPool(watcher::Event<DynamicObject>),
+    Vpc(watcher::Event<DynamicObject>),
 }
 
 /// Follows leadership forever: works while this replica leads, stops when it does not.
@@ -143,6 +149,12 @@ struct Leader {
     /// Validation of each Subnet, for its status.
     validation: HashMap<String, Result<(), String>>,
     pending_status: BTreeSet<String>,
+    /// Vpcs' parts in the OVN topology.
+    vpcs: BTreeMap<String, ovn::VpcInput>,
+    /// The wanted OVN topology, for the Northbound reconciler.
+    topology: watch::Sender<Arc<ovn::Topology>>,
+    /// Something the topology depends on changed since it was last published.
+    topology_dirty: bool,
 }
 
 impl Leader {
@@ -169,6 +181,9 @@ impl Leader {
             writer,
             validation: HashMap::new(),
             pending_status: BTreeSet::new(),
+            vpcs: BTreeMap::new(),
+            topology: watch::channel(Arc::new(ovn::Topology::default())).0,
+            topology_dirty: false,
         }
     }
 
@@ -178,10 +193,23 @@ impl Leader {
         self.flush_status();
         self.metrics.set_ready(true);
         info!(elapsed = ?started.elapsed(), "loaded the cluster; following it");
+        // The topology is published only now: before the recorded allocations are back, it
+        // would lack ports that exist.
+        let nb_task = self.opts.ovn_nb.clone().map(|nb| {
+            self.publish_topology();
+            info!(remotes = ?nb.remotes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                  "building the OVN topology in the Northbound database");
+            AbortOnDrop(tokio::spawn(nb::reconcile(
+                sidelane_ovsdb::Client::start(nb),
+                self.topology.subscribe(),
+                Arc::clone(&self.metrics),
+            )))
+        });
         let mut changes = self.changes();
         let mut gc = tokio::time::interval(self.opts.gc_interval);
         gc.tick().await;
         let mut status = tokio::time::interval(Duration::from_millis(500));
+        let mut topology = tokio::time::interval(Duration::from_millis(50));
         loop {
             tokio::select! {
                 change = changes.next() => {
@@ -189,7 +217,9 @@ impl Leader {
                         return Err(RunError::WatchEnded("the cluster"));
                     };
                     self.apply(change);
+                    self.topology_dirty = true;
                 }
+                _ = topology.tick(), if self.topology_dirty && nb_task.is_some() => self.publish_topology(),
                 _ = gc.tick() => {
                     if let Err(e) = self.collect_garbage().await {
                         warn!(error = %e, "garbage collection");
@@ -198,6 +228,20 @@ impl Leader {
                 _ = status.tick() => self.flush_status(),
             }
         }
+    }
+
+    /// Publishes the wanted OVN topology to the Northbound reconciler.
+    fn publish_topology(&mut self) {
+        self.topology_dirty = false;
+        let t = self.engine.topology(&self.vpcs);
+        self.topology.send_if_modified(|old| {
+            if **old == t {
+                false
+            } else {
+                *old = Arc::new(t);
+                true
+            }
+        });
     }
 
     /// Lists everything in dependency order and takes back what the cluster records.
@@ -221,6 +265,11 @@ impl Leader {
         for p in pools.list(&lp).await.map_err(list_err("IPPools"))? {
             let (name, entries) = objects::ip_pool(&p);
             self.engine.set_ip_pool(&name, entries);
+        }
+        let vpcs: Api<DynamicObject> = Api::all_with(self.client.clone(), &objects::vpc_resource());
+        for v in vpcs.list(&lp).await.map_err(list_err("Vpcs"))? {
+            let (name, vpc) = objects::vpc_input(&v);
+            self.vpcs.insert(name, vpc);
         }
         for s in self
             .writer
@@ -317,7 +366,14 @@ impl Leader {
         )
         .default_backoff()
         .map(|e| e.map(Change::IpPool));
+        let vpcs = watcher(
+            Api::<DynamicObject>::all_with(self.client.clone(), &objects::vpc_resource()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map(|e| e.map(Change::Vpc));
         futures::stream::select_all([
+            vpcs.boxed(),
             sts.boxed(),
             nads.boxed(),
             pools.boxed(),
@@ -356,11 +412,19 @@ impl Leader {
                 self.engine.set_ip_pool(&name, entries);
             }
             Change::IpPool(Delete(p)) => self.engine.set_ip_pool(&p.name_any(), Vec::new()),
+            Change::Vpc(Apply(v) | InitApply(v)) => {
+                let (name, vpc) = objects::vpc_input(&v);
+                self.vpcs.insert(name, vpc);
+            }
+            Change::Vpc(Delete(v)) => {
+                self.vpcs.remove(&v.name_any());
+            }
             Change::Pod(Init | InitDone)
             | Change::StatefulSet(Init | InitDone)
             | Change::Nad(Init | InitDone)
             | Change::Subnet(Init | InitDone)
-            | Change::IpPool(Init | InitDone) => {}
+            | Change::IpPool(Init | InitDone)
+            | Change::Vpc(Init | InitDone) => {}
         }
     }
 
@@ -709,5 +773,14 @@ impl Writer {
         {
             warn!(subnet = %name, error = %e, "writing the status");
         }
+    }
+}
+
+/// Aborts a task when dropped (the Northbound reconciler stops with the leader's work).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

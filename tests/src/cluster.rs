@@ -21,3 +21,75 @@ pub fn subnet(name: &str, provider: &str, cidr: &str, mtu: Option<u32>) -> Value
         "spec": spec,
     })
 }
+
+/// The YAML documents of `deploy/examples/<file>`, as JSON.
+///
+/// # Panics
+/// When the file cannot be read or parsed (a broken example is a failed test).
+pub fn example(file: &str) -> Vec<Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples")
+        .join(file);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_saphyr::from_multiple::<Value>(&text)
+        .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// A pod in `default` on `node1` with these annotations.
+pub fn pod(name: &str, annotations: &Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+        "spec": {"containers": [{"name": "c", "image": "alpine"}], "nodeName": "node1"}
+    })
+}
+
+/// A `kube-ovn` NAD in `default` whose provider is `<name>.default.ovn`, as the seeds write it.
+pub fn ovn_nad(name: &str) -> Value {
+    json!({
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"config": format!(
+            r#"{{"cniVersion": "0.3.1", "type": "kube-ovn", "server_socket": "/run/openvswitch/kube-ovn-daemon.sock", "provider": "{name}.default.ovn"}}"#
+        )}
+    })
+}
+
+/// An OVN Subnet of `vpc` (empty: the default) for the NAD `nad` in `default`.
+pub fn ovn_subnet(name: &str, nad: &str, cidr: &str, vpc: &str) -> Value {
+    json!({
+        "apiVersion": "kubeovn.io/v1", "kind": "Subnet",
+        "metadata": {"name": name},
+        "spec": {"protocol": "IPv4", "provider": format!("{nad}.default.ovn"), "cidrBlock": cidr, "vpc": vpc}
+    })
+}
+
+/// Applies a document as the cluster would: a Deployment becomes its pods (as its ReplicaSet
+/// would create them, named `<deployment>-5d8f7-<i>`), everything else is stored as is.
+///
+/// # Panics
+/// When the API double refuses the object.
+pub fn apply(api: &crate::apiserver::ApiServer, doc: &Value) {
+    if doc["kind"] == "Deployment" {
+        let replicas = doc["spec"]["replicas"].as_u64().unwrap_or(1);
+        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+        for i in 0..replicas {
+            let mut pod = json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": doc["spec"]["template"]["metadata"].clone(),
+                "spec": doc["spec"]["template"]["spec"].clone(),
+            });
+            pod["metadata"]["name"] = json!(format!("{name}-5d8f7-{i}"));
+            pod["metadata"]["namespace"] =
+                json!(doc["metadata"]["namespace"].as_str().unwrap_or("default"));
+            pod["metadata"]["ownerReferences"] = json!([{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{name}-5d8f7"),
+                "uid": "rs-uid", "controller": true
+            }]);
+            api.seed(pod).expect("seeding a replica");
+        }
+        return;
+    }
+    api.seed(doc.clone()).expect("seeding an example document");
+}

@@ -5,7 +5,6 @@
 
 use std::{
     collections::BTreeSet,
-    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -20,45 +19,11 @@ use sidelane_controller::{
     metrics::Metrics,
     run::{self, Options},
 };
-use sidelane_tests::apiserver::ApiServer;
+use sidelane_tests::{
+    apiserver::ApiServer,
+    cluster::{apply, example},
+};
 use tokio::{sync::watch, task::JoinHandle};
-
-/// The YAML documents of `deploy/examples/<file>`, as JSON.
-fn example(file: &str) -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/examples")
-        .join(file);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_saphyr::from_multiple::<Value>(&text)
-        .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
-}
-
-/// Applies a document as the cluster would: a Deployment becomes its pods (as its ReplicaSet
-/// would create them), everything else is stored as is.
-fn apply(api: &ApiServer, doc: &Value) {
-    if doc["kind"] == "Deployment" {
-        let replicas = doc["spec"]["replicas"].as_u64().unwrap_or(1);
-        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
-        for i in 0..replicas {
-            let mut pod = json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": doc["spec"]["template"]["metadata"].clone(),
-                "spec": doc["spec"]["template"]["spec"].clone(),
-            });
-            pod["metadata"]["name"] = json!(format!("{name}-5d8f7-{i}"));
-            pod["metadata"]["namespace"] =
-                json!(doc["metadata"]["namespace"].as_str().unwrap_or("default"));
-            pod["metadata"]["ownerReferences"] = json!([{
-                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{name}-5d8f7"),
-                "uid": "rs-uid", "controller": true
-            }]);
-            api.seed(pod).expect("seeding a replica");
-        }
-        return;
-    }
-    api.seed(doc.clone()).expect("seeding an example document");
-}
 
 struct Controller {
     task: JoinHandle<()>,

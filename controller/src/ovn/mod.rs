@@ -1,0 +1,287 @@
+//! The OVN logical topology Sidelane wants in the Northbound database, as plain values
+//! ([`Topology`], built by [`build`] from Subnets, Vpcs and allocations), and the operations
+//! that turn what the database holds into it ([`plan`]). Pure: the `nb` module talks to the
+//! database.
+//!
+//! Kube-OVN's shapes and names: a Subnet is a Logical_Switch of its name (other_config
+//! `subnet`, `exclude_ips`, `ipv6_prefix`); a Vpc is a Logical_Router of its name, and Subnets
+//! without one belong to `ovn-cluster`; each Subnet of a router gets a router port
+//! `<vpc>-<subnet>` holding the gateway address and a switch port `<subnet>-<vpc>` of type
+//! `router`; each OVN attachment is a Logical_Switch_Port `<pod>.<namespace>.<provider>` with
+//! "MAC IP[ IP]" as addresses and port security.
+
+pub mod plan;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use crate::subnet::SubnetConfig;
+
+pub use plan::{Observed, plan};
+
+/// The `external_ids` key marking rows Sidelane created; rows without it are never touched.
+pub const OWNER_KEY: &str = "sidelane.io/owner";
+/// The marker's value.
+pub const OWNER: &str = "sidelane-controller";
+/// The router of Subnets that name no Vpc (Kube-OVN's default VPC).
+pub const DEFAULT_VPC: &str = "ovn-cluster";
+
+/// A Logical_Router.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Router {
+    /// Its static routes.
+    pub static_routes: BTreeSet<StaticRoute>,
+    /// `external_ids` (the marker included).
+    pub external_ids: BTreeMap<String, String>,
+}
+
+/// A Logical_Router_Static_Route.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StaticRoute {
+    /// The destination (or source, with policy `src-ip`) prefix.
+    pub ip_prefix: String,
+    /// The next hop.
+    pub nexthop: String,
+    /// `dst-ip` or `src-ip`.
+    pub policy: String,
+}
+
+/// A Logical_Switch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Switch {
+    /// `other_config` (`subnet`, `exclude_ips`, `ipv6_prefix`).
+    pub other_config: BTreeMap<String, String>,
+    /// `external_ids` (the marker included).
+    pub external_ids: BTreeMap<String, String>,
+}
+
+/// A Logical_Switch_Port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SwitchPort {
+    /// The switch it belongs to.
+    pub switch: String,
+    /// `type`: empty for a VIF, `router` for a router's port.
+    pub kind: String,
+    /// `addresses`.
+    pub addresses: BTreeSet<String>,
+    /// `port_security`.
+    pub port_security: BTreeSet<String>,
+    /// `options` (`router-port` for a router's port).
+    pub options: BTreeMap<String, String>,
+    /// `external_ids` (the marker included).
+    pub external_ids: BTreeMap<String, String>,
+}
+
+/// A Logical_Router_Port.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RouterPort {
+    /// The router it belongs to.
+    pub router: String,
+    /// `mac`.
+    pub mac: String,
+    /// `networks`: gateway/prefix of each family.
+    pub networks: BTreeSet<String>,
+    /// `external_ids` (the marker included).
+    pub external_ids: BTreeMap<String, String>,
+}
+
+/// The whole topology Sidelane owns, by row name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Topology {
+    /// Routers.
+    pub routers: BTreeMap<String, Router>,
+    /// Switches.
+    pub switches: BTreeMap<String, Switch>,
+    /// Router ports.
+    pub router_ports: BTreeMap<String, RouterPort>,
+    /// Switch ports (attachments and routers' ports).
+    pub switch_ports: BTreeMap<String, SwitchPort>,
+}
+
+/// A Vpc's part in the topology.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VpcInput {
+    /// Its static routes (`spec.staticRoutes`).
+    pub static_routes: Vec<StaticRoute>,
+}
+
+/// One OVN attachment's allocation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortInput {
+    /// The port's name (`<pod>.<namespace>.<provider>`).
+    pub name: String,
+    /// The Subnet (switch).
+    pub subnet: String,
+    /// The MAC.
+    pub mac: [u8; 6],
+    /// The addresses, IPv4 first.
+    pub ips: Vec<IpAddr>,
+    /// `<namespace>/<pod>`.
+    pub pod: String,
+    /// The provider.
+    pub provider: String,
+}
+
+/// `external_ids` with the marker and `pairs`.
+pub fn owned_ids<const N: usize>(pairs: [(&str, &str); N]) -> BTreeMap<String, String> {
+    let mut ids: BTreeMap<String, String> = pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    ids.insert(OWNER_KEY.to_owned(), OWNER.to_owned());
+    ids.insert("vendor".to_owned(), "sidelane".to_owned());
+    ids
+}
+
+/// Kube-OVN's Vpc static route policy in OVN's words.
+pub fn route_policy(kube_ovn: &str) -> &'static str {
+    if kube_ovn == "policySrc" {
+        "src-ip"
+    } else {
+        "dst-ip"
+    }
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// A router port's MAC: derived from its name (FNV-1a), locally administered, so it is the
+/// same on every reconcile and every replica.
+pub fn router_port_mac(name: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    mac_text([0x0a, b[3], b[4], b[5], b[6], b[7]])
+}
+
+/// The topology for these Subnets (OVN ones only), Vpcs and attachments. Attachments whose
+/// Subnet is not an OVN Subnet here get no port.
+#[expect(clippy::too_many_lines, reason = "one pass per kind of row")]
+pub fn build<'a>(
+    subnets: impl IntoIterator<Item = &'a SubnetConfig>,
+    vpcs: &BTreeMap<String, VpcInput>,
+    ports: impl IntoIterator<Item = PortInput>,
+) -> Topology {
+    let mut t = Topology::default();
+    for (name, vpc) in vpcs {
+        t.routers.insert(
+            name.clone(),
+            Router {
+                static_routes: vpc.static_routes.iter().cloned().collect(),
+                external_ids: owned_ids([("vpc", name)]),
+            },
+        );
+    }
+    for s in subnets.into_iter().filter(|s| s.is_ovn()) {
+        let vpc = s.vpc_or_default().to_owned();
+        t.routers.entry(vpc.clone()).or_insert_with(|| Router {
+            static_routes: BTreeSet::new(),
+            external_ids: owned_ids([("vpc", &vpc)]),
+        });
+        let mut other_config = BTreeMap::new();
+        let exclude: Vec<String> = s
+            .exclude
+            .iter()
+            .filter(|(a, _)| a.is_ipv4())
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}..{b}")
+                }
+            })
+            .collect();
+        for cidr in &s.cidrs {
+            match cidr.addr() {
+                IpAddr::V4(_) => {
+                    other_config.insert("subnet".to_owned(), cidr.to_string());
+                    if !exclude.is_empty() {
+                        other_config.insert("exclude_ips".to_owned(), exclude.join(" "));
+                    }
+                }
+                IpAddr::V6(_) => {
+                    other_config.insert("ipv6_prefix".to_owned(), cidr.network().to_string());
+                }
+            }
+        }
+        t.switches.insert(
+            s.name.clone(),
+            Switch {
+                other_config,
+                external_ids: owned_ids([("subnet", &s.name), ("logical_router", &vpc)]),
+            },
+        );
+        let lrp = format!("{vpc}-{}", s.name);
+        let lsp = format!("{}-{vpc}", s.name);
+        t.router_ports.insert(
+            lrp.clone(),
+            RouterPort {
+                router: vpc.clone(),
+                mac: router_port_mac(&lrp),
+                networks: s
+                    .cidrs
+                    .iter()
+                    .zip(&s.gateways)
+                    .map(|(c, g)| format!("{g}/{}", c.prefix_len()))
+                    .collect(),
+                external_ids: owned_ids([("subnet", &s.name), ("vpc", &vpc)]),
+            },
+        );
+        t.switch_ports.insert(
+            lsp,
+            SwitchPort {
+                switch: s.name.clone(),
+                kind: "router".to_owned(),
+                addresses: ["router".to_owned()].into(),
+                port_security: BTreeSet::new(),
+                options: [("router-port".to_owned(), lrp)].into(),
+                external_ids: owned_ids([("subnet", &s.name), ("vpc", &vpc)]),
+            },
+        );
+    }
+    for p in ports {
+        if !t.switches.contains_key(&p.subnet) {
+            continue;
+        }
+        let mut address = mac_text(p.mac);
+        for ip in &p.ips {
+            address.push(' ');
+            address.push_str(&ip.to_string());
+        }
+        let ips = p
+            .ips
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        t.switch_ports.insert(
+            p.name.clone(),
+            SwitchPort {
+                switch: p.subnet.clone(),
+                kind: String::new(),
+                addresses: [address.clone()].into(),
+                port_security: [address].into(),
+                options: BTreeMap::new(),
+                external_ids: owned_ids([
+                    ("pod", &p.pod),
+                    ("ls", &p.subnet),
+                    ("ip", &ips),
+                    ("attachment-provider", &p.provider),
+                ]),
+            },
+        );
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests;
