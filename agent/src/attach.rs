@@ -37,6 +37,7 @@ use crate::{
     },
     link::{self, LinkError, PodInterfacePlan},
     netns,
+    ovs::{OvsError, PortBinding, PortPlug},
     pods::{PodError, PodSource, Waited},
     records::{AttachmentKind, AttachmentRecord, RecordError, Records},
     subnets::{self, SubnetInfo, SubnetSource},
@@ -143,6 +144,17 @@ pub enum AttachError {
         #[source]
         source: Box<LinkError>,
     },
+    /// Plugging the interface into OVN (the integration bridge) failed.
+    #[error("pod {pod} interface {ifname}: {source}")]
+    Ovs {
+        /// `namespace/name`.
+        pod: String,
+        /// The interface.
+        ifname: String,
+        /// Why.
+        #[source]
+        source: Box<OvsError>,
+    },
 }
 
 impl AttachError {
@@ -196,6 +208,7 @@ pub struct Attacher<P, Q> {
     host_netns: Option<PathBuf>,
     mtu: u32,
     in_flight: AttachmentLocks,
+    ovs: Option<Arc<dyn PortPlug>>,
 }
 
 /// One lock per attachment (container ID and interface): calls for the same attachment (an ADD
@@ -256,7 +269,17 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
             host_netns: None,
             mtu: DEFAULT_MTU,
             in_flight: AttachmentLocks::default(),
+            ovs: None,
         }
+    }
+
+    /// OVN-backed interfaces are plugged into the integration bridge through `ovs`, and an ADD
+    /// answers once ovn-controller has bound the port. Without it (tests of the link layer, a
+    /// node without OVS) they are created but not plugged.
+    #[must_use]
+    pub fn with_ovs(mut self, ovs: Arc<dyn PortPlug>) -> Attacher<P, Q> {
+        self.ovs = Some(ovs);
+        self
     }
 
     /// Host ends of OVN-backed interfaces go into `netns` instead of the agent's own namespace
@@ -477,12 +500,53 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
         let temp = link::veth_name(&req.container_id, &req.if_name, 'c').map_err(link_err)?;
         let host_netns = self.host_netns.clone();
         let pod_netns = PathBuf::from(&req.net_ns);
+        let checksum_off = self
+            .ovs
+            .as_ref()
+            .is_some_and(|o| o.datapath().needs_tx_checksum_off());
         {
             let (host, plan) = (host.clone(), plan.clone());
             let host_netns = host_netns.clone();
-            blocking(move || link::create(host_netns.as_deref(), &host, &pod_netns, &temp, &plan))
-                .await
-                .map_err(link_err)?;
+            blocking(move || {
+                link::create(host_netns.as_deref(), &host, &pod_netns, &temp, &plan)?;
+                if checksum_off {
+                    let off = link::disable_tx_checksum(host_netns.as_deref(), &host)
+                        .and_then(|()| link::disable_tx_checksum(Some(&pod_netns), &plan.ifname));
+                    if let Err(e) = off {
+                        let _ = link::delete(host_netns.as_deref(), &host);
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .map_err(link_err)?;
+        }
+        if let Some(ovs) = &self.ovs {
+            let binding = PortBinding {
+                port: host.clone(),
+                iface_id: format!("{}.{}.{}", req.pod_name, req.pod_namespace, alloc.prefix),
+                pod_name: req.pod_name.clone(),
+                pod_namespace: req.pod_namespace.clone(),
+                pod_netns: req.net_ns.clone(),
+                ip: alloc
+                    .ips
+                    .iter()
+                    .map(|ip| ip.address.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            };
+            if let Err(e) = ovs.plug(&binding).await {
+                // All or nothing: no half-plugged port, no interface without its port.
+                let _ = ovs.unplug(&host).await;
+                let (host_netns, host) = (host_netns.clone(), host.clone());
+                let _ = blocking(move || link::delete(host_netns.as_deref(), &host)).await;
+                return Err(AttachError::Ovs {
+                    pod: req.pod_key(),
+                    ifname: req.if_name.clone(),
+                    source: Box::new(e),
+                });
+            }
         }
         let target = QosTarget {
             netns: host_netns,
@@ -563,6 +627,13 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
             source: Box::new(source),
         };
         let host = link::veth_name(&req.container_id, &req.if_name, 'h').map_err(link_err)?;
+        if let Some(ovs) = &self.ovs {
+            ovs.unplug(&host).await.map_err(|source| AttachError::Ovs {
+                pod: req.pod_key(),
+                ifname: req.if_name.clone(),
+                source: Box::new(source),
+            })?;
+        }
         let target = QosTarget {
             netns: self.host_netns.clone(),
             ifname: host.clone(),

@@ -6,6 +6,7 @@ pub mod cni_server;
 pub mod dataplane;
 pub mod link;
 pub mod netns;
+pub mod ovs;
 pub mod pods;
 pub mod records;
 pub mod subnets;

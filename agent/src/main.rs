@@ -9,10 +9,12 @@ use sidelane_agent::{
     attach::{Attacher, DEFAULT_ALLOCATION_TIMEOUT},
     cni_server,
     dataplane::qos::QosDataplane,
+    ovs::{DEFAULT_INSTALL_TIMEOUT, Datapath, OvsBridge},
     pods::KubePods,
     records::{DEFAULT_STATE_DIR, Records},
 };
 use sidelane_api::daemon::DEFAULT_SERVER_SOCKET;
+use sidelane_ovsdb::Remote;
 
 #[derive(Debug, Parser)]
 #[command(about = "Sidelane's node agent (needs root: namespaces, eBPF)")]
@@ -33,6 +35,22 @@ struct Args {
     /// How long an ADD waits for the controller's allocation, in seconds.
     #[arg(long, default_value_t = DEFAULT_ALLOCATION_TIMEOUT.as_secs())]
     allocation_timeout: u64,
+    /// The node's Open_vSwitch database (`unix:<path>` or `tcp:<host>:<port>`), where OVN-backed
+    /// attachments are plugged into the integration bridge. `none`: do not plug (a node
+    /// without OVS serves IPAM-only attachments, and OVN-backed ones without OVN).
+    #[arg(long, default_value = "unix:/run/openvswitch/db.sock")]
+    ovs_db: String,
+    /// The integration bridge.
+    #[arg(long, default_value = "br-int")]
+    ovs_bridge: String,
+    /// The bridge's datapath when the agent creates it: `auto` (`system` where the
+    /// openvswitch kernel module is loaded, else `netdev`), `system` or `netdev`. With
+    /// `netdev`, veth ends get TX checksum offload off.
+    #[arg(long, default_value = "auto")]
+    ovs_datapath: Datapath,
+    /// How long an ADD waits for ovn-controller to bind the port, in seconds.
+    #[arg(long, default_value_t = DEFAULT_INSTALL_TIMEOUT.as_secs())]
+    ovn_install_timeout: u64,
 }
 
 #[tokio::main]
@@ -75,6 +93,23 @@ async fn main() -> anyhow::Result<()> {
     );
     if let Some(netns) = args.host_netns {
         attacher = attacher.with_host_netns(netns);
+    }
+    if args.ovs_db == "none" {
+        tracing::warn!("--ovs-db none: OVN-backed attachments are not plugged into OVS");
+    } else {
+        let remote: Remote = args
+            .ovs_db
+            .parse()
+            .with_context(|| format!("--ovs-db {:?}", args.ovs_db))?;
+        let bridge = OvsBridge::connect(
+            remote,
+            &args.ovs_bridge,
+            args.ovs_datapath,
+            Duration::from_secs(args.ovn_install_timeout),
+        )
+        .await
+        .with_context(|| format!("opening the Open_vSwitch database at {}", args.ovs_db))?;
+        attacher = attacher.with_ovs(Arc::new(bridge));
     }
     let attacher = Arc::new(attacher);
     let recovered = attacher

@@ -151,6 +151,8 @@ struct Leader {
     pending_status: BTreeSet<String>,
     /// Vpcs' parts in the OVN topology.
     vpcs: BTreeMap<String, ovn::VpcInput>,
+    /// Pods with a refused attachment, by UID, to try again.
+    waiting: HashMap<String, Pod>,
     /// The wanted OVN topology, for the Northbound reconciler.
     topology: watch::Sender<Arc<ovn::Topology>>,
     /// Something the topology depends on changed since it was last published.
@@ -182,6 +184,7 @@ impl Leader {
             validation: HashMap::new(),
             pending_status: BTreeSet::new(),
             vpcs: BTreeMap::new(),
+            waiting: HashMap::new(),
             topology: watch::channel(Arc::new(ovn::Topology::default())).0,
             topology_dirty: false,
         }
@@ -224,6 +227,7 @@ impl Leader {
                     if let Err(e) = self.collect_garbage().await {
                         warn!(error = %e, "garbage collection");
                     }
+                    self.retry_waiting();
                 }
                 _ = status.tick() => self.flush_status(),
             }
@@ -403,13 +407,20 @@ impl Leader {
             }
             Change::StatefulSet(Apply(s) | InitApply(s)) => self.statefulset(&s, false),
             Change::StatefulSet(Delete(s)) => self.statefulset(&s, true),
-            Change::Nad(Apply(n) | InitApply(n)) => self.nad(&n, false),
+            Change::Nad(Apply(n) | InitApply(n)) => {
+                self.nad(&n, false);
+                self.retry_waiting();
+            }
             Change::Nad(Delete(n)) => self.nad(&n, true),
-            Change::Subnet(Apply(s) | InitApply(s)) => self.subnet(&s, false),
+            Change::Subnet(Apply(s) | InitApply(s)) => {
+                self.subnet(&s, false);
+                self.retry_waiting();
+            }
             Change::Subnet(Delete(s)) => self.subnet(&s, true),
             Change::IpPool(Apply(p) | InitApply(p)) => {
                 let (name, entries) = objects::ip_pool(&p);
                 self.engine.set_ip_pool(&name, entries);
+                self.retry_waiting();
             }
             Change::IpPool(Delete(p)) => self.engine.set_ip_pool(&p.name_any(), Vec::new()),
             Change::Vpc(Apply(v) | InitApply(v)) => {
@@ -436,6 +447,14 @@ impl Leader {
             self.engine.on_pod(&view)
         };
         self.count(&outcome);
+        // A pod refused something (its NAD or Subnet not there yet, a conflict) is tried again
+        // when NADs, Subnets or IPPools change, and at every garbage collection.
+        let uid = pod.uid().unwrap_or_default();
+        if outcome.events.is_empty() || objects::is_gone(pod) {
+            self.waiting.remove(&uid);
+        } else {
+            self.waiting.insert(uid, pod.clone());
+        }
         let node = pod
             .spec
             .as_ref()
@@ -467,6 +486,14 @@ impl Leader {
         let ns = sts.namespace().unwrap_or_default();
         let replicas = (!deleted).then(|| objects::replicas(sts));
         self.engine.set_statefulset(&ns, &sts.name_any(), replicas);
+    }
+
+    /// Tries the waiting pods again.
+    fn retry_waiting(&mut self) {
+        let pods: Vec<Pod> = self.waiting.values().cloned().collect();
+        for pod in &pods {
+            self.pod(pod);
+        }
     }
 
     fn nad(&mut self, nad: &DynamicObject, deleted: bool) {

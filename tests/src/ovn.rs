@@ -318,12 +318,10 @@ impl Chassis {
                 "other_config:disable-in-band=true",
             ],
         )?;
+        // ovn-controller takes no --unixctl: its control socket is
+        // <OVN_RUNDIR>/ovn-controller.<pid>.ctl.
         let mut cmd = ns.command(&["ovn-controller"]);
         cmd.arg(&remote)
-            .arg(format!(
-                "--unixctl={}",
-                dir.path().join("ovn-controller.ctl").display()
-            ))
             .arg(format!(
                 "--log-file={}",
                 dir.path().join("ovn-controller.log").display()

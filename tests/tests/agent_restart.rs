@@ -104,6 +104,9 @@ impl Node {
             self.dir.path().join("records").as_os_str(),
             "--allocation-timeout".as_ref(),
             "10".as_ref(),
+            // This test is about the agent's own state: no OVS on this node.
+            "--ovs-db".as_ref(),
+            "none".as_ref(),
         ]);
         cmd.env("KUBECONFIG", self.dir.path().join("kubeconfig"))
             .env("RUST_LOG", "info");

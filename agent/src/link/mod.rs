@@ -8,7 +8,13 @@
 
 pub mod netlink;
 
-use std::{fs::File, io, net::IpAddr, os::fd::AsFd as _, path::Path};
+use std::{
+    fs::File,
+    io,
+    net::IpAddr,
+    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _},
+    path::Path,
+};
 
 use ipnet::IpNet;
 use thiserror::Error;
@@ -193,6 +199,68 @@ fn configure_pod_end(temp_name: &str, plan: &PodInterfacePlan) -> Result<(), Lin
         ))?;
     }
     Ok(())
+}
+
+/// `SIOCETHTOOL`, and `ETHTOOL_STXCSUM` with its argument (`struct ethtool_value`).
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_STXCSUM: u32 = 0x17;
+
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+#[repr(C)]
+struct IfreqData {
+    name: [libc::c_char; libc::IFNAMSIZ],
+    data: *mut EthtoolValue,
+    _pad: [u8; 16],
+}
+
+/// Turns TX checksum offload off on `ifname` in `netns` (`ethtool -K <if> tx off`): OVS's
+/// userspace datapath forwards frames whose checksum a veth left for hardware to fill in.
+pub fn disable_tx_checksum(netns: Option<&Path>, ifname: &str) -> Result<(), LinkError> {
+    if ifname.len() >= libc::IFNAMSIZ {
+        return Err(LinkError::Io {
+            op: "turning TX checksum offload off on",
+            object: ifname.to_owned(),
+            source: io::Error::from(io::ErrorKind::InvalidInput),
+        });
+    }
+    netns::run_in(netns, || -> Result<(), LinkError> {
+        let err = |source| LinkError::Io {
+            op: "turning TX checksum offload off on",
+            object: ifname.to_owned(),
+            source,
+        };
+        // SAFETY: a plain datagram socket; the descriptor is owned right away.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a fresh, valid descriptor nobody else owns.
+        let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_STXCSUM,
+            data: 0,
+        };
+        let mut req = IfreqData {
+            name: [0; libc::IFNAMSIZ],
+            data: &raw mut value,
+            _pad: [0; 16],
+        };
+        for (dst, src) in req.name.iter_mut().zip(ifname.bytes()) {
+            *dst = libc::c_char::from_ne_bytes([src]);
+        }
+        // SAFETY: `req` is a valid ifreq whose data points at a live ethtool_value for the
+        // duration of the call.
+        let rc = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &raw mut req) };
+        if rc < 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        Ok(())
+    })?
 }
 
 /// Compares the pod end in `pod_netns` with `plan`: every difference found (a missing
