@@ -111,6 +111,54 @@ impl DbServer {
         Ok(server)
     }
 
+    /// Creates a member of a clustered database in `dir`: the first member creates the
+    /// cluster (`join: None`), the others join it through the first's Raft port. Raft runs on
+    /// `tcp:127.0.0.1:<raft_port>`.
+    pub fn create_cluster_member(
+        dir: &Path,
+        name: &str,
+        schema: &str,
+        database: &str,
+        raft_port: u16,
+        join: Option<u16>,
+    ) -> anyhow::Result<DbServer> {
+        let file = dir.join(format!("{name}.db"));
+        let local = format!("tcp:127.0.0.1:{raft_port}");
+        let file_arg = file.to_string_lossy().into_owned();
+        match join {
+            None => tool(
+                dir,
+                &["ovsdb-tool", "create-cluster", &file_arg, schema, &local],
+            )?,
+            Some(port) => tool(
+                dir,
+                &[
+                    "ovsdb-tool",
+                    "join-cluster",
+                    &file_arg,
+                    database,
+                    &local,
+                    &format!("tcp:127.0.0.1:{port}"),
+                ],
+            )?,
+        };
+        let mut server = DbServer {
+            dir: dir.to_owned(),
+            name: name.to_owned(),
+            socket: dir.join(format!("{name}.sock")),
+            file,
+            port: free_port()?,
+            process: None,
+        };
+        server.start()?;
+        Ok(server)
+    }
+
+    /// A free loopback TCP port (for Raft).
+    pub fn free_port() -> anyhow::Result<u16> {
+        free_port()
+    }
+
     /// `unix:<socket>`.
     pub fn unix_remote(&self) -> String {
         format!("unix:{}", self.socket.display())

@@ -411,3 +411,59 @@ async fn requests_with_no_server_fail_with_the_remote_named() {
         "{err}"
     );
 }
+
+/// Whether the server at `remote` leads its clustered Northbound database.
+async fn leads(remote: &str) -> bool {
+    let client = Client::connect(options(remote)).await.expect("connects");
+    let r = client
+        .transact(
+            "_Server",
+            &[Operation::Select {
+                table: "Database".into(),
+                conditions: vec![Condition::eq("name", json!(NB))],
+                columns: Some(vec!["leader".into()]),
+            }],
+        )
+        .await
+        .expect("select from _Server");
+    r[0].rows
+        .first()
+        .is_some_and(|row| row["leader"] == json!(true))
+}
+
+#[tokio::test]
+async fn against_a_clustered_database_only_the_leader_is_used() {
+    if !ovn::require_installed("against_a_clustered_database_only_the_leader_is_used") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let schema = "/usr/share/ovn/ovn-nb.ovsschema";
+    let raft_a = DbServer::free_port().expect("a port");
+    let raft_b = DbServer::free_port().expect("a port");
+    let a = DbServer::create_cluster_member(dir.path(), "a", schema, NB, raft_a, None)
+        .expect("member a");
+    let b = DbServer::create_cluster_member(dir.path(), "b", schema, NB, raft_b, Some(raft_a))
+        .expect("member b");
+    // Wait until the cluster has a leader and b has joined.
+    let start = std::time::Instant::now();
+    let (leader, follower) = loop {
+        let (la, lb) = (leads(&a.tcp_remote()).await, leads(&b.tcp_remote()).await);
+        match (la, lb) {
+            (true, false) => break (a.tcp_remote(), b.tcp_remote()),
+            (false, true) => break (b.tcp_remote(), a.tcp_remote()),
+            _ if start.elapsed() > Duration::from_secs(30) => {
+                panic!("no single leader within 30 s")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    // The follower is listed first: the client passes over it.
+    let mut opts = options(&format!("{follower},{leader}"));
+    opts.leader_of = Some(NB.to_owned());
+    let client = Client::connect(opts).await.expect("connects to the leader");
+    assert_eq!(client.connected_to().as_deref(), Some(leader.as_str()));
+    client
+        .transact(NB, &insert_switch("via-leader", &["p"]))
+        .await
+        .expect("a transaction through the leader");
+}

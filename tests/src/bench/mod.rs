@@ -4,6 +4,7 @@
 //!   against the reference CNI `bandwidth` plugin; per-packet program cost.
 //! - [`cni`]: CNI ADD/DEL latency against the reference bridge + host-local.
 //! - [`ipam`]: the IPAM core's allocation rate, latency and memory per address.
+//! - [`ovn`]: Northbound programming, Sidelane's reconciler against one ovn-nbctl call per port.
 //! - [`memory`]: live heap bytes, counted by the benchmark binary's allocator.
 //!
 //! Reports go to `target/bench/<name>.json` under the workspace root, and a table to stdout.
@@ -11,6 +12,7 @@
 pub mod cni;
 pub mod ipam;
 pub mod memory;
+pub mod ovn;
 pub mod qos;
 
 use std::path::{Path, PathBuf};

@@ -30,6 +30,18 @@ enum Bench {
     Cni(CniArgs),
     /// The IPAM core: allocations per second, latency and heap bytes per address in a /8.
     Ipam(IpamArgs),
+    /// OVN Northbound programming: Sidelane's reconciler against one ovn-nbctl call per port.
+    Ovn(OvnArgs),
+}
+
+#[derive(Debug, Args)]
+struct OvnArgs {
+    /// 1,000 ports over 10 switches instead of 5,000 over 50.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the JSON report [default: <workspace>/target/bench/ovn.json].
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +89,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Qos(args) => run_qos(&args),
         Bench::Cni(args) => run_cni(&args),
         Bench::Ipam(args) => run_ipam(&args),
+        Bench::Ovn(args) => run_ovn(&args),
     }
 }
 
@@ -122,6 +135,22 @@ fn run_qos(args: &QosArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| bench::default_report_path("qos"));
     qos::write_report(&report, &path)?;
     print!("{}", qos::table(&report));
+    println!("\nreport: {}", path.display());
+    Ok(())
+}
+
+fn run_ovn(args: &OvnArgs) -> anyhow::Result<()> {
+    let report = if args.quick {
+        bench::ovn::run(1000, 10)?
+    } else {
+        bench::ovn::run(5000, 50)?
+    };
+    let path = args
+        .output
+        .clone()
+        .unwrap_or_else(|| bench::default_report_path("ovn"));
+    bench::ovn::write_report(&report, &path)?;
+    print!("{}", bench::ovn::table(&report));
     println!("\nreport: {}", path.display());
     Ok(())
 }
