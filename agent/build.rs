@@ -13,10 +13,11 @@ fn main() {
     println!("cargo::rerun-if-env-changed=AYA_BUILD_SKIP");
 
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    let object = out_dir.join("sidelane-qos");
     if skip {
-        // aya-build leaves nothing behind when skipping; embed an empty object instead.
-        fs::write(&object, []).expect("write empty eBPF object placeholder");
+        // aya-build leaves nothing behind when skipping; embed empty objects instead.
+        for name in ["sidelane-qos", "sidelane-fastpath"] {
+            fs::write(out_dir.join(name), []).expect("write empty eBPF object placeholder");
+        }
         return;
     }
     preflight();

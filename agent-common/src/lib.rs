@@ -8,4 +8,5 @@
 //! program runs is unit- and property-tested on the host.
 #![no_std]
 
+pub mod fastpath;
 pub mod qos;

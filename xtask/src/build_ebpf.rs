@@ -1,5 +1,6 @@
 //! `cargo xtask build-ebpf`: builds the eBPF object the way every build does (agent/build.rs,
-//! through aya-build: nightly, build-std) and copies it to `target/bpf/sidelane-qos.o`.
+//! through aya-build: nightly, build-std) and copies the objects to `target/bpf/sidelane-qos.o`
+//! and `target/bpf/sidelane-fastpath.o`.
 
 use std::{fs, path::PathBuf, process::Command};
 
@@ -39,20 +40,24 @@ pub fn run() -> anyhow::Result<PathBuf> {
         })
         .find_map(|m| m["out_dir"].as_str().map(PathBuf::from))
         .context("cargo did not report the agent's build-script output directory")?;
-    let object = out_dir.join("sidelane-qos");
-    let len = fs::metadata(&object)
-        .with_context(|| format!("reading {}", object.display()))?
-        .len();
-    if len == 0 {
-        bail!(
-            "{} is empty: AYA_BUILD_SKIP was set for that build",
-            object.display()
-        );
-    }
     let dst_dir = root().join("target/bpf");
     fs::create_dir_all(&dst_dir).with_context(|| format!("creating {}", dst_dir.display()))?;
-    let dst = dst_dir.join("sidelane-qos.o");
-    fs::copy(&object, &dst).with_context(|| format!("copying to {}", dst.display()))?;
-    eprintln!("build-ebpf: {} ({len} bytes)", dst.display());
-    Ok(dst)
+    let mut first = None;
+    for name in ["sidelane-qos", "sidelane-fastpath"] {
+        let object = out_dir.join(name);
+        let len = fs::metadata(&object)
+            .with_context(|| format!("reading {}", object.display()))?
+            .len();
+        if len == 0 {
+            bail!(
+                "{} is empty: AYA_BUILD_SKIP was set for that build",
+                object.display()
+            );
+        }
+        let dst = dst_dir.join(format!("{name}.o"));
+        fs::copy(&object, &dst).with_context(|| format!("copying to {}", dst.display()))?;
+        eprintln!("build-ebpf: {} ({len} bytes)", dst.display());
+        first.get_or_insert(dst);
+    }
+    first.context("no object built")
 }

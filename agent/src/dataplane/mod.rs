@@ -8,6 +8,7 @@
 //! nothing on the wire; the restarted agent adopts what it finds (see [`qos::QosDataplane::adopt`]).
 
 mod bpffs;
+pub mod fastpath;
 mod object;
 pub mod qdisc;
 pub mod qos;
@@ -60,7 +61,7 @@ pub enum DataplaneError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
     /// Loading the object or a program failed.
-    #[error("loading the QoS programs for {target}")]
+    #[error("loading the eBPF programs for {target}")]
     Load {
         /// The attachment.
         target: String,

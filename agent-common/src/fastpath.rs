@@ -1,0 +1,174 @@
+//! Fast-path ABI: the maps and programs that forward unicast between two pods of one logical
+//! switch on the same node straight from one pod's host-side veth into the other pod, past the
+//! OVS datapath, with OVN's port security kept.
+//!
+//! One object is loaded per node and its maps are shared by every attachment:
+//!
+//! - [`SOURCES_MAP`]: by the ifindex of an attachment's host end, what may leave it on the fast
+//!   path ([`Source`]: its switch, its own MAC and addresses) and where frames the fast path does
+//!   not take go ([`Source::miss_ifindex`]).
+//! - [`ENDPOINTS_MAP`]: by ([`EndpointKey`]: switch, IP), the local pod that owns the address
+//!   ([`Endpoint`]: its host end's ifindex and MAC).
+//! - [`TO_POD_MAP`]: on nodes whose OVS runs the userspace datapath, by the ifindex of the
+//!   device OVS writes to, the host end to deliver to.
+//! - [`COUNTERS_MAP`]: per-CPU [`FastpathCounters`] by the attachment's slot.
+//!
+//! Addresses are 16 bytes: IPv6 as is, IPv4 mapped (`::ffff:a.b.c.d`).
+
+/// Hash of [`Source`] by host-end ifindex (`u32`).
+pub const SOURCES_MAP: &str = "SL_FP_SOURCES";
+/// Hash of [`Endpoint`] by [`EndpointKey`].
+pub const ENDPOINTS_MAP: &str = "SL_FP_ENDPOINTS";
+/// Hash of the host end's ifindex (`u32`) by the ifindex of the device OVS writes to (`u32`).
+pub const TO_POD_MAP: &str = "SL_FP_TO_POD";
+/// Per-CPU array of [`FastpathCounters`] by slot.
+pub const COUNTERS_MAP: &str = "SL_FP_COUNTERS";
+/// Every map of the fast-path object, for pinning.
+pub const MAPS: [&str; 4] = [SOURCES_MAP, ENDPOINTS_MAP, TO_POD_MAP, COUNTERS_MAP];
+
+/// On the TC ingress hook of an attachment's host end: forward or hand to OVS.
+pub const PROG_FORWARD: &str = "sl_fastpath";
+/// On the TC ingress hook of the device OVS's userspace datapath writes a pod's frames to:
+/// deliver them to the pod's host end.
+pub const PROG_TO_POD: &str = "sl_fastpath_to_pod";
+
+/// Attachments a node can hold (sources, and counter slots).
+pub const MAX_ATTACHMENTS: u32 = 4096;
+/// Addresses a node's endpoints can hold (two per dual-stack attachment).
+pub const MAX_ENDPOINTS: u32 = 2 * MAX_ATTACHMENTS;
+
+/// [`Source::flags`]: `ip4` is the attachment's IPv4 address.
+pub const SOURCE_HAS_V4: u32 = 1;
+/// [`Source::flags`]: `ip6` is the attachment's IPv6 address.
+pub const SOURCE_HAS_V6: u32 = 2;
+/// [`Endpoint::flags`]: the pod has an `ingress_rate`: deliver through its host end's egress
+/// hook (`bpf_redirect`), where its policer runs, rather than straight into the pod
+/// (`bpf_redirect_peer`), which would pass it by.
+pub const ENDPOINT_POLICED: u32 = 1;
+
+/// What may leave one attachment on the fast path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Source {
+    /// The logical switch (the agent's number for it).
+    pub switch: u32,
+    /// The attachment's counter slot.
+    pub slot: u32,
+    /// Where frames not fast-pathed go (`bpf_redirect` to this device's egress), or 0: on to
+    /// OVS (the kernel datapath's rx handler runs after TC ingress).
+    pub miss_ifindex: u32,
+    /// [`SOURCE_HAS_V4`], [`SOURCE_HAS_V6`].
+    pub flags: u32,
+    /// The attachment's MAC (port security).
+    pub mac: [u8; 6],
+    /// Explicit padding.
+    pub pad: [u8; 2],
+    /// The attachment's IPv4 address (network order).
+    pub ip4: [u8; 4],
+    /// The attachment's IPv6 address.
+    pub ip6: [u8; 16],
+}
+
+/// An address on a logical switch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    /// The logical switch.
+    pub switch: u32,
+    /// The address (IPv4 mapped).
+    pub ip: [u8; 16],
+}
+
+impl EndpointKey {
+    /// The key of an IPv4 address.
+    pub const fn v4(switch: u32, ip: [u8; 4]) -> EndpointKey {
+        EndpointKey {
+            switch,
+            ip: [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ip[0], ip[1], ip[2], ip[3],
+            ],
+        }
+    }
+
+    /// The key of an IPv6 address.
+    pub const fn v6(switch: u32, ip: [u8; 16]) -> EndpointKey {
+        EndpointKey { switch, ip }
+    }
+}
+
+/// The local pod that owns an address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Its host end's ifindex.
+    pub ifindex: u32,
+    /// [`ENDPOINT_POLICED`].
+    pub flags: u32,
+    /// Its MAC: a frame is fast-pathed only if sent to it.
+    pub mac: [u8; 6],
+    /// Explicit padding.
+    pub pad: [u8; 2],
+}
+
+/// What the fast path did with one attachment's frames (per CPU; the agent sums).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastpathCounters {
+    /// Frames forwarded on the fast path.
+    pub hits: u64,
+    /// Their bytes.
+    pub hit_bytes: u64,
+    /// Frames handed to OVS (not for a local endpoint of the switch, or not unicast IP).
+    pub misses: u64,
+    /// Frames for a local endpoint whose source MAC or IP is not the sender's own: never
+    /// fast-pathed, handed to OVS (whose port security drops them).
+    pub spoofed: u64,
+}
+
+impl FastpathCounters {
+    /// Sums per-CPU values.
+    #[must_use]
+    pub fn merged(self, other: FastpathCounters) -> FastpathCounters {
+        FastpathCounters {
+            hits: self.hits + other.hits,
+            hit_bytes: self.hit_bytes + other.hit_bytes,
+            misses: self.misses + other.misses,
+            spoofed: self.spoofed + other.spoofed,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::{Endpoint, EndpointKey, FastpathCounters, Source};
+
+    // SAFETY: `#[repr(C)]`, `Copy`, only integer fields and explicit padding: every bit pattern
+    // is a valid value and there are no implicit padding bytes.
+    unsafe impl aya::Pod for Source {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for EndpointKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Endpoint {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FastpathCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Source>(), 4 * 4 + 8 + 4 + 16);
+        assert_eq!(size_of::<EndpointKey>(), 20);
+        assert_eq!(size_of::<Endpoint>(), 16);
+        assert_eq!(size_of::<FastpathCounters>(), 32);
+    }
+
+    #[test]
+    fn ipv4_keys_are_v4_mapped() {
+        let k = EndpointKey::v4(7, [10, 0, 0, 1]);
+        assert_eq!(k.ip[10..], [0xff, 0xff, 10, 0, 0, 1]);
+        assert_eq!(k.switch, 7);
+    }
+}

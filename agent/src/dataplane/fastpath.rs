@@ -1,0 +1,573 @@
+//! The same-node fast path: one object per node (`sidelane-fastpath`), its maps pinned under
+//! `<pin root>/fastpath/` and shared by every OVN-backed attachment, so an agent restart changes
+//! nothing on the wire and the restarted agent finds every entry where it was.
+//!
+//! For each attachment the agent attaches `sl_fastpath` to the TC ingress hook of its host end
+//! (after the QoS policer, at a later priority), records what may leave it ([`Source`]) and, when
+//! its Subnet allows the fast path, publishes its addresses as endpoints ([`Endpoint`]). On a
+//! node whose OVS runs the userspace datapath, OVS reads a second veth (`<cid>_<if>_p`, whose
+//! peer `<cid>_<if>_o` is where frames the fast path does not take are redirected), because that
+//! datapath's packet socket sees every frame of the device it reads *before* TC ingress: a frame
+//! redirected from a device OVS reads would be delivered twice.
+//!
+//! Everything is keyed by ifindex in the namespace that holds the host ends.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    programs::{
+        SchedClassifier, TcAttachType,
+        tc::{self, NlOptions, TcAttachOptions},
+    },
+    util::nr_cpus,
+};
+use sidelane_agent_common::fastpath::{
+    COUNTERS_MAP, ENDPOINT_POLICED, ENDPOINTS_MAP, Endpoint, EndpointKey, FastpathCounters,
+    MAX_ATTACHMENTS, PROG_FORWARD, PROG_TO_POD, SOURCE_HAS_V4, SOURCE_HAS_V6, SOURCES_MAP, Source,
+    TO_POD_MAP,
+};
+use tracing::{debug, info};
+
+use super::{
+    DataplaneError, boxed, bpffs, object,
+    test_run::{self, RunResult, SkBuffCtx},
+};
+use crate::netns;
+
+/// The fast path's TC priority: after the QoS policer (`QOS_TC_PRIORITY`, 10), so the sender's
+/// egress limit charges a frame before the fast path takes it.
+pub const FASTPATH_TC_PRIORITY: u16 = 20;
+
+/// The switch number that is never an endpoint's: a source on it always misses (the fast path
+/// is off for its Subnet, or the pod has security groups).
+pub const SWITCH_OFF: u32 = 0;
+
+/// A logical switch's number in the maps: FNV-1a of its name (never [`SWITCH_OFF`]).
+pub fn switch_id(name: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    if h == SWITCH_OFF { 1 } else { h }
+}
+
+/// One attachment as the fast path sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FastpathPort {
+    /// The namespace of the host ends (`None`: the agent's own).
+    pub netns: Option<PathBuf>,
+    /// The host end of the pod's veth.
+    pub host_ifname: String,
+    /// With the userspace datapath: the device frames for OVS are redirected to.
+    pub ovs_ifname: Option<String>,
+    /// The logical switch's number ([`switch_id`]), or [`SWITCH_OFF`].
+    pub switch: u32,
+    /// The attachment's MAC.
+    pub mac: [u8; 6],
+    /// Its addresses.
+    pub ips: Vec<IpAddr>,
+    /// Whether it has an ingress limit (delivered through its host end's egress hook).
+    pub policed: bool,
+    /// Whether other pods may reach it on the fast path.
+    pub published: bool,
+}
+
+/// The node's fast-path object and maps.
+pub struct FastpathDataplane {
+    ebpf: Ebpf,
+    sources: HashMap<MapData, u32, Source>,
+    endpoints: HashMap<MapData, EndpointKey, Endpoint>,
+    to_pod: HashMap<MapData, u32, u32>,
+    counters: PerCpuArray<MapData, FastpathCounters>,
+}
+
+fn load_error<E: std::error::Error + Send + Sync + 'static>(what: &str, e: E) -> DataplaneError {
+    DataplaneError::Load {
+        target: what.to_owned(),
+        source: boxed(e),
+    }
+}
+
+fn map_error<E: std::error::Error + Send + Sync + 'static>(
+    op: &'static str,
+    map: &'static str,
+    target: &str,
+    e: E,
+) -> DataplaneError {
+    DataplaneError::Map {
+        op,
+        map,
+        target: target.to_owned(),
+        source: boxed(e),
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
+    ebpf.take_map(name).ok_or_else(|| {
+        load_error(
+            "the fast path",
+            std::io::Error::other(format!("the object has no map {name}")),
+        )
+    })
+}
+
+fn ifindex_in(netns: Option<&Path>, ifname: &str) -> Result<Option<u32>, DataplaneError> {
+    let name = ifname.to_owned();
+    Ok(netns::run_in(netns, move || {
+        nix::net::if_::if_nametoindex(name.as_str()).ok()
+    })?)
+}
+
+fn host_desc(port: &FastpathPort) -> String {
+    match &port.netns {
+        Some(ns) => format!("{} in {}", port.host_ifname, ns.display()),
+        None => port.host_ifname.clone(),
+    }
+}
+
+impl FastpathDataplane {
+    /// Loads the object, reusing the maps pinned under `<pin_root>/fastpath/` (a restarted agent
+    /// finds every entry in place).
+    pub fn open(pin_root: &Path) -> Result<FastpathDataplane, DataplaneError> {
+        let dir = pin_root.join("fastpath");
+        bpffs::ensure(&dir)?;
+        fs::create_dir_all(&dir).map_err(|source| DataplaneError::Pin {
+            op: "creating pin directory",
+            path: dir.clone(),
+            source,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&dir)
+            .load(object::fastpath()?)
+            .map_err(|e| load_error("the fast path", e))?;
+        for name in [PROG_FORWARD, PROG_TO_POD] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| {
+                    load_error(
+                        "the fast path",
+                        std::io::Error::other(format!("the object has no program {name}")),
+                    )
+                })?
+                .try_into()
+                .map_err(|e| load_error("the fast path", e))?;
+            prog.load().map_err(|e| load_error("the fast path", e))?;
+        }
+        let sources = HashMap::try_from(take_map(&mut ebpf, SOURCES_MAP)?)
+            .map_err(|e| map_error("opening", SOURCES_MAP, "the fast path", e))?;
+        let endpoints = HashMap::try_from(take_map(&mut ebpf, ENDPOINTS_MAP)?)
+            .map_err(|e| map_error("opening", ENDPOINTS_MAP, "the fast path", e))?;
+        let to_pod = HashMap::try_from(take_map(&mut ebpf, TO_POD_MAP)?)
+            .map_err(|e| map_error("opening", TO_POD_MAP, "the fast path", e))?;
+        let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)
+            .map_err(|e| map_error("opening", COUNTERS_MAP, "the fast path", e))?;
+        info!(pins = %dir.display(), "loaded the fast path");
+        Ok(FastpathDataplane {
+            ebpf,
+            sources,
+            endpoints,
+            to_pod,
+            counters,
+        })
+    }
+
+    fn free_slot(&self, reuse_for: u32) -> Result<u32, DataplaneError> {
+        let mut used = BTreeSet::new();
+        for entry in &self.sources {
+            let (ifindex, src) =
+                entry.map_err(|e| map_error("reading", SOURCES_MAP, "the fast path", e))?;
+            if ifindex == reuse_for {
+                return Ok(src.slot);
+            }
+            used.insert(src.slot);
+        }
+        (0..MAX_ATTACHMENTS)
+            .find(|s| !used.contains(s))
+            .ok_or_else(|| {
+                map_error(
+                    "allocating a counter slot in",
+                    COUNTERS_MAP,
+                    "the fast path",
+                    std::io::Error::other(format!("all {MAX_ATTACHMENTS} slots are in use")),
+                )
+            })
+    }
+
+    fn attach_program(
+        &mut self,
+        program: &'static str,
+        netns: Option<&Path>,
+        ifname: &str,
+    ) -> Result<(), DataplaneError> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| {
+                load_error(
+                    ifname,
+                    std::io::Error::other(format!("no program {program}")),
+                )
+            })?
+            .try_into()
+            .map_err(|e| load_error(ifname, e))?;
+        let attach_error = |source| DataplaneError::Attach {
+            program,
+            hook: "ingress",
+            target: ifname.to_owned(),
+            source,
+        };
+        let link = netns::run_in(netns, || {
+            if let Err(e) = tc::qdisc_add_clsact(ifname) {
+                debug!(ifname, error = %e, "adding clsact qdisc");
+            }
+            // A repeated attach replaces, never stacks.
+            let _ = tc::qdisc_detach_program(ifname, TcAttachType::Ingress, program);
+            prog.attach_with_options(
+                ifname,
+                TcAttachType::Ingress,
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: FASTPATH_TC_PRIORITY,
+                    ..NlOptions::default()
+                }),
+            )
+        })?
+        .map_err(|e| attach_error(boxed(e)))?;
+        // Owned by the kernel from here on: the filter outlives this process.
+        drop(prog.take_link(link).map_err(|e| attach_error(boxed(e)))?);
+        Ok(())
+    }
+
+    /// Puts an attachment on the fast path: its source entry, its endpoints (if published) and
+    /// the programs on its devices. Repeating it updates in place.
+    pub fn attach(&mut self, port: &FastpathPort) -> Result<(), DataplaneError> {
+        let target = host_desc(port);
+        let netns = port.netns.as_deref();
+        let host = ifindex_in(netns, &port.host_ifname)?.ok_or_else(|| {
+            DataplaneError::NoSuchInterface {
+                ifname: port.host_ifname.clone(),
+                netns: netns.map_or_else(
+                    || "the agent's namespace".to_owned(),
+                    |p| p.display().to_string(),
+                ),
+            }
+        })?;
+        let ovs =
+            match &port.ovs_ifname {
+                Some(name) => Some(ifindex_in(netns, name)?.ok_or_else(|| {
+                    DataplaneError::NoSuchInterface {
+                        ifname: name.clone(),
+                        netns: netns.map_or_else(
+                            || "the agent's namespace".to_owned(),
+                            |p| p.display().to_string(),
+                        ),
+                    }
+                })?),
+                None => None,
+            };
+        let slot = self.free_slot(host)?;
+        let zero = PerCpuValues::try_from(vec![
+            FastpathCounters::default();
+            nr_cpus().map_err(|(_, e)| map_error(
+                "counting CPUs for",
+                COUNTERS_MAP,
+                &target,
+                e
+            ))?
+        ])
+        .map_err(|e| map_error("writing", COUNTERS_MAP, &target, e))?;
+        if self.sources.get(&host, 0).is_err() {
+            self.counters
+                .set(slot, zero, 0)
+                .map_err(|e| map_error("resetting", COUNTERS_MAP, &target, e))?;
+        }
+        let mut src = Source {
+            switch: port.switch,
+            slot,
+            miss_ifindex: ovs.unwrap_or(0),
+            mac: port.mac,
+            ..Source::default()
+        };
+        for ip in &port.ips {
+            match ip {
+                IpAddr::V4(a) => {
+                    src.flags |= SOURCE_HAS_V4;
+                    src.ip4 = a.octets();
+                }
+                IpAddr::V6(a) => {
+                    src.flags |= SOURCE_HAS_V6;
+                    src.ip6 = a.octets();
+                }
+            }
+        }
+        self.remove_endpoints_of(host, &target)?;
+        if port.published && port.switch != SWITCH_OFF {
+            let ep = Endpoint {
+                ifindex: host,
+                flags: if port.policed { ENDPOINT_POLICED } else { 0 },
+                mac: port.mac,
+                pad: [0; 2],
+            };
+            for ip in &port.ips {
+                self.endpoints
+                    .insert(endpoint_key(port.switch, *ip), ep, 0)
+                    .map_err(|e| map_error("writing", ENDPOINTS_MAP, &target, e))?;
+            }
+        }
+        self.sources
+            .insert(host, src, 0)
+            .map_err(|e| map_error("writing", SOURCES_MAP, &target, e))?;
+        if let (Some(ovs), Some(name)) = (ovs, &port.ovs_ifname) {
+            self.to_pod
+                .insert(ovs, host, 0)
+                .map_err(|e| map_error("writing", TO_POD_MAP, &target, e))?;
+            self.attach_program(PROG_TO_POD, netns, name)?;
+        }
+        self.attach_program(PROG_FORWARD, netns, &port.host_ifname)?;
+        info!(target = %target, switch = port.switch, published = port.published,
+              policed = port.policed, "fast path on");
+        Ok(())
+    }
+
+    fn remove_endpoints_of(&mut self, host: u32, target: &str) -> Result<(), DataplaneError> {
+        let keys: Vec<EndpointKey> = self
+            .endpoints
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, ep)| ep.ifindex == host)
+            .map(|(k, _)| k)
+            .collect();
+        for k in keys {
+            match self.endpoints.remove(&k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error("removing from", ENDPOINTS_MAP, target, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes an attachment off the fast path (its endpoints first, so nothing is redirected to
+    /// it any more). Idempotent; an interface already gone sweeps every vanished one.
+    pub fn detach(
+        &mut self,
+        netns: Option<&Path>,
+        host_ifname: &str,
+    ) -> Result<(), DataplaneError> {
+        let Some(host) = ifindex_in(netns, host_ifname)? else {
+            return self.sweep(netns);
+        };
+        self.forget(host, host_ifname)
+    }
+
+    fn forget(&mut self, host: u32, target: &str) -> Result<(), DataplaneError> {
+        self.remove_endpoints_of(host, target)?;
+        let ovs: Vec<u32> = self
+            .to_pod
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, h)| *h == host)
+            .map(|(o, _)| o)
+            .collect();
+        for o in ovs {
+            let _ = self.to_pod.remove(&o);
+        }
+        match self.sources.remove(&host) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_error("removing from", SOURCES_MAP, target, e)),
+        }
+    }
+
+    /// Removes the entries of every interface that no longer exists in `netns`.
+    pub fn sweep(&mut self, netns: Option<&Path>) -> Result<(), DataplaneError> {
+        let hosts: Vec<u32> = self.sources.keys().filter_map(Result::ok).collect();
+        let mut endpoint_hosts: Vec<u32> = self
+            .endpoints
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, ep)| ep.ifindex)
+            .collect();
+        endpoint_hosts.extend(hosts);
+        endpoint_hosts.sort_unstable();
+        endpoint_hosts.dedup();
+        let alive: Vec<bool> = netns::run_in(netns, || {
+            endpoint_hosts
+                .iter()
+                .map(|i| {
+                    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+                    // SAFETY: `name` is IF_NAMESIZE bytes, as if_indextoname requires.
+                    !unsafe { libc::if_indextoname(*i, name.as_mut_ptr()) }.is_null()
+                })
+                .collect()
+        })?;
+        for (host, alive) in endpoint_hosts.iter().zip(alive) {
+            if !alive {
+                self.forget(*host, &format!("ifindex {host}"))?;
+                debug!(ifindex = host, "swept a vanished fast-path attachment");
+            }
+        }
+        Ok(())
+    }
+
+    /// The counters of an attachment (summed over CPUs); zero if it is not on the fast path.
+    pub fn counters(
+        &self,
+        netns: Option<&Path>,
+        host_ifname: &str,
+    ) -> Result<FastpathCounters, DataplaneError> {
+        let Some(host) = ifindex_in(netns, host_ifname)? else {
+            return Ok(FastpathCounters::default());
+        };
+        let Ok(src) = self.sources.get(&host, 0) else {
+            return Ok(FastpathCounters::default());
+        };
+        let values = self
+            .counters
+            .get(&src.slot, 0)
+            .map_err(|e| map_error("reading", COUNTERS_MAP, host_ifname, e))?;
+        Ok(values
+            .iter()
+            .fold(FastpathCounters::default(), |acc, c| acc.merged(*c)))
+    }
+
+    /// Every endpoint (switch, address) and the host end it leads to.
+    pub fn endpoints(&self) -> Vec<(EndpointKey, Endpoint)> {
+        self.endpoints.iter().filter_map(Result::ok).collect()
+    }
+}
+
+impl FastpathDataplane {
+    /// Writes a source entry directly (tests of the program's decisions).
+    pub fn put_source(&mut self, ifindex: u32, src: Source) -> Result<(), DataplaneError> {
+        self.sources
+            .insert(ifindex, src, 0)
+            .map_err(|e| map_error("writing", SOURCES_MAP, "the fast path", e))
+    }
+
+    /// Writes an endpoint entry directly (tests of the program's decisions).
+    pub fn put_endpoint(&mut self, key: EndpointKey, ep: Endpoint) -> Result<(), DataplaneError> {
+        self.endpoints
+            .insert(key, ep, 0)
+            .map_err(|e| map_error("writing", ENDPOINTS_MAP, "the fast path", e))
+    }
+
+    /// The counters in `slot`, summed over CPUs.
+    pub fn slot_counters(&self, slot: u32) -> Result<FastpathCounters, DataplaneError> {
+        let values = self
+            .counters
+            .get(&slot, 0)
+            .map_err(|e| map_error("reading", COUNTERS_MAP, "the fast path", e))?;
+        Ok(values
+            .iter()
+            .fold(FastpathCounters::default(), |acc, c| acc.merged(*c)))
+    }
+
+    /// Runs `program` on `packet` with `BPF_PROG_TEST_RUN`, `repeat` times.
+    pub fn test_run(
+        &self,
+        program: &'static str,
+        packet: &[u8],
+        ctx: &SkBuffCtx,
+        repeat: u32,
+    ) -> Result<RunResult, DataplaneError> {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(program)
+            .ok_or_else(|| {
+                load_error(
+                    "the fast path",
+                    std::io::Error::other(format!("no program {program}")),
+                )
+            })?
+            .try_into()
+            .map_err(|e| load_error("the fast path", e))?;
+        test_run::run(prog, program, packet, ctx, repeat)
+    }
+}
+
+/// A private copy of the fast path with its pins in a scratch bpffs directory, removed on drop:
+/// for `BPF_PROG_TEST_RUN` tests of the program's decisions and the per-packet cost benchmark.
+pub struct FastpathUnderTest {
+    /// The dataplane.
+    pub dataplane: FastpathDataplane,
+    pin_root: PathBuf,
+}
+
+impl FastpathUnderTest {
+    /// Loads the object with empty maps.
+    pub fn load() -> Result<FastpathUnderTest, DataplaneError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let pin_root = PathBuf::from(bpffs::BPFFS).join(format!(
+            "sidelane-fp-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let dataplane = FastpathDataplane::open(&pin_root)?;
+        Ok(FastpathUnderTest {
+            dataplane,
+            pin_root,
+        })
+    }
+}
+
+impl Drop for FastpathUnderTest {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.pin_root);
+    }
+}
+
+/// The forwarding program's cost per packet (a hit: a 1514-byte IPv4 frame to a local endpoint),
+/// best of three rounds of one million runs, minus the test-run loop's own cost, ns.
+pub fn measure_prog_cost() -> Result<f64, DataplaneError> {
+    const RUNS: u32 = 1_000_000;
+    let mut fp = FastpathUnderTest::load()?;
+    let frame = test_run::ipv4_udp_frame(1514);
+    let (src_mac, dst_mac) = ([0x02, 0, 0, 0, 0, 0x01], [0x02, 0, 0, 0, 0, 0x02]);
+    fp.dataplane.put_source(
+        1,
+        Source {
+            switch: 7,
+            slot: 0,
+            flags: SOURCE_HAS_V4,
+            mac: src_mac,
+            ip4: [10, 0, 0, 1],
+            ..Source::default()
+        },
+    )?;
+    fp.dataplane.put_endpoint(
+        EndpointKey::v4(7, [10, 0, 0, 2]),
+        Endpoint {
+            ifindex: 2,
+            flags: 0,
+            mac: dst_mac,
+            pad: [0; 2],
+        },
+    )?;
+    #[expect(clippy::cast_precision_loss, reason = "nanoseconds per run are small")]
+    let ns = |d: std::time::Duration| d.as_nanos() as f64;
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let raw = ns(fp
+            .dataplane
+            .test_run(PROG_FORWARD, &frame, &SkBuffCtx::default(), RUNS)?
+            .per_run);
+        let harness = ns(test_run::harness_baseline(&frame, RUNS)?);
+        best = best.min((raw - harness).max(0.0));
+    }
+    Ok(best)
+}
+
+/// The map key of `ip` on `switch`.
+pub fn endpoint_key(switch: u32, ip: IpAddr) -> EndpointKey {
+    match ip {
+        IpAddr::V4(a) => EndpointKey::v4(switch, a.octets()),
+        IpAddr::V6(a) => EndpointKey::v6(switch, a.octets()),
+    }
+}
