@@ -33,6 +33,7 @@ use std::net::IpAddr;
 use crate::{
     dataplane::{
         DataplaneError,
+        fastpath::{FastpathDataplane, FastpathPort, SWITCH_OFF, switch_id},
         qos::{Placement, QosDataplane, QosTarget},
     },
     link::{self, LinkError, PodInterfacePlan},
@@ -209,6 +210,7 @@ pub struct Attacher<P, Q> {
     mtu: u32,
     in_flight: AttachmentLocks,
     ovs: Option<Arc<dyn PortPlug>>,
+    fastpath: Option<Arc<std::sync::Mutex<FastpathDataplane>>>,
 }
 
 /// One lock per attachment (container ID and interface): calls for the same attachment (an ADD
@@ -243,6 +245,16 @@ impl AttachmentLocks {
     }
 }
 
+/// What the fast path should do for one attachment.
+struct FastpathWish {
+    /// Its Subnet allows the fast path and the pod has no security groups.
+    on: bool,
+    /// The logical switch.
+    switch: String,
+    /// The pod has an ingress limit.
+    policed: bool,
+}
+
 /// The MTU of OVN-backed interfaces until subnets carry their own: Kube-OVN's default for its
 /// Geneve overlay.
 pub const DEFAULT_MTU: u32 = 1400;
@@ -270,7 +282,20 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
             mtu: DEFAULT_MTU,
             in_flight: AttachmentLocks::default(),
             ovs: None,
+            fastpath: None,
         }
+    }
+
+    /// Same-node traffic of OVN-backed attachments takes the eBPF fast path where the
+    /// Subnet allows it. With OVS's userspace datapath this also changes how pods are plugged:
+    /// OVS reads a second veth pair, so frames the fast path takes never reach it.
+    #[must_use]
+    pub fn with_fastpath(
+        mut self,
+        fastpath: Arc<std::sync::Mutex<FastpathDataplane>>,
+    ) -> Attacher<P, Q> {
+        self.fastpath = Some(fastpath);
+        self
     }
 
     /// OVN-backed interfaces are plugged into the integration bridge through `ovs`, and an ADD
@@ -341,7 +366,24 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
             }
         };
         let created = if ovn {
-            self.create_interface(req, &alloc, mtu).await
+            let switch = alloc
+                .logical_switch
+                .clone()
+                .or_else(|| serving.as_ref().map(|s| s.name.clone()))
+                .unwrap_or_default();
+            let subnet_allows = subnets
+                .iter()
+                .find(|s| s.name == switch)
+                .is_none_or(|s| s.fastpath);
+            let security_groups = annotations
+                .get(&key(&alloc.prefix, "security_groups"))
+                .is_some_and(|v| !v.trim().is_empty());
+            let wish = FastpathWish {
+                on: subnet_allows && !security_groups && !switch.is_empty(),
+                switch,
+                policed: spec.get(sidelane_api::qos::Direction::Ingress).rate_mbps > 0,
+            };
+            self.create_interface(req, &alloc, mtu, &wish).await
         } else {
             Ok((pod_device(req), ipam_response(req, &alloc)))
         };
@@ -475,11 +517,16 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
 
     /// Creates the veth pair of an OVN-backed attachment; returns the QoS target (the host
     /// end) and the answer.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one ADD: links, fast path, OVS, each undone on failure"
+    )]
     async fn create_interface(
         &self,
         req: &CniRequest,
         alloc: &Allocation,
         mtu: u32,
+        wish: &FastpathWish,
     ) -> Result<(QosTarget, CniResponse), AttachError> {
         let link_err = |source| AttachError::Link {
             pod: req.pod_key(),
@@ -500,31 +547,89 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
         let temp = link::veth_name(&req.container_id, &req.if_name, 'c').map_err(link_err)?;
         let host_netns = self.host_netns.clone();
         let pod_netns = PathBuf::from(&req.net_ns);
-        let checksum_off = self
+        let netdev = self
             .ovs
             .as_ref()
             .is_some_and(|o| o.datapath().needs_tx_checksum_off());
+        // With the userspace datapath and the fast path, OVS reads a pair of its own.
+        let split = netdev && self.fastpath.is_some();
+        let ovs_end = link::veth_name(&req.container_id, &req.if_name, 'o').map_err(link_err)?;
+        let ovs_port = link::veth_name(&req.container_id, &req.if_name, 'p').map_err(link_err)?;
         {
             let (host, plan) = (host.clone(), plan.clone());
+            let (ovs_end, ovs_port) = (ovs_end.clone(), ovs_port.clone());
             let host_netns = host_netns.clone();
             blocking(move || {
-                link::create(host_netns.as_deref(), &host, &pod_netns, &temp, &plan)?;
-                if checksum_off {
-                    let off = link::disable_tx_checksum(host_netns.as_deref(), &host)
-                        .and_then(|()| link::disable_tx_checksum(Some(&pod_netns), &plan.ifname));
-                    if let Err(e) = off {
-                        let _ = link::delete(host_netns.as_deref(), &host);
-                        return Err(e);
-                    }
+                let ns = host_netns.as_deref();
+                link::create(ns, &host, &pod_netns, &temp, &plan)?;
+                let extra = if split {
+                    // Frames for OVS are checksummed (and segmented) in software as they are
+                    // redirected out of this end: the userspace datapath needs them whole.
+                    link::create_host_pair(ns, &ovs_end, &ovs_port, plan.mtu)
+                        .and_then(|()| link::disable_tx_checksum(ns, &ovs_end))
+                } else if netdev {
+                    link::disable_tx_checksum(ns, &host)
+                        .and_then(|()| link::disable_tx_checksum(Some(&pod_netns), &plan.ifname))
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = extra {
+                    let _ = link::delete(ns, &host);
+                    let _ = link::delete(ns, &ovs_end);
+                    return Err(e);
                 }
                 Ok(())
             })
             .await
             .map_err(link_err)?;
         }
+        if let Some(fastpath) = &self.fastpath
+            && (split || wish.on)
+        {
+            let port = FastpathPort {
+                netns: host_netns.clone(),
+                host_ifname: host.clone(),
+                ovs_ifname: split.then(|| ovs_end.clone()),
+                switch: if wish.on {
+                    switch_id(&wish.switch)
+                } else {
+                    SWITCH_OFF
+                },
+                mac: link::parse_mac(&mac_text).map_err(link_err)?,
+                ips: alloc.ips.iter().map(|ip| ip.address).collect(),
+                policed: wish.policed,
+                published: wish.on,
+            };
+            let fastpath = Arc::clone(fastpath);
+            let attached = blocking(move || {
+                fastpath
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .attach(&port)
+            })
+            .await;
+            if let Err(e) = attached {
+                let (host_netns, host, ovs_end) =
+                    (host_netns.clone(), host.clone(), ovs_end.clone());
+                let _ = blocking(move || {
+                    let _ = link::delete(host_netns.as_deref(), &ovs_end);
+                    link::delete(host_netns.as_deref(), &host)
+                })
+                .await;
+                return Err(AttachError::Qos {
+                    pod: req.pod_key(),
+                    ifname: req.if_name.clone(),
+                    source: Box::new(e),
+                });
+            }
+        }
         if let Some(ovs) = &self.ovs {
             let binding = PortBinding {
-                port: host.clone(),
+                port: if split {
+                    ovs_port.clone()
+                } else {
+                    host.clone()
+                },
                 iface_id: format!("{}.{}.{}", req.pod_name, req.pod_namespace, alloc.prefix),
                 pod_name: req.pod_name.clone(),
                 pod_namespace: req.pod_namespace.clone(),
@@ -538,9 +643,15 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
             };
             if let Err(e) = ovs.plug(&binding).await {
                 // All or nothing: no half-plugged port, no interface without its port.
-                let _ = ovs.unplug(&host).await;
+                let _ = ovs.unplug(&binding.port).await;
+                self.forget_fastpath(&host).await;
                 let (host_netns, host) = (host_netns.clone(), host.clone());
-                let _ = blocking(move || link::delete(host_netns.as_deref(), &host)).await;
+                let ovs_end = ovs_end.clone();
+                let _ = blocking(move || {
+                    let _ = link::delete(host_netns.as_deref(), &ovs_end);
+                    link::delete(host_netns.as_deref(), &host)
+                })
+                .await;
                 return Err(AttachError::Ovs {
                     pod: req.pod_key(),
                     ifname: req.if_name.clone(),
@@ -570,6 +681,29 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
             error: String::new(),
         };
         Ok((target, response))
+    }
+
+    /// Takes the host end `host` off the fast path (its endpoints first); a failure is logged:
+    /// the entries of a vanished interface are swept on the next start or DEL.
+    async fn forget_fastpath(&self, host: &str) {
+        let Some(fastpath) = &self.fastpath else {
+            return;
+        };
+        let (fastpath, host_netns, host) = (
+            Arc::clone(fastpath),
+            self.host_netns.clone(),
+            host.to_owned(),
+        );
+        let result = blocking(move || {
+            fastpath
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .detach(host_netns.as_deref(), &host)
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "taking an attachment off the fast path");
+        }
     }
 
     /// DEL: idempotent; removes what exists of the attachment (interface, limits, record).
@@ -627,12 +761,24 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
             source: Box::new(source),
         };
         let host = link::veth_name(&req.container_id, &req.if_name, 'h').map_err(link_err)?;
+        let ovs_end = link::veth_name(&req.container_id, &req.if_name, 'o').map_err(link_err)?;
+        let ovs_port = link::veth_name(&req.container_id, &req.if_name, 'p').map_err(link_err)?;
+        // Off the fast path first: nothing is redirected to it once DEL returns.
+        self.forget_fastpath(&host).await;
         if let Some(ovs) = &self.ovs {
-            ovs.unplug(&host).await.map_err(|source| AttachError::Ovs {
-                pod: req.pod_key(),
-                ifname: req.if_name.clone(),
-                source: Box::new(source),
-            })?;
+            for port in [&host, &ovs_port] {
+                ovs.unplug(port).await.map_err(|source| AttachError::Ovs {
+                    pod: req.pod_key(),
+                    ifname: req.if_name.clone(),
+                    source: Box::new(source),
+                })?;
+            }
+        }
+        {
+            let host_netns = self.host_netns.clone();
+            blocking(move || link::delete(host_netns.as_deref(), &ovs_end))
+                .await
+                .map_err(link_err)?;
         }
         let target = QosTarget {
             netns: self.host_netns.clone(),

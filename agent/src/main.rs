@@ -8,6 +8,7 @@ use clap::Parser;
 use sidelane_agent::{
     attach::{Attacher, DEFAULT_ALLOCATION_TIMEOUT},
     cni_server,
+    dataplane::fastpath::FastpathDataplane,
     dataplane::qos::QosDataplane,
     ovs::{DEFAULT_INSTALL_TIMEOUT, Datapath, OvsBridge},
     pods::KubePods,
@@ -48,6 +49,10 @@ struct Args {
     /// `netdev`, veth ends get TX checksum offload off.
     #[arg(long, default_value = "auto")]
     ovs_datapath: Datapath,
+    /// Same-node traffic between pods of one logical switch takes the eBPF fast path (a Subnet
+    /// can opt out with the annotation `sidelane.io/fastpath: "false"`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    fastpath: bool,
     /// How long an ADD waits for ovn-controller to bind the port, in seconds.
     #[arg(long, default_value_t = DEFAULT_INSTALL_TIMEOUT.as_secs())]
     ovn_install_timeout: u64,
@@ -91,8 +96,16 @@ async fn main() -> anyhow::Result<()> {
         records,
         Duration::from_secs(args.allocation_timeout),
     );
-    if let Some(netns) = args.host_netns {
+    if let Some(netns) = args.host_netns.clone() {
         attacher = attacher.with_host_netns(netns);
+    }
+    if args.fastpath {
+        let mut fastpath = FastpathDataplane::open(&args.pin_root)
+            .with_context(|| format!("loading the fast path under {}", args.pin_root.display()))?;
+        fastpath
+            .sweep(args.host_netns.as_deref())
+            .context("sweeping fast-path entries of vanished interfaces")?;
+        attacher = attacher.with_fastpath(Arc::new(std::sync::Mutex::new(fastpath)));
     }
     if args.ovs_db == "none" {
         tracing::warn!("--ovs-db none: OVN-backed attachments are not plugged into OVS");

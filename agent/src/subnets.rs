@@ -31,6 +31,33 @@ pub struct SubnetInfo {
     pub provider: String,
     /// `spec.mtu`, when set.
     pub mtu: Option<u32>,
+    /// Whether same-node traffic of its pods may take the fast path: yes unless the Subnet
+    /// says `sidelane.io/fastpath: "false"` (annotation), or has ACLs (`spec.acls`) or is
+    /// private (`spec.private`), which the fast path cannot enforce.
+    pub fastpath: bool,
+}
+
+/// The Subnet annotation that switches the fast path off (`"false"`).
+pub const FASTPATH_ANNOTATION: &str = "sidelane.io/fastpath";
+
+/// The fast-path switch of a Subnet object (see [`SubnetInfo::fastpath`]).
+pub fn fastpath_allowed(obj: &DynamicObject) -> bool {
+    let opted_out = obj
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(FASTPATH_ANNOTATION))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
+    let spec = obj.data.get("spec");
+    let acls = spec
+        .and_then(|s| s.get("acls"))
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    let private = spec
+        .and_then(|s| s.get("private"))
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    !(opted_out || acls || private)
 }
 
 /// Reads Subnets. Implemented over the Kubernetes API by [`KubePods`].
@@ -100,6 +127,7 @@ fn info_of(obj: &DynamicObject) -> SubnetInfo {
         name: obj.metadata.name.clone().unwrap_or_default(),
         provider,
         mtu,
+        fastpath: fastpath_allowed(obj),
     }
 }
 
@@ -166,13 +194,45 @@ impl SubnetSource for KubePods {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    fn subnet_object(annotations: &serde_json::Value, spec: &serde_json::Value) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "kubeovn.io/v1", "kind": "Subnet",
+            "metadata": {"name": "s", "annotations": annotations}, "spec": spec,
+        }))
+        .expect("a Subnet object")
+    }
+
+    #[test]
+    fn the_fast_path_is_on_unless_the_subnet_opts_out_or_has_acls_or_is_private() {
+        assert!(fastpath_allowed(&subnet_object(&json!({}), &json!({}))));
+        assert!(!fastpath_allowed(&subnet_object(
+            &json!({"sidelane.io/fastpath": "false"}),
+            &json!({})
+        )));
+        assert!(fastpath_allowed(&subnet_object(
+            &json!({"sidelane.io/fastpath": "true"}),
+            &json!({})
+        )));
+        assert!(!fastpath_allowed(&subnet_object(
+            &json!({}),
+            &json!({"acls": [{"action": "drop"}]})
+        )));
+        assert!(!fastpath_allowed(&subnet_object(
+            &json!({}),
+            &json!({"private": true})
+        )));
+    }
 
     fn subnet(name: &str, provider: &str, mtu: Option<u32>) -> SubnetInfo {
         SubnetInfo {
             name: name.to_owned(),
             provider: provider.to_owned(),
             mtu,
+            fastpath: true,
         }
     }
 

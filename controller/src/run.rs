@@ -401,6 +401,7 @@ impl Leader {
         match change {
             Change::Pod(Apply(p) | InitApply(p)) => self.pod(&p),
             Change::Pod(Delete(p)) => {
+                self.waiting.remove(&p.uid().unwrap_or_default());
                 let outcome = self.engine.on_pod_gone(&objects::pod_view(&p));
                 self.count(&outcome);
                 self.writer.submit(None, String::new(), outcome);

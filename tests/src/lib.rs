@@ -13,6 +13,7 @@
 //! - [`apiserver`]: a Kubernetes API double on loopback, shared by processes like a real API server.
 //! - [`cluster`]: the cluster objects (Subnets...) tests seed into it.
 //! - [`ovn`]: real OVN central and chassis processes (userspace datapath) from a temporary directory.
+//! - [`node_rig`]: one node of real OVN with the controller and the agent, pods attached through our plugin.
 
 pub mod apiserver;
 pub mod bandwidth_plugin;
@@ -20,6 +21,7 @@ pub mod bench;
 pub mod cluster;
 pub mod iperf;
 pub mod netns;
+pub mod node_rig;
 pub mod ovn;
 pub mod ping;
 pub mod privilege;

@@ -4,156 +4,16 @@
 //! builds the logical topology. Pods on one switch ping and pass TCP; pods on two Subnets of one
 //! Vpc reach each other through its router; DEL unplugs.
 
-use std::{
-    collections::BTreeMap,
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-use sidelane_agent::{
-    attach::{Attacher, QosPort},
-    cni_server,
-    dataplane::{DataplaneError, qos::QosTarget},
-    ovs::{Datapath, OvsBridge},
-    pods::KubePods,
-    records::Records,
-};
-use sidelane_api::qos::QosSpec;
-use sidelane_controller::{
-    metrics::Metrics,
-    run::{self, Options},
-};
-use sidelane_ovsdb::parse_remotes;
+use serde_json::json;
 use sidelane_tests::{
-    apiserver::ApiServer,
     cluster,
     iperf::{self, IperfSpec},
     netns::NetNs,
-    ovn::{self, Central, Chassis},
-    privilege,
+    node_rig::{NodeRig, cni_vars},
+    ovn, privilege,
 };
-use tokio::sync::watch;
-
-struct NoQos;
-
-impl QosPort for NoQos {
-    fn apply(&self, _: &QosTarget, _: &QosSpec) -> Result<(), DataplaneError> {
-        Ok(())
-    }
-
-    fn detach(&self, _: &QosTarget) -> Result<(), DataplaneError> {
-        Ok(())
-    }
-
-    fn sweep(&self) -> Result<(), DataplaneError> {
-        Ok(())
-    }
-}
-
-/// OVN central, one chassis, the API double, the controller and the node's agent.
-struct Rig {
-    _central: Central,
-    chassis: Chassis,
-    api: ApiServer,
-    /// Runs the controller and the agent.
-    _runtime: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-    _leading: watch::Sender<bool>,
-}
-
-impl Rig {
-    fn start() -> Rig {
-        let central = Central::start().expect("OVN central starts");
-        let chassis = Chassis::start(&central, "node1").expect("the chassis starts");
-        let api = ApiServer::start();
-        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        // The controller, leading at once, with the Northbound database.
-        let (leading, rx) = watch::channel(true);
-        let opts = Options {
-            instance: "test".to_owned(),
-            ovn_nb: Some(sidelane_ovsdb::Options::new(
-                parse_remotes(&central.nb.unix_remote()).expect("remote"),
-            )),
-            ..Options::default()
-        };
-        let client = runtime.block_on(async { api.client() });
-        runtime.spawn(run::lead(client, opts, Arc::new(Metrics::new()), rx));
-        // The node's agent: host ends in the chassis' namespace, plugged into its br-int.
-        let socket = dir.path().join("kube-ovn-daemon.sock");
-        let records = Records::open(dir.path().join("records")).expect("records");
-        let bridge = runtime
-            .block_on(OvsBridge::connect(
-                parse_remotes(&chassis.db.unix_remote())
-                    .expect("remote")
-                    .remove(0),
-                "br-int",
-                Datapath::Netdev,
-                Duration::from_secs(30),
-            ))
-            .expect("the agent opens the chassis' Open_vSwitch database");
-        let client = runtime.block_on(async { api.client() });
-        let attacher = Attacher::new(
-            KubePods::new(client),
-            NoQos,
-            records,
-            Duration::from_secs(20),
-        )
-        .with_host_netns(chassis.ns.path())
-        .with_ovs(Arc::new(bridge));
-        let listener = runtime
-            .block_on(async { cni_server::bind(&socket) })
-            .expect("binding");
-        runtime.spawn(cni_server::serve(listener, Arc::new(attacher)));
-        Rig {
-            _central: central,
-            chassis,
-            api,
-            _runtime: runtime,
-            dir,
-            _leading: leading,
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("kube-ovn-daemon.sock")
-    }
-
-    /// The NAD's config as Multus passes it to our plugin.
-    fn config(&self, nad: &str) -> String {
-        json!({
-            "cniVersion": "0.3.1", "name": nad, "type": "kube-ovn",
-            "server_socket": self.socket(), "provider": format!("{nad}.default.ovn"),
-        })
-        .to_string()
-    }
-
-    /// Attaches net1 of `pod` (already seeded) in `ns` through `nad`; returns its address.
-    fn attach(&self, pod: &str, ns: &NetNs, nad: &str) -> String {
-        let out = sidelane_cni::run(&vars("ADD", pod, ns), self.config(nad).as_bytes());
-        assert_eq!(out.exit_code, 0, "ADD {pod}: {}", out.stdout);
-        let result: Value = serde_json::from_str(&out.stdout).expect("a JSON result");
-        let cidr = result["ips"][0]["address"].as_str().expect("an address");
-        cidr.split('/').next().unwrap_or_default().to_owned()
-    }
-}
-
-fn vars(command: &str, pod: &str, ns: &NetNs) -> BTreeMap<String, String> {
-    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}");
-    let container = format!("{pod}-c0ffee");
-    [
-        ("CNI_COMMAND", command),
-        ("CNI_CONTAINERID", container.as_str()),
-        ("CNI_NETNS", &ns.path().display().to_string()),
-        ("CNI_IFNAME", "net1"),
-        ("CNI_ARGS", &args),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
-}
 
 fn ping(from: &NetNs, to: &str) -> Result<String, String> {
     from.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", to])
@@ -178,7 +38,7 @@ fn pods_on_one_switch_ping_and_pass_tcp_over_net1_through_ovn_and_del_unplugs_th
     if !privilege::require_privileges(name) || !ovn::require_installed(name) {
         return;
     }
-    let rig = Rig::start();
+    let rig = NodeRig::start(false);
     for doc in cluster::example("attachnet.yaml")
         .into_iter()
         .filter(|d| d["kind"] != "Deployment" && d["kind"] != "Pod")
@@ -222,7 +82,7 @@ fn pods_on_one_switch_ping_and_pass_tcp_over_net1_through_ovn_and_del_unplugs_th
     // The host ends meet nowhere but in br-int: the traffic crossed OVS and OVN's flows.
     // DEL unplugs: the OVS port goes, and pod-a no longer reaches pod-b.
     let out = sidelane_cni::run(
-        &vars("DEL", "pod-b", &b),
+        &cni_vars("DEL", "pod-b", &b),
         rig.config("attachnet").as_bytes(),
     );
     assert_eq!(out.exit_code, 0, "{}", out.stdout);
@@ -231,8 +91,8 @@ fn pods_on_one_switch_ping_and_pass_tcp_over_net1_through_ovn_and_del_unplugs_th
         .vsctl(&["list-ports", "br-int"])
         .expect("list-ports");
     assert!(
-        !ports.contains("net1_h") || ports.lines().count() == 1,
-        "one port left: {ports}"
+        ports.contains(&NodeRig::host_end("pod-a")) && !ports.contains(&NodeRig::host_end("pod-b")),
+        "pod-a's port stays, pod-b's is gone: {ports}"
     );
     assert!(
         ping(&a, &ip_b).is_err(),
@@ -247,7 +107,7 @@ fn pods_on_two_subnets_of_one_vpc_reach_each_other_through_its_router() {
     if !privilege::require_privileges(name) || !ovn::require_installed(name) {
         return;
     }
-    let rig = Rig::start();
+    let rig = NodeRig::start(false);
     rig.api.seed(json!({"apiVersion": "kubeovn.io/v1", "kind": "Vpc", "metadata": {"name": "vpc-e2e"}, "spec": {}})).expect("vpc");
     for (nad, cidr) in [("net-a", "10.60.0.0/24"), ("net-b", "10.61.0.0/24")] {
         rig.api.seed(cluster::ovn_nad(nad)).expect("nad");

@@ -307,6 +307,38 @@ pub fn verify(pod_netns: &Path, plan: &PodInterfacePlan) -> Result<Vec<String>, 
 }
 
 /// Deletes the host end `host_name` (and so the pod end). `false` if it did not exist.
+/// Creates a veth pair with both ends in `host_netns` (`None`: the agent's own), both up with
+/// `mtu`: the device pair through which OVS's userspace datapath reads a pod (see the fast
+/// path). A pair already there (a repeated ADD) is left as it is.
+pub fn create_host_pair(
+    host_netns: Option<&Path>,
+    a: &str,
+    b: &str,
+    mtu: Option<u32>,
+) -> Result<(), LinkError> {
+    netns::run_in(host_netns, || -> Result<(), LinkError> {
+        if index_of(a).is_some() && index_of(b).is_some() {
+            return Ok(());
+        }
+        let mut nl =
+            Netlink::open().map_err(io_err("opening rtnetlink in", "the host namespace"))?;
+        let here = File::open("/proc/thread-self/ns/net")
+            .map_err(io_err("opening", "the host namespace"))?;
+        nl.add_veth(a, b, here.as_fd())
+            .map_err(io_err("creating veth", a))?;
+        for name in [a, b] {
+            let index = index_of(name).ok_or_else(|| LinkError::Io {
+                op: "finding",
+                object: name.to_owned(),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            })?;
+            nl.configure_link(index, None, None, mtu, true)
+                .map_err(io_err("bringing up", name))?;
+        }
+        Ok(())
+    })?
+}
+
 pub fn delete(host_netns: Option<&Path>, host_name: &str) -> Result<bool, LinkError> {
     netns::run_in(host_netns, || {
         let Some(index) = index_of(host_name) else {
