@@ -2,7 +2,6 @@
 
 use std::process::Command;
 
-use anyhow::bail;
 use clap::ValueEnum;
 
 use crate::cmd::exec;
@@ -52,9 +51,7 @@ pub fn run(name: Name, quick: bool) -> anyhow::Result<()> {
             "ipam"
         }
         Name::Ovn => "ovn",
-        Name::Fastpath => {
-            bail!("bench fastpath: not implemented yet; it arrives with the fast-path issue")
-        }
+        Name::Fastpath => "fastpath",
     };
     let mut cmd = Command::new("cargo");
     cmd.args([

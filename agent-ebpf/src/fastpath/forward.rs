@@ -4,16 +4,19 @@ use aya_ebpf::{
     bindings::TC_ACT_UNSPEC,
     helpers::generated::{bpf_redirect, bpf_redirect_peer},
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::TcContext,
 };
 use sidelane_agent_common::fastpath::{
-    ENDPOINT_POLICED, Endpoint, EndpointKey, FastpathCounters, MAX_ATTACHMENTS, MAX_ENDPOINTS,
-    SOURCE_HAS_V4, SOURCE_HAS_V6, Source,
+    DIRECT_IFINDEXES, ENDPOINT_POLICED, Endpoint, EndpointKey, FastpathCounters, MAX_ATTACHMENTS,
+    MAX_ENDPOINTS, SOURCE_HAS_V4, SOURCE_HAS_V6, SOURCE_IN_USE, Source,
 };
 
 #[map(name = "SL_FP_SOURCES")]
 static SOURCES: HashMap<u32, Source> = HashMap::pinned(MAX_ATTACHMENTS, 0);
+
+#[map(name = "SL_FP_SOURCES_DIRECT")]
+static SOURCES_DIRECT: Array<Source> = Array::pinned(DIRECT_IFINDEXES, 0);
 
 #[map(name = "SL_FP_ENDPOINTS")]
 static ENDPOINTS: HashMap<EndpointKey, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
@@ -128,8 +131,13 @@ fn hand_to_ovs(src: &Source) -> i32 {
 pub fn forward(ctx: &TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
-    // SAFETY: a lookup in a live map; the value is copied out at once.
-    let Some(src) = (unsafe { SOURCES.get(&ifindex) }).copied() else {
+    let src = if ifindex < DIRECT_IFINDEXES {
+        SOURCES_DIRECT.get(ifindex).copied()
+    } else {
+        // SAFETY: a lookup in a live map; the value is copied out at once.
+        unsafe { SOURCES.get(&ifindex) }.copied()
+    };
+    let Some(src) = src.filter(|s| s.flags & SOURCE_IN_USE != 0) else {
         return TC_ACT_UNSPEC;
     };
     let decision = decide(ctx, &src, ifindex);

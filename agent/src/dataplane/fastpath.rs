@@ -22,7 +22,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{
         SchedClassifier, TcAttachType,
         tc::{self, NlOptions, TcAttachOptions},
@@ -30,9 +30,9 @@ use aya::{
     util::nr_cpus,
 };
 use sidelane_agent_common::fastpath::{
-    COUNTERS_MAP, ENDPOINT_POLICED, ENDPOINTS_MAP, Endpoint, EndpointKey, FastpathCounters,
-    MAX_ATTACHMENTS, PROG_FORWARD, PROG_TO_POD, SOURCE_HAS_V4, SOURCE_HAS_V6, SOURCES_MAP, Source,
-    TO_POD_MAP,
+    COUNTERS_MAP, DIRECT_IFINDEXES, ENDPOINT_POLICED, ENDPOINTS_MAP, Endpoint, EndpointKey,
+    FastpathCounters, MAX_ATTACHMENTS, PROG_FORWARD, PROG_TO_POD, SOURCE_HAS_V4, SOURCE_HAS_V6,
+    SOURCE_IN_USE, SOURCES_DIRECT_MAP, SOURCES_MAP, Source, TO_POD_MAP,
 };
 use tracing::{debug, info};
 
@@ -85,6 +85,7 @@ pub struct FastpathPort {
 pub struct FastpathDataplane {
     ebpf: Ebpf,
     sources: HashMap<MapData, u32, Source>,
+    sources_direct: Array<MapData, Source>,
     endpoints: HashMap<MapData, EndpointKey, Endpoint>,
     to_pod: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, FastpathCounters>,
@@ -164,6 +165,8 @@ impl FastpathDataplane {
         }
         let sources = HashMap::try_from(take_map(&mut ebpf, SOURCES_MAP)?)
             .map_err(|e| map_error("opening", SOURCES_MAP, "the fast path", e))?;
+        let sources_direct = Array::try_from(take_map(&mut ebpf, SOURCES_DIRECT_MAP)?)
+            .map_err(|e| map_error("opening", SOURCES_DIRECT_MAP, "the fast path", e))?;
         let endpoints = HashMap::try_from(take_map(&mut ebpf, ENDPOINTS_MAP)?)
             .map_err(|e| map_error("opening", ENDPOINTS_MAP, "the fast path", e))?;
         let to_pod = HashMap::try_from(take_map(&mut ebpf, TO_POD_MAP)?)
@@ -174,6 +177,7 @@ impl FastpathDataplane {
         Ok(FastpathDataplane {
             ebpf,
             sources,
+            sources_direct,
             endpoints,
             to_pod,
             counters,
@@ -182,9 +186,7 @@ impl FastpathDataplane {
 
     fn free_slot(&self, reuse_for: u32) -> Result<u32, DataplaneError> {
         let mut used = BTreeSet::new();
-        for entry in &self.sources {
-            let (ifindex, src) =
-                entry.map_err(|e| map_error("reading", SOURCES_MAP, "the fast path", e))?;
+        for (ifindex, src) in self.all_sources()? {
             if ifindex == reuse_for {
                 return Ok(src.slot);
             }
@@ -284,7 +286,7 @@ impl FastpathDataplane {
             ))?
         ])
         .map_err(|e| map_error("writing", COUNTERS_MAP, &target, e))?;
-        if self.sources.get(&host, 0).is_err() {
+        if self.source(host)?.is_none() {
             self.counters
                 .set(slot, zero, 0)
                 .map_err(|e| map_error("resetting", COUNTERS_MAP, &target, e))?;
@@ -294,6 +296,7 @@ impl FastpathDataplane {
             slot,
             miss_ifindex: ovs.unwrap_or(0),
             mac: port.mac,
+            flags: SOURCE_IN_USE,
             ..Source::default()
         };
         for ip in &port.ips {
@@ -322,9 +325,7 @@ impl FastpathDataplane {
                     .map_err(|e| map_error("writing", ENDPOINTS_MAP, &target, e))?;
             }
         }
-        self.sources
-            .insert(host, src, 0)
-            .map_err(|e| map_error("writing", SOURCES_MAP, &target, e))?;
+        self.put_source(host, src)?;
         if let (Some(ovs), Some(name)) = (ovs, &port.ovs_ifname) {
             self.to_pod
                 .insert(ovs, host, 0)
@@ -379,6 +380,12 @@ impl FastpathDataplane {
         for o in ovs {
             let _ = self.to_pod.remove(&o);
         }
+        if host < DIRECT_IFINDEXES {
+            return self
+                .sources_direct
+                .set(host, Source::default(), 0)
+                .map_err(|e| map_error("clearing", SOURCES_DIRECT_MAP, target, e));
+        }
         match self.sources.remove(&host) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_error("removing from", SOURCES_MAP, target, e)),
@@ -387,7 +394,7 @@ impl FastpathDataplane {
 
     /// Removes the entries of every interface that no longer exists in `netns`.
     pub fn sweep(&mut self, netns: Option<&Path>) -> Result<(), DataplaneError> {
-        let hosts: Vec<u32> = self.sources.keys().filter_map(Result::ok).collect();
+        let hosts: Vec<u32> = self.all_sources()?.into_iter().map(|(i, _)| i).collect();
         let mut endpoint_hosts: Vec<u32> = self
             .endpoints
             .iter()
@@ -425,7 +432,7 @@ impl FastpathDataplane {
         let Some(host) = ifindex_in(netns, host_ifname)? else {
             return Ok(FastpathCounters::default());
         };
-        let Ok(src) = self.sources.get(&host, 0) else {
+        let Some(src) = self.source(host)? else {
             return Ok(FastpathCounters::default());
         };
         let values = self
@@ -444,11 +451,51 @@ impl FastpathDataplane {
 }
 
 impl FastpathDataplane {
-    /// Writes a source entry directly (tests of the program's decisions).
-    pub fn put_source(&mut self, ifindex: u32, src: Source) -> Result<(), DataplaneError> {
-        self.sources
-            .insert(ifindex, src, 0)
-            .map_err(|e| map_error("writing", SOURCES_MAP, "the fast path", e))
+    /// Writes the source entry of `ifindex` (marked in use); tests of the program's decisions
+    /// call it directly.
+    pub fn put_source(&mut self, ifindex: u32, mut src: Source) -> Result<(), DataplaneError> {
+        src.flags |= SOURCE_IN_USE;
+        if ifindex < DIRECT_IFINDEXES {
+            self.sources_direct
+                .set(ifindex, src, 0)
+                .map_err(|e| map_error("writing", SOURCES_DIRECT_MAP, "the fast path", e))
+        } else {
+            self.sources
+                .insert(ifindex, src, 0)
+                .map_err(|e| map_error("writing", SOURCES_MAP, "the fast path", e))
+        }
+    }
+
+    /// The source entry of `ifindex`, if in use.
+    fn source(&self, ifindex: u32) -> Result<Option<Source>, DataplaneError> {
+        if ifindex < DIRECT_IFINDEXES {
+            let src = self
+                .sources_direct
+                .get(&ifindex, 0)
+                .map_err(|e| map_error("reading", SOURCES_DIRECT_MAP, "the fast path", e))?;
+            return Ok(Some(src).filter(|s| s.flags & SOURCE_IN_USE != 0));
+        }
+        match self.sources.get(&ifindex, 0) {
+            Ok(src) => Ok(Some(src)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_error("reading", SOURCES_MAP, "the fast path", e)),
+        }
+    }
+
+    /// Every source entry in use, by ifindex.
+    fn all_sources(&self) -> Result<Vec<(u32, Source)>, DataplaneError> {
+        let mut all = Vec::new();
+        for (i, src) in self.sources_direct.iter().enumerate() {
+            let src =
+                src.map_err(|e| map_error("reading", SOURCES_DIRECT_MAP, "the fast path", e))?;
+            if src.flags & SOURCE_IN_USE != 0 {
+                all.push((u32::try_from(i).unwrap_or(u32::MAX), src));
+            }
+        }
+        for entry in &self.sources {
+            all.push(entry.map_err(|e| map_error("reading", SOURCES_MAP, "the fast path", e))?);
+        }
+        Ok(all)
     }
 
     /// Writes an endpoint entry directly (tests of the program's decisions).

@@ -4,12 +4,14 @@
 //!   against the reference CNI `bandwidth` plugin; per-packet program cost.
 //! - [`cni`]: CNI ADD/DEL latency against the reference bridge + host-local.
 //! - [`ipam`]: the IPAM core's allocation rate, latency and memory per address.
+//! - [`fastpath`]: the same-node fast path against a bare veth pair and against OVS.
 //! - [`ovn`]: Northbound programming, Sidelane's reconciler against one ovn-nbctl call per port.
 //! - [`memory`]: live heap bytes, counted by the benchmark binary's allocator.
 //!
 //! Reports go to `target/bench/<name>.json` under the workspace root, and a table to stdout.
 
 pub mod cni;
+pub mod fastpath;
 pub mod ipam;
 pub mod memory;
 pub mod ovn;

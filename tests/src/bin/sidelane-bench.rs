@@ -32,6 +32,18 @@ enum Bench {
     Ipam(IpamArgs),
     /// OVN Northbound programming: Sidelane's reconciler against one ovn-nbctl call per port.
     Ovn(OvnArgs),
+    /// The same-node fast path against a bare veth pair and against OVS.
+    Fastpath(FastpathArgs),
+}
+
+#[derive(Debug, Args)]
+struct FastpathArgs {
+    /// 2 s runs and 100 pings instead of 10 s and 1,000 (about a minute).
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the JSON report [default: <workspace>/target/bench/fastpath.json].
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -90,6 +102,7 @@ fn main() -> anyhow::Result<()> {
         Bench::Cni(args) => run_cni(&args),
         Bench::Ipam(args) => run_ipam(&args),
         Bench::Ovn(args) => run_ovn(&args),
+        Bench::Fastpath(args) => run_fastpath(&args),
     }
 }
 
@@ -151,6 +164,18 @@ fn run_ovn(args: &OvnArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| bench::default_report_path("ovn"));
     bench::ovn::write_report(&report, &path)?;
     print!("{}", bench::ovn::table(&report));
+    println!("\nreport: {}", path.display());
+    Ok(())
+}
+
+fn run_fastpath(args: &FastpathArgs) -> anyhow::Result<()> {
+    let report = bench::fastpath::run(args.quick)?;
+    let path = args
+        .output
+        .clone()
+        .unwrap_or_else(|| bench::default_report_path("fastpath"));
+    bench::fastpath::write_report(&report, &path)?;
+    print!("{}", bench::fastpath::table(&report));
     println!("\nreport: {}", path.display());
     Ok(())
 }

@@ -1,0 +1,229 @@
+//! `cargo xtask bench fastpath`: the same-node fast path against a bare veth pair (the machine's
+//! limit) and against OVS (the same rig, pods on a Subnet with the fast path switched off), in
+//! one run.
+//!
+//! - `veth`: two namespaces joined by one veth pair.
+//! - `fastpath`: two pods on the seed's `attachnet` switch, attached through our plugin and
+//!   agent on one node of real OVN (userspace datapath), fast path on.
+//! - `ovs`: two pods on a second switch whose Subnet says `sidelane.io/fastpath: "false"`, on
+//!   the same node: every frame crosses OVS.
+//!
+//! Each case: iperf3 TCP, one stream, receiver's rate (rounds interleaved, median); then ping
+//! RTTs on the idle link. And the forwarding program's own cost per packet with
+//! `BPF_PROG_TEST_RUN`.
+
+use std::{fmt::Write as _, fs, path::Path, time::Duration};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use serde_json::json;
+use sidelane_agent::dataplane::fastpath::measure_prog_cost;
+
+use crate::{
+    cluster,
+    iperf::{self, IperfSpec},
+    netns::NetNs,
+    node_rig::NodeRig,
+    ping,
+    topology::PodLink,
+};
+
+/// One path's figures.
+#[derive(Debug, Serialize)]
+pub struct Case {
+    /// `fastpath`, `ovs` or `veth`.
+    pub path: &'static str,
+    /// TCP throughput, Gbit/s.
+    pub gbps: f64,
+    /// Median ping RTT, µs.
+    pub rtt_us_p50: f64,
+    /// 99th percentile ping RTT, µs.
+    pub rtt_us_p99: f64,
+}
+
+/// `target/bench/fastpath.json`.
+#[derive(Debug, Serialize)]
+pub struct FastpathReport {
+    /// The three paths.
+    pub cases: Vec<Case>,
+    /// The forwarding program's cost per packet, ns.
+    pub prog_ns_per_packet: f64,
+}
+
+struct Options {
+    seconds: u64,
+    rounds: usize,
+    pings: u32,
+}
+
+fn throughput(
+    path: &'static str,
+    sender: &NetNs,
+    receiver: &NetNs,
+    addr: &str,
+    o: &Options,
+) -> anyhow::Result<f64> {
+    let report = iperf::measure(
+        receiver,
+        addr,
+        sender,
+        &IperfSpec::tcp(Duration::from_secs(o.seconds)),
+    )
+    .with_context(|| format!("iperf3 over {path}"))?;
+    Ok(report.receiver_bps / 1e9)
+}
+
+fn rtts(path: &'static str, sender: &NetNs, addr: &str, o: &Options) -> anyhow::Result<(f64, f64)> {
+    let pings = ping::ping(
+        sender,
+        addr,
+        o.pings,
+        Duration::from_millis(10),
+        Duration::from_secs(1),
+    )
+    .with_context(|| format!("ping over {path}"))?;
+    let us = |p: f64| pings.percentile(p).map_or(f64::NAN, |ms| ms * 1000.0);
+    Ok((us(50.0), us(99.0)))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn pod_pair(
+    rig: &NodeRig,
+    nad: &str,
+    names: (&str, &str),
+) -> anyhow::Result<(NetNs, NetNs, String)> {
+    let networks = json!({"k8s.v1.cni.cncf.io/networks": format!("default/{nad}")});
+    rig.api.seed(cluster::pod(names.0, &networks))?;
+    rig.api.seed(cluster::pod(names.1, &networks))?;
+    let (a, b) = (NetNs::new()?, NetNs::new()?);
+    let _ = rig.attach(names.0, &a, nad);
+    let ip_b = rig.attach(names.1, &b, nad);
+    Ok((a, b, ip_b))
+}
+
+/// Runs the three cases, interleaved over several rounds so that the machine's background
+/// load falls on all of them alike; each figure is the median of its rounds (`quick`: 3 rounds
+/// of 2 s and 100 pings; otherwise 5 rounds of 5 s and 1,000 pings).
+pub fn run(quick: bool) -> anyhow::Result<FastpathReport> {
+    let o = if quick {
+        Options {
+            seconds: 2,
+            rounds: 3,
+            pings: 100,
+        }
+    } else {
+        Options {
+            seconds: 5,
+            rounds: 5,
+            pings: 1000,
+        }
+    };
+    let link = PodLink::new()?;
+    let (veth_tx, veth_rx, veth_ip) = link.endpoints(sidelane_api::qos::Direction::Ingress);
+    let rig = NodeRig::start(true);
+    rig.api.seed(cluster::ovn_nad("fast"))?;
+    rig.api
+        .seed(cluster::ovn_subnet("fast", "fast", "10.80.0.0/24", ""))?;
+    rig.api.seed(cluster::ovn_nad("slow"))?;
+    let mut slow = cluster::ovn_subnet("slow", "slow", "10.81.0.0/24", "");
+    slow["metadata"]["annotations"] = json!({"sidelane.io/fastpath": "false"});
+    rig.api.seed(slow)?;
+    let (fa, fb, fast_ip) = pod_pair(&rig, "fast", ("bench-fa", "bench-fb"))?;
+    let (sa, sb, slow_ip) = pod_pair(&rig, "slow", ("bench-sa", "bench-sb"))?;
+    let paths: [(&'static str, &NetNs, &NetNs, &str); 3] = [
+        ("fastpath", &fa, &fb, fast_ip.as_str()),
+        ("ovs", &sa, &sb, slow_ip.as_str()),
+        ("veth", veth_tx, veth_rx, veth_ip),
+    ];
+    for (_, tx, _, ip) in &paths {
+        // ARP and OVN's flows in place before anything is timed.
+        let _ = ping::ping(tx, ip, 3, Duration::from_millis(50), Duration::from_secs(2));
+    }
+    let mut gbps: [Vec<f64>; 3] = Default::default();
+    for round in 0..o.rounds {
+        eprintln!("round {} of {}...", round + 1, o.rounds);
+        for (i, (path, tx, rx, ip)) in paths.iter().enumerate() {
+            gbps[i].push(throughput(path, tx, rx, ip, &o)?);
+        }
+    }
+    let mut cases = Vec::new();
+    for (i, (path, tx, _, ip)) in paths.iter().enumerate() {
+        let (p50, p99) = rtts(path, tx, ip, &o)?;
+        cases.push(Case {
+            path,
+            gbps: median(std::mem::take(&mut gbps[i])),
+            rtt_us_p50: p50,
+            rtt_us_p99: p99,
+        });
+    }
+    let hits = rig.counters("bench-fa").hits;
+    anyhow::ensure!(
+        hits > 1000,
+        "the fast-path case took the fast path ({hits} hits)"
+    );
+    let slow_hits = rig.counters("bench-sa").hits;
+    anyhow::ensure!(
+        slow_hits == 0,
+        "the OVS case never took the fast path ({slow_hits} hits)"
+    );
+    eprintln!("program cost...");
+    let prog_ns_per_packet = measure_prog_cost().context("measuring the program's cost")?;
+    Ok(FastpathReport {
+        cases,
+        prog_ns_per_packet,
+    })
+}
+
+/// Writes the JSON report.
+pub fn write_report(report: &FastpathReport, path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let json = serde_json::to_string_pretty(report).context("serialising the report")?;
+    fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// The table printed after the run, with the acceptance ratios.
+pub fn table(r: &FastpathReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:>8} {:>12} {:>12}",
+        "path", "Gbit/s", "RTT p50 µs", "RTT p99 µs"
+    );
+    for c in &r.cases {
+        let _ = writeln!(
+            out,
+            "{:<10} {:>8.2} {:>12.1} {:>12.1}",
+            c.path, c.gbps, c.rtt_us_p50, c.rtt_us_p99
+        );
+    }
+    let get = |p: &str| r.cases.iter().find(|c| c.path == p);
+    if let (Some(f), Some(o), Some(v)) = (get("fastpath"), get("ovs"), get("veth")) {
+        let _ = writeln!(
+            out,
+            "\nfastpath / veth throughput   {:>6.2}  (>= 0.85)",
+            f.gbps / v.gbps
+        );
+        let _ = writeln!(
+            out,
+            "fastpath / ovs throughput    {:>6.1}  (>= 10)",
+            f.gbps / o.gbps
+        );
+        let _ = writeln!(
+            out,
+            "fastpath / veth RTT p50      {:>6.2}  (<= 1.3)",
+            f.rtt_us_p50 / v.rtt_us_p50
+        );
+    }
+    let _ = writeln!(
+        out,
+        "program ns per packet        {:>6.1}  (<= 60)",
+        r.prog_ns_per_packet
+    );
+    out
+}
