@@ -5,6 +5,7 @@ pub mod attach;
 pub mod cni_server;
 pub mod dataplane;
 pub mod link;
+pub mod metrics;
 pub mod netns;
 pub mod ovs;
 pub mod pods;

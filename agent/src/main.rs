@@ -10,6 +10,7 @@ use sidelane_agent::{
     cni_server,
     dataplane::fastpath::FastpathDataplane,
     dataplane::qos::QosDataplane,
+    metrics::{self, FastpathCollector},
     ovs::{DEFAULT_INSTALL_TIMEOUT, Datapath, OvsBridge},
     pods::KubePods,
     records::{DEFAULT_STATE_DIR, Records},
@@ -53,6 +54,9 @@ struct Args {
     /// can opt out with the annotation `sidelane.io/fastpath: "false"`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     fastpath: bool,
+    /// Metrics (`/metrics`: fast-path counters per attachment) and `/healthz`.
+    #[arg(long, default_value = "0.0.0.0:10665")]
+    metrics_addr: std::net::SocketAddr,
     /// How long an ADD waits for ovn-controller to bind the port, in seconds.
     #[arg(long, default_value_t = DEFAULT_INSTALL_TIMEOUT.as_secs())]
     ovn_install_timeout: u64,
@@ -99,14 +103,26 @@ async fn main() -> anyhow::Result<()> {
     if let Some(netns) = args.host_netns.clone() {
         attacher = attacher.with_host_netns(netns);
     }
+    let mut collector = None;
     if args.fastpath {
         let mut fastpath = FastpathDataplane::open(&args.pin_root)
             .with_context(|| format!("loading the fast path under {}", args.pin_root.display()))?;
         fastpath
             .sweep(args.host_netns.as_deref())
             .context("sweeping fast-path entries of vanished interfaces")?;
-        attacher = attacher.with_fastpath(Arc::new(std::sync::Mutex::new(fastpath)));
+        let fastpath = Arc::new(std::sync::Mutex::new(fastpath));
+        attacher = attacher.with_fastpath(Arc::clone(&fastpath));
+        collector = Some(FastpathCollector::new(
+            Records::open(&args.state_dir).context("opening the records for metrics")?,
+            fastpath,
+            args.host_netns.clone(),
+        ));
     }
+    let registry = Arc::new(metrics::registry(collector));
+    let listener = metrics::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding the metrics address {}", args.metrics_addr))?;
+    tokio::spawn(metrics::serve(listener, registry));
     if args.ovs_db == "none" {
         tracing::warn!("--ovs-db none: OVN-backed attachments are not plugged into OVS");
     } else {

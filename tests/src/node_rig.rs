@@ -16,6 +16,7 @@ use sidelane_agent::{
     cni_server,
     dataplane::{fastpath::FastpathDataplane, qos::QosDataplane},
     link,
+    metrics::{self, FastpathCollector},
     ovs::{Datapath, OvsBridge},
     pods::KubePods,
     records::Records,
@@ -233,6 +234,23 @@ impl NodeRig {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .counters(Some(&self.chassis.ns.path()), &Self::host_end(pod))
             .expect("counters")
+    }
+
+    /// What the agent's `/metrics` would answer now.
+    ///
+    /// # Panics
+    /// When the agent runs without a fast path.
+    pub fn metrics_text(&self) -> String {
+        let fp = self
+            .fastpath
+            .as_ref()
+            .expect("the agent runs with the fast path");
+        let collector = FastpathCollector::new(
+            Records::open(self.dir.path().join("records")).expect("records"),
+            Arc::clone(fp),
+            Some(self.chassis.ns.path()),
+        );
+        metrics::render(&metrics::registry(Some(collector)))
     }
 
     /// A kernel counter of a device in the node's namespace (`rx_packets`...).

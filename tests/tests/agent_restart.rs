@@ -107,6 +107,8 @@ impl Node {
             // This test is about the agent's own state: no OVS on this node.
             "--ovs-db".as_ref(),
             "none".as_ref(),
+            "--metrics-addr".as_ref(),
+            "127.0.0.1:0".as_ref(),
         ]);
         cmd.env("KUBECONFIG", self.dir.path().join("kubeconfig"))
             .env("RUST_LOG", "info");

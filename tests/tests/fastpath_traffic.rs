@@ -102,6 +102,20 @@ fn traffic_between_pods_of_one_switch_takes_the_fast_path_past_ovs_without_dupli
         after.0
     );
     assert_eq!(after.0.spoofed, 0);
+    // The agent exports them.
+    let metrics = rig.metrics_text();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("sidelane_agent_fastpath_hits_total{") && l.contains("pod=\"fast-a\"")
+        })
+        .unwrap_or_else(|| panic!("fast-a's hits in the metrics:\n{metrics}"));
+    let exported: u64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a count");
+    assert!(exported >= after.0.hits, "{line}");
     // What OVS reads for both pods saw a few link-local strays (ARP refreshes, IPv6 neighbour
     // and multicast-listener chatter), never the traffic: tens of frames against the
     // tens of thousands fast-pathed.
