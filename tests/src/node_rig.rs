@@ -1,7 +1,10 @@
-//! One node of real OVN (central, a chassis with OVS's userspace datapath), the API double, the
-//! controller (leading, building the topology) and the node's agent (QoS with a private pin
-//! root, the fast path when asked, ports plugged into the chassis' `br-int`), with pods as
-//! network namespaces attached through our CNI plugin exactly as Multus drives it.
+//! Nodes of real OVN (central, and per node a chassis with OVS's userspace datapath, joined by
+//! an underlay when there are two), the API double, the controller (leading, building the
+//! topology) and each node's agent (QoS with a private pin root, the fast path when asked,
+//! ports plugged into the node's `br-int`), with pods as network namespaces attached through
+//! our CNI plugin exactly as Multus drives it.
+//!
+//! Methods without a node index act on the first node.
 
 use std::{
     collections::BTreeMap,
@@ -36,22 +39,28 @@ use crate::{
     sidelane::PinRoot,
 };
 
+/// One node: its chassis and its agent.
+pub struct Node {
+    /// The chassis (OVS, ovn-controller) in the node's namespace.
+    pub chassis: Chassis,
+    dir: tempfile::TempDir,
+    pins: PinRoot,
+    agent: Option<JoinHandle<()>>,
+    /// The agent's fast path (while the agent runs with one).
+    pub fastpath: Option<Arc<Mutex<FastpathDataplane>>>,
+}
+
 /// The rig.
 pub struct NodeRig {
     /// OVN central (Northbound, Southbound, northd).
     pub central: Central,
-    /// The node.
-    pub chassis: Chassis,
+    /// The nodes.
+    pub nodes: Vec<Node>,
     /// The Kubernetes API double.
     pub api: ApiServer,
-    /// Runs the controller and the agent.
+    /// Runs the controller and the agents.
     pub runtime: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-    pins: PinRoot,
     with_fastpath: bool,
-    agent: Option<JoinHandle<()>>,
-    /// The agent's fast path (while the agent runs with one).
-    pub fastpath: Option<Arc<Mutex<FastpathDataplane>>>,
     _leading: watch::Sender<bool>,
 }
 
@@ -81,13 +90,36 @@ pub fn cni_vars(command: &str, pod: &str, ns: &NetNs) -> BTreeMap<String, String
 }
 
 impl NodeRig {
-    /// Starts everything; the agent's fast path is on when `fastpath`.
+    /// One node; its agent's fast path is on when `fastpath`.
     ///
     /// # Panics
     /// When a part does not start (a broken rig is a failed test).
     pub fn start(fastpath: bool) -> NodeRig {
+        NodeRig::start_nodes(1, fastpath)
+    }
+
+    /// `count` nodes (one or two; two are joined by an underlay).
+    ///
+    /// # Panics
+    /// When a part does not start, or for more than two nodes.
+    pub fn start_nodes(count: usize, fastpath: bool) -> NodeRig {
+        assert!((1..=2).contains(&count), "the rig has one or two nodes");
         let central = Central::start().expect("OVN central starts");
-        let chassis = Chassis::start(&central, "node1").expect("the chassis starts");
+        let mut chassis = Vec::new();
+        for i in 0..count {
+            let encap = if count == 1 {
+                "127.0.0.1".to_owned()
+            } else {
+                format!("192.168.100.{}", i + 1)
+            };
+            chassis.push(
+                Chassis::start_with(&central, &format!("node{}", i + 1), &encap)
+                    .expect("the chassis starts"),
+            );
+        }
+        if count == 2 {
+            Chassis::connect(&chassis[0], &chassis[1]).expect("the underlay");
+        }
         let api = ApiServer::start();
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
         let (leading, rx) = watch::channel(true);
@@ -102,33 +134,64 @@ impl NodeRig {
         runtime.spawn(run::lead(client, opts, Arc::new(Metrics::new()), rx));
         let mut rig = NodeRig {
             central,
-            chassis,
+            nodes: chassis
+                .into_iter()
+                .map(|chassis| Node {
+                    chassis,
+                    dir: tempfile::tempdir().expect("a temporary directory"),
+                    pins: PinRoot::new("sidelane-node-rig"),
+                    agent: None,
+                    fastpath: None,
+                })
+                .collect(),
             api,
             runtime,
-            dir: tempfile::tempdir().expect("a temporary directory"),
-            pins: PinRoot::new("sidelane-node-rig"),
             with_fastpath: fastpath,
-            agent: None,
-            fastpath: None,
             _leading: leading,
         };
-        rig.start_agent();
+        for i in 0..count {
+            rig.start_agent_on(i);
+        }
         rig
     }
 
-    /// The agent's socket.
-    pub fn socket(&self) -> PathBuf {
-        self.dir.path().join("kube-ovn-daemon.sock")
+    /// The first node's chassis.
+    pub fn chassis(&self) -> &Chassis {
+        &self.nodes[0].chassis
     }
 
-    /// (Re)starts the agent: a fresh attacher over the same records, pins and bridge, as a
-    /// restarted agent process would have.
+    /// The first node's fast path.
+    ///
+    /// # Panics
+    /// When its agent runs without one.
+    pub fn fastpath(&self) -> &Arc<Mutex<FastpathDataplane>> {
+        self.nodes[0]
+            .fastpath
+            .as_ref()
+            .expect("the agent runs with the fast path")
+    }
+
+    /// Node `node`'s agent socket.
+    pub fn socket_on(&self, node: usize) -> PathBuf {
+        self.nodes[node].dir.path().join("kube-ovn-daemon.sock")
+    }
+
+    /// (Re)starts the first node's agent.
+    pub fn start_agent(&mut self) {
+        self.start_agent_on(0);
+    }
+
+    /// (Re)starts node `node`'s agent: a fresh attacher over the same records, pins and
+    /// bridge, as a restarted agent process would have.
     ///
     /// # Panics
     /// When the agent cannot start.
-    pub fn start_agent(&mut self) {
-        let records = Records::open(self.dir.path().join("records")).expect("records");
-        let remote = parse_remotes(&self.chassis.db.unix_remote())
+    pub fn start_agent_on(&mut self, node: usize) {
+        let socket = self.socket_on(node);
+        let with_fastpath = self.with_fastpath;
+        let n = &mut self.nodes[node];
+        let records = Records::open(n.dir.path().join("records")).expect("records");
+        let remote = parse_remotes(&n.chassis.db.unix_remote())
             .expect("remote")
             .remove(0);
         let bridge = self
@@ -140,63 +203,83 @@ impl NodeRig {
                 Duration::from_secs(30),
             ))
             .expect("the agent opens the chassis' Open_vSwitch database");
-        let qos = QosDataplane::new(self.pins.path()).expect("the QoS dataplane");
+        let qos = QosDataplane::new(n.pins.path()).expect("the QoS dataplane");
         let client = self.runtime.block_on(async { self.api.client() });
         let mut attacher =
             Attacher::new(KubePods::new(client), qos, records, Duration::from_secs(20))
-                .with_host_netns(self.chassis.ns.path())
+                .with_host_netns(n.chassis.ns.path())
                 .with_ovs(Arc::new(bridge));
-        if self.with_fastpath {
-            let mut fp = FastpathDataplane::open(self.pins.path()).expect("the fast path");
-            fp.sweep(Some(&self.chassis.ns.path())).expect("sweep");
+        if with_fastpath {
+            let mut fp = FastpathDataplane::open(n.pins.path()).expect("the fast path");
+            fp.sweep(Some(&n.chassis.ns.path())).expect("sweep");
             let fp = Arc::new(Mutex::new(fp));
             attacher = attacher.with_fastpath(Arc::clone(&fp));
-            self.fastpath = Some(fp);
+            n.fastpath = Some(fp);
         }
         let attacher = Arc::new(attacher);
-        let recovered = self.runtime.block_on(attacher.recover());
-        recovered.expect("the agent takes back its attachments");
-        let _ = std::fs::remove_file(self.socket());
-        let socket = self.socket();
+        self.runtime
+            .block_on(attacher.recover())
+            .expect("the agent takes back its attachments");
+        let _ = std::fs::remove_file(&socket);
         let listener = self
             .runtime
             .block_on(async { cni_server::bind(&socket) })
             .expect("binding");
-        self.agent = Some(self.runtime.spawn(cni_server::serve(listener, attacher)));
+        n.agent = Some(self.runtime.spawn(cni_server::serve(listener, attacher)));
     }
 
-    /// Stops the agent (what is pinned and attached stays, as when the process exits).
+    /// Stops the first node's agent (what is pinned and attached stays, as when the process
+    /// exits).
     pub fn stop_agent(&mut self) {
-        if let Some(agent) = self.agent.take() {
+        self.stop_agent_on(0);
+    }
+
+    /// Stops node `node`'s agent.
+    pub fn stop_agent_on(&mut self, node: usize) {
+        let n = &mut self.nodes[node];
+        if let Some(agent) = n.agent.take() {
             agent.abort();
         }
-        self.fastpath = None;
+        n.fastpath = None;
         // Let the aborted server drop the attacher (and with it the maps' descriptors).
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    /// The NAD's config as Multus passes it to our plugin.
-    pub fn config(&self, nad: &str) -> String {
+    /// The NAD's config as Multus passes it to our plugin on node `node`.
+    pub fn config_on(&self, node: usize, nad: &str) -> String {
         json!({
             "cniVersion": "0.3.1", "name": nad, "type": "kube-ovn",
-            "server_socket": self.socket(), "provider": format!("{nad}.default.ovn"),
+            "server_socket": self.socket_on(node), "provider": format!("{nad}.default.ovn"),
         })
         .to_string()
     }
 
-    /// ADD of `pod`'s net1 (the pod already seeded) in `ns` through `nad`: its address.
+    /// The NAD's config on the first node.
+    pub fn config(&self, nad: &str) -> String {
+        self.config_on(0, nad)
+    }
+
+    /// ADD of `pod`'s net1 on the first node; returns its address.
+    pub fn attach(&self, pod: &str, ns: &NetNs, nad: &str) -> String {
+        self.attach_on(0, pod, ns, nad)
+    }
+
+    /// ADD of `pod`'s net1 (the pod already seeded) in `ns` through `nad` on node `node`.
     ///
     /// # Panics
     /// When the ADD fails.
-    pub fn attach(&self, pod: &str, ns: &NetNs, nad: &str) -> String {
-        let out = sidelane_cni::run(&cni_vars("ADD", pod, ns), self.config(nad).as_bytes());
+    pub fn attach_on(&self, node: usize, pod: &str, ns: &NetNs, nad: &str) -> String {
+        let out = sidelane_cni::run(
+            &cni_vars("ADD", pod, ns),
+            self.config_on(node, nad).as_bytes(),
+        );
         assert_eq!(out.exit_code, 0, "ADD {pod}: {}", out.stdout);
         let result: Value = serde_json::from_str(&out.stdout).expect("a JSON result");
         let cidr = result["ips"][0]["address"].as_str().expect("an address");
         cidr.split('/').next().unwrap_or_default().to_owned()
     }
 
-    /// DEL of `pod`'s net1.
+    /// DEL of `pod`'s net1 on the first node.
     ///
     /// # Panics
     /// When the DEL fails.
@@ -221,44 +304,51 @@ impl NodeRig {
         link::veth_name(&container_id(pod), "net1", 'p').expect("a port name")
     }
 
-    /// The fast-path counters of `pod`'s net1.
+    /// The fast-path counters of `pod`'s net1 on the first node.
+    pub fn counters(&self, pod: &str) -> FastpathCounters {
+        self.counters_on(0, pod)
+    }
+
+    /// The fast-path counters of `pod`'s net1 on node `node`.
     ///
     /// # Panics
-    /// When the agent runs without a fast path.
-    pub fn counters(&self, pod: &str) -> FastpathCounters {
-        let fp = self
+    /// When that agent runs without a fast path.
+    pub fn counters_on(&self, node: usize, pod: &str) -> FastpathCounters {
+        let n = &self.nodes[node];
+        let fp = n
             .fastpath
             .as_ref()
             .expect("the agent runs with the fast path");
         fp.lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .counters(Some(&self.chassis.ns.path()), &Self::host_end(pod))
+            .counters(Some(&n.chassis.ns.path()), &Self::host_end(pod))
             .expect("counters")
     }
 
-    /// What the agent's `/metrics` would answer now.
+    /// What the first node's agent `/metrics` would answer now.
     ///
     /// # Panics
     /// When the agent runs without a fast path.
     pub fn metrics_text(&self) -> String {
-        let fp = self
+        let n = &self.nodes[0];
+        let fp = n
             .fastpath
             .as_ref()
             .expect("the agent runs with the fast path");
         let collector = FastpathCollector::new(
-            Records::open(self.dir.path().join("records")).expect("records"),
+            Records::open(n.dir.path().join("records")).expect("records"),
             Arc::clone(fp),
-            Some(self.chassis.ns.path()),
+            Some(n.chassis.ns.path()),
         );
         metrics::render(&metrics::registry(Some(collector)))
     }
 
-    /// A kernel counter of a device in the node's namespace (`rx_packets`...).
+    /// A kernel counter of a device in the first node's namespace (`rx_packets`...).
     ///
     /// # Panics
     /// When the counter cannot be read.
     pub fn device_counter(&self, ifname: &str, counter: &str) -> u64 {
-        self.chassis
+        self.chassis()
             .ns
             .exec(&[
                 "cat",
@@ -273,6 +363,8 @@ impl NodeRig {
 
 impl Drop for NodeRig {
     fn drop(&mut self) {
-        self.stop_agent();
+        for i in 0..self.nodes.len() {
+            self.stop_agent_on(i);
+        }
     }
 }

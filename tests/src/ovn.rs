@@ -307,6 +307,8 @@ pub struct Chassis {
     dir: tempfile::TempDir,
     /// The chassis' name (OVS `system-id`).
     pub name: String,
+    /// Its tunnel endpoint.
+    pub encap_ip: String,
     /// The `Open_vSwitch` database.
     pub db: DbServer,
     vswitchd: Background,
@@ -314,8 +316,15 @@ pub struct Chassis {
 }
 
 impl Chassis {
-    /// Starts a chassis attached to `central`, with `br-int` on the `netdev` datapath.
+    /// Starts a chassis attached to `central`, with `br-int` on the `netdev` datapath and
+    /// tunnels from `127.0.0.1` (a single node).
     pub fn start(central: &Central, name: &str) -> anyhow::Result<Chassis> {
+        Chassis::start_with(central, name, "127.0.0.1")
+    }
+
+    /// Starts a chassis whose tunnel endpoint is `encap_ip` (unique per chassis; see
+    /// [`Chassis::connect`] for the underlay that carries it).
+    pub fn start_with(central: &Central, name: &str, encap_ip: &str) -> anyhow::Result<Chassis> {
         let ns = NetNs::new()?;
         let dir = tempfile::Builder::new()
             .prefix("sidelane-ovs-")
@@ -351,7 +360,7 @@ impl Chassis {
                 &format!("external_ids:system-id={name}"),
                 &format!("external_ids:ovn-remote={}", central.sb.unix_remote()),
                 "external_ids:ovn-encap-type=geneve",
-                "external_ids:ovn-encap-ip=127.0.0.1",
+                &format!("external_ids:ovn-encap-ip={encap_ip}"),
                 "external_ids:ovn-bridge-datapath-type=netdev",
                 "--",
                 "--may-exist",
@@ -379,6 +388,7 @@ impl Chassis {
         let chassis = Chassis {
             ns,
             dir,
+            encap_ip: encap_ip.to_owned(),
             name: name.to_owned(),
             db,
             vswitchd,
@@ -421,6 +431,54 @@ impl Chassis {
         .args(args);
         with_env(&mut cmd, self.dir.path());
         process::run(&mut cmd, None, TOOL_TIMEOUT)?.checked()
+    }
+
+    /// Joins two chassis by an underlay: a veth pair `ul0` between their namespaces, each end
+    /// a port of a `br-phy` bridge (userspace datapath) whose own interface holds the chassis'
+    /// tunnel endpoint in a /24, as OVS's userspace tunnels need.
+    pub fn connect(a: &Chassis, b: &Chassis) -> anyhow::Result<()> {
+        a.ns.exec(&[
+            "ip",
+            "link",
+            "add",
+            "ul0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ul0",
+            "netns",
+            b.ns.name(),
+        ])
+        .context("creating the underlay veth")?;
+        for c in [a, b] {
+            c.ns.exec(&["ip", "link", "set", "ul0", "up"])?;
+            c.vsctl(&[
+                "--may-exist",
+                "add-br",
+                "br-phy",
+                "--",
+                "set",
+                "Bridge",
+                "br-phy",
+                "datapath_type=netdev",
+                "--",
+                "--may-exist",
+                "add-port",
+                "br-phy",
+                "ul0",
+            ])?;
+            c.ns.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{}/24", c.encap_ip),
+                "dev",
+                "br-phy",
+            ])?;
+            c.ns.exec(&["ip", "link", "set", "br-phy", "up"])?;
+        }
+        Ok(())
     }
 
     /// Whether ovs-vswitchd and ovn-controller still run.

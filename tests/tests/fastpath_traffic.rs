@@ -229,14 +229,7 @@ fn del_removes_a_pods_entries_before_it_returns_and_its_old_address_reaches_noth
     let (a, _ip_a, b, ip_b) = two_pods(&rig, &json!({}));
     ping_eventually(&a, &ip_b);
     let key = endpoint_key(switch_id("attachnet"), ip_b.parse().expect("an address"));
-    let entries = |rig: &NodeRig| {
-        rig.fastpath
-            .as_ref()
-            .expect("fast path")
-            .lock()
-            .expect("lock")
-            .endpoints()
-    };
+    let entries = |rig: &NodeRig| rig.fastpath().lock().expect("lock").endpoints();
     assert!(
         entries(&rig).iter().any(|(k, _)| *k == key),
         "fast-b is an endpoint"
@@ -332,4 +325,44 @@ fn pods_on_two_switches_of_one_vpc_reach_each_other_through_ovs_not_the_fast_pat
         "routed traffic never takes the fast path: {counters:?}"
     );
     assert!(counters.misses > 10, "{counters:?}");
+}
+
+#[test]
+fn pods_on_two_nodes_reach_each_other_through_ovs_and_a_tunnel_not_the_fast_path() {
+    let name = "pods_on_two_nodes_reach_each_other_through_ovs_and_a_tunnel_not_the_fast_path";
+    if !privilege::require_privileges(name) || !ovn::require_installed(name) {
+        return;
+    }
+    let rig = NodeRig::start_nodes(2, true);
+    for doc in cluster::example("attachnet.yaml")
+        .into_iter()
+        .filter(|d| d["kind"] == "Subnet" || d["kind"] == "NetworkAttachmentDefinition")
+    {
+        cluster::apply(&rig.api, &doc);
+    }
+    let networks = json!({"k8s.v1.cni.cncf.io/networks": "default/attachnet"});
+    rig.api
+        .seed(cluster::pod("node1-pod", &networks))
+        .expect("pod");
+    rig.api
+        .seed(cluster::pod("node2-pod", &networks))
+        .expect("pod");
+    let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
+    let _ = rig.attach_on(0, "node1-pod", &a, "attachnet");
+    let ip_b = rig.attach_on(1, "node2-pod", &b, "attachnet");
+    ping_eventually(&a, &ip_b);
+    let out = ping(&a, &ip_b, 20).expect("ping across nodes");
+    assert!(
+        out.contains("20 received") && !out.contains("DUP!"),
+        "{out}"
+    );
+    let report = iperf::measure(&b, &ip_b, &a, &IperfSpec::tcp(Duration::from_secs(1)))
+        .expect("TCP across nodes");
+    assert!(report.receiver_bps > 1e6, "{}", report.receiver_bps);
+    let counters = rig.counters_on(0, "node1-pod");
+    assert_eq!(
+        counters.hits, 0,
+        "a remote pod is never fast-pathed: {counters:?}"
+    );
+    assert!(counters.misses > 20, "{counters:?}");
 }

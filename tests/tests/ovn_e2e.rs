@@ -57,7 +57,7 @@ fn pods_on_one_switch_ping_and_pass_tcp_over_net1_through_ovn_and_del_unplugs_th
     let ip_b = rig.attach("pod-b", &b, "attachnet");
     // The ADD answered after ovn-controller bound the port.
     let port = rig
-        .chassis
+        .chassis()
         .vsctl(&[
             "--bare",
             "--columns=external_ids",
@@ -87,7 +87,7 @@ fn pods_on_one_switch_ping_and_pass_tcp_over_net1_through_ovn_and_del_unplugs_th
     );
     assert_eq!(out.exit_code, 0, "{}", out.stdout);
     let ports = rig
-        .chassis
+        .chassis()
         .vsctl(&["list-ports", "br-int"])
         .expect("list-ports");
     assert!(
