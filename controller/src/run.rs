@@ -621,6 +621,9 @@ impl Leader {
             .filter_map(|p| p.metadata.uid.clone())
             .collect();
         let outcome = self.engine.collect_garbage(&live);
+        // A pod deleted while a watch was re-listing left no Delete event: it must not be
+        // tried again (that would allocate for it anew after every collection).
+        self.waiting.retain(|uid, _| live.contains(uid));
         if !outcome.delete_ips.is_empty() {
             info!(
                 released = outcome.delete_ips.len(),

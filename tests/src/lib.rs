@@ -7,6 +7,7 @@
 //! - [`topology`]: the standard pod link (host namespace ↔ pod namespace over one veth pair).
 //! - [`sidelane`]: Sidelane's QoS dataplane on a pod link, with a private pin root.
 //! - [`iperf`]: iperf3 runs between namespaces, measured at the receiver.
+//! - [`lab`]: the one-machine lab behind `cargo xtask lab`.
 //! - [`ping`]: RTT samples and percentiles.
 //! - [`bandwidth_plugin`]: Debian's reference `bandwidth` CNI plugin, driven as a runtime does.
 //! - [`bench`]: the benchmarks behind `cargo xtask bench <name>`.
@@ -20,6 +21,7 @@ pub mod bandwidth_plugin;
 pub mod bench;
 pub mod cluster;
 pub mod iperf;
+pub mod lab;
 pub mod netns;
 pub mod node_rig;
 pub mod ovn;

@@ -1,15 +1,17 @@
-//! `cargo xtask lab`: the whole system on one machine.
-//!
-//! The lab (API double, OVN central, two simulated nodes, agents, controller replicas, the
-//! seeds' YAML applied and a report) arrives with the lab issue; it needs the CNI, controller
-//! and OVN work first. Until then this says so plainly and points at what runs today.
+//! `cargo xtask lab`: the whole system on one machine (see `tests/src/lab.rs`): makes sure the
+//! machine has what it needs (`setup`), builds the binaries, then runs `sidelane-lab`, whose
+//! exit status it passes on.
 
-pub fn run() {
-    println!(
-        "cargo xtask lab: not yet. The one-machine lab (API double, OVN, two simulated nodes, \
-         agents, controller) arrives with the lab issue, after the CNI/agent, controller and OVN \
-         issues.\n\nWhat runs today:\n  cargo xtask test        every test, including the \
-         privileged QoS traffic tests (root)\n  cargo xtask bench qos   rate limits enforced by \
-         the TC eBPF programs vs the reference bandwidth CNI plugin"
-    );
+use std::process::Command;
+
+use crate::cmd::{exec, root};
+
+pub fn run(keep: bool) -> anyhow::Result<()> {
+    crate::setup::run()?;
+    exec(Command::new("cargo").args(["build", "--locked", "--bins"]))?;
+    let mut cmd = Command::new(root().join("target/debug/sidelane-lab"));
+    if keep {
+        cmd.arg("--keep");
+    }
+    exec(&mut cmd)
 }

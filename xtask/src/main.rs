@@ -30,8 +30,13 @@ enum Command {
         #[arg(last = true)]
         nextest_args: Vec<String>,
     },
-    /// The whole system on one machine.
-    Lab,
+    /// The whole system on one machine: API double, OVN, two nodes, agents, controllers, the
+    /// seeds' YAML, and a report.
+    Lab {
+        /// Leave it running after the report (Ctrl-C tears it down).
+        #[arg(long)]
+        keep: bool,
+    },
     /// Write `deploy/crds/` from the `kubeovn.io/v1` types in `api/src/crd`.
     Crds {
         /// Fail (naming the file) when a committed CRD differs instead of writing.
@@ -53,10 +58,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run(),
         Command::BuildEbpf => build_ebpf::run().map(|_| ()),
         Command::Test { nextest_args } => test::run(&nextest_args),
-        Command::Lab => {
-            lab::run();
-            Ok(())
-        }
+        Command::Lab { keep } => lab::run(keep),
         Command::Bench { name, quick } => bench::run(name, quick),
         Command::Crds { check } => crds::run(&workspace_root(), check),
     }

@@ -1,0 +1,1152 @@
+//! The one-machine lab behind `cargo xtask lab`: the whole system as plain processes from a
+//! temporary directory, the seeds' YAML applied unchanged, and a report a person can read.
+//!
+//! - The Kubernetes API is the test harness's API double, served on loopback: it stands in for a
+//!   cluster (there is none on these machines), faithful where it matters (watches, patches,
+//!   conflicts, Leases).
+//! - OVN central (Northbound, Southbound, northd) and two simulated nodes, each a network
+//!   namespace with its own OVS (`system` datapath where the kernel module exists, else
+//!   `netdev`), ovn-controller and `sidelane-agent`; the nodes are joined by an underlay for
+//!   OVN's tunnels and by a LAN (a bridge) that macvlan attachments use as `eth0`.
+//! - Two `sidelane-controller` replicas electing a leader through a Lease.
+//! - Pods are network namespaces with a primary `eth0` (a stand-in for Cilium, Calico or
+//!   Flannel); net1..netN are attached by calling the CNI plugins (ours installed as
+//!   `kube-ovn`, Debian's `macvlan`) inside the node's namespace exactly as Multus would, with
+//!   the NAD's configuration unchanged (the node's agent socket is mounted at the seeds'
+//!   `/run/openvswitch`).
+//!
+//! The seeds' examples reuse names (`samplepod`, the `macvlan` Subnet), so scenarios run one
+//! after another, each cleaned up before the next.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use kube::{
+    Api,
+    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind},
+};
+use serde_json::{Value, json};
+use sidelane_api::network_selection;
+
+use crate::{
+    apiserver::ApiServer,
+    cluster,
+    iperf::{self, IperfSpec},
+    netns::NetNs,
+    node_rig::container_id,
+    ovn::{Central, Chassis},
+    process::{self, Background},
+    sidelane::PinRoot,
+};
+
+/// How the lab runs.
+#[derive(Clone, Debug, Default)]
+pub struct LabOptions {
+    /// Leave everything running after the report, until Ctrl-C.
+    pub keep: bool,
+}
+
+/// Set by the Ctrl-C handler; checked between steps.
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+fn check_stop() -> anyhow::Result<()> {
+    if STOP.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One simulated node.
+struct LabNode {
+    name: String,
+    chassis: Chassis,
+    /// Mounted at `/run/openvswitch` for the CNI plugins of this node: holds the agent socket.
+    run_dir: PathBuf,
+    metrics_port: u16,
+    agent: Background,
+    _pins: PinRoot,
+}
+
+/// One pod of the lab.
+struct LabPod {
+    name: String,
+    node: usize,
+    ns: NetNs,
+    annotations: BTreeMap<String, String>,
+    attachments: Vec<Attachment>,
+}
+
+/// One attachment made.
+#[derive(Clone, Debug)]
+struct Attachment {
+    nad: String,
+    ifname: String,
+    config: String,
+    ips: Vec<String>,
+    /// The logical switch (the Subnet) the controller chose.
+    switch: String,
+    /// `ovn` or the plugin name.
+    plugin: String,
+    provider: String,
+}
+
+/// A check and whether it held.
+#[derive(Clone, Debug)]
+struct Check {
+    scenario: String,
+    what: String,
+    ok: bool,
+    detail: String,
+}
+
+/// A scenario: seed files applied together, and pods of our own beside them.
+struct Scenario {
+    name: &'static str,
+    files: &'static [&'static str],
+    extra: fn() -> Vec<Value>,
+}
+
+fn no_extra() -> Vec<Value> {
+    Vec::new()
+}
+
+/// The non-primary mode document's QoS example, on a pod of the `attachnet` network.
+fn qos_pods() -> Vec<Value> {
+    vec![
+        cluster::pod(
+            "qos-pod",
+            &json!({
+                "k8s.v1.cni.cncf.io/networks": "default/attachnet",
+                "ovn.kubernetes.io/ingress_rate": "1000",
+                "ovn.kubernetes.io/egress_rate": "1000",
+            }),
+        ),
+        cluster::pod(
+            "vpc-peer",
+            &json!({"k8s.v1.cni.cncf.io/networks": "default/kube-ovn-vpc-network"}),
+        ),
+    ]
+}
+
+const SCENARIOS: [Scenario; 5] = [
+    Scenario {
+        name: "OVN attachments: attachnet (custom routes), a Vpc of its own, QoS",
+        files: &["attachnet.yaml", "non-primary-vpc.yaml"],
+        extra: qos_pods,
+    },
+    Scenario {
+        name: "OVN attachment on an `ovn` Subnet named by logical_switch",
+        files: &["attachnet-ovn-subnet.yaml"],
+        extra: no_extra,
+    },
+    Scenario {
+        name: "macvlan with Kube-OVN IPAM: static IP, ip_pool, default-route",
+        files: &["macvlan-ipam.yaml"],
+        extra: no_extra,
+    },
+    Scenario {
+        name: "multi-NIC IPAM (short network names)",
+        files: &["multi-nic-ipam.yaml"],
+        extra: no_extra,
+    },
+    Scenario {
+        name: "macvlan on an `ovn` Subnet named by logical_switch",
+        files: &["macvlan-ovn-subnet.yaml"],
+        extra: no_extra,
+    },
+];
+
+/// The lab.
+pub struct Lab {
+    dir: tempfile::TempDir,
+    api: ApiServer,
+    runtime: tokio::runtime::Runtime,
+    central: Central,
+    nodes: Vec<LabNode>,
+    lan: NetNs,
+    primary: NetNs,
+    controllers: Vec<Background>,
+    cni_bin: PathBuf,
+    next_primary: u32,
+    phases: Vec<(String, Duration)>,
+    checks: Vec<Check>,
+    report: String,
+}
+
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()
+        .context("finding the lab's own path")?
+        .with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: `cargo xtask lab` builds it (or run `cargo build --bins`)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn phase<T>(
+    phases: &mut Vec<(String, Duration)>,
+    name: &str,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    check_stop()?;
+    eprintln!("==> {name}");
+    let start = Instant::now();
+    let out = f().with_context(|| format!("lab phase: {name}"))?;
+    let took = start.elapsed();
+    eprintln!("    done in {:.1} s", took.as_secs_f64());
+    phases.push((name.to_owned(), took));
+    Ok(out)
+}
+
+impl Lab {
+    /// Brings everything up: the API, OVN, the nodes with their agents, the controllers.
+    #[expect(clippy::too_many_lines, reason = "the bring-up, phase by phase")]
+    pub fn start() -> anyhow::Result<Lab> {
+        let mut phases = Vec::new();
+        let dir = tempfile::Builder::new()
+            .prefix("sidelane-lab-")
+            .tempdir()
+            .context("creating the lab's directory")?;
+        let agent_bin = binary("sidelane-agent")?;
+        let controller_bin = binary("sidelane-controller")?;
+        let cni_bin = dir.path().join("cni-bin");
+        std::fs::create_dir_all(&cni_bin)?;
+        std::os::unix::fs::symlink(binary("sidelane-cni")?, cni_bin.join("kube-ovn"))?;
+        for plugin in ["macvlan", "bridge", "host-local", "static"] {
+            let path = Path::new("/usr/lib/cni").join(plugin);
+            if path.exists() {
+                std::os::unix::fs::symlink(&path, cni_bin.join(plugin))?;
+            }
+        }
+        let runtime = tokio::runtime::Runtime::new().context("a runtime")?;
+        let api = phase(
+            &mut phases,
+            "Kubernetes API (the lab's API double: it stands in for a cluster)",
+            || {
+                let api = ApiServer::start();
+                api.kubeconfig(&dir.path().join("kubeconfig"))?;
+                eprintln!(
+                    "    serving {} (KUBECONFIG={})",
+                    api.url(),
+                    dir.path().join("kubeconfig").display()
+                );
+                Ok(api)
+            },
+        )?;
+        let central = phase(
+            &mut phases,
+            "OVN central: Northbound, Southbound, ovn-northd",
+            Central::start,
+        )?;
+        let lan = NetNs::new()?;
+        lan.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        lan.exec(&["ip", "link", "set", "br0", "up"])?;
+        let primary = NetNs::new()?;
+        let nodes = phase(
+            &mut phases,
+            "two nodes: OVS, ovn-controller, sidelane-agent each",
+            || {
+                let mut chassis = Vec::new();
+                for i in 1..=2 {
+                    chassis.push(Chassis::start_with(
+                        &central,
+                        &format!("node{i}"),
+                        &format!("192.168.100.{i}"),
+                    )?);
+                }
+                Chassis::connect(&chassis[0], &chassis[1])?;
+                let mut nodes = Vec::new();
+                for (i, c) in chassis.into_iter().enumerate() {
+                    let name = format!("node{}", i + 1);
+                    // The node's LAN port, the master of its macvlan attachments.
+                    c.ns.exec(&[
+                        "ip",
+                        "link",
+                        "add",
+                        "eth0",
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        &format!("lan{i}"),
+                        "netns",
+                        lan.name(),
+                    ])?;
+                    c.ns.exec(&["ip", "link", "set", "eth0", "up"])?;
+                    lan.exec(&[
+                        "ip",
+                        "link",
+                        "set",
+                        &format!("lan{i}"),
+                        "master",
+                        "br0",
+                        "up",
+                    ])?;
+                    let node_dir = dir.path().join(&name);
+                    let run_dir = node_dir.join("run");
+                    std::fs::create_dir_all(&run_dir)?;
+                    let pins = PinRoot::new(&format!("sidelane-lab-{name}"));
+                    let metrics_port = free_port()?;
+                    let log = std::fs::File::create(node_dir.join("agent.log"))?;
+                    let mut cmd = Command::new(&agent_bin);
+                    cmd.arg("--host-netns")
+                        .arg(c.ns.path())
+                        .arg("--socket")
+                        .arg(run_dir.join("kube-ovn-daemon.sock"))
+                        .arg("--pin-root")
+                        .arg(pins.path())
+                        .arg("--state-dir")
+                        .arg(node_dir.join("records"))
+                        .arg("--ovs-db")
+                        .arg(c.db.unix_remote())
+                        .arg("--ovs-datapath")
+                        .arg("auto")
+                        .arg("--metrics-addr")
+                        .arg(format!("127.0.0.1:{metrics_port}"))
+                        .env("KUBECONFIG", dir.path().join("kubeconfig"))
+                        .env("RUST_LOG", "info")
+                        .stdout(log.try_clone()?)
+                        .stderr(log);
+                    let agent = Background::spawn(&mut cmd)?;
+                    let socket = run_dir.join("kube-ovn-daemon.sock");
+                    let start = Instant::now();
+                    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                        if start.elapsed() > Duration::from_secs(30) {
+                            bail!(
+                                "{name}'s agent did not listen within 30 s; see {}",
+                                node_dir.join("agent.log").display()
+                            );
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    eprintln!(
+                        "    {name}: {} (agent log {})",
+                        c.ns.name(),
+                        node_dir.join("agent.log").display()
+                    );
+                    nodes.push(LabNode {
+                        name,
+                        chassis: c,
+                        run_dir,
+                        metrics_port,
+                        agent,
+                        _pins: pins,
+                    });
+                }
+                Ok(nodes)
+            },
+        )?;
+        let controllers = phase(
+            &mut phases,
+            "two sidelane-controller replicas (leader election)",
+            || {
+                let mut v = Vec::new();
+                for i in 1..=2 {
+                    let log =
+                        std::fs::File::create(dir.path().join(format!("controller-{i}.log")))?;
+                    let mut cmd = Command::new(&controller_bin);
+                    cmd.arg("--identity")
+                        .arg(format!("sidelane-controller-{i}"))
+                        .arg("--lease-namespace")
+                        .arg("kube-system")
+                        .arg("--ovn-nb-addr")
+                        .arg(central.nb.unix_remote())
+                        .arg("--metrics-addr")
+                        .arg(format!("127.0.0.1:{}", free_port()?))
+                        .arg("--gc-interval")
+                        .arg("10")
+                        .env("KUBECONFIG", dir.path().join("kubeconfig"))
+                        .env("RUST_LOG", "info")
+                        .stdout(log.try_clone()?)
+                        .stderr(log);
+                    v.push(Background::spawn(&mut cmd)?);
+                }
+                let start = Instant::now();
+                while api
+                    .get(
+                        "coordination.k8s.io/v1",
+                        "Lease",
+                        "kube-system",
+                        "sidelane-controller",
+                    )
+                    .is_none()
+                {
+                    if start.elapsed() > Duration::from_secs(30) {
+                        bail!("no controller took the Lease within 30 s");
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let lease = api.get(
+                    "coordination.k8s.io/v1",
+                    "Lease",
+                    "kube-system",
+                    "sidelane-controller",
+                );
+                eprintln!(
+                    "    leader: {}",
+                    lease
+                        .as_ref()
+                        .and_then(|l| l["spec"]["holderIdentity"].as_str())
+                        .unwrap_or("?")
+                );
+                Ok(v)
+            },
+        )?;
+        Ok(Lab {
+            dir,
+            api,
+            runtime,
+            central,
+            nodes,
+            lan,
+            primary,
+            controllers,
+            cni_bin,
+            next_primary: 0,
+            phases,
+            checks: Vec::new(),
+            report: String::new(),
+        })
+    }
+
+    fn check(&mut self, scenario: &str, what: String, ok: bool, detail: String) {
+        if !ok {
+            eprintln!("    FAILED: {what}: {detail}");
+        }
+        self.checks.push(Check {
+            scenario: scenario.to_owned(),
+            what,
+            ok,
+            detail,
+        });
+    }
+
+    /// Runs a CNI plugin as Multus would, inside `node`'s namespace with the node's agent socket
+    /// at `/run/openvswitch`.
+    fn cni(
+        &self,
+        node: usize,
+        command: &str,
+        pod: &LabPod,
+        ifname: &str,
+        config: &str,
+    ) -> anyhow::Result<Value> {
+        let cfg: Value = serde_json::from_str(config).context("the NAD's config")?;
+        let plugin = cfg["type"].as_str().unwrap_or_default().to_owned();
+        let n = &self.nodes[node];
+        let mut cmd = n.chassis.ns.command(&[
+            "sh",
+            "-c",
+            "mkdir -p /run/openvswitch && mount --bind \"$0\" /run/openvswitch && exec \"$@\"",
+        ]);
+        cmd.arg(&n.run_dir).arg(self.cni_bin.join(&plugin));
+        cmd.env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id(&pod.name))
+            .env("CNI_NETNS", pod.ns.path())
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_PATH", &self.cni_bin)
+            .env("CNI_ARGS", format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
+                pod.name, container_id(&pod.name)
+            ));
+        let out = process::run(&mut cmd, Some(config.as_bytes()), Duration::from_secs(90))?;
+        if !out.status.success() {
+            bail!(
+                "{plugin} {command} {ifname}: {}{}",
+                out.stdout.trim(),
+                out.stderr.trim()
+            );
+        }
+        if out.stdout.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&out.stdout)
+            .with_context(|| format!("{plugin} {command}: {}", out.stdout))
+    }
+
+    fn nad_config(&self, namespace: &str, name: &str) -> anyhow::Result<String> {
+        let nad = self
+            .api
+            .get(
+                "k8s.cni.cncf.io/v1",
+                "NetworkAttachmentDefinition",
+                namespace,
+                name,
+            )
+            .with_context(|| format!("NAD {namespace}/{name} not found"))?;
+        let mut cfg: Value =
+            serde_json::from_str(nad["spec"]["config"].as_str().unwrap_or("{}"))
+                .with_context(|| format!("NAD {namespace}/{name}: config is not JSON"))?;
+        if cfg.get("name").is_none() {
+            cfg["name"] = json!(name);
+        }
+        Ok(cfg.to_string())
+    }
+
+    /// "kubelet": the pod's namespace with its primary eth0, then every attachment.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "what kubelet and Multus do for one pod"
+    )]
+    fn start_pod(&mut self, scenario: &str, name: &str, node: usize) -> anyhow::Result<LabPod> {
+        let obj = self
+            .api
+            .get("v1", "Pod", "default", name)
+            .context("the pod")?;
+        let annotations: BTreeMap<String, String> = obj["metadata"]["annotations"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ns = NetNs::new()?;
+        self.next_primary += 1;
+        let idx = self.next_primary;
+        let peer = format!("pri{idx}");
+        self.primary.exec(&[
+            "ip",
+            "link",
+            "add",
+            &peer,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])?;
+        self.primary.exec(&["ip", "link", "set", &peer, "up"])?;
+        ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.244.{}.{}/16", idx / 250, idx % 250 + 2),
+            "dev",
+            "eth0",
+        ])?;
+        ns.exec(&["ip", "link", "set", "eth0", "up"])?;
+        ns.exec(&["ip", "route", "add", "default", "via", "10.244.0.1"])?;
+        let mut pod = LabPod {
+            name: name.to_owned(),
+            node,
+            ns,
+            annotations,
+            attachments: Vec::new(),
+        };
+        let selection = pod
+            .annotations
+            .get("k8s.v1.cni.cncf.io/networks")
+            .cloned()
+            .unwrap_or_default();
+        let selections = network_selection::parse(&selection, "default")?;
+        for (i, sel) in selections.iter().enumerate() {
+            let ifname = sel.interface_or_default(i + 1);
+            let config = self.nad_config(&sel.namespace, &sel.name)?;
+            let cfg: Value = serde_json::from_str(&config)?;
+            let plugin = cfg["type"].as_str().unwrap_or_default().to_owned();
+            let ovn = plugin == "kube-ovn";
+            if !sel.default_route.is_empty() {
+                // As Multus does: the network that asks for the default route takes it over.
+                let _ = pod.ns.exec(&["ip", "route", "del", "default"]);
+            }
+            let provider = if ovn {
+                format!("{}.{}.ovn", sel.name, sel.namespace)
+            } else {
+                format!("{}.{}", sel.name, sel.namespace)
+            };
+            match self.cni(node, "ADD", &pod, &ifname, &config) {
+                Ok(result) => {
+                    let ips: Vec<String> = result["ips"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|ip| {
+                                    ip["address"].as_str()?.split('/').next().map(str::to_owned)
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let current = self
+                        .api
+                        .get("v1", "Pod", "default", name)
+                        .unwrap_or(Value::Null);
+                    let switch = current["metadata"]["annotations"]
+                        [format!("{provider}.kubernetes.io/logical_switch")]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                    self.check(
+                        scenario,
+                        format!("{name} {ifname} attached ({})", sel.name),
+                        !ips.is_empty(),
+                        ips.join(", "),
+                    );
+                    pod.attachments.push(Attachment {
+                        nad: sel.name.clone(),
+                        ifname,
+                        config,
+                        ips,
+                        switch,
+                        plugin: if ovn { "ovn".to_owned() } else { plugin },
+                        provider,
+                    });
+                }
+                Err(e) => self.check(
+                    scenario,
+                    format!("{name} {ifname} attached ({})", sel.name),
+                    false,
+                    format!("{e:#}"),
+                ),
+            }
+        }
+        Ok(pod)
+    }
+
+    fn stop_pod(&self, pod: &LabPod) {
+        for a in &pod.attachments {
+            if let Err(e) = self.cni(pod.node, "DEL", pod, &a.ifname, &a.config) {
+                eprintln!("    DEL {} {}: {e:#}", pod.name, a.ifname);
+            }
+        }
+    }
+
+    fn delete_object(&self, doc: &Value) {
+        let api_version = doc["apiVersion"].as_str().unwrap_or_default();
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let plural = match kind {
+            "NetworkAttachmentDefinition" => "network-attachment-definitions".to_owned(),
+            "IPPool" => "ippools".to_owned(),
+            other => format!("{}s", other.to_lowercase()),
+        };
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(group, version, kind),
+            &plural,
+        );
+        let name = doc["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let namespaced = !matches!(kind, "Subnet" | "Vpc" | "IPPool" | "VpcNatGateway");
+        let client = self.runtime.block_on(async { self.api.client() });
+        let api: Api<DynamicObject> = if namespaced {
+            Api::namespaced_with(
+                client,
+                doc["metadata"]["namespace"].as_str().unwrap_or("default"),
+                &ar,
+            )
+        } else {
+            Api::all_with(client, &ar)
+        };
+        let _ = self
+            .runtime
+            .block_on(api.delete(&name, &DeleteParams::default()));
+    }
+
+    fn ping(from: &NetNs, to: &str) -> bool {
+        from.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", to])
+            .is_ok()
+    }
+
+    fn ping_eventually(from: &NetNs, to: &str, within: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if Self::ping(from, to) {
+                return true;
+            }
+            if start.elapsed() > within {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn fastpath_hits(&self, node: usize) -> BTreeMap<String, u64> {
+        use std::io::{Read as _, Write as _};
+        let port = self.nodes[node].metrics_port;
+        let mut out = BTreeMap::new();
+        let mut text = String::new();
+        let fetched = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")?;
+            s.read_to_string(&mut text)
+        });
+        if fetched.is_err() {
+            return out;
+        }
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("sidelane_agent_fastpath_hits_total{"))
+        {
+            let pod = line
+                .split("pod=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default();
+            let v: u64 = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            *out.entry(pod.to_owned()).or_default() += v;
+        }
+        out
+    }
+
+    /// Runs one scenario: apply, attach, check, clean up.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one scenario, step by step, as the report reads"
+    )]
+    fn scenario(&mut self, sc: &Scenario) -> anyhow::Result<()> {
+        let mut docs: Vec<Value> = sc.files.iter().flat_map(|f| cluster::example(f)).collect();
+        docs.extend((sc.extra)());
+        let start = Instant::now();
+        let _ = writeln!(
+            self.report,
+            "\n## {}\n   files: {}",
+            sc.name,
+            sc.files.join(", ")
+        );
+        // Pods go to the nodes in turn.
+        let mut pods = Vec::new();
+        let mut placed = 0usize;
+        for doc in &docs {
+            let mut doc = doc.clone();
+            if doc["kind"] == "Pod" {
+                doc["spec"]["nodeName"] = json!(format!("node{}", placed % 2 + 1));
+                pods.push((
+                    doc["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    placed % 2,
+                ));
+                placed += 1;
+            } else if doc["kind"] == "Deployment" {
+                let replicas =
+                    usize::try_from(doc["spec"]["replicas"].as_u64().unwrap_or(1)).unwrap_or(1);
+                let name = doc["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                doc["spec"]["template"]["spec"]["nodeName"] =
+                    json!(format!("node{}", placed % 2 + 1));
+                for i in 0..replicas {
+                    pods.push((format!("{name}-5d8f7-{i}"), (placed + i) % 2));
+                }
+                placed += replicas;
+            }
+            cluster::apply(&self.api, &doc);
+        }
+        let mut lab_pods = Vec::new();
+        for (name, node) in &pods {
+            check_stop()?;
+            eprintln!("    {name} on node{}", node + 1);
+            lab_pods.push(self.start_pod(sc.name, name, *node)?);
+        }
+        // What the seeds promise of each attachment.
+        for pod in &lab_pods {
+            for a in &pod.attachments {
+                let key = |k: &str| {
+                    pod.annotations
+                        .get(&format!("{}.kubernetes.io/{k}", a.provider))
+                        .cloned()
+                };
+                if let Some(static_ip) = key("ip_address") {
+                    let ok = a
+                        .ips
+                        .iter()
+                        .any(|ip| static_ip.split(',').any(|s| s.trim() == ip));
+                    self.check(
+                        sc.name,
+                        format!(
+                            "{} {} has its static address {static_ip}",
+                            pod.name, a.ifname
+                        ),
+                        ok,
+                        a.ips.join(", "),
+                    );
+                }
+                if let Some(pool) = key("ip_pool") {
+                    let ok = a
+                        .ips
+                        .iter()
+                        .any(|ip| pool.split([',', ';']).any(|s| s.trim() == ip));
+                    self.check(
+                        sc.name,
+                        format!("{} {} took an address of its ip_pool", pod.name, a.ifname),
+                        ok,
+                        format!("{} in {pool}", a.ips.join(", ")),
+                    );
+                }
+                if let Some(ls) = key("logical_switch") {
+                    self.check(
+                        sc.name,
+                        format!(
+                            "{} {} is on the logical switch it names ({ls})",
+                            pod.name, a.ifname
+                        ),
+                        a.switch == ls,
+                        a.switch.clone(),
+                    );
+                }
+                let routes = pod.ns.exec(&["ip", "route"]).unwrap_or_default();
+                if let Some(r) = key("routes") {
+                    let wanted: Vec<Value> = serde_json::from_str(&r).unwrap_or_default();
+                    for route in wanted {
+                        let gw = route["gw"].as_str().unwrap_or_default();
+                        let dst = route["dst"].as_str().unwrap_or("default");
+                        let ok = routes.lines().any(|l| {
+                            l.contains(&format!("via {gw}"))
+                                && (dst == "default" && l.starts_with("default")
+                                    || l.starts_with(dst.split('/').next().unwrap_or(dst))
+                                    || dst
+                                        .parse::<ipnet::IpNet>()
+                                        .is_ok_and(|n| l.starts_with(&n.trunc().to_string())))
+                        });
+                        self.check(
+                            sc.name,
+                            format!("{} has the custom route {dst} via {gw}", pod.name),
+                            ok,
+                            routes.lines().collect::<Vec<_>>().join("; "),
+                        );
+                    }
+                }
+            }
+            let selection = pod
+                .annotations
+                .get("k8s.v1.cni.cncf.io/networks")
+                .cloned()
+                .unwrap_or_default();
+            if let Ok(sels) = network_selection::parse(&selection, "default") {
+                for (i, sel) in sels.iter().enumerate() {
+                    for gw in &sel.default_route {
+                        let ifname = sel.interface_or_default(i + 1);
+                        let routes = pod.ns.exec(&["ip", "route"]).unwrap_or_default();
+                        let ok = routes
+                            .lines()
+                            .any(|l| l.starts_with(&format!("default via {gw} dev {ifname}")));
+                        self.check(
+                            sc.name,
+                            format!(
+                                "{}'s default route is via {gw} on {ifname} (default-route)",
+                                pod.name
+                            ),
+                            ok,
+                            routes.lines().collect::<Vec<_>>().join("; "),
+                        );
+                    }
+                }
+            }
+        }
+        // The ping matrix over secondary networks.
+        let mut endpoints: Vec<(String, usize, String, String, String, usize)> = Vec::new();
+        for (pi, pod) in lab_pods.iter().enumerate() {
+            for a in &pod.attachments {
+                for ip in &a.ips {
+                    endpoints.push((
+                        pod.name.clone(),
+                        pod.node,
+                        a.nad.clone(),
+                        a.switch.clone(),
+                        ip.clone(),
+                        pi,
+                    ));
+                }
+            }
+        }
+        let vpc_of = |api: &ApiServer, switch: &str| {
+            api.get("kubeovn.io/v1", "Subnet", "", switch)
+                .and_then(|s| s["spec"]["vpc"].as_str().map(str::to_owned))
+                .unwrap_or_default()
+        };
+        let _ = writeln!(self.report, "   pods:");
+        for pod in &lab_pods {
+            let ifs: Vec<String> = pod
+                .attachments
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{} {} ({}, {})",
+                        a.ifname,
+                        a.ips.join(","),
+                        a.nad,
+                        if a.switch.is_empty() { "-" } else { &a.switch }
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                self.report,
+                "     {:<32} node{}  eth0 10.244.x.x (primary CNI)  {}",
+                pod.name,
+                pod.node + 1,
+                ifs.join("  ")
+            );
+        }
+        let _ = writeln!(self.report, "   ping matrix (secondary networks):");
+        let mut seen = BTreeSet::new();
+        for a in &endpoints {
+            for b in &endpoints {
+                if a.5 == b.5 || !seen.insert((a.4.clone(), b.4.clone())) {
+                    continue;
+                }
+                let same_switch = a.3 == b.3 && !a.3.is_empty();
+                let same_nad = a.2 == b.2;
+                let (expect, why) = if same_switch || (same_nad && a.3.is_empty()) {
+                    (
+                        Some(true),
+                        if a.1 == b.1 {
+                            "same switch, same node"
+                        } else {
+                            "same switch, across nodes"
+                        },
+                    )
+                } else if !a.3.is_empty()
+                    && !b.3.is_empty()
+                    && vpc_of(&self.api, &a.3) != vpc_of(&self.api, &b.3)
+                {
+                    (Some(false), "different VPCs: forbidden")
+                } else {
+                    (None, "")
+                };
+                let Some(expect) = expect else { continue };
+                let from = &lab_pods[a.5].ns;
+                let ok = if expect {
+                    Self::ping_eventually(from, &b.4, Duration::from_secs(10))
+                } else {
+                    !Self::ping(from, &b.4)
+                };
+                let _ = writeln!(
+                    self.report,
+                    "     {:<6} {} {} ({}) -> {} {} ({})  [{why}]",
+                    if ok { "ok" } else { "FAIL" },
+                    a.0,
+                    a.4,
+                    a.2,
+                    b.0,
+                    b.4,
+                    b.2
+                );
+                self.check(
+                    sc.name,
+                    format!("ping {} -> {} ({why})", a.0, b.0),
+                    ok,
+                    format!("{} -> {}", a.4, b.4),
+                );
+            }
+        }
+        // QoS pods: measured against configured.
+        for (pi, pod) in lab_pods.iter().enumerate() {
+            let Some(rate) = pod
+                .annotations
+                .get("ovn.kubernetes.io/ingress_rate")
+                .and_then(|r| r.parse::<f64>().ok())
+            else {
+                continue;
+            };
+            let Some(target) = pod.attachments.first().and_then(|a| a.ips.first()).cloned() else {
+                continue;
+            };
+            let nad = pod.attachments[0].nad.clone();
+            let Some(sender) = lab_pods
+                .iter()
+                .enumerate()
+                .find(|(i, p)| {
+                    *i != pi && p.node == pod.node && p.attachments.iter().any(|a| a.nad == nad)
+                })
+                .map(|(_, p)| p)
+            else {
+                continue;
+            };
+            match iperf::measure(
+                &pod.ns,
+                &target,
+                &sender.ns,
+                &IperfSpec::tcp(Duration::from_secs(3)),
+            ) {
+                Ok(r) => {
+                    let mbps = r.receiver_bps / 1e6;
+                    let ok = mbps <= rate * 1.05 && mbps >= rate * 0.5;
+                    let _ = writeln!(
+                        self.report,
+                        "   QoS: {} ingress_rate {rate} Mbit/s, measured {mbps:.0} Mbit/s (from {})",
+                        pod.name, sender.name
+                    );
+                    self.check(
+                        sc.name,
+                        format!("{} held to its ingress_rate {rate} Mbit/s", pod.name),
+                        ok,
+                        format!("{mbps:.0} Mbit/s"),
+                    );
+                }
+                Err(e) => self.check(
+                    sc.name,
+                    format!("{} QoS measured", pod.name),
+                    false,
+                    format!("{e:#}"),
+                ),
+            }
+        }
+        // Fast-path counters.
+        let hits: BTreeMap<String, u64> = (0..self.nodes.len())
+            .flat_map(|n| self.fastpath_hits(n))
+            .collect();
+        let names: BTreeSet<&String> = lab_pods.iter().map(|p| &p.name).collect();
+        let shown: Vec<String> = hits
+            .iter()
+            .filter(|(p, _)| names.contains(p))
+            .map(|(p, h)| format!("{p} {h}"))
+            .collect();
+        if !shown.is_empty() {
+            let _ = writeln!(self.report, "   fast-path hits: {}", shown.join(", "));
+        }
+        let same_node_ovn = endpoints.iter().any(|a| {
+            endpoints.iter().any(|b| {
+                a.5 != b.5
+                    && a.1 == b.1
+                    && a.3 == b.3
+                    && !a.3.is_empty()
+                    && lab_pods[a.5].attachments.iter().any(|x| x.plugin == "ovn")
+            })
+        });
+        if same_node_ovn {
+            let total: u64 = hits
+                .iter()
+                .filter(|(p, _)| names.contains(p))
+                .map(|(_, h)| h)
+                .sum();
+            self.check(
+                sc.name,
+                "same-node traffic of one switch took the fast path".to_owned(),
+                total > 0,
+                format!("{total} hits"),
+            );
+        }
+        // Clean up for the next scenario.
+        for pod in &lab_pods {
+            self.stop_pod(pod);
+        }
+        for doc in docs.iter().rev() {
+            if doc["kind"] == "Deployment" {
+                let replicas = doc["spec"]["replicas"].as_u64().unwrap_or(1);
+                for i in 0..replicas {
+                    let name = format!(
+                        "{}-5d8f7-{i}",
+                        doc["metadata"]["name"].as_str().unwrap_or_default()
+                    );
+                    self.delete_object(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}}));
+                }
+            } else {
+                self.delete_object(doc);
+            }
+        }
+        // The controller releases what the pods held before the next scenario reuses names.
+        let start_wait = Instant::now();
+        while !self.api.list("kubeovn.io/v1", "IP", None).is_empty()
+            && start_wait.elapsed() < Duration::from_secs(20)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.phases
+            .push((format!("scenario: {}", sc.name), start.elapsed()));
+        Ok(())
+    }
+
+    /// Runs every scenario and prints the report; `Ok(true)` when every check held.
+    pub fn run_scenarios(&mut self) -> anyhow::Result<bool> {
+        for sc in &SCENARIOS {
+            let name = format!("scenario: {}", sc.name);
+            check_stop()?;
+            eprintln!("==> {name}");
+            let start = Instant::now();
+            self.scenario(sc).with_context(|| name.clone())?;
+            eprintln!("    done in {:.1} s", start.elapsed().as_secs_f64());
+        }
+        let failed: Vec<&Check> = self.checks.iter().filter(|c| !c.ok).collect();
+        let mut out = String::new();
+        let _ = writeln!(out, "\n# Sidelane lab report\n");
+        let _ = writeln!(
+            out,
+            "Kubernetes API: the lab's API double at {} (it stands in for a cluster)",
+            self.api.url()
+        );
+        let _ = writeln!(out, "OVN central: {}", self.central.nb.unix_remote());
+        for n in &self.nodes {
+            let _ = writeln!(
+                out,
+                "{}: namespace {}, OVS {}, agent metrics http://127.0.0.1:{}/metrics",
+                n.name,
+                n.chassis.ns.name(),
+                n.chassis.db.unix_remote(),
+                n.metrics_port
+            );
+        }
+        out.push_str(&self.report);
+        let _ = writeln!(out, "\n## Phases");
+        for (name, took) in &self.phases {
+            let _ = writeln!(out, "   {:>6.1} s  {name}", took.as_secs_f64());
+        }
+        let _ = writeln!(
+            out,
+            "\n## Result: {} checks, {} failed",
+            self.checks.len(),
+            failed.len()
+        );
+        for c in &failed {
+            let _ = writeln!(out, "   FAILED [{}] {}: {}", c.scenario, c.what, c.detail);
+        }
+        print!("{out}");
+        Ok(failed.is_empty())
+    }
+
+    /// How to reach the running lab (`--keep`).
+    pub fn how_to_reach(&self) -> String {
+        let d = self.dir.path();
+        format!(
+            "The lab keeps running (Ctrl-C tears it down). From another shell:\n  \
+             export KUBECONFIG={}\n  ovn-nbctl --db={} show\n  ip netns exec {} ovs-vsctl --db={} show\n  \
+             logs: {}/node1/agent.log, {}/controller-1.log\n",
+            d.join("kubeconfig").display(),
+            self.central.nb.unix_remote(),
+            self.nodes[0].chassis.ns.name(),
+            self.nodes[0].chassis.db.unix_remote(),
+            d.display(),
+            d.display(),
+        )
+    }
+
+    /// Whether every lab process still runs.
+    pub fn healthy(&mut self) -> bool {
+        self.nodes.iter_mut().all(|n| n.agent.is_running())
+            && self.controllers.iter_mut().all(Background::is_running)
+    }
+
+    /// The lab's directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The LAN namespace (kept for the report).
+    pub fn lan(&self) -> &NetNs {
+        &self.lan
+    }
+}
