@@ -84,6 +84,8 @@ struct LabPod {
     name: String,
     node: usize,
     ns: NetNs,
+    /// Whether eth0 is the primary CNI's stand-in (not one of our networks).
+    primary_standin: bool,
     annotations: BTreeMap<String, String>,
     attachments: Vec<Attachment>,
 }
@@ -100,6 +102,20 @@ struct Attachment {
     /// `ovn` or the plugin name.
     plugin: String,
     provider: String,
+}
+
+/// Whether one of the pod's routes annotations (`<provider>.kubernetes.io/routes`) covers `ip`.
+fn routes_to(pod: &LabPod, ip: &str) -> bool {
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    pod.annotations
+        .iter()
+        .filter(|(k, _)| k.ends_with(".kubernetes.io/routes"))
+        .filter_map(|(_, v)| serde_json::from_str::<Vec<Value>>(v).ok())
+        .flatten()
+        .filter_map(|r| r["dst"].as_str()?.parse::<ipnet::IpNet>().ok())
+        .any(|net| net.contains(&ip))
 }
 
 /// A check and whether it held.
@@ -122,9 +138,27 @@ fn no_extra() -> Vec<Value> {
     Vec::new()
 }
 
-/// The non-primary mode document's QoS example, on a pod of the `attachnet` network.
-fn qos_pods() -> Vec<Value> {
+/// Beside the seeds: the non-primary mode document's QoS example on a pod of the `attachnet`
+/// network, a second pod on the document's Vpc, and a second Subnet of that Vpc (with its own
+/// NAD) whose pod routes to the first Subnet through the Vpc's router, as Kube-OVN users write it
+/// with the routes annotation.
+fn qos_and_vpc_pods() -> Vec<Value> {
     vec![
+        cluster::ovn_nad("kube-ovn-vpc-network-b"),
+        cluster::ovn_subnet(
+            "subnet-secondary-b",
+            "kube-ovn-vpc-network-b",
+            "10.101.0.0/16",
+            "vpc-secondary",
+        ),
+        cluster::pod(
+            "vpc-peer-b",
+            &json!({
+                "k8s.v1.cni.cncf.io/networks": "default/kube-ovn-vpc-network-b",
+                "kube-ovn-vpc-network-b.default.ovn.kubernetes.io/routes":
+                    r#"[{"dst":"10.100.0.0/16","gw":"10.101.0.1"}]"#,
+            }),
+        ),
         cluster::pod(
             "qos-pod",
             &json!({
@@ -135,7 +169,11 @@ fn qos_pods() -> Vec<Value> {
         ),
         cluster::pod(
             "vpc-peer",
-            &json!({"k8s.v1.cni.cncf.io/networks": "default/kube-ovn-vpc-network"}),
+            &json!({
+                "k8s.v1.cni.cncf.io/networks": "default/kube-ovn-vpc-network",
+                "kube-ovn-vpc-network.default.ovn.kubernetes.io/routes":
+                    r#"[{"dst":"10.101.0.0/16","gw":"10.100.0.1"}]"#,
+            }),
         ),
     ]
 }
@@ -144,7 +182,7 @@ const SCENARIOS: [Scenario; 5] = [
     Scenario {
         name: "OVN attachments: attachnet (custom routes), a Vpc of its own, QoS",
         files: &["attachnet.yaml", "non-primary-vpc.yaml"],
-        extra: qos_pods,
+        extra: qos_and_vpc_pods,
     },
     Scenario {
         name: "OVN attachment on an `ovn` Subnet named by logical_switch",
@@ -517,37 +555,46 @@ impl Lab {
             })
             .unwrap_or_default();
         let ns = NetNs::new()?;
-        self.next_primary += 1;
-        let idx = self.next_primary;
-        let peer = format!("pri{idx}");
-        self.primary.exec(&[
-            "ip",
-            "link",
-            "add",
-            &peer,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
-        self.primary.exec(&["ip", "link", "set", &peer, "up"])?;
-        ns.exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("10.244.{}.{}/16", idx / 250, idx % 250 + 2),
-            "dev",
-            "eth0",
-        ])?;
-        ns.exec(&["ip", "link", "set", "eth0", "up"])?;
-        ns.exec(&["ip", "route", "add", "default", "via", "10.244.0.1"])?;
+        // `v1.multus-cni.io/default-network` names the pod's eth0: then ours is the primary
+        // network and no stand-in is made.
+        let default_net = annotations
+            .get("v1.multus-cni.io/default-network")
+            .and_then(|v| network_selection::parse(v, "default").ok())
+            .and_then(|mut v| (!v.is_empty()).then(|| v.remove(0)));
+        if default_net.is_none() {
+            self.next_primary += 1;
+            let idx = self.next_primary;
+            let peer = format!("pri{idx}");
+            self.primary.exec(&[
+                "ip",
+                "link",
+                "add",
+                &peer,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ])?;
+            self.primary.exec(&["ip", "link", "set", &peer, "up"])?;
+            ns.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("10.244.{}.{}/16", idx / 250, idx % 250 + 2),
+                "dev",
+                "eth0",
+            ])?;
+            ns.exec(&["ip", "link", "set", "eth0", "up"])?;
+            ns.exec(&["ip", "route", "add", "default", "via", "10.244.0.1"])?;
+        }
         let mut pod = LabPod {
             name: name.to_owned(),
             node,
             ns,
+            primary_standin: default_net.is_none(),
             annotations,
             attachments: Vec::new(),
         };
@@ -557,8 +604,16 @@ impl Lab {
             .cloned()
             .unwrap_or_default();
         let selections = network_selection::parse(&selection, "default")?;
-        for (i, sel) in selections.iter().enumerate() {
-            let ifname = sel.interface_or_default(i + 1);
+        let mut wanted: Vec<(network_selection::NetworkSelection, String)> = default_net
+            .into_iter()
+            .map(|s| (s, "eth0".to_owned()))
+            .collect();
+        wanted.extend(selections.into_iter().enumerate().map(|(i, s)| {
+            let ifname = s.interface_or_default(i + 1);
+            (s, ifname)
+        }));
+        for (sel, ifname) in &wanted {
+            let ifname = ifname.clone();
             let config = self.nad_config(&sel.namespace, &sel.name)?;
             let cfg: Value = serde_json::from_str(&config)?;
             let plugin = cfg["type"].as_str().unwrap_or_default().to_owned();
@@ -881,37 +936,53 @@ impl Lab {
         };
         let _ = writeln!(self.report, "   pods:");
         for pod in &lab_pods {
-            let ifs: Vec<String> = pod
-                .attachments
-                .iter()
-                .map(|a| {
-                    format!(
-                        "{} {} ({}, {})",
-                        a.ifname,
-                        a.ips.join(","),
-                        a.nad,
-                        if a.switch.is_empty() { "-" } else { &a.switch }
-                    )
-                })
-                .collect();
+            let mut ifs: Vec<String> = Vec::new();
+            if pod.primary_standin {
+                ifs.push("eth0 (primary CNI)".to_owned());
+            }
+            ifs.extend(pod.attachments.iter().map(|a| {
+                format!(
+                    "{} {} ({}{})",
+                    a.ifname,
+                    a.ips.join(","),
+                    a.nad,
+                    if a.switch.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" on {}", a.switch)
+                    }
+                )
+            }));
             let _ = writeln!(
                 self.report,
-                "     {:<32} node{}  eth0 10.244.x.x (primary CNI)  {}",
+                "     {:<30} node{}  {}",
                 pod.name,
                 pod.node + 1,
                 ifs.join("  ")
             );
         }
-        let _ = writeln!(self.report, "   ping matrix (secondary networks):");
-        let mut seen = BTreeSet::new();
-        for a in &endpoints {
-            for b in &endpoints {
-                if a.5 == b.5 || !seen.insert((a.4.clone(), b.4.clone())) {
+        for c in self
+            .checks
+            .iter()
+            .filter(|c| c.scenario == sc.name && !c.what.contains(" attached ("))
+        {
+            let _ = writeln!(
+                self.report,
+                "   {}  {}",
+                if c.ok { "ok  " } else { "FAIL" },
+                c.what
+            );
+        }
+        // The ping matrix: row pings column.
+        let mut cells = vec![vec![' '; endpoints.len()]; endpoints.len()];
+        for (ai, a) in endpoints.iter().enumerate() {
+            for (bi, b) in endpoints.iter().enumerate() {
+                if a.5 == b.5 {
+                    cells[ai][bi] = '-';
                     continue;
                 }
                 let same_switch = a.3 == b.3 && !a.3.is_empty();
-                let same_nad = a.2 == b.2;
-                let (expect, why) = if same_switch || (same_nad && a.3.is_empty()) {
+                let (expect, why) = if same_switch || (a.2 == b.2 && a.3.is_empty()) {
                     (
                         Some(true),
                         if a.1 == b.1 {
@@ -924,86 +995,134 @@ impl Lab {
                     && !b.3.is_empty()
                     && vpc_of(&self.api, &a.3) != vpc_of(&self.api, &b.3)
                 {
-                    (Some(false), "different VPCs: forbidden")
+                    (Some(false), "different VPCs, forbidden")
+                } else if !a.3.is_empty()
+                    && vpc_of(&self.api, &a.3) == vpc_of(&self.api, &b.3)
+                    && routes_to(&lab_pods[a.5], &b.4)
+                    && routes_to(&lab_pods[b.5], &a.4)
+                {
+                    (Some(true), "across Subnets of a Vpc, routed")
                 } else {
                     (None, "")
                 };
                 let Some(expect) = expect else { continue };
                 let from = &lab_pods[a.5].ns;
-                let ok = if expect {
+                let reached = if expect {
                     Self::ping_eventually(from, &b.4, Duration::from_secs(10))
                 } else {
-                    !Self::ping(from, &b.4)
+                    Self::ping(from, &b.4)
                 };
-                let _ = writeln!(
-                    self.report,
-                    "     {:<6} {} {} ({}) -> {} {} ({})  [{why}]",
-                    if ok { "ok" } else { "FAIL" },
-                    a.0,
-                    a.4,
-                    a.2,
-                    b.0,
-                    b.4,
-                    b.2
-                );
+                cells[ai][bi] = match (expect, reached) {
+                    (true, true) => 'o',
+                    (true, false) => 'X',
+                    (false, false) => '.',
+                    (false, true) => '!',
+                };
                 self.check(
                     sc.name,
                     format!("ping {} -> {} ({why})", a.0, b.0),
-                    ok,
+                    reached == expect,
                     format!("{} -> {}", a.4, b.4),
                 );
             }
         }
-        // QoS pods: measured against configured.
-        for (pi, pod) in lab_pods.iter().enumerate() {
-            let Some(rate) = pod
-                .annotations
-                .get("ovn.kubernetes.io/ingress_rate")
-                .and_then(|r| r.parse::<f64>().ok())
-            else {
-                continue;
-            };
-            let Some(target) = pod.attachments.first().and_then(|a| a.ips.first()).cloned() else {
-                continue;
-            };
-            let nad = pod.attachments[0].nad.clone();
-            let Some(sender) = lab_pods
+        if endpoints.len() > 1 {
+            let _ = writeln!(
+                self.report,
+                "   ping matrix over the secondary networks (row pings column; o reached, . not reached as \
+                 required: another VPC; X or ! wrong; blank not expected either way):"
+            );
+            let labels: Vec<String> = endpoints
                 .iter()
                 .enumerate()
-                .find(|(i, p)| {
-                    *i != pi && p.node == pod.node && p.attachments.iter().any(|a| a.nad == nad)
-                })
-                .map(|(_, p)| p)
+                .map(|(i, a)| format!("{:>2} {} {} node{}", i + 1, a.0, a.4, a.1 + 1))
+                .collect();
+            let width = labels.iter().map(String::len).max().unwrap_or(0) + 2;
+            let mut header = String::new();
+            for i in 0..endpoints.len() {
+                let _ = write!(header, "{:>3}", i + 1);
+            }
+            let _ = writeln!(self.report, "     {:<width$}{header}", "");
+            for (label, row_cells) in labels.iter().zip(&cells) {
+                let mut row = String::new();
+                for c in row_cells {
+                    let _ = write!(row, "{c:>3}");
+                }
+                let _ = writeln!(self.report, "     {label:<width$}{row}");
+            }
+        }
+        // QoS pods: measured against configured, both directions, against a pod of the same
+        // network on the same node.
+        for (pi, pod) in lab_pods.iter().enumerate() {
+            let Some(a) = pod.attachments.first() else {
+                continue;
+            };
+            let Some(target) = a.ips.first().cloned() else {
+                continue;
+            };
+            let peer = lab_pods.iter().enumerate().find(|(i, p)| {
+                *i != pi && p.node == pod.node && p.attachments.iter().any(|x| x.nad == a.nad)
+            });
+            let Some((_, peer)) = peer else { continue };
+            let Some(peer_ip) = peer
+                .attachments
+                .iter()
+                .find(|x| x.nad == a.nad)
+                .and_then(|x| x.ips.first())
+                .cloned()
             else {
                 continue;
             };
-            match iperf::measure(
-                &pod.ns,
-                &target,
-                &sender.ns,
-                &IperfSpec::tcp(Duration::from_secs(3)),
-            ) {
-                Ok(r) => {
-                    let mbps = r.receiver_bps / 1e6;
-                    let ok = mbps <= rate * 1.05 && mbps >= rate * 0.5;
-                    let _ = writeln!(
-                        self.report,
-                        "   QoS: {} ingress_rate {rate} Mbit/s, measured {mbps:.0} Mbit/s (from {})",
-                        pod.name, sender.name
-                    );
-                    self.check(
+            for (key, into_pod) in [("ingress_rate", true), ("egress_rate", false)] {
+                let Some(rate) = pod
+                    .annotations
+                    .get(&format!("{}.kubernetes.io/{key}", a.provider))
+                    .or_else(|| pod.annotations.get(&format!("ovn.kubernetes.io/{key}")))
+                    .and_then(|r| r.parse::<f64>().ok())
+                else {
+                    continue;
+                };
+                let (server, server_ip, client) = if into_pod {
+                    (&pod.ns, &target, &peer.ns)
+                } else {
+                    (&peer.ns, &peer_ip, &pod.ns)
+                };
+                match iperf::measure(
+                    server,
+                    server_ip,
+                    client,
+                    &IperfSpec::tcp(Duration::from_secs(4)),
+                ) {
+                    Ok(r) => {
+                        // The steady state: the first second spends the bucket's burst.
+                        let mbps =
+                            r.receiver_rate_between(1.0, 4.0).unwrap_or(r.receiver_bps) / 1e6;
+                        let ok = mbps <= rate * 1.05 && mbps >= rate * 0.5;
+                        let _ = writeln!(
+                            self.report,
+                            "   QoS: {} {key} {rate} Mbit/s ({}), measured {mbps:.0} Mbit/s (TCP, seconds 1-4) with {}",
+                            pod.name,
+                            if into_pod {
+                                "into the pod"
+                            } else {
+                                "out of the pod"
+                            },
+                            peer.name
+                        );
+                        self.check(
+                            sc.name,
+                            format!("{} held to its {key} of {rate} Mbit/s", pod.name),
+                            ok,
+                            format!("{mbps:.0} Mbit/s"),
+                        );
+                    }
+                    Err(e) => self.check(
                         sc.name,
-                        format!("{} held to its ingress_rate {rate} Mbit/s", pod.name),
-                        ok,
-                        format!("{mbps:.0} Mbit/s"),
-                    );
+                        format!("{} {key} measured", pod.name),
+                        false,
+                        format!("{e:#}"),
+                    ),
                 }
-                Err(e) => self.check(
-                    sc.name,
-                    format!("{} QoS measured", pod.name),
-                    false,
-                    format!("{e:#}"),
-                ),
             }
         }
         // Fast-path counters.
