@@ -10,7 +10,7 @@ use sidelane_agent::{
     cni_server,
     dataplane::fastpath::FastpathDataplane,
     dataplane::qos::QosDataplane,
-    metrics::{self, FastpathCollector},
+    metrics::{self, AttachmentCollector},
     ovs::{DEFAULT_INSTALL_TIMEOUT, Datapath, OvsBridge},
     pods::KubePods,
     records::{DEFAULT_STATE_DIR, Records},
@@ -54,7 +54,8 @@ struct Args {
     /// can opt out with the annotation `sidelane.io/fastpath: "false"`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     fastpath: bool,
-    /// Metrics (`/metrics`: fast-path counters per attachment) and `/healthz`.
+    /// Metrics (`/metrics`: fast-path and QoS counters per attachment), `/attachments` (the same
+    /// state as JSON, for the `sidelane` command line) and `/healthz`.
     #[arg(long, default_value = "0.0.0.0:10665")]
     metrics_addr: std::net::SocketAddr,
     /// How long an ADD waits for ovn-controller to bind the port, in seconds.
@@ -103,7 +104,16 @@ async fn main() -> anyhow::Result<()> {
     if let Some(netns) = args.host_netns.clone() {
         attacher = attacher.with_host_netns(netns);
     }
-    let mut collector = None;
+    let mut collector = AttachmentCollector::new(
+        Records::open(&args.state_dir).context("opening the records for metrics")?,
+        args.host_netns.clone(),
+    )
+    .with_qos(QosDataplane::new(&args.pin_root).with_context(|| {
+        format!(
+            "opening the QoS dataplane under {} for metrics",
+            args.pin_root.display()
+        )
+    })?);
     if args.fastpath {
         let mut fastpath = FastpathDataplane::open(&args.pin_root)
             .with_context(|| format!("loading the fast path under {}", args.pin_root.display()))?;
@@ -112,32 +122,14 @@ async fn main() -> anyhow::Result<()> {
             .context("sweeping fast-path entries of vanished interfaces")?;
         let fastpath = Arc::new(std::sync::Mutex::new(fastpath));
         attacher = attacher.with_fastpath(Arc::clone(&fastpath));
-        collector = Some(FastpathCollector::new(
-            Records::open(&args.state_dir).context("opening the records for metrics")?,
-            fastpath,
-            args.host_netns.clone(),
-        ));
+        collector = collector.with_fastpath(fastpath);
     }
-    let registry = Arc::new(metrics::registry(collector));
+    let registry = Arc::new(metrics::registry(Some(collector)));
     let listener = metrics::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding the metrics address {}", args.metrics_addr))?;
     tokio::spawn(metrics::serve(listener, registry));
-    if args.ovs_db == "none" {
-        tracing::warn!("--ovs-db none: OVN-backed attachments are not plugged into OVS");
-    } else {
-        let remote: Remote = args
-            .ovs_db
-            .parse()
-            .with_context(|| format!("--ovs-db {:?}", args.ovs_db))?;
-        let bridge = OvsBridge::connect(
-            remote,
-            &args.ovs_bridge,
-            args.ovs_datapath,
-            Duration::from_secs(args.ovn_install_timeout),
-        )
-        .await
-        .with_context(|| format!("opening the Open_vSwitch database at {}", args.ovs_db))?;
+    if let Some(bridge) = connect_ovs(&args).await? {
         attacher = attacher.with_ovs(Arc::new(bridge));
     }
     let attacher = Arc::new(attacher);
@@ -164,4 +156,25 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The node's `br-int`, unless `--ovs-db none`.
+async fn connect_ovs(args: &Args) -> anyhow::Result<Option<OvsBridge>> {
+    if args.ovs_db == "none" {
+        tracing::warn!("--ovs-db none: OVN-backed attachments are not plugged into OVS");
+        return Ok(None);
+    }
+    let remote: Remote = args
+        .ovs_db
+        .parse()
+        .with_context(|| format!("--ovs-db {:?}", args.ovs_db))?;
+    let bridge = OvsBridge::connect(
+        remote,
+        &args.ovs_bridge,
+        args.ovs_datapath,
+        Duration::from_secs(args.ovn_install_timeout),
+    )
+    .await
+    .with_context(|| format!("opening the Open_vSwitch database at {}", args.ovs_db))?;
+    Ok(Some(bridge))
 }

@@ -221,6 +221,8 @@ pub struct Lab {
     phases: Vec<(String, Duration)>,
     checks: Vec<Check>,
     report: String,
+    /// The pods of the scenario left running (`--keep`).
+    kept: Vec<LabPod>,
 }
 
 fn binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -459,6 +461,7 @@ impl Lab {
             phases,
             checks: Vec::new(),
             report: String::new(),
+            kept: Vec::new(),
         })
     }
 
@@ -766,12 +769,126 @@ impl Lab {
         out
     }
 
-    /// Runs one scenario: apply, attach, check, clean up.
+    /// Runs the `sidelane` command line against the lab (the API double and an agent).
+    fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(binary("sidelane")?)
+            .args(args)
+            .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
+            .output()
+            .context("running sidelane")?;
+        if !out.status.success() {
+            bail!(
+                "sidelane {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// What the `sidelane` command line shows of the scenario: the Subnets and their usage, the
+    /// first pod's attachments, and each QoS pod's interface with its limits and counters.
+    fn cli_views(&mut self, sc: &Scenario, docs: &[Value], lab_pods: &[LabPod]) {
+        let indent = |text: &str| -> String {
+            text.lines().fold(String::new(), |mut acc, l| {
+                let _ = writeln!(acc, "     {l}");
+                acc
+            })
+        };
+        match self.cli(&["subnets"]) {
+            Ok(text) => {
+                let _ = write!(self.report, "   $ sidelane subnets\n{}", indent(&text));
+                for doc in docs.iter().filter(|d| d["kind"] == "Subnet") {
+                    let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+                    let listed = text
+                        .lines()
+                        .any(|l| l.split_whitespace().next() == Some(name));
+                    self.check(
+                        sc.name,
+                        format!("sidelane subnets lists {name}"),
+                        listed,
+                        String::new(),
+                    );
+                }
+            }
+            Err(e) => self.check(
+                sc.name,
+                "sidelane subnets".to_owned(),
+                false,
+                format!("{e:#}"),
+            ),
+        }
+        if let Some(first) = lab_pods.first() {
+            let target = format!("default/{}", first.name);
+            match self.cli(&["pod", &target]) {
+                Ok(text) => {
+                    let _ = write!(self.report, "   $ sidelane pod {target}\n{}", indent(&text));
+                    let shown = first
+                        .attachments
+                        .iter()
+                        .all(|a| a.ips.iter().all(|ip| text.contains(&format!("{ip}/"))));
+                    self.check(
+                        sc.name,
+                        format!("sidelane pod {target} shows its addresses"),
+                        shown,
+                        String::new(),
+                    );
+                }
+                Err(e) => self.check(
+                    sc.name,
+                    format!("sidelane pod {target}"),
+                    false,
+                    format!("{e:#}"),
+                ),
+            }
+        }
+        for pod in lab_pods {
+            let Some(a) = pod.attachments.first() else {
+                continue;
+            };
+            let Some(rate) = ["ingress_rate", "egress_rate"].iter().find_map(|k| {
+                pod.annotations
+                    .get(&format!("{}.kubernetes.io/{k}", a.provider))
+                    .or_else(|| pod.annotations.get(&format!("ovn.kubernetes.io/{k}")))
+            }) else {
+                continue;
+            };
+            let target = format!("default/{}", pod.name);
+            let agent = format!("127.0.0.1:{}", self.nodes[pod.node].metrics_port);
+            match self.cli(&["interfaces", &target, &a.ifname, "--agent", &agent]) {
+                Ok(text) => {
+                    let _ = write!(
+                        self.report,
+                        "   $ sidelane interfaces {target} {} --agent {agent}\n{}",
+                        a.ifname,
+                        indent(&text)
+                    );
+                    self.check(
+                        sc.name,
+                        format!(
+                            "sidelane interfaces shows {}'s limit of {rate} Mbit/s",
+                            pod.name
+                        ),
+                        text.contains(&format!("{rate} Mbit/s")),
+                        String::new(),
+                    );
+                }
+                Err(e) => self.check(
+                    sc.name,
+                    format!("sidelane interfaces {target}"),
+                    false,
+                    format!("{e:#}"),
+                ),
+            }
+        }
+    }
+
+    /// Runs one scenario: apply, attach, check, clean up (unless `keep_up`).
     #[expect(
         clippy::too_many_lines,
         reason = "one scenario, step by step, as the report reads"
     )]
-    fn scenario(&mut self, sc: &Scenario) -> anyhow::Result<()> {
+    fn scenario(&mut self, sc: &Scenario, keep_up: bool) -> anyhow::Result<()> {
         let mut docs: Vec<Value> = sc.files.iter().flat_map(|f| cluster::example(f)).collect();
         docs.extend((sc.extra)());
         let start = Instant::now();
@@ -1160,6 +1277,13 @@ impl Lab {
                 format!("{total} hits"),
             );
         }
+        self.cli_views(sc, &docs, &lab_pods);
+        if keep_up {
+            self.phases
+                .push((format!("scenario: {}", sc.name), start.elapsed()));
+            self.kept = lab_pods;
+            return Ok(());
+        }
         // Clean up for the next scenario.
         for pod in &lab_pods {
             self.stop_pod(pod);
@@ -1191,13 +1315,21 @@ impl Lab {
     }
 
     /// Runs every scenario and prints the report; `Ok(true)` when every check held.
-    pub fn run_scenarios(&mut self) -> anyhow::Result<bool> {
-        for sc in &SCENARIOS {
+    ///
+    /// With `keep`, the first (richest) scenario runs last and stays up for the user to explore.
+    pub fn run_scenarios(&mut self, keep: bool) -> anyhow::Result<bool> {
+        let mut order: Vec<&Scenario> = SCENARIOS.iter().collect();
+        if keep {
+            order.rotate_left(1);
+        }
+        let last = order.len() - 1;
+        for (i, sc) in order.into_iter().enumerate() {
             let name = format!("scenario: {}", sc.name);
             check_stop()?;
             eprintln!("==> {name}");
             let start = Instant::now();
-            self.scenario(sc).with_context(|| name.clone())?;
+            self.scenario(sc, keep && i == last)
+                .with_context(|| name.clone())?;
             eprintln!("    done in {:.1} s", start.elapsed().as_secs_f64());
         }
         let failed: Vec<&Check> = self.checks.iter().filter(|c| !c.ok).collect();
@@ -1242,14 +1374,29 @@ impl Lab {
         let d = self.dir.path();
         format!(
             "The lab keeps running (Ctrl-C tears it down). From another shell:\n  \
-             export KUBECONFIG={}\n  ovn-nbctl --db={} show\n  ip netns exec {} ovs-vsctl --db={} show\n  \
-             logs: {}/node1/agent.log, {}/controller-1.log\n",
-            d.join("kubeconfig").display(),
-            self.central.nb.unix_remote(),
-            self.nodes[0].chassis.ns.name(),
-            self.nodes[0].chassis.db.unix_remote(),
-            d.display(),
-            d.display(),
+             export KUBECONFIG={kubeconfig}\n  \
+             {cli} subnets\n  \
+             {cli} pod default/qos-pod\n  \
+             {cli} interfaces --agent 127.0.0.1:{port1}    (node1; node2: 127.0.0.1:{port2})\n  \
+             ovn-nbctl --db={nb} show\n  \
+             ip netns exec {ns1} ovs-vsctl --db={ovs1} show\n  \
+             pods are network namespaces: {pods}\n  \
+             logs: {dir}/node1/agent.log, {dir}/controller-1.log\n",
+            kubeconfig = d.join("kubeconfig").display(),
+            cli = binary("sidelane")
+                .map_or_else(|_| "sidelane".to_owned(), |p| p.display().to_string()),
+            port1 = self.nodes[0].metrics_port,
+            port2 = self.nodes.get(1).map_or(0, |n| n.metrics_port),
+            nb = self.central.nb.unix_remote(),
+            ns1 = self.nodes[0].chassis.ns.name(),
+            ovs1 = self.nodes[0].chassis.db.unix_remote(),
+            pods = self
+                .kept
+                .iter()
+                .map(|p| format!("{} = ip netns exec {}", p.name, p.ns.name()))
+                .collect::<Vec<_>>()
+                .join("; "),
+            dir = d.display(),
         )
     }
 

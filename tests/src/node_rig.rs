@@ -19,7 +19,7 @@ use sidelane_agent::{
     cni_server,
     dataplane::{fastpath::FastpathDataplane, qos::QosDataplane},
     link,
-    metrics::{self, FastpathCollector},
+    metrics::{self, AttachmentCollector},
     ovs::{Datapath, OvsBridge},
     pods::KubePods,
     records::Records,
@@ -335,11 +335,11 @@ impl NodeRig {
             .fastpath
             .as_ref()
             .expect("the agent runs with the fast path");
-        let collector = FastpathCollector::new(
+        let collector = AttachmentCollector::new(
             Records::open(n.dir.path().join("records")).expect("records"),
-            Arc::clone(fp),
             Some(n.chassis.ns.path()),
-        );
+        )
+        .with_fastpath(Arc::clone(fp));
         metrics::render(&metrics::registry(Some(collector)))
     }
 

@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
     }
     let start = Instant::now();
     let mut lab = Lab::start()?;
-    let ok = lab.run_scenarios()?;
+    let ok = lab.run_scenarios(args.keep)?;
     println!("\nlab finished in {:.0} s", start.elapsed().as_secs_f64());
     if args.keep && !STOP.load(Ordering::Relaxed) {
         print!("{}", lab.how_to_reach());
