@@ -1,6 +1,6 @@
-//! `cargo xtask crds [--check]`: writes `deploy/crds/<plural>.kubeovn.io.yaml` from the
-//! `kubeovn.io/v1` types in `api/src/crd`; `--check` fails, naming the file, when a committed
-//! file differs from what the types generate.
+//! `cargo xtask crds [--check]`: writes `deploy/crds/<plural>.kubeovn.io.yaml` (and the same
+//! files into the Helm chart's `crds/`) from the `kubeovn.io/v1` types in `api/src/crd`;
+//! `--check` fails, naming the file, when a committed file differs from what the types generate.
 
 use std::{fs, path::Path};
 
@@ -30,8 +30,24 @@ fn generated() -> anyhow::Result<Vec<(String, String)>> {
 }
 
 pub fn run(root: &Path, check: bool) -> anyhow::Result<()> {
-    let dir = root.join("deploy").join("crds");
     let mut drifted = Vec::new();
+    // The CRDs for `kubectl apply`, and the same files in the Helm chart's `crds/`.
+    for dir in [
+        root.join("deploy/crds"),
+        root.join("deploy/helm/sidelane/crds"),
+    ] {
+        check_or_write(&dir, check, &mut drifted)?;
+    }
+    if !drifted.is_empty() {
+        bail!(
+            "the committed CRDs differ from api/src/crd: {}; run `cargo xtask crds` and commit",
+            drifted.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn check_or_write(dir: &Path, check: bool, drifted: &mut Vec<String>) -> anyhow::Result<()> {
     for (file, text) in generated()? {
         let path = dir.join(&file);
         if check {
@@ -40,16 +56,10 @@ pub fn run(root: &Path, check: bool) -> anyhow::Result<()> {
                 drifted.push(path.display().to_string());
             }
         } else {
-            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
             eprintln!("crds: wrote {}", path.display());
         }
-    }
-    if !drifted.is_empty() {
-        bail!(
-            "the committed CRDs differ from api/src/crd: {}; run `cargo xtask crds` and commit",
-            drifted.join(", ")
-        );
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ mod build_ebpf;
 mod cmd;
 mod crds;
 mod lab;
+mod manifests;
 mod setup;
 mod test;
 
@@ -43,6 +44,15 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Write `deploy/manifests/sidelane.yaml`: the Helm chart rendered with its default values.
+    Manifests {
+        /// Fail when the committed file differs instead of writing.
+        #[arg(long)]
+        check: bool,
+        /// Then validate every manifest, CRD and example offline (what CI runs).
+        #[arg(long)]
+        validate: bool,
+    },
     /// Run a benchmark; writes `target/bench/<name>.json` and prints a table.
     Bench {
         /// Which benchmark.
@@ -61,6 +71,13 @@ fn main() -> anyhow::Result<()> {
         Command::Lab { keep } => lab::run(keep),
         Command::Bench { name, quick } => bench::run(name, quick),
         Command::Crds { check } => crds::run(&workspace_root(), check),
+        Command::Manifests { check, validate } => {
+            manifests::run(&workspace_root(), check)?;
+            if validate {
+                manifests::validate(&workspace_root())?;
+            }
+            Ok(())
+        }
     }
 }
 

@@ -27,6 +27,7 @@ pub fn run() -> anyhow::Result<()> {
     bpf_linker(&mut changed)?;
     nextest(&mut changed)?;
     bpffs(&mut changed)?;
+    manifest_validators(&mut changed)?;
     if changed.is_empty() {
         eprintln!("setup: everything is already installed");
     } else {
@@ -171,5 +172,42 @@ fn bpffs(changed: &mut Vec<String>) -> anyhow::Result<()> {
     eprintln!("setup: mounting bpffs at /sys/fs/bpf");
     exec(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     changed.push("bpffs".to_owned());
+    Ok(())
+}
+
+/// Where the offline manifest validators live: a Python virtual environment of their own.
+pub fn validators_dir() -> anyhow::Result<PathBuf> {
+    let home = std::env::var("HOME").context("HOME is not set")?;
+    Ok(PathBuf::from(home).join(".local/sidelane-validators"))
+}
+
+/// The PyPI packages that validate manifests offline, pinned (their schemas are part of what
+/// they are).
+const VALIDATORS: &[&str] = &["kubernetes-validate==1.37.0", "check-jsonschema==0.39.0"];
+
+/// `kubernetes-validate` (built-in kinds against the Kubernetes schemas) and `check-jsonschema`
+/// (custom resources against our CRD schemas), in a virtual environment.
+fn manifest_validators(changed: &mut Vec<String>) -> anyhow::Result<()> {
+    let dir = validators_dir()?;
+    let bin = dir.join("bin");
+    if succeeds(Command::new(bin.join("kubernetes-validate")).arg("--version"))
+        && succeeds(Command::new(bin.join("check-jsonschema")).arg("--version"))
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing {} into {}",
+        VALIDATORS.join(", "),
+        dir.display()
+    );
+    exec(Command::new("python3").args(["-m", "venv"]).arg(&dir))
+        .context("creating the validators' Python virtual environment (python3 -m venv)")?;
+    exec(
+        Command::new(bin.join("pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(VALIDATORS),
+    )
+    .context("installing the manifest validators from PyPI")?;
+    changed.push("kubernetes-validate and check-jsonschema".to_owned());
     Ok(())
 }

@@ -21,6 +21,10 @@ pub fn run(nextest_args: &[String]) -> anyhow::Result<()> {
     step("crds", &mut || {
         crate::crds::run(&crate::workspace_root(), true)
     })?;
+    step("manifests", &mut || {
+        crate::manifests::run(&crate::workspace_root(), true)?;
+        crate::manifests::validate(&crate::workspace_root())
+    })?;
     step("clippy", &mut || {
         exec(Command::new("cargo").args([
             "clippy",

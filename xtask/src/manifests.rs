@@ -1,0 +1,508 @@
+//! `cargo xtask manifests [--check]` and the manifest validation CI runs.
+//!
+//! `deploy/manifests/sidelane.yaml` is the Helm chart in `deploy/helm/sidelane` rendered with its
+//! default values into `kube-system`, for `kubectl apply` without Helm. There is no Helm on our
+//! machines, so the chart's templates keep to a subset of Helm's language that this module
+//! renders exactly as Helm would: `{{ .Values.a.b }}`, `{{ .Values.a.b | quote }}`,
+//! `{{ .Release.Namespace }}`, and whole-line `{{- if .Values.a.b }}` / `{{- end }}`. Anything
+//! else is an error naming the template and line, so the subset cannot be left by accident.
+//!
+//! Validation (offline, with the PyPI packages `cargo xtask setup` installs): every built-in
+//! kind in the rendered manifests, the CRDs and the examples against the Kubernetes schemas of
+//! the chart's oldest supported version and the newest the validator knows, strictly (unknown
+//! fields are errors); every `kubeovn.io` resource in the examples against the schema of our
+//! CRD for its kind; every NetworkAttachmentDefinition against Multus's schema and its config
+//! through our own NAD parser; the chart's default values against `values.schema.json`. Each
+//! validator is also shown a bad document and must refuse it, so a validator that checks
+//! nothing cannot pass.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use crate::setup;
+
+/// The chart's templates, in the order the rendered file lists them.
+const TEMPLATES: [&str; 5] = [
+    "rbac.yaml",
+    "ovn-central.yaml",
+    "ovn-node.yaml",
+    "controller.yaml",
+    "agent.yaml",
+];
+
+/// Where the rendered manifests install.
+const NAMESPACE: &str = "kube-system";
+
+/// The chart's oldest supported Kubernetes (its `kubeVersion`) and the newest the validator has.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.26.0", "1.37.0"];
+
+fn chart_dir(root: &Path) -> PathBuf {
+    root.join("deploy/helm/sidelane")
+}
+
+fn rendered_path(root: &Path) -> PathBuf {
+    root.join("deploy/manifests/sidelane.yaml")
+}
+
+fn lookup<'a>(values: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(values, |v, key| v.get(key))
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Helm's truthiness: false, 0, "", null, empty collections are false.
+fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+    }
+}
+
+/// One `{{ ... }}` action, without its braces and trim markers.
+fn action(inner: &str, values: &Value, at: &str) -> anyhow::Result<String> {
+    let (expr, pipe) = match inner.split_once('|') {
+        Some((e, p)) => (e.trim(), Some(p.trim())),
+        None => (inner.trim(), None),
+    };
+    let value = if expr == ".Release.Namespace" {
+        NAMESPACE.to_owned()
+    } else if let Some(path) = expr.strip_prefix(".Values.") {
+        let v = lookup(values, path).with_context(|| format!("{at}: no value {expr}"))?;
+        scalar(v).with_context(|| format!("{at}: {expr} is not a scalar"))?
+    } else {
+        bail!(
+            "{at}: `{{{{ {inner} }}}}` is outside the template subset `cargo xtask manifests` renders"
+        );
+    };
+    match pipe {
+        None => Ok(value),
+        Some("quote") => Ok(serde_json::to_string(&value).context("quoting")?),
+        Some(other) => bail!("{at}: the function `{other}` is outside the template subset"),
+    }
+}
+
+/// Renders one template with `values`.
+fn render_template(name: &str, text: &str, values: &Value) -> anyhow::Result<String> {
+    let mut out = String::new();
+    // Whether each enclosing `if` is taken.
+    let mut stack: Vec<bool> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let at = format!("templates/{name}:{}", i + 1);
+        let t = line.trim();
+        let block = t
+            .strip_prefix("{{-")
+            .or_else(|| t.strip_prefix("{{"))
+            .and_then(|r| r.strip_suffix("}}"))
+            .map(|r| r.trim().trim_end_matches('-').trim());
+        if let Some(inner) = block {
+            if let Some(cond) = inner.strip_prefix("if ") {
+                let path = cond
+                    .trim()
+                    .strip_prefix(".Values.")
+                    .with_context(|| format!("{at}: `if` takes a .Values path only"))?;
+                let active = stack.iter().all(|a| *a);
+                stack.push(active && truthy(lookup(values, path)));
+                continue;
+            }
+            if inner == "end" {
+                stack
+                    .pop()
+                    .with_context(|| format!("{at}: `end` without `if`"))?;
+                continue;
+            }
+        }
+        if !stack.iter().all(|a| *a) {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(open) = rest.find("{{") {
+            out.push_str(&rest[..open]);
+            let after = &rest[open + 2..];
+            let close = after
+                .find("}}")
+                .with_context(|| format!("{at}: `{{{{` without `}}}}`"))?;
+            let inner = after[..close]
+                .trim_start_matches('-')
+                .trim_end_matches('-')
+                .trim();
+            out.push_str(&action(inner, values, &at)?);
+            rest = &after[close + 2..];
+        }
+        out.push_str(rest);
+        out.push('\n');
+    }
+    if !stack.is_empty() {
+        bail!("templates/{name}: an `if` without `end`");
+    }
+    Ok(out)
+}
+
+fn default_values(root: &Path) -> anyhow::Result<Value> {
+    let path = chart_dir(root).join("values.yaml");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_saphyr::from_str::<Value>(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The chart rendered with its default values.
+pub fn render(root: &Path) -> anyhow::Result<String> {
+    let values = default_values(root)?;
+    let mut out = String::from(
+        "# Generated by `cargo xtask manifests`: deploy/helm/sidelane rendered with its default\n\
+         # values into kube-system. Do not edit; change the chart and run the command again.\n\
+         # Install: kubectl apply -f deploy/crds/ && kubectl apply -f deploy/manifests/\n",
+    );
+    for name in TEMPLATES {
+        let path = chart_dir(root).join("templates").join(name);
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let body = render_template(name, &text, &values)?;
+        if body.trim().is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "---\n# Source: sidelane/templates/{name}");
+        out.push_str(body.trim_start_matches('\n'));
+    }
+    Ok(out)
+}
+
+/// `cargo xtask manifests [--check]`.
+pub fn run(root: &Path, check: bool) -> anyhow::Result<()> {
+    let text = render(root)?;
+    let path = rendered_path(root);
+    if check {
+        let committed = fs::read_to_string(&path).unwrap_or_default();
+        if committed != text {
+            bail!(
+                "{} differs from the chart rendered with its default values; run `cargo xtask manifests` and commit",
+                path.display()
+            );
+        }
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("manifests: wrote {}", path.display());
+    Ok(())
+}
+
+fn yaml_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn documents(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(serde_saphyr::from_multiple::<Value>(&text)
+        .with_context(|| format!("parsing {}", path.display()))?
+        .into_iter()
+        .filter(|d| !d.is_null())
+        .collect())
+}
+
+/// Runs a validator; `Ok(true)` when it accepted, with its output shown on refusal.
+fn accepts(cmd: &mut Command) -> anyhow::Result<(bool, String)> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", cmd.get_program().display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}
+
+/// Multus's NetworkAttachmentDefinition schema (its CRD's `openAPIV3Schema`).
+fn nad_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "k8s.cni.cncf.io/v1"},
+            "kind": {"const": "NetworkAttachmentDefinition"},
+            "metadata": {"type": "object", "required": ["name"]},
+            "spec": {
+                "type": "object",
+                "properties": {"config": {"type": "string"}}
+            }
+        }
+    })
+}
+
+/// Our CRDs' schemas by kind, from the committed CRD files (what a cluster installs).
+fn crd_schemas(root: &Path) -> anyhow::Result<BTreeMap<String, Value>> {
+    let mut schemas = BTreeMap::new();
+    for file in yaml_files(&root.join("deploy/crds"))? {
+        for crd in documents(&file)? {
+            let kind = crd["spec"]["names"]["kind"]
+                .as_str()
+                .with_context(|| format!("{}: a CRD without spec.names.kind", file.display()))?
+                .to_owned();
+            let version = crd["spec"]["versions"]
+                .as_array()
+                .and_then(|v| v.iter().find(|v| v["storage"] == true))
+                .with_context(|| format!("{}: no storage version", file.display()))?;
+            let mut schema = version["schema"]["openAPIV3Schema"].clone();
+            if !schema.is_object() {
+                bail!("{}: no openAPIV3Schema", file.display());
+            }
+            // The CRD's schema covers spec and status; the API server checks the rest.
+            schema["required"] = json!(["apiVersion", "kind", "metadata"]);
+            schemas.insert(kind, schema);
+        }
+    }
+    Ok(schemas)
+}
+
+/// Every check CI runs on the manifests.
+#[expect(
+    clippy::too_many_lines,
+    reason = "one validation pass, step by step, each naming what it checks"
+)]
+pub fn validate(root: &Path) -> anyhow::Result<()> {
+    let bin = setup::validators_dir()?.join("bin");
+    let kv = bin.join("kubernetes-validate");
+    let cj = bin.join("check-jsonschema");
+    if !kv.exists() || !cj.exists() {
+        bail!(
+            "the manifest validators are missing from {}; run `cargo xtask setup`",
+            bin.display()
+        );
+    }
+    let scratch = root.join("target/manifest-check");
+    let _ = fs::remove_dir_all(&scratch);
+    fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let schemas = crd_schemas(root)?;
+
+    // Sort every document by who validates it; a kind nobody validates is an error.
+    let mut files = vec![rendered_path(root)];
+    files.extend(yaml_files(&root.join("deploy/crds"))?);
+    files.extend(yaml_files(&root.join("deploy/examples"))?);
+    let mut builtin_files = Vec::new();
+    let mut custom: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    let mut nads = Vec::new();
+    let mut counted = 0usize;
+    for file in &files {
+        let mut has_builtin = false;
+        for (i, doc) in documents(file)?.into_iter().enumerate() {
+            counted += 1;
+            let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+            let api = doc["apiVersion"].as_str().unwrap_or_default();
+            let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+            let stem = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let out = scratch.join(format!("{stem}-{i}-{kind}-{name}.json"));
+            if api.starts_with("kubeovn.io/") {
+                if !schemas.contains_key(&kind) {
+                    bail!(
+                        "{}: {kind} {name}: no CRD of ours for this kind",
+                        file.display()
+                    );
+                }
+                fs::write(&out, doc.to_string())
+                    .with_context(|| format!("writing {}", out.display()))?;
+                custom.entry(kind).or_default().push(out);
+            } else if api.starts_with("k8s.cni.cncf.io/") {
+                let config = doc["spec"]["config"].as_str().unwrap_or_default();
+                let ns = doc["metadata"]["namespace"].as_str().unwrap_or("default");
+                sidelane_api::nad::parse(ns, name, config).with_context(|| {
+                    format!(
+                        "{}: NetworkAttachmentDefinition {name}: its config",
+                        file.display()
+                    )
+                })?;
+                fs::write(&out, doc.to_string())
+                    .with_context(|| format!("writing {}", out.display()))?;
+                nads.push(out);
+            } else if api.contains('.') && !api.contains(".k8s.io/") && !api.starts_with("apps/") {
+                bail!(
+                    "{}: {kind} {name} ({api}): no schema to validate it against",
+                    file.display()
+                );
+            } else {
+                has_builtin = true;
+            }
+        }
+        if has_builtin {
+            builtin_files.push(file.clone());
+        }
+    }
+
+    // Built-in kinds, strictly, at both ends of the supported range.
+    for version in KUBERNETES_VERSIONS {
+        let (ok, text) = accepts(
+            Command::new(&kv)
+                .args(["--strict", "--quiet", "--no-warn", "-k", version])
+                .args(&builtin_files),
+        )?;
+        if !ok {
+            bail!("kubernetes-validate (Kubernetes {version}) refused:\n{text}");
+        }
+        eprintln!(
+            "manifests: {} files' built-in kinds valid for Kubernetes {version}",
+            builtin_files.len()
+        );
+    }
+    // Our custom resources against our CRDs.
+    for (kind, instances) in &custom {
+        let schema_path = scratch.join(format!("schema-{kind}.json"));
+        fs::write(&schema_path, schemas[kind].to_string())
+            .with_context(|| format!("writing {}", schema_path.display()))?;
+        let (ok, text) = accepts(
+            Command::new(&cj)
+                .arg("--schemafile")
+                .arg(&schema_path)
+                .args(instances),
+        )?;
+        if !ok {
+            bail!("check-jsonschema refused {kind} resources against our CRD:\n{text}");
+        }
+        eprintln!(
+            "manifests: {} {kind} resources valid against our CRD",
+            instances.len()
+        );
+    }
+    let nad_schema_path = scratch.join("schema-NetworkAttachmentDefinition.json");
+    fs::write(&nad_schema_path, nad_schema().to_string())
+        .with_context(|| format!("writing {}", nad_schema_path.display()))?;
+    if !nads.is_empty() {
+        let (ok, text) = accepts(
+            Command::new(&cj)
+                .arg("--schemafile")
+                .arg(&nad_schema_path)
+                .args(&nads),
+        )?;
+        if !ok {
+            bail!("check-jsonschema refused NetworkAttachmentDefinitions:\n{text}");
+        }
+        eprintln!(
+            "manifests: {} NetworkAttachmentDefinitions valid",
+            nads.len()
+        );
+    }
+    // The chart's values against its schema.
+    let values_json = scratch.join("values.json");
+    fs::write(&values_json, default_values(root)?.to_string())
+        .with_context(|| format!("writing {}", values_json.display()))?;
+    let values_schema = chart_dir(root).join("values.schema.json");
+    let (ok, text) = accepts(
+        Command::new(&cj)
+            .arg("--schemafile")
+            .arg(&values_schema)
+            .arg(&values_json),
+    )?;
+    if !ok {
+        bail!("the chart's default values do not match values.schema.json:\n{text}");
+    }
+
+    // Each validator refuses what it must.
+    let bad = |name: &str, doc: &Value| -> anyhow::Result<PathBuf> {
+        let p = scratch.join(name);
+        fs::write(&p, doc.to_string()).with_context(|| format!("writing {}", p.display()))?;
+        Ok(p)
+    };
+    let bad_pod = scratch.join("bad-pod.yaml");
+    fs::write(
+        &bad_pod,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\nspec:\n  containers:\n  - name: c\n    image: i\n    imagePullPolicy: Sometimes\n    portz: []\n",
+    )
+    .with_context(|| format!("writing {}", bad_pod.display()))?;
+    let mut values = default_values(root)?;
+    values["cni"]["nonPrimaryCNI"] = json!(false);
+    let refusals = [
+        (
+            "kubernetes-validate, a Pod with an unknown field",
+            Command::new(&kv)
+                .args(["--strict", "--quiet", "--no-warn", "-k", KUBERNETES_VERSIONS[1]])
+                .arg(&bad_pod)
+                .output(),
+        ),
+        (
+            "check-jsonschema, a Subnet whose cidrBlock is a number",
+            Command::new(&cj)
+                .arg("--schemafile")
+                .arg(scratch.join("schema-Subnet.json"))
+                .arg(bad(
+                    "bad-subnet.json",
+                    &json!({"apiVersion": "kubeovn.io/v1", "kind": "Subnet", "metadata": {"name": "x"}, "spec": {"cidrBlock": 5}}),
+                )?)
+                .output(),
+        ),
+        (
+            "check-jsonschema, values with cni.nonPrimaryCNI false",
+            Command::new(&cj)
+                .arg("--schemafile")
+                .arg(&values_schema)
+                .arg(bad("bad-values.json", &values)?)
+                .output(),
+        ),
+    ];
+    for (what, result) in refusals {
+        let out = result.with_context(|| format!("running {what}"))?;
+        if out.status.success() {
+            bail!("{what} was accepted: the validator checks nothing");
+        }
+    }
+    if !schemas.contains_key("Subnet") {
+        bail!("no Subnet CRD: the refusal check had no schema");
+    }
+    eprintln!(
+        "manifests: {counted} documents checked; the chart's values valid; each validator refuses a bad document"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_subset_renders_values_quotes_namespaces_and_conditionals() {
+        let values = json!({"a": {"b": 3, "s": "x y", "on": true, "off": false}});
+        let text = "n: {{ .Release.Namespace }}\nb: {{ .Values.a.b }}\ns: {{ .Values.a.s | quote }}\n{{- if .Values.a.on }}\non: 1\n{{- if .Values.a.off }}\noff: 1\n{{- end }}\n{{- end }}\n";
+        let out = render_template("t.yaml", text, &values).expect("renders");
+        assert_eq!(out, "n: kube-system\nb: 3\ns: \"x y\"\non: 1\n");
+    }
+
+    #[test]
+    fn anything_outside_the_subset_is_refused_with_its_line() {
+        let err = render_template("t.yaml", "a: 1\nb: {{ include \"x\" . }}\n", &json!({}))
+            .expect_err("refused");
+        assert!(err.to_string().contains("templates/t.yaml:2"), "{err}");
+        let err =
+            render_template("t.yaml", "b: {{ .Values.nope }}\n", &json!({})).expect_err("refused");
+        assert!(err.to_string().contains("no value .Values.nope"), "{err}");
+        let err =
+            render_template("t.yaml", "{{- if .Values.x }}\n", &json!({})).expect_err("refused");
+        assert!(err.to_string().contains("without `end`"), "{err}");
+    }
+}
