@@ -302,11 +302,15 @@ impl Lab {
             "two nodes: OVS, ovn-controller, sidelane-agent each",
             || {
                 let mut chassis = Vec::new();
+                // As a real node: the kernel datapath where the module is loaded.
+                let datapath = sidelane_agent::ovs::Datapath::detect().as_str();
+                eprintln!("    OVS datapath: {datapath}");
                 for i in 1..=2 {
-                    chassis.push(Chassis::start_with(
+                    chassis.push(Chassis::start_on(
                         &central,
                         &format!("node{i}"),
                         &format!("192.168.100.{i}"),
+                        datapath,
                     )?);
                 }
                 Chassis::connect(&chassis[0], &chassis[1])?;
@@ -1344,10 +1348,11 @@ impl Lab {
         for n in &self.nodes {
             let _ = writeln!(
                 out,
-                "{}: namespace {}, OVS {}, agent metrics http://127.0.0.1:{}/metrics",
+                "{}: namespace {}, OVS {} ({} datapath), agent metrics http://127.0.0.1:{}/metrics",
                 n.name,
                 n.chassis.ns.name(),
                 n.chassis.db.unix_remote(),
+                n.chassis.datapath,
                 n.metrics_port
             );
         }

@@ -311,6 +311,8 @@ pub struct Chassis {
     pub encap_ip: String,
     /// The `Open_vSwitch` database.
     pub db: DbServer,
+    /// `br-int`'s `datapath_type`: `netdev` (userspace) or `system` (the kernel module).
+    pub datapath: String,
     vswitchd: Background,
     controller: Background,
 }
@@ -325,6 +327,17 @@ impl Chassis {
     /// Starts a chassis whose tunnel endpoint is `encap_ip` (unique per chassis; see
     /// [`Chassis::connect`] for the underlay that carries it).
     pub fn start_with(central: &Central, name: &str, encap_ip: &str) -> anyhow::Result<Chassis> {
+        Chassis::start_on(central, name, encap_ip, "netdev")
+    }
+
+    /// Starts a chassis whose `br-int` has `datapath` (`netdev`, or `system` where the
+    /// openvswitch kernel module is loaded: the lab's choice, as a real node's).
+    pub fn start_on(
+        central: &Central,
+        name: &str,
+        encap_ip: &str,
+        datapath: &str,
+    ) -> anyhow::Result<Chassis> {
         let ns = NetNs::new()?;
         let dir = tempfile::Builder::new()
             .prefix("sidelane-ovs-")
@@ -361,7 +374,7 @@ impl Chassis {
                 &format!("external_ids:ovn-remote={}", central.sb.unix_remote()),
                 "external_ids:ovn-encap-type=geneve",
                 &format!("external_ids:ovn-encap-ip={encap_ip}"),
-                "external_ids:ovn-bridge-datapath-type=netdev",
+                &format!("external_ids:ovn-bridge-datapath-type={datapath}"),
                 "--",
                 "--may-exist",
                 "add-br",
@@ -370,7 +383,7 @@ impl Chassis {
                 "set",
                 "Bridge",
                 "br-int",
-                "datapath_type=netdev",
+                &format!("datapath_type={datapath}"),
                 "fail-mode=secure",
                 "other_config:disable-in-band=true",
             ],
@@ -386,6 +399,7 @@ impl Chassis {
             .arg("-vconsole:off");
         let controller = daemon(dir.path(), cmd)?;
         let chassis = Chassis {
+            datapath: datapath.to_owned(),
             ns,
             dir,
             encap_ip: encap_ip.to_owned(),
@@ -433,9 +447,10 @@ impl Chassis {
         process::run(&mut cmd, None, TOOL_TIMEOUT)?.checked()
     }
 
-    /// Joins two chassis by an underlay: a veth pair `ul0` between their namespaces, each end
-    /// a port of a `br-phy` bridge (userspace datapath) whose own interface holds the chassis'
-    /// tunnel endpoint in a /24, as OVS's userspace tunnels need.
+    /// Joins two chassis by an underlay: a veth pair `ul0` between their namespaces. On the
+    /// userspace datapath each end is a port of a `br-phy` bridge whose own interface holds the
+    /// chassis' tunnel endpoint in a /24, as OVS's userspace tunnels need; on the kernel
+    /// datapath `ul0` holds it.
     pub fn connect(a: &Chassis, b: &Chassis) -> anyhow::Result<()> {
         a.ns.exec(&[
             "ip",
@@ -453,6 +468,18 @@ impl Chassis {
         .context("creating the underlay veth")?;
         for c in [a, b] {
             c.ns.exec(&["ip", "link", "set", "ul0", "up"])?;
+            if c.datapath == "system" {
+                // Kernel tunnels route through the namespace's own stack.
+                c.ns.exec(&[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{}/24", c.encap_ip),
+                    "dev",
+                    "ul0",
+                ])?;
+                continue;
+            }
             c.vsctl(&[
                 "--may-exist",
                 "add-br",

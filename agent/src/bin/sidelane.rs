@@ -13,6 +13,7 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{TcpStream, ToSocketAddrs as _},
+    process::ExitCode,
     time::Duration,
 };
 
@@ -99,9 +100,29 @@ fn agent_get(agent: &str, path: &str) -> anyhow::Result<String> {
     Ok(body.to_owned())
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sidelane: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The causes in one line, as an operator reads them; no backtrace.
+            eprintln!("sidelane: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Subnets => {
             let subnets: Api<Subnet> = Api::all(client().await?);
