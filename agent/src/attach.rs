@@ -37,7 +37,7 @@ use crate::{
         qos::{Placement, QosDataplane, QosTarget},
     },
     link::{self, LinkError, PodInterfacePlan},
-    netns,
+    netns::{self, NetnsPolicy},
     ovs::{OvsError, PortBinding, PortPlug},
     pods::{PodError, PodSource, Waited},
     records::{AttachmentKind, AttachmentRecord, RecordError, Records},
@@ -211,6 +211,7 @@ pub struct Attacher<P, Q> {
     in_flight: AttachmentLocks,
     ovs: Option<Arc<dyn PortPlug>>,
     fastpath: Option<Arc<std::sync::Mutex<FastpathDataplane>>>,
+    netns_policy: NetnsPolicy,
 }
 
 /// One lock per attachment (container ID and interface): calls for the same attachment (an ADD
@@ -283,6 +284,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
             in_flight: AttachmentLocks::default(),
             ovs: None,
             fastpath: None,
+            netns_policy: NetnsPolicy::default(),
         }
     }
 
@@ -311,21 +313,38 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
     /// (tests, and a lab node simulated in a namespace).
     #[must_use]
     pub fn with_host_netns(mut self, netns: PathBuf) -> Attacher<P, Q> {
+        self.netns_policy = self.netns_policy.clone().refusing(&netns);
         self.host_netns = Some(netns);
         self
+    }
+
+    /// Which pod namespace paths calls may name (default: the runtime's directories).
+    #[must_use]
+    pub fn with_netns_policy(mut self, policy: NetnsPolicy) -> Attacher<P, Q> {
+        self.netns_policy = match &self.host_netns {
+            Some(host) => policy.refusing(host),
+            None => policy,
+        };
+        self
+    }
+
+    /// The request's `net_ns` must be a pod namespace the policy allows.
+    fn check_netns(&self, req: &CniRequest) -> Result<(), AttachError> {
+        match self.netns_policy.refusal(Path::new(&req.net_ns)) {
+            None => Ok(()),
+            Some(reason) => Err(AttachError::BadRequest {
+                field: "net_ns",
+                value: req.net_ns.clone(),
+                reason,
+            }),
+        }
     }
 
     /// ADD.
     pub async fn add(&self, req: &CniRequest) -> Result<CniResponse, AttachError> {
         check_request(req)?;
         let _serialised = self.in_flight.lock(&req.container_id, &req.if_name).await;
-        if !netns::is_network_namespace(Path::new(&req.net_ns)) {
-            return Err(AttachError::BadRequest {
-                field: "net_ns",
-                value: req.net_ns.clone(),
-                reason: "not a network namespace",
-            });
-        }
+        self.check_netns(req)?;
         let provider = req.provider_or_default().to_owned();
         let ovn = PLUGIN_TYPES.contains(&req.cni_type.as_str());
         let (subnets, serving) = self.serving_subnet(req, &provider).await?;
@@ -730,7 +749,9 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
     /// namespace is already gone, sweeps the limits of every vanished interface instead.
     async fn detach_pod_device(&self, req: &CniRequest) -> Result<(), AttachError> {
         let qos = Arc::clone(&self.qos);
-        let gone = req.net_ns.is_empty() || !netns::is_network_namespace(Path::new(&req.net_ns));
+        // A path the policy refuses is never entered: treated as gone.
+        let gone =
+            req.net_ns.is_empty() || self.netns_policy.refusal(Path::new(&req.net_ns)).is_some();
         let target = pod_device(req);
         let result = blocking(move || {
             if gone {
@@ -808,6 +829,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
     pub async fn check(&self, req: &CniRequest) -> Result<(), AttachError> {
         check_request(req)?;
         let _serialised = self.in_flight.lock(&req.container_id, &req.if_name).await;
+        self.check_netns(req)?;
         let provider = req.provider_or_default().to_owned();
         let (prov, ifname) = (provider.clone(), req.if_name.clone());
         let waited = self

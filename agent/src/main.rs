@@ -58,6 +58,11 @@ struct Args {
     /// state as JSON, for the `sidelane` command line) and `/healthz`.
     #[arg(long, default_value = "0.0.0.0:10665")]
     metrics_addr: std::net::SocketAddr,
+    /// A directory whose files CNI calls may name as the pod's network namespace (repeat the
+    /// flag for several; `/proc` stands for `/proc/<pid>/ns/net`). Anything else, and the
+    /// node's own namespace, is refused.
+    #[arg(long = "netns-dir", default_values_t = sidelane_agent::netns::DEFAULT_NETNS_DIRS.map(String::from))]
+    netns_dirs: Vec<String>,
     /// How long an ADD waits for ovn-controller to bind the port, in seconds.
     #[arg(long, default_value_t = DEFAULT_INSTALL_TIMEOUT.as_secs())]
     ovn_install_timeout: u64,
@@ -104,6 +109,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(netns) = args.host_netns.clone() {
         attacher = attacher.with_host_netns(netns);
     }
+    attacher = attacher.with_netns_policy(sidelane_agent::netns::NetnsPolicy::new(
+        args.netns_dirs.iter().map(PathBuf::from).collect(),
+    ));
     let mut collector = AttachmentCollector::new(
         Records::open(&args.state_dir).context("opening the records for metrics")?,
         args.host_netns.clone(),

@@ -104,9 +104,154 @@ pub fn is_network_namespace(path: &Path) -> bool {
     kind == libc::CLONE_NEWNET
 }
 
+/// Where the runtime keeps pod network namespaces, unless the agent is told otherwise.
+pub const DEFAULT_NETNS_DIRS: [&str; 3] = ["/var/run/netns", "/run/netns", "/proc"];
+
+/// Which `net_ns` paths the agent accepts from a CNI call: files directly inside the runtime's
+/// namespace directories (`/proc` stands for `/proc/<pid>/ns/net` and
+/// `/proc/<pid>/task/<tid>/ns/net`), never the node's own namespace. A caller that can reach
+/// the socket (root only) still cannot make the agent configure interfaces elsewhere.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetnsPolicy {
+    dirs: Vec<PathBuf>,
+    /// Namespaces that are the node's own (the agent's, and the simulated host's).
+    own: Vec<u64>,
+    /// `/proc/self/ns/net` is accepted (tests only).
+    accept_self: bool,
+}
+
+impl Default for NetnsPolicy {
+    fn default() -> NetnsPolicy {
+        NetnsPolicy::new(DEFAULT_NETNS_DIRS.iter().map(PathBuf::from).collect())
+    }
+}
+
+fn is_pid(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+impl NetnsPolicy {
+    /// Accepts namespaces directly inside `dirs`; the agent's own namespace is always refused.
+    pub fn new(dirs: Vec<PathBuf>) -> NetnsPolicy {
+        let own = namespace_id(Some(Path::new("/proc/self/ns/net")))
+            .ok()
+            .into_iter()
+            .collect();
+        NetnsPolicy {
+            dirs,
+            own,
+            accept_self: false,
+        }
+    }
+
+    /// Also refuses `netns` (the node's side of pod links, when it is a namespace of its own).
+    #[must_use]
+    pub fn refusing(mut self, netns: &Path) -> NetnsPolicy {
+        if let Ok(id) = namespace_id(Some(netns)) {
+            self.own.push(id);
+        }
+        self
+    }
+
+    /// Accepts the agent's own namespace under `/proc/<pid>/ns/net` and `/proc/self/ns/net`: for
+    /// tests whose dataplane is a double, which point the runtime at the test's own namespace.
+    /// Never on a node.
+    #[must_use]
+    pub fn accepting_own_namespace(mut self) -> NetnsPolicy {
+        self.own.clear();
+        self.accept_self = true;
+        self
+    }
+
+    /// Why `path` may not be used, if it may not.
+    pub fn refusal(&self, path: &Path) -> Option<&'static str> {
+        use std::path::Component;
+        if !path.is_absolute()
+            || path
+                .components()
+                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        {
+            return Some("not an absolute path without `.` or `..`");
+        }
+        let parts: Vec<&str> = path
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(s) => s.to_str(),
+                _ => None,
+            })
+            .collect();
+        let own_self = self.accept_self && path == Path::new("/proc/self/ns/net");
+        let in_dir = own_self
+            || self.dirs.iter().any(|dir| {
+                if dir == Path::new("/proc") {
+                    matches!(parts.as_slice(), ["proc", pid, "ns", "net"] if is_pid(pid))
+                        || matches!(
+                            parts.as_slice(),
+                            ["proc", pid, "task", tid, "ns", "net"] if is_pid(pid) && is_pid(tid)
+                        )
+                } else {
+                    path.parent() == Some(dir.as_path())
+                }
+            });
+        if !in_dir {
+            return Some("outside the runtime's network namespace directories");
+        }
+        if !is_network_namespace(path) {
+            return Some("not a network namespace");
+        }
+        if namespace_id(Some(path)).is_ok_and(|id| self.own.contains(&id)) {
+            return Some("the node's own network namespace");
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_policy_takes_runtime_directories_and_refuses_everything_else() {
+        let policy = NetnsPolicy::default();
+        for (path, why) in [
+            (
+                "relative/ns",
+                Some("not an absolute path without `.` or `..`"),
+            ),
+            (
+                "/run/netns/../../etc/hostname",
+                Some("not an absolute path without `.` or `..`"),
+            ),
+            (
+                "/etc/hostname",
+                Some("outside the runtime's network namespace directories"),
+            ),
+            (
+                "/proc/self/ns/net",
+                Some("outside the runtime's network namespace directories"),
+            ),
+            (
+                "/proc/1/ns/mnt",
+                Some("outside the runtime's network namespace directories"),
+            ),
+            (
+                "/run/netns/sub/dir/x",
+                Some("outside the runtime's network namespace directories"),
+            ),
+            (
+                "/var/run/netns/no-such-pod",
+                Some("not a network namespace"),
+            ),
+        ] {
+            assert_eq!(policy.refusal(Path::new(path)), why, "{path}");
+        }
+        // The test's own namespace is the agent's own: refused even by a /proc path.
+        let own = format!("/proc/{}/ns/net", std::process::id());
+        assert_eq!(
+            policy.refusal(Path::new(&own)),
+            Some("the node's own network namespace")
+        );
+    }
 
     #[test]
     fn only_a_network_namespace_file_counts_as_one() {

@@ -287,6 +287,11 @@ impl Engine {
         self.ipam.usage(subnet)
     }
 
+    /// The names of the IP resources the engine holds.
+    pub fn held_ip_names(&self) -> std::collections::HashSet<String> {
+        self.ip_names.values().cloned().collect()
+    }
+
     /// Takes back an allocation an IP resource records (after a restart, before anything is
     /// allocated). A conflict (the cluster already records the address for someone else) is
     /// returned as an event for the pod.

@@ -8,7 +8,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -174,6 +174,7 @@ impl Leader {
             chains: std::sync::Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             metrics: Arc::clone(&metrics),
+            stopped: AtomicBool::new(false),
         });
         Leader {
             client,
@@ -611,6 +612,9 @@ impl Leader {
     }
 
     async fn collect_garbage(&mut self) -> Result<(), kube::Error> {
+        // IP resources first, then pods: the pod of a listed IP resource was created before
+        // the IP list, so if it is alive it is in the pod list.
+        let ips = self.writer.ips.list(&ListParams::default()).await?;
         let pods: Api<Pod> = Api::all(self.client.clone());
         let live: BTreeSet<String> = pods
             .list_metadata(&ListParams::default())
@@ -620,7 +624,31 @@ impl Leader {
             .filter(|p| p.metadata.deletion_timestamp.is_none())
             .filter_map(|p| p.metadata.uid.clone())
             .collect();
-        let outcome = self.engine.collect_garbage(&live);
+        // Level-based: an IP resource of ours that the engine does not hold (written by a
+        // replica that still believed it led, after this one loaded the cluster) is taken
+        // back like at start-up, then collected with the rest if its pod is gone; one that
+        // cannot be taken back (its address is someone else's) is deleted if its pod is gone.
+        let mut strays = Vec::new();
+        let held = self.engine.held_ip_names();
+        for obj in &ips.items {
+            let Some(record) = objects::ip_record(obj) else {
+                continue;
+            };
+            if held.contains(&record.name) {
+                continue;
+            }
+            if self.engine.restore_ip(&record).is_err() && !live.contains(&record.pod_uid) {
+                strays.push(record.name.clone());
+            }
+        }
+        let mut outcome = self.engine.collect_garbage(&live);
+        if !strays.is_empty() {
+            warn!(
+                count = strays.len(),
+                "deleting IP resources whose address is held by another pod and whose pod is gone"
+            );
+        }
+        outcome.delete_ips.extend(strays);
         // A pod deleted while a watch was re-listing left no Delete event: it must not be
         // tried again (that would allocate for it anew after every collection).
         self.waiting.retain(|uid, _| live.contains(uid));
@@ -648,6 +676,9 @@ struct Writer {
     chains: std::sync::Mutex<HashMap<String, (u64, oneshot::Receiver<()>)>>,
     generation: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Set when this replica stops leading: queued writes are dropped, not carried out after
+    /// another replica has loaded the cluster (they would leave what it does not know of).
+    stopped: AtomicBool,
 }
 
 impl Writer {
@@ -683,7 +714,9 @@ impl Writer {
                 // An error only means the previous write's task ended without signalling.
                 let _ = previous.await;
             }
-            if let Ok(_permit) = Arc::clone(&writer.permits).acquire_owned().await {
+            if let Ok(_permit) = Arc::clone(&writer.permits).acquire_owned().await
+                && !writer.is_stopped()
+            {
                 writer.write(target.as_ref(), &node, outcome).await;
             }
             writer
@@ -701,6 +734,10 @@ impl Writer {
         });
     }
 
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
     async fn write(
         &self,
         target: Option<&(String, String, ObjectReference)>,
@@ -708,7 +745,13 @@ impl Writer {
         outcome: PodOutcome,
     ) {
         for record in &outcome.upsert_ips {
+            if self.is_stopped() {
+                return;
+            }
             self.upsert_ip(record, node).await;
+        }
+        if self.is_stopped() {
+            return;
         }
         if let Some((ns, name, _)) = target
             && !outcome.annotations.is_empty()
@@ -729,6 +772,9 @@ impl Writer {
             }
         }
         for name in &outcome.delete_ips {
+            if self.is_stopped() {
+                return;
+            }
             match self.ips.delete(name, &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
@@ -785,6 +831,9 @@ impl Writer {
     }
 
     async fn format_subnet(&self, name: &str, spec: Value) {
+        if self.is_stopped() {
+            return;
+        }
         let patch = json!({ "spec": spec });
         if let Err(e) = self
             .subnets
@@ -796,6 +845,9 @@ impl Writer {
     }
 
     async fn subnet_status(&self, name: &str, status: Value) {
+        if self.is_stopped() {
+            return;
+        }
         let patch = json!({ "status": status });
         if let Err(e) = self
             .subnets
@@ -804,6 +856,13 @@ impl Writer {
         {
             warn!(subnet = %name, error = %e, "writing the status");
         }
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        // Stepped down (or starting over): nothing queued may be written any more.
+        self.writer.stopped.store(true, Ordering::Relaxed);
     }
 }
 

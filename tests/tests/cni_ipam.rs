@@ -23,6 +23,7 @@ use sidelane_agent::{
         DataplaneError,
         qos::{QosDataplane, QosTarget},
     },
+    netns::NetnsPolicy,
     pods::KubePods,
     records::Records,
 };
@@ -56,7 +57,22 @@ struct Agent {
 }
 
 impl Agent {
+    /// An agent whose dataplane is a double: it accepts the test's own namespace.
     fn start<Q: QosPort>(api: &ApiServer, qos: Q, timeout: Duration) -> Agent {
+        Agent::start_with(
+            api,
+            qos,
+            timeout,
+            NetnsPolicy::default().accepting_own_namespace(),
+        )
+    }
+
+    fn start_with<Q: QosPort>(
+        api: &ApiServer,
+        qos: Q,
+        timeout: Duration,
+        policy: NetnsPolicy,
+    ) -> Agent {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let socket = dir.path().join("kube-ovn-daemon.sock");
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -69,7 +85,9 @@ impl Agent {
             .block_on(async { cni_server::bind(&socket) })
             .expect("binding");
         let records = Records::open(dir.path().join("records")).expect("the record directory");
-        let attacher = Arc::new(Attacher::new(KubePods::new(client), qos, records, timeout));
+        let attacher = Arc::new(
+            Attacher::new(KubePods::new(client), qos, records, timeout).with_netns_policy(policy),
+        );
         runtime.spawn(cni_server::serve(listener, attacher));
         Agent {
             _dir: dir,
@@ -336,16 +354,41 @@ fn a_pod_naming_an_ovn_subnet_in_its_logical_switch_annotation_is_served_by_it()
 }
 
 #[test]
-fn a_netns_path_that_is_not_a_network_namespace_is_refused_naming_it() {
+fn a_netns_path_outside_the_runtime_directories_not_a_namespace_or_the_nodes_own_is_refused_naming_it()
+ {
     let api = ApiServer::start();
     seed_subnet(&api);
     seed_pod(&api, "p5", &allocation());
-    let agent = Agent::start(&api, RecordingQos::default(), Duration::from_secs(20));
+    // A node's policy: the runtime's directories, never the agent's own namespace.
+    let agent = Agent::start_with(
+        &api,
+        RecordingQos::default(),
+        Duration::from_secs(20),
+        NetnsPolicy::default(),
+    );
     let cfg = macvlan_seed_config(&agent.socket).to_string();
-    for path in [
-        "/etc/hostname",
-        "/proc/self/ns/mnt",
-        "/var/run/netns/no-such-pod",
+    // The agent runs in this process: its namespace is the node's own.
+    let own = format!("/proc/{}/ns/net", std::process::id());
+    for (path, reason) in [
+        (
+            "/etc/hostname",
+            "outside the runtime's network namespace directories",
+        ),
+        (
+            "/proc/self/ns/mnt",
+            "outside the runtime's network namespace directories",
+        ),
+        // A network namespace, but not where a runtime puts pods.
+        (
+            "/proc/self/ns/net",
+            "outside the runtime's network namespace directories",
+        ),
+        (
+            "/run/netns/../../etc/hostname",
+            "not an absolute path without `.` or `..`",
+        ),
+        ("/var/run/netns/no-such-pod", "not a network namespace"),
+        (own.as_str(), "the node's own network namespace"),
     ] {
         let out = sidelane_cni::run(&cni_vars("ADD", path, "net1", "p5"), cfg.as_bytes());
         assert_eq!(out.exit_code, 1, "{path}: {}", out.stdout);
@@ -353,9 +396,7 @@ fn a_netns_path_that_is_not_a_network_namespace_is_refused_naming_it() {
         let details = err["details"].as_str().expect("details");
         assert_eq!(
             details,
-            format!(
-                "request ip return 400 bad request: net_ns is {path:?}: not a network namespace"
-            )
+            format!("request ip return 400 bad request: net_ns is {path:?}: {reason}")
         );
     }
 }
@@ -610,4 +651,129 @@ fn traffic_into_an_ipam_only_macvlan_pod_is_held_to_its_ingress_rate() {
         (15.0..=21.0).contains(&mbps),
         "ingress (into the pod) at 20 Mbit/s on an IPAM-only macvlan measured {mbps:.1} Mbit/s"
     );
+}
+
+/// Sends `raw` on a fresh connection to `socket` and returns the status line's code, or `None`
+/// when the agent closed the connection without an answer.
+fn raw_exchange(socket: &Path, raw: &[u8]) -> Option<u16> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("a read timeout");
+    // The agent may answer (and close) before the whole body is written.
+    let _ = stream.write_all(raw);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    text.strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+}
+
+fn post(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    raw
+}
+
+#[test]
+fn ten_thousand_malformed_requests_leave_the_agent_serving_others() {
+    let api = ApiServer::start();
+    seed_subnet(&api);
+    seed_pod(&api, "p9", &allocation());
+    let agent = Agent::start(&api, RecordingQos::default(), Duration::from_secs(20));
+    let socket = agent.socket.clone();
+    // Connections that send half a request and hold it: they must not starve the others.
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        use std::io::Write as _;
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).expect("connecting");
+        s.write_all(b"POST /api/v1/add HTTP/1.1\r\nHost: ag")
+            .expect("writing half a request");
+        held.push(s);
+    }
+    let valid_but_hostile = serde_json::to_vec(&json!({
+        "cni_type": "macvlan", "pod_name": "p9", "pod_namespace": "default",
+        "container_id": "x", "net_ns": "/etc/passwd", "if_name": "net1", "provider": "macvlan.default"
+    }))
+    .expect("JSON");
+    let kinds: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"\x00\xff\xfeGARBAGE \r\n\r\n".to_vec()),
+        ("invalid JSON", post("/api/v1/add", b"{\"pod_name\": ")),
+        ("wrong type", post("/api/v1/del", b"[1, 2, 3]")),
+        (
+            "GET",
+            b"GET /api/v1/add HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        ("unknown path", post("/api/v1/../../etc/passwd", b"{}")),
+        ("netns outside", post("/api/v1/add", &valid_but_hostile)),
+        (
+            "truncated body",
+            b"POST /api/v1/add HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n{\"pod".to_vec(),
+        ),
+        (
+            "oversized body",
+            post("/api/v1/add", &vec![b' '; 70 * 1024]),
+        ),
+    ];
+    let kinds = Arc::new(kinds);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let socket = socket.clone();
+            let kinds = Arc::clone(&kinds);
+            thread::spawn(move || {
+                let mut answers: BTreeMap<String, usize> = BTreeMap::new();
+                for i in 0..1250 {
+                    let (name, raw) = &kinds[(t + i) % kinds.len()];
+                    let code = raw_exchange(&socket, raw)
+                        .map_or_else(|| "closed".to_owned(), |c| c.to_string());
+                    *answers.entry(format!("{name}: {code}")).or_default() += 1;
+                }
+                answers
+            })
+        })
+        .collect();
+    // A real ADD while the barrage runs.
+    let cfg = macvlan_seed_config(&socket).to_string();
+    let during = sidelane_cni::run(&cni_vars("ADD", OWN_NETNS, "net1", "p9"), cfg.as_bytes());
+    let mut answers: BTreeMap<String, usize> = BTreeMap::new();
+    for t in threads {
+        for (k, n) in t.join().expect("a barrage thread") {
+            *answers.entry(k).or_default() += n;
+        }
+    }
+    assert_eq!(
+        during.exit_code, 0,
+        "the ADD during the barrage: {}",
+        during.stdout
+    );
+    // Each kind refused with its own status, every time; none served, none dropped.
+    let expected: BTreeMap<String, usize> = [
+        ("garbage: 400", 1250),
+        ("invalid JSON: 400", 1250),
+        ("wrong type: 400", 1250),
+        ("GET: 405", 1250),
+        ("unknown path: 404", 1250),
+        ("netns outside: 400", 1250),
+        ("truncated body: 400", 1250),
+        ("oversized body: 413", 1250),
+    ]
+    .into_iter()
+    .map(|(k, n)| (k.to_owned(), n))
+    .collect();
+    assert_eq!(answers, expected);
+    // And after it a DEL still works.
+    let check = sidelane_cni::run(&cni_vars("DEL", OWN_NETNS, "net1", "p9"), cfg.as_bytes());
+    assert_eq!(
+        check.exit_code, 0,
+        "the DEL after the barrage: {}",
+        check.stdout
+    );
+    drop(held);
 }

@@ -1,7 +1,8 @@
 //! The CNI socket: Kube-OVN's protocol ([`sidelane_api::daemon`]) as HTTP/1.1 on a unix
-//! socket, mode 0600. Each connection is served on a task of its own, so one pod's wait for its
-//! allocation never blocks another's; request bodies are bounded and every request has a
-//! deadline.
+//! socket, mode 0600, serving root (and the agent's own user) only. Each connection is served on
+//! a task of its own, so one pod's wait for its allocation never blocks another's; headers must
+//! arrive within [`HEADER_DEADLINE`] and bodies within [`BODY_DEADLINE`], bodies are bounded, every request has a deadline, and at
+//! most [`MAX_CONNECTIONS`] are served at once.
 
 use std::{
     convert::Infallible, fs, io, os::unix::fs::PermissionsExt as _, path::Path, sync::Arc,
@@ -30,6 +31,13 @@ use crate::{
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// No request may take longer (the allocation wait is shorter).
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(90);
+/// A client must send a request's headers within this (a connection that trickles bytes
+/// cannot hold a task forever).
+pub const HEADER_DEADLINE: Duration = Duration::from_secs(10);
+/// A request's body must arrive within this.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 512;
 
 /// Setting up the socket failed.
 #[derive(Debug, Error)]
@@ -71,7 +79,12 @@ pub async fn serve<P: PodSource + SubnetSource, Q: QosPort>(
     listener: UnixListener,
     attacher: Arc<Attacher<P, Q>>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let own_uid = nix::unistd::Uid::effective().as_raw();
     loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -79,13 +92,33 @@ pub async fn serve<P: PodSource + SubnetSource, Q: QosPort>(
                 continue;
             }
         };
+        // The socket is mode 0600; the peer's credentials are checked too.
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == 0 || cred.uid() == own_uid => {}
+            Ok(cred) => {
+                warn!(
+                    uid = cred.uid(),
+                    "refused a CNI connection from an unprivileged user"
+                );
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "reading a CNI connection's credentials failed");
+                continue;
+            }
+        }
         let attacher = Arc::clone(&attacher);
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let attacher = Arc::clone(&attacher);
                 async move { Ok::<_, Infallible>(handle(&attacher, req).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_DEADLINE)
+                // A client that shuts its side after the request still gets the answer.
+                .half_close(true)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {
@@ -119,15 +152,29 @@ async fn route<P: PodSource + SubnetSource, Q: QosPort>(
         );
     }
     let path = req.uri().path().to_owned();
-    let body = match Limited::new(req.into_body(), MAX_REQUEST_BYTES)
-        .collect()
-        .await
+    let body = match tokio::time::timeout(
+        BODY_DEADLINE,
+        Limited::new(req.into_body(), MAX_REQUEST_BYTES).collect(),
+    )
+    .await
     {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return failure(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("{path}: reading the body (at most {MAX_REQUEST_BYTES} bytes): {e}"),
+                format!("{path}: the body is larger than {MAX_REQUEST_BYTES} bytes"),
+            );
+        }
+        Ok(Err(e)) => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                format!("{path}: reading the body: {e}"),
+            );
+        }
+        Err(_) => {
+            return failure(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("{path}: the body did not arrive within {BODY_DEADLINE:?}"),
             );
         }
     };
