@@ -25,7 +25,7 @@ use sidelane_api::{
     qos::QosSpec,
 };
 use thiserror::Error;
-use tracing::info;
+use tracing::{info, warn};
 
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -721,7 +721,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
         })
         .await;
         if let Err(e) = result {
-            tracing::warn!(error = %e, "taking an attachment off the fast path");
+            warn!(error = %e, "taking an attachment off the fast path");
         }
     }
 
@@ -923,6 +923,28 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
             report.removed.push(id);
         }
         Ok(report)
+    }
+
+    /// Removes the fast-path entries and QoS programs of interfaces that vanished without a
+    /// DEL (deleted by hand, or their namespace torn down): run periodically, so that nothing
+    /// points at a device that is gone. Errors are logged; the next pass tries again.
+    pub async fn sweep_vanished(&self) {
+        if let Some(fp) = self.fastpath.clone() {
+            let host = self.host_netns.clone();
+            let result = blocking(move || {
+                fp.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .sweep(host.as_deref())
+            })
+            .await;
+            if let Err(e) = result {
+                warn!(error = %e, "sweeping fast-path entries of vanished interfaces");
+            }
+        }
+        let qos = Arc::clone(&self.qos);
+        if let Err(e) = blocking(move || qos.sweep()).await {
+            warn!(error = %e, "sweeping QoS programs of vanished interfaces");
+        }
     }
 
     /// After a restart: takes back every recorded attachment whose interface is still in place

@@ -68,6 +68,9 @@ struct Args {
     ovn_install_timeout: u64,
 }
 
+/// How often the agent removes the fast-path entries and QoS programs of vanished interfaces.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -154,6 +157,9 @@ async fn main() -> anyhow::Result<()> {
     for bad in &recovered.unreadable {
         tracing::warn!(record = %bad, "an attachment record cannot be read; left in place");
     }
+    // Entries and programs of interfaces that vanished without a DEL go soon after.
+    let sweeper = Arc::clone(&attacher);
+    tokio::spawn(async move { sweep_forever(&sweeper).await });
     let listener = cni_server::bind(&args.socket)?;
     tracing::info!(socket = %args.socket.display(), "serving CNI requests");
     tokio::select! {
@@ -185,4 +191,16 @@ async fn connect_ovs(args: &Args) -> anyhow::Result<Option<OvsBridge>> {
     .await
     .with_context(|| format!("opening the Open_vSwitch database at {}", args.ovs_db))?;
     Ok(Some(bridge))
+}
+
+/// Every [`SWEEP_INTERVAL`], the fast-path entries and QoS programs of vanished interfaces go.
+async fn sweep_forever<P, Q>(attacher: &Attacher<P, Q>)
+where
+    P: sidelane_agent::pods::PodSource + sidelane_agent::subnets::SubnetSource,
+    Q: sidelane_agent::attach::QosPort,
+{
+    loop {
+        tokio::time::sleep(SWEEP_INTERVAL).await;
+        attacher.sweep_vanished().await;
+    }
 }

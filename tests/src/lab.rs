@@ -68,15 +68,44 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// How to start one of the lab's processes again (a restart, as a DaemonSet or a Deployment
+/// would do it).
+struct Spawn {
+    bin: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    log: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Spawn {
+    fn start(&self) -> anyhow::Result<Background> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(&self.args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        Background::spawn(&mut cmd)
+    }
+}
+
 /// One simulated node.
 struct LabNode {
     name: String,
     chassis: Chassis,
     /// Mounted at `/run/openvswitch` for the CNI plugins of this node: holds the agent socket.
     run_dir: PathBuf,
+    /// The node's directory (agent log, records).
+    node_dir: PathBuf,
     metrics_port: u16,
     agent: Background,
-    _pins: PinRoot,
+    agent_spawn: Spawn,
+    pins: PinRoot,
 }
 
 /// One pod of the lab.
@@ -206,6 +235,8 @@ const SCENARIOS: [Scenario; 5] = [
     },
 ];
 
+pub mod chaos;
+
 /// The lab.
 pub struct Lab {
     dir: tempfile::TempDir,
@@ -215,7 +246,7 @@ pub struct Lab {
     nodes: Vec<LabNode>,
     lan: NetNs,
     primary: NetNs,
-    controllers: Vec<Background>,
+    controllers: Vec<(Background, Spawn)>,
     cni_bin: PathBuf,
     next_primary: u32,
     phases: Vec<(String, Duration)>,
@@ -346,27 +377,29 @@ impl Lab {
                     std::fs::create_dir_all(&run_dir)?;
                     let pins = PinRoot::new(&format!("sidelane-lab-{name}"));
                     let metrics_port = free_port()?;
-                    let log = std::fs::File::create(node_dir.join("agent.log"))?;
-                    let mut cmd = Command::new(&agent_bin);
-                    cmd.arg("--host-netns")
-                        .arg(c.ns.path())
-                        .arg("--socket")
-                        .arg(run_dir.join("kube-ovn-daemon.sock"))
-                        .arg("--pin-root")
-                        .arg(pins.path())
-                        .arg("--state-dir")
-                        .arg(node_dir.join("records"))
-                        .arg("--ovs-db")
-                        .arg(c.db.unix_remote())
-                        .arg("--ovs-datapath")
-                        .arg("auto")
-                        .arg("--metrics-addr")
-                        .arg(format!("127.0.0.1:{metrics_port}"))
-                        .env("KUBECONFIG", dir.path().join("kubeconfig"))
-                        .env("RUST_LOG", "info")
-                        .stdout(log.try_clone()?)
-                        .stderr(log);
-                    let agent = Background::spawn(&mut cmd)?;
+                    let agent_args: Vec<std::ffi::OsString> = vec![
+                        "--host-netns".into(),
+                        c.ns.path().into(),
+                        "--socket".into(),
+                        run_dir.join("kube-ovn-daemon.sock").into(),
+                        "--pin-root".into(),
+                        pins.path().into(),
+                        "--state-dir".into(),
+                        node_dir.join("records").into(),
+                        "--ovs-db".into(),
+                        c.db.unix_remote().into(),
+                        "--ovs-datapath".into(),
+                        "auto".into(),
+                        "--metrics-addr".into(),
+                        format!("127.0.0.1:{metrics_port}").into(),
+                    ];
+                    let spawn = Spawn {
+                        bin: agent_bin.clone(),
+                        args: agent_args,
+                        log: node_dir.join("agent.log"),
+                        kubeconfig: dir.path().join("kubeconfig"),
+                    };
+                    let agent = spawn.start()?;
                     let socket = run_dir.join("kube-ovn-daemon.sock");
                     let start = Instant::now();
                     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
@@ -387,9 +420,11 @@ impl Lab {
                         name,
                         chassis: c,
                         run_dir,
+                        node_dir,
                         metrics_port,
                         agent,
-                        _pins: pins,
+                        agent_spawn: spawn,
+                        pins,
                     });
                 }
                 Ok(nodes)
@@ -401,24 +436,24 @@ impl Lab {
             || {
                 let mut v = Vec::new();
                 for i in 1..=2 {
-                    let log =
-                        std::fs::File::create(dir.path().join(format!("controller-{i}.log")))?;
-                    let mut cmd = Command::new(&controller_bin);
-                    cmd.arg("--identity")
-                        .arg(format!("sidelane-controller-{i}"))
-                        .arg("--lease-namespace")
-                        .arg("kube-system")
-                        .arg("--ovn-nb-addr")
-                        .arg(central.nb.unix_remote())
-                        .arg("--metrics-addr")
-                        .arg(format!("127.0.0.1:{}", free_port()?))
-                        .arg("--gc-interval")
-                        .arg("10")
-                        .env("KUBECONFIG", dir.path().join("kubeconfig"))
-                        .env("RUST_LOG", "info")
-                        .stdout(log.try_clone()?)
-                        .stderr(log);
-                    v.push(Background::spawn(&mut cmd)?);
+                    let spawn = Spawn {
+                        bin: controller_bin.clone(),
+                        args: vec![
+                            "--identity".into(),
+                            format!("sidelane-controller-{i}").into(),
+                            "--lease-namespace".into(),
+                            "kube-system".into(),
+                            "--ovn-nb-addr".into(),
+                            central.nb.unix_remote().into(),
+                            "--metrics-addr".into(),
+                            format!("127.0.0.1:{}", free_port()?).into(),
+                            "--gc-interval".into(),
+                            "10".into(),
+                        ],
+                        log: dir.path().join(format!("controller-{i}.log")),
+                        kubeconfig: dir.path().join("kubeconfig"),
+                    };
+                    v.push((spawn.start()?, spawn));
                 }
                 let start = Instant::now();
                 while api
@@ -1408,7 +1443,7 @@ impl Lab {
     /// Whether every lab process still runs.
     pub fn healthy(&mut self) -> bool {
         self.nodes.iter_mut().all(|n| n.agent.is_running())
-            && self.controllers.iter_mut().all(Background::is_running)
+            && self.controllers.iter_mut().all(|(c, _)| c.is_running())
     }
 
     /// The lab's directory.

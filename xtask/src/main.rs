@@ -4,6 +4,7 @@ mod bench;
 mod build_ebpf;
 mod cmd;
 mod crds;
+mod fuzz;
 mod lab;
 mod manifests;
 mod setup;
@@ -44,6 +45,12 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// The lab rig under pod churn and faults, then an audit; writes `target/bench/chaos.json`.
+    Chaos {
+        /// 200 pods instead of 1,000.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Write `deploy/manifests/sidelane.yaml`: the Helm chart rendered with its default values.
     Manifests {
         /// Fail when the committed file differs instead of writing.
@@ -52,6 +59,16 @@ enum Command {
         /// Then validate every manifest, CRD and example offline (what CI runs).
         #[arg(long)]
         validate: bool,
+    },
+    /// Run every fuzz target (`tests/fuzz/`) for a while, growing the committed corpora;
+    /// writes `target/bench/fuzz.json`.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 40)]
+        seconds: u64,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Run a benchmark; writes `target/bench/<name>.json` and prints a table.
     Bench {
@@ -69,8 +86,12 @@ fn main() -> anyhow::Result<()> {
         Command::BuildEbpf => build_ebpf::run().map(|_| ()),
         Command::Test { nextest_args } => test::run(&nextest_args),
         Command::Lab { keep } => lab::run(keep),
+        Command::Chaos { quick } => lab::chaos(quick),
         Command::Bench { name, quick } => bench::run(name, quick),
         Command::Crds { check } => crds::run(&workspace_root(), check),
+        Command::Fuzz { seconds, target } => {
+            fuzz::run(&workspace_root(), seconds, target.as_deref())
+        }
         Command::Manifests { check, validate } => {
             manifests::run(&workspace_root(), check)?;
             if validate {

@@ -20,6 +20,13 @@ struct Args {
     /// Leave the lab running after the report, until Ctrl-C.
     #[arg(long)]
     keep: bool,
+    /// Instead of the scenarios: churn this many pods while injecting faults, then audit
+    /// (`cargo xtask chaos`).
+    #[arg(long)]
+    chaos: Option<usize>,
+    /// Where `--chaos` writes its JSON report.
+    #[arg(long, default_value = "target/bench/chaos.json")]
+    report: std::path::PathBuf,
 }
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -35,6 +42,18 @@ fn main() -> anyhow::Result<()> {
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
     let start = Instant::now();
+    if let Some(pods) = args.chaos {
+        let report = sidelane_tests::lab::chaos::run(pods)?;
+        let json = report.to_json();
+        if let Some(dir) = args.report.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(&args.report, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", args.report.display()))?;
+        println!("{}", serde_json::to_string_pretty(&json)?);
+        println!("chaos finished in {:.0} s", start.elapsed().as_secs_f64());
+        return Ok(());
+    }
     let mut lab = Lab::start()?;
     let ok = lab.run_scenarios(args.keep)?;
     println!("\nlab finished in {:.0} s", start.elapsed().as_secs_f64());

@@ -1,0 +1,3 @@
+//! Sidelane's fuzz targets; see `harness.rs`.
+
+pub mod harness;
