@@ -574,3 +574,47 @@ fn metrics_and_probes_are_served_over_http() {
     }
     assert!(http_get(port, "/nope").starts_with("HTTP/1.1 404"));
 }
+
+#[test]
+fn a_subnet_with_an_invalid_spec_allocates_nothing_and_says_why_on_its_status() {
+    let api = ApiServer::start();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    api.seed(json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": "broken", "namespace": "default"},
+        "spec": {"config": r#"{"cniVersion": "0.3.0", "type": "macvlan", "ipam": {"type": "kube-ovn"}}"#}}))
+        .expect("a NAD");
+    // The gateway lies outside the CIDR block.
+    api.seed(json!({"apiVersion": "kubeovn.io/v1", "kind": "Subnet", "metadata": {"name": "broken"},
+        "spec": {"provider": "broken.default", "cidrBlock": "10.88.0.0/24", "gateway": "10.99.0.1"}}))
+        .expect("the invalid subnet");
+    let _controller = Controller::start(&api, &runtime);
+    seed_pod(
+        &api,
+        "victim",
+        &json!({"k8s.v1.cni.cncf.io/networks": "broken"}),
+    );
+    eventually("the Subnet's Validated condition", || {
+        api.get("kubeovn.io/v1", "Subnet", "", "broken")
+            .is_some_and(|s| s["status"]["conditions"][0]["status"] == "False")
+    });
+    let subnet = api
+        .get("kubeovn.io/v1", "Subnet", "", "broken")
+        .expect("the subnet");
+    let condition = &subnet["status"]["conditions"][0];
+    assert_eq!(condition["type"], "Validated");
+    let message = condition["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("10.99.0.1") && message.contains("10.88.0.0/24"),
+        "the message names the gateway and the CIDR: {message:?}"
+    );
+    eventually("a Warning event on the pod", || {
+        api.list("events.k8s.io/v1", "Event", Some("default"))
+            .iter()
+            .any(|e| e["regarding"]["name"] == "victim" && e["type"] == "Warning")
+    });
+    assert_eq!(allocated(&api, "victim", "broken.default"), None);
+    assert!(
+        api.list("kubeovn.io/v1", "IP", None).is_empty(),
+        "no IP resource for a pod of an invalid Subnet"
+    );
+}
