@@ -49,3 +49,22 @@ fn every_committed_fuzz_input_runs_through_its_parser_without_a_panic() {
         harness::TARGETS.len()
     );
 }
+
+#[test]
+fn every_fuzz_target_binary_has_its_body_in_the_harness() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/fuzz_targets");
+    let mut binaries: Vec<String> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".rs"))
+                .map(str::to_owned)
+        })
+        .collect();
+    binaries.sort();
+    let mut bodies: Vec<String> = harness::TARGETS.iter().map(|t| (*t).to_owned()).collect();
+    bodies.sort();
+    assert_eq!(binaries, bodies);
+}

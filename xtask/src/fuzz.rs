@@ -18,17 +18,23 @@ use serde_json::json;
 
 use crate::cmd::{exec, succeeds};
 
-/// The targets, as `tests/fuzz/src/harness.rs` names them.
-pub const TARGETS: [&str; 8] = [
-    "nad_config",
-    "network_selection",
-    "pod_annotations",
-    "subnet_lists",
-    "cni_plugin_input",
-    "agent_request",
-    "ovsdb_framing",
-    "ovsdb_update",
-];
+/// The targets: the files of `tests/fuzz/fuzz_targets/` (each runs the body of the same name in
+/// `tests/fuzz/src/harness.rs`).
+fn targets(root: &Path) -> anyhow::Result<Vec<String>> {
+    let dir = fuzz_dir(root).join("fuzz_targets");
+    let mut names: Vec<String> = fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".rs"))
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
 
 fn fuzz_dir(root: &Path) -> PathBuf {
     root.join("tests/fuzz")
@@ -45,7 +51,7 @@ fn ensure_cargo_fuzz() -> anyhow::Result<()> {
 
 /// One target's run.
 struct Run {
-    target: &'static str,
+    target: String,
     execs: u64,
     crashed: bool,
     corpus: usize,
@@ -56,7 +62,7 @@ fn count_files(dir: &Path) -> usize {
     fs::read_dir(dir).map_or(0, |d| d.filter_map(Result::ok).count())
 }
 
-fn run_target(root: &Path, target: &'static str, seconds: u64) -> anyhow::Result<Run> {
+fn run_target(root: &Path, target: &str, seconds: u64) -> anyhow::Result<Run> {
     let dir = fuzz_dir(root);
     let corpus = dir.join("corpus").join(target);
     let seeds = dir.join("seeds").join(target);
@@ -124,7 +130,7 @@ fn run_target(root: &Path, target: &'static str, seconds: u64) -> anyhow::Result
         );
     }
     Ok(Run {
-        target,
+        target: target.to_owned(),
         execs,
         crashed,
         corpus: count_files(&corpus),
@@ -157,13 +163,12 @@ fn minimise(root: &Path, target: &str) -> anyhow::Result<()> {
 
 pub fn run(root: &Path, seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
     ensure_cargo_fuzz()?;
-    let targets: Vec<&'static str> =
-        match only {
-            Some(t) => vec![*TARGETS.iter().find(|x| **x == t).with_context(|| {
-                format!("no fuzz target {t}; the targets: {}", TARGETS.join(", "))
-            })?],
-            None => TARGETS.to_vec(),
-        };
+    let all = targets(root)?;
+    let targets: Vec<String> = match only {
+        Some(t) if all.iter().any(|x| x == t) => vec![t.to_owned()],
+        Some(t) => bail!("no fuzz target {t}; the targets: {}", all.join(", ")),
+        None => all,
+    };
     exec(Command::new("cargo").current_dir(root).args([
         "+nightly",
         "fuzz",
@@ -175,7 +180,7 @@ pub fn run(root: &Path, seconds: u64, only: Option<&str>) -> anyhow::Result<()> 
     ]))
     .context("building the fuzz targets")?;
     let mut runs = Vec::new();
-    for target in targets {
+    for target in &targets {
         eprintln!("fuzz: {target} for {seconds} s");
         let r = run_target(root, target, seconds)?;
         if !r.crashed {
@@ -207,7 +212,7 @@ pub fn run(root: &Path, seconds: u64, only: Option<&str>) -> anyhow::Result<()> 
     println!("{:<20} {:>12}", "total", execs);
     let report = json!({
         "seconds_per_target": seconds,
-        "targets": runs.iter().map(|r| (r.target.to_owned(), json!({
+        "targets": runs.iter().map(|r| (r.target.clone(), json!({
             "execs": r.execs, "crashed": r.crashed, "corpus": r.corpus, "seconds": r.seconds,
         }))).collect::<serde_json::Map<_, _>>(),
         "fuzz_execs": execs,
