@@ -37,7 +37,7 @@ use sidelane_agent_common::fastpath::{
 use tracing::{debug, info};
 
 use super::{
-    DataplaneError, boxed, bpffs, object,
+    DataplaneError, boxed, bpffs, load_error, map_error, object,
     test_run::{self, RunResult, SkBuffCtx},
 };
 use crate::netns;
@@ -89,27 +89,6 @@ pub struct FastpathDataplane {
     endpoints: HashMap<MapData, EndpointKey, Endpoint>,
     to_pod: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, FastpathCounters>,
-}
-
-fn load_error<E: std::error::Error + Send + Sync + 'static>(what: &str, e: E) -> DataplaneError {
-    DataplaneError::Load {
-        target: what.to_owned(),
-        source: boxed(e),
-    }
-}
-
-fn map_error<E: std::error::Error + Send + Sync + 'static>(
-    op: &'static str,
-    map: &'static str,
-    target: &str,
-    e: E,
-) -> DataplaneError {
-    DataplaneError::Map {
-        op,
-        map,
-        target: target.to_owned(),
-        source: boxed(e),
-    }
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {

@@ -138,3 +138,29 @@ pub(crate) fn boxed<E: std::error::Error + Send + Sync + 'static>(
 ) -> Box<dyn std::error::Error + Send + Sync> {
     Box::new(e)
 }
+
+/// Loading `target`'s object or program failed.
+pub(crate) fn load_error<E: std::error::Error + Send + Sync + 'static>(
+    target: &str,
+    e: E,
+) -> DataplaneError {
+    DataplaneError::Load {
+        target: target.to_owned(),
+        source: boxed(e),
+    }
+}
+
+/// `op` on `map` of `target` failed.
+pub(crate) fn map_error<E: std::error::Error + Send + Sync + 'static>(
+    op: &'static str,
+    map: &'static str,
+    target: &str,
+    e: E,
+) -> DataplaneError {
+    DataplaneError::Map {
+        op,
+        map,
+        target: target.to_owned(),
+        source: boxed(e),
+    }
+}

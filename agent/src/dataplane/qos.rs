@@ -43,7 +43,7 @@ use sidelane_api::qos::{Direction, QosSpec, RateLimit};
 use tracing::{debug, info, warn};
 
 use super::{
-    DataplaneError, boxed, bpffs, object,
+    DataplaneError, boxed, bpffs, load_error, map_error, object,
     qdisc::{NetlinkQdiscProbe, QdiscProbe},
     test_run::{self, RunResult, SkBuffCtx},
 };
@@ -610,27 +610,6 @@ fn load_object(pin_dir: &Path, name: &str) -> Result<Ebpf, DataplaneError> {
         .default_map_pin_directory(pin_dir)
         .load(bytes)
         .map_err(|e| load_error(name, e))
-}
-
-fn load_error<E: std::error::Error + Send + Sync + 'static>(target: &str, e: E) -> DataplaneError {
-    DataplaneError::Load {
-        target: target.to_owned(),
-        source: boxed(e),
-    }
-}
-
-fn map_error<E: std::error::Error + Send + Sync + 'static>(
-    op: &'static str,
-    map: &'static str,
-    target: &str,
-    e: E,
-) -> DataplaneError {
-    DataplaneError::Map {
-        op,
-        map,
-        target: target.to_owned(),
-        source: boxed(e),
-    }
 }
 
 fn open_pinned(
