@@ -12,6 +12,9 @@
 //! - [`bandwidth_plugin`]: Debian's reference `bandwidth` CNI plugin, driven as a runtime does.
 //! - [`bench`]: the benchmarks behind `cargo xtask bench <name>`.
 //! - [`apiserver`]: a Kubernetes API double on loopback, shared by processes like a real API server.
+//! - [`control_plane`]: a real Kubernetes control plane (etcd, kube-apiserver, controllers) on
+//!   loopback, with the chart's RBAC and kubeconfigs per identity.
+//! - [`tools`]: where the Go components `cargo xtask setup` builds are.
 //! - [`cluster`]: the cluster objects (Subnets...) tests seed into it.
 //! - [`ovn`]: real OVN central and chassis processes (userspace datapath) from a temporary directory.
 //! - [`node_rig`]: one node of real OVN with the controller and the agent, pods attached through our plugin.
@@ -20,6 +23,7 @@ pub mod apiserver;
 pub mod bandwidth_plugin;
 pub mod bench;
 pub mod cluster;
+pub mod control_plane;
 pub mod iperf;
 pub mod lab;
 pub mod netns;
@@ -29,5 +33,6 @@ pub mod ping;
 pub mod privilege;
 pub mod process;
 pub mod sidelane;
+pub mod tools;
 pub mod topology;
 pub mod veth;

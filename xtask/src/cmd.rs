@@ -11,9 +11,11 @@ pub fn root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), PathBuf::from)
 }
 
-/// Runs `cmd` in the workspace root, failing with its status.
+/// Runs `cmd` (in the workspace root unless it names a folder), failing with its status.
 pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
-    cmd.current_dir(root());
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(root());
+    }
     eprintln!("+ {}", describe(cmd));
     let status = cmd
         .status()

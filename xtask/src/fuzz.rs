@@ -76,7 +76,7 @@ fn run_target(root: &Path, target: &str, seconds: u64) -> anyhow::Result<Run> {
     let out = Command::new("cargo")
         .current_dir(root)
         .args([
-            "+nightly",
+            &crate::setup::nightly_arg(),
             "fuzz",
             "run",
             "--fuzz-dir",
@@ -145,7 +145,7 @@ fn minimise(root: &Path, target: &str) -> anyhow::Result<()> {
         Command::new("cargo")
             .current_dir(root)
             .args([
-                "+nightly",
+                &crate::setup::nightly_arg(),
                 "fuzz",
                 "cmin",
                 "--fuzz-dir",
@@ -170,7 +170,7 @@ pub fn run(root: &Path, seconds: u64, only: Option<&str>) -> anyhow::Result<()> 
         None => all,
     };
     exec(Command::new("cargo").current_dir(root).args([
-        "+nightly",
+        &crate::setup::nightly_arg(),
         "fuzz",
         "build",
         "--fuzz-dir",

@@ -5,6 +5,7 @@ mod build_ebpf;
 mod cmd;
 mod crds;
 mod fuzz;
+mod go_tools;
 mod lab;
 mod manifests;
 mod setup;
@@ -21,8 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install, idempotently, what a fresh machine lacks (Debian packages, nightly rust-src,
-    /// bpf-linker, bpffs).
+    /// Install, idempotently, what a fresh machine lacks (Debian packages, the pinned nightly
+    /// with rust-src, bpf-linker, bpffs, and the Go components: Kubernetes, etcd, Multus,
+    /// whereabouts, Helm).
     Setup,
     /// Build the eBPF object from `agent-ebpf` (the same build agent/build.rs runs).
     BuildEbpf,

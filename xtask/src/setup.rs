@@ -21,6 +21,7 @@ const PACKAGES: &[&str] = &[
 ];
 
 pub fn run() -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let mut changed = Vec::new();
     packages(&mut changed)?;
     nightly(&mut changed)?;
@@ -28,10 +29,15 @@ pub fn run() -> anyhow::Result<()> {
     nextest(&mut changed)?;
     bpffs(&mut changed)?;
     manifest_validators(&mut changed)?;
+    crate::go_tools::install(&mut changed)?;
     if changed.is_empty() {
         eprintln!("setup: everything is already installed");
     } else {
-        eprintln!("setup: installed {}", changed.join(", "));
+        eprintln!(
+            "setup: installed {} in {:.0} s",
+            changed.join(", "),
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }
@@ -72,34 +78,49 @@ fn packages(changed: &mut Vec<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pinned nightly channel the eBPF object is built with (`agent-ebpf/rust-toolchain.toml`).
+pub fn nightly_channel() -> String {
+    let path = crate::cmd::root().join("agent-ebpf/rust-toolchain.toml");
+    fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix("channel = "))
+                .map(|c| c.trim_matches('"').to_owned())
+        })
+        .unwrap_or_else(|| panic!("{} names no channel", path.display()))
+}
+
+/// `+<channel>`, for cargo and rustc command lines.
+pub fn nightly_arg() -> String {
+    format!("+{}", nightly_channel())
+}
+
+/// The pinned nightly with rust-src, installed by rustup when missing.
 fn nightly(changed: &mut Vec<String>) -> anyhow::Result<()> {
-    if !output(Command::new("rustup").args(["toolchain", "list"]))
-        .is_some_and(|s| s.contains("nightly"))
-    {
-        bail!(
-            "the nightly toolchain is missing; it builds the eBPF programs (rustup toolchain \
-             install nightly --component rust-src)"
-        );
-    }
+    let channel = nightly_channel();
     let installed = output(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
-        "nightly",
+        &channel,
         "--installed",
     ]))
     .unwrap_or_default();
-    if !installed.contains("rust-src") {
-        eprintln!("setup: adding rust-src to the nightly toolchain");
-        exec(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
-        changed.push("nightly rust-src".to_owned());
+    if installed.contains("rust-src") {
+        return Ok(());
     }
+    eprintln!("setup: installing the Rust toolchain {channel} with rust-src (the eBPF build)");
+    exec(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        &channel,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))?;
+    changed.push(format!("Rust {channel} with rust-src"));
     Ok(())
 }
 
@@ -108,7 +129,7 @@ fn bpf_linker(changed: &mut Vec<String>) -> anyhow::Result<()> {
     if succeeds(Command::new("bpf-linker").arg("--version")) {
         return Ok(());
     }
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+    let sysroot = output(Command::new("rustc").args([&nightly_arg(), "--print", "sysroot"]))
         .context("asking the nightly toolchain for its sysroot")?;
     let lib = PathBuf::from(sysroot.trim()).join("lib");
     let soname = fs::read_dir(&lib)

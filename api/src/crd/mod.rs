@@ -86,6 +86,7 @@ pub struct SubnetSpec {
     pub namespaces: Vec<String>,
     /// The interfaces' MTU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "mtu_schema")]
     pub mtu: Option<u32>,
     /// The VLAN (underlay).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -375,12 +376,14 @@ pub struct VpcNatGatewaySpec {
     pub selector: Vec<String>,
     /// Pod tolerations, as written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "objects_as_written")]
     pub tolerations: Vec<serde_json::Value>,
     /// A QoS policy.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub qos_policy: String,
     /// Routes, as written.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "objects_as_written")]
     pub routes: Vec<serde_json::Value>,
     /// Whether no default EIP is made.
     #[serde(
@@ -412,6 +415,26 @@ pub struct IpPoolSpec {
     /// Namespaces that may use it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
+}
+
+/// A list of objects kept as written: the API server requires every schema node to name its
+/// type (a structural schema), and keeps their fields rather than pruning them.
+fn objects_as_written(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
+/// An MTU: schemars says `format: uint32`, a format the API server does not know (it warns on
+/// every apply); `int32` holds every MTU.
+fn mtu_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "integer",
+        "format": "int32",
+        "minimum": 0,
+        "nullable": true
+    })
 }
 
 #[cfg(test)]

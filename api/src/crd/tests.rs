@@ -110,3 +110,73 @@ fn an_ip_resource_written_by_the_controller_parses() {
     assert_eq!(ip.spec.v4_ip_address, "172.17.0.11");
     assert_eq!(ip.spec.mac_address, "02:00:00:00:00:0b");
 }
+
+/// Kubernetes' structural-schema rule: every node names its `type`, unless it keeps unknown
+/// fields or is int-or-string; and only the formats the API server knows.
+fn structural_violations(schema: &Value, path: &str, found: &mut Vec<String>) {
+    let Some(node) = schema.as_object() else {
+        return;
+    };
+    let exempt = node.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true))
+        || node.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
+    if !exempt && node.get("type").is_none_or(Value::is_null) {
+        found.push(format!("{path}: no type"));
+    }
+    if let Some(format) = node.get("format").and_then(Value::as_str) {
+        const KNOWN: &[&str] = &[
+            "int32",
+            "int64",
+            "float",
+            "double",
+            "byte",
+            "date",
+            "date-time",
+            "password",
+            "uuid",
+            "ipv4",
+            "ipv6",
+            "cidr",
+            "mac",
+            "uri",
+            "email",
+            "hostname",
+            "duration",
+        ];
+        if !KNOWN.contains(&format) {
+            found.push(format!("{path}: format {format} unknown to the API server"));
+        }
+    }
+    if let Some(properties) = node.get("properties").and_then(Value::as_object) {
+        for (name, child) in properties {
+            structural_violations(child, &format!("{path}.{name}"), found);
+        }
+    }
+    if let Some(items) = node.get("items") {
+        structural_violations(items, &format!("{path}[]"), found);
+    }
+    if let Some(values) = node.get("additionalProperties") {
+        structural_violations(values, &format!("{path}{{}}"), found);
+    }
+}
+
+#[test]
+fn every_crd_schema_is_structural_as_the_api_server_requires() {
+    let mut found = Vec::new();
+    for crd in [
+        Subnet::crd(),
+        Vpc::crd(),
+        IP::crd(),
+        IPPool::crd(),
+        VpcNatGateway::crd(),
+    ] {
+        let crd = serde_json::to_value(crd).expect("a CRD serialises");
+        let name = crd["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        for version in crd["spec"]["versions"].as_array().into_iter().flatten() {
+            structural_violations(&version["schema"]["openAPIV3Schema"], &name, &mut found);
+        }
+    }
+    assert!(found.is_empty(), "not structural: {found:#?}");
+}
