@@ -1,6 +1,5 @@
-//! Cluster objects the tests and benchmarks seed into the API double, written as a user writes
-//! them (the seeds' shapes), so that the agent and controller read them as they would read a
-//! real cluster's.
+//! Cluster objects the tests and benchmarks create in the control plane, written as a user
+//! writes them (the seeds' shapes).
 
 use serde_json::{Value, json};
 
@@ -65,6 +64,18 @@ pub fn ovn_subnet(name: &str, nad: &str, cidr: &str, vpc: &str) -> Value {
     })
 }
 
+/// How many pods `docs` make: each Pod, and each Deployment's or StatefulSet's replicas.
+pub fn pods_made_by(docs: &[Value]) -> usize {
+    docs.iter()
+        .map(|doc| match doc["kind"].as_str() {
+            Some("Pod") => 1,
+            Some("Deployment" | "StatefulSet") => {
+                usize::try_from(doc["spec"]["replicas"].as_u64().unwrap_or(1)).unwrap_or(1)
+            }
+            _ => 0,
+        })
+        .sum()
+}
 /// Applies a document as the cluster would: a Deployment becomes its pods (as its ReplicaSet
 /// would create them, named `<deployment>-5d8f7-<i>`), everything else is stored as is.
 ///

@@ -1,4 +1,4 @@
-//! The controller against the API double: the seeds' YAML (deploy/examples) gets the
+//! The controller on a real control plane, under the chart's RBAC: the seeds' YAML (deploy/examples) gets the
 //! annotations the seeds promise; conflicts become events; deletion releases; StatefulSet pods
 //! keep their addresses; a restarted controller takes back what is allocated and never hands
 //! an address out twice.
@@ -20,8 +20,8 @@ use sidelane_controller::{
     run::{self, Options},
 };
 use sidelane_tests::{
-    apiserver::ApiServer,
-    cluster::{apply, example},
+    cluster::{example, pods_made_by},
+    control_plane::{Options as PlaneOptions, SidelaneCluster},
 };
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -33,8 +33,8 @@ struct Controller {
 
 impl Controller {
     /// A controller that leads at once (leader election has its own test).
-    fn start(api: &ApiServer, runtime: &tokio::runtime::Runtime) -> Controller {
-        let client = runtime.block_on(async { api.client() });
+    fn start(api: &SidelaneCluster, runtime: &tokio::runtime::Runtime) -> Controller {
+        let client = runtime.block_on(api.controller_client());
         let metrics = Arc::new(Metrics::new());
         let (tx, rx) = watch::channel(true);
         let opts = Options {
@@ -57,7 +57,13 @@ impl Drop for Controller {
     }
 }
 
-fn pod_annotations(api: &ApiServer, name: &str) -> Value {
+/// A control plane whose kube-controller-manager turns Deployments into pods.
+fn with_controllers() -> SidelaneCluster {
+    SidelaneCluster::start_with(PlaneOptions { controllers: true })
+        .unwrap_or_else(|e| panic!("starting a control plane with controllers: {e:#}"))
+}
+
+fn pod_annotations(api: &SidelaneCluster, name: &str) -> Value {
     api.get("v1", "Pod", "default", name)
         .map_or(Value::Null, |p| p["metadata"]["annotations"].clone())
 }
@@ -74,7 +80,7 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn allocated(api: &ApiServer, pod: &str, prefix: &str) -> Option<String> {
+fn allocated(api: &SidelaneCluster, pod: &str, prefix: &str) -> Option<String> {
     let a = pod_annotations(api, pod);
     (a[format!("{prefix}.kubernetes.io/allocated")] == "true")
         .then(|| {
@@ -85,7 +91,7 @@ fn allocated(api: &ApiServer, pod: &str, prefix: &str) -> Option<String> {
         .flatten()
 }
 
-fn seed_pod(api: &ApiServer, name: &str, annotations: &Value) {
+fn seed_pod(api: &SidelaneCluster, name: &str, annotations: &Value) {
     api.seed(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "default", "annotations": annotations},
@@ -96,11 +102,11 @@ fn seed_pod(api: &ApiServer, name: &str, annotations: &Value) {
 
 #[test]
 fn the_multi_nic_ipam_seed_gets_the_annotations_it_promises() {
-    let api = ApiServer::start();
+    let api = with_controllers();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    for doc in example("multi-nic-ipam.yaml") {
-        apply(&api, &doc);
-    }
+    let docs = example("multi-nic-ipam.yaml");
+    api.apply(&docs);
+    api.wait_for_pods("default", pods_made_by(&docs));
     let controller = Controller::start(&api, &runtime);
     let p = "macvlan.default";
     eventually("samplepod allocated", || {
@@ -122,13 +128,18 @@ fn the_multi_nic_ipam_seed_gets_the_annotations_it_promises() {
         Some("172.17.0.100")
     );
     // The Deployment's replicas take the first free ip_pool entries.
+    let replicas: Vec<String> = api
+        .wait_for_pods("default", pods_made_by(&docs))
+        .into_iter()
+        .filter(|name| name.starts_with("static-workload-"))
+        .collect();
+    assert_eq!(replicas.len(), 2, "the Deployment's replicas: {replicas:?}");
     let mut pooled = BTreeSet::new();
-    for i in 0..2 {
-        let name = format!("static-workload-5d8f7-{i}");
+    for name in &replicas {
         eventually("a replica allocated", || {
-            allocated(&api, &name, p).is_some()
+            allocated(&api, name, p).is_some()
         });
-        pooled.insert(allocated(&api, &name, p).unwrap_or_default());
+        pooled.insert(allocated(&api, name, p).unwrap_or_default());
     }
     assert_eq!(
         pooled,
@@ -175,13 +186,13 @@ fn the_multi_nic_ipam_seed_gets_the_annotations_it_promises() {
 
 #[test]
 fn a_taken_static_address_is_an_event_naming_the_holder_and_allocates_nothing() {
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    for doc in example("multi-nic-ipam.yaml") {
-        if doc["kind"] != "Pod" && doc["kind"] != "Deployment" {
-            apply(&api, &doc);
-        }
-    }
+    let docs: Vec<Value> = example("multi-nic-ipam.yaml")
+        .into_iter()
+        .filter(|doc| doc["kind"] != "Pod" && doc["kind"] != "Deployment")
+        .collect();
+    api.apply(&docs);
     let _controller = Controller::start(&api, &runtime);
     let p = "macvlan.default";
     seed_pod(
@@ -218,13 +229,13 @@ fn a_taken_static_address_is_an_event_naming_the_holder_and_allocates_nothing() 
 
 #[test]
 fn deleting_a_pod_releases_its_address_and_ip_resource() {
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    for doc in example("multi-nic-ipam.yaml") {
-        if doc["kind"] != "Pod" && doc["kind"] != "Deployment" {
-            apply(&api, &doc);
-        }
-    }
+    let docs: Vec<Value> = example("multi-nic-ipam.yaml")
+        .into_iter()
+        .filter(|doc| doc["kind"] != "Pod" && doc["kind"] != "Deployment")
+        .collect();
+    api.apply(&docs);
     let _controller = Controller::start(&api, &runtime);
     let p = "macvlan.default";
     seed_pod(
@@ -237,7 +248,7 @@ fn deleting_a_pod_releases_its_address_and_ip_resource() {
     assert!(api.get("kubeovn.io/v1", "IP", "", name).is_some());
     runtime.block_on(async {
         let pods: Api<Pod> = Api::namespaced(api.client(), "default");
-        pods.delete("gone", &DeleteParams::default())
+        pods.delete("gone", &DeleteParams::default().grace_period(0))
             .await
             .expect("deleting the pod");
     });
@@ -256,25 +267,29 @@ fn deleting_a_pod_releases_its_address_and_ip_resource() {
 
 #[test]
 fn a_statefulset_pod_recreated_keeps_its_pool_entry() {
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    for doc in example("multi-nic-ipam.yaml") {
-        if doc["kind"] != "Pod" && doc["kind"] != "Deployment" {
-            apply(&api, &doc);
-        }
-    }
-    api.seed(json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": {"name": "db", "namespace": "default", "uid": "sts-uid"},
+    let docs: Vec<Value> = example("multi-nic-ipam.yaml")
+        .into_iter()
+        .filter(|doc| doc["kind"] != "Pod" && doc["kind"] != "Deployment")
+        .collect();
+    api.apply(&docs);
+    // No kube-controller-manager runs here: the test makes the StatefulSet's pods itself.
+    let sts = api
+        .seed(json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db", "namespace": "default"},
         "spec": {"replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
-                 "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": []}}}}))
+                 "template": {"metadata": {"labels": {"app": "db"}},
+                              "spec": {"containers": [{"name": "c", "image": "alpine"}]}}}}))
         .expect("seeding the StatefulSet");
+    let sts_uid = sts["metadata"]["uid"].clone();
     let _controller = Controller::start(&api, &runtime);
     let p = "macvlan.default";
     let sts_pod = |name: &str| {
         json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": "default",
                 "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db",
-                                     "uid": "sts-uid", "controller": true}],
+                                     "uid": sts_uid, "controller": true}],
                 "annotations": {"k8s.v1.cni.cncf.io/networks": "macvlan",
                     format!("{p}.kubernetes.io/ip_pool"): "172.17.0.30,172.17.0.31"}},
             "spec": {"containers": [{"name": "c", "image": "alpine"}]}})
@@ -287,7 +302,7 @@ fn a_statefulset_pod_recreated_keeps_its_pool_entry() {
     assert_eq!(allocated(&api, "db-1", p).as_deref(), Some("172.17.0.31"));
     runtime.block_on(async {
         let pods: Api<Pod> = Api::namespaced(api.client(), "default");
-        pods.delete("db-1", &DeleteParams::default())
+        pods.delete("db-1", &DeleteParams::default().grace_period(0))
             .await
             .expect("deleting db-1");
     });
@@ -305,13 +320,13 @@ fn a_statefulset_pod_recreated_keeps_its_pool_entry() {
 
 #[test]
 fn a_restarted_controller_keeps_every_address_and_hands_out_only_free_ones() {
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    for doc in example("multi-nic-ipam.yaml") {
-        if doc["kind"] != "Pod" && doc["kind"] != "Deployment" {
-            apply(&api, &doc);
-        }
-    }
+    let docs: Vec<Value> = example("multi-nic-ipam.yaml")
+        .into_iter()
+        .filter(|doc| doc["kind"] != "Pod" && doc["kind"] != "Deployment")
+        .collect();
+    api.apply(&docs);
     let p = "macvlan.default";
     let first = Controller::start(&api, &runtime);
     for i in 0..20 {
@@ -330,7 +345,7 @@ fn a_restarted_controller_keeps_every_address_and_hands_out_only_free_ones() {
     // While no controller runs: one pod goes away, one is created.
     runtime.block_on(async {
         let pods: Api<Pod> = Api::namespaced(api.client(), "default");
-        pods.delete("p3", &DeleteParams::default())
+        pods.delete("p3", &DeleteParams::default().grace_period(0))
             .await
             .expect("deleting p3");
         // A user edit that must not change the allocation.
@@ -371,7 +386,7 @@ fn a_restarted_controller_keeps_every_address_and_hands_out_only_free_ones() {
 
 #[test]
 fn dual_stack_and_namespace_restricted_subnets_are_served_as_written() {
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     for (name, config) in [
         (
@@ -467,18 +482,12 @@ fn every_seed_scenario_gets_the_allocations_it_promises() {
         ),
     ];
     for (file, provider, fixed) in cases {
-        let api = ApiServer::start();
+        let api = with_controllers();
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
         let docs = example(file);
-        for doc in &docs {
-            apply(&api, doc);
-        }
+        api.apply(&docs);
         let _controller = Controller::start(&api, &runtime);
-        let pods: Vec<String> = api
-            .list("v1", "Pod", Some("default"))
-            .iter()
-            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_owned))
-            .collect();
+        let pods = api.wait_for_pods("default", pods_made_by(&docs));
         assert!(!pods.is_empty(), "{file}: no pods");
         let mut seen = BTreeSet::new();
         for pod in &pods {
@@ -541,11 +550,11 @@ fn http_get(port: u16, path: &str) -> String {
 
 #[test]
 fn metrics_and_probes_are_served_over_http() {
-    let api = ApiServer::start();
+    let api = with_controllers();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    for doc in example("multi-nic-ipam.yaml") {
-        apply(&api, &doc);
-    }
+    let docs = example("multi-nic-ipam.yaml");
+    api.apply(&docs);
+    api.wait_for_pods("default", pods_made_by(&docs));
     let controller = Controller::start(&api, &runtime);
     let listener = runtime
         .block_on(sidelane_controller::metrics::bind(
@@ -577,7 +586,7 @@ fn metrics_and_probes_are_served_over_http() {
 
 #[test]
 fn a_subnet_with_an_invalid_spec_allocates_nothing_and_says_why_on_its_status() {
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     api.seed(json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
         "metadata": {"name": "broken", "namespace": "default"},

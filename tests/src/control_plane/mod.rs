@@ -17,6 +17,7 @@ mod etcd;
 mod objects;
 mod pki;
 mod proxy;
+mod sidelane;
 
 use std::{
     fmt::Write as _,
@@ -36,6 +37,7 @@ pub use etcd::Etcd;
 pub use objects::Objects;
 pub use pki::{CertFiles, Pki};
 pub use proxy::CutProxy;
+pub use sidelane::{AGENT_ACCOUNT, CONTROLLER_ACCOUNT, SidelaneCluster};
 use serde_json::{Value, json};
 
 use crate::{process, process::Background, tools};
@@ -107,6 +109,7 @@ impl ControlPlane {
         let apiserver_ready = started.elapsed();
         if options.controllers {
             plane.launch_controllers()?;
+            plane.wait_for_default_account("default")?;
         }
         plane.started_in = started.elapsed();
         eprintln!(
@@ -260,7 +263,7 @@ impl ControlPlane {
             .arg(format!("--root-ca-file={}", self.pki.ca.display()))
             .arg("--use-service-account-credentials=true")
             // No cloud, no node IPAM, and no kubelets whose silence would evict pods.
-            .arg("--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-route,-bootstrapsigner,-tokencleaner,-persistentvolume-binder,-attachdetach,-ttl-after-finished")
+            .arg("--controllers=*,-nodeipam,-nodelifecycle,-bootstrapsigner,-tokencleaner,-persistentvolume-binder,-attachdetach,-ttl-after-finished")
             .arg("--concurrent-deployment-syncs=10")
             .arg("--concurrent-replicaset-syncs=10")
             .arg("--kube-api-qps=500")
@@ -401,23 +404,38 @@ impl ControlPlane {
     /// Creates a namespace of its own for a test (`<prefix>-<n>`) and returns its name. With
     /// the controllers running, waits for its `default` ServiceAccount, without which no pod
     /// can be created.
-    pub fn namespace(&self, prefix: &str) -> anyhow::Result<String> {
+    pub fn namespace(&mut self, prefix: &str) -> anyhow::Result<String> {
         static NEXT: AtomicU32 = AtomicU32::new(1);
         let name = format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::SeqCst));
         self.kubectl_run(&["create", "namespace", &name], None)?;
         if self.controller_manager.is_some() {
-            let deadline = Instant::now() + Duration::from_mins(1);
-            while self
-                .kubectl_run(&["get", "serviceaccount", "default", "-n", &name], None)
-                .is_err()
-            {
-                if Instant::now() > deadline {
-                    bail!("namespace {name} got no default ServiceAccount within 60 s");
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            self.wait_for_default_account(&name)?;
         }
         Ok(name)
+    }
+
+    /// Waits until kube-controller-manager has made the `default` ServiceAccount of
+    /// `namespace`, without which the ServiceAccount admission plugin refuses its pods.
+    fn wait_for_default_account(&mut self, namespace: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_mins(1);
+        while self
+            .kubectl_run(&["get", "serviceaccount", "default", "-n", namespace], None)
+            .is_err()
+        {
+            let exited = self
+                .controller_manager
+                .as_mut()
+                .is_some_and(|kcm| !kcm.is_running());
+            if exited || Instant::now() > deadline {
+                bail!(
+                    "namespace {namespace} got no default ServiceAccount within a minute; \
+                     kube-controller-manager's log: {}",
+                    etcd::tail(&self.dir.path().join("kube-controller-manager.log"))
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
     }
 
     /// A `kube::Client` as admin.
