@@ -1,4 +1,4 @@
-//! Two `sidelane-controller` processes with a Lease, the leader killed (`SIGKILL`) again and again (and
+//! Two `sidelane-controller` processes with a Lease, on a real API server under the chart's RBAC, the leader killed (`SIGKILL`) again and again (and
 //! restarted, as its Deployment would) while 1,000 pods come and go: afterwards every live pod
 //! has exactly one address, no address is held twice, and no IP resource is left without its
 //! pod.
@@ -13,7 +13,10 @@ use std::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::DeleteParams};
 use serde_json::{Value, json};
-use sidelane_tests::{apiserver::ApiServer, process::Background};
+use sidelane_tests::{
+    control_plane::{SIDELANE_NAMESPACE, SidelaneCluster},
+    process::Background,
+};
 
 fn replica(kubeconfig: &Path, identity: &str) -> Background {
     let mut cmd = Command::new(sidelane_tests::process::workspace_binary(
@@ -23,7 +26,7 @@ fn replica(kubeconfig: &Path, identity: &str) -> Background {
         "--identity",
         identity,
         "--lease-namespace",
-        "default",
+        SIDELANE_NAMESPACE,
         "--lease-duration",
         "2",
         "--gc-interval",
@@ -38,11 +41,11 @@ fn replica(kubeconfig: &Path, identity: &str) -> Background {
     Background::spawn(&mut cmd).expect("starting a controller replica")
 }
 
-fn leader(api: &ApiServer) -> Option<String> {
+fn leader(api: &SidelaneCluster) -> Option<String> {
     api.get(
         "coordination.k8s.io/v1",
         "Lease",
-        "default",
+        SIDELANE_NAMESPACE,
         "sidelane-controller",
     )
     .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned))
@@ -56,10 +59,9 @@ const PROVIDERS: [&str; 2] = ["macvlan.default", "attachnet.default.ovn"];
     reason = "one scenario: set up, churn with kills, audit"
 )]
 fn killing_the_leader_during_pod_churn_leaves_no_duplicate_and_no_leak() {
-    let api = ApiServer::start();
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.kubeconfig(&kubeconfig).expect("the kubeconfig");
+    let api = SidelaneCluster::start();
+    // The replicas run as the chart's controller ServiceAccount.
+    let kubeconfig = api.controller_kubeconfig().to_owned();
     for (name, config) in [
         (
             "macvlan",

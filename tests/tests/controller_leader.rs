@@ -1,10 +1,11 @@
-//! Leader election between controller replicas over a Lease in the API double: one leader at a
+//! Leader election between controller replicas over a Lease on a real API server, as the chart's controller
+//! ServiceAccount (whose Role allows that one Lease only): one leader at a
 //! time, and a new one after the leader stops renewing.
 
 use std::time::Duration;
 
 use sidelane_controller::leader::{self, LeaseConfig};
-use sidelane_tests::apiserver::ApiServer;
+use sidelane_tests::control_plane::SidelaneCluster;
 use tokio::{sync::watch, time::Instant};
 
 fn fast(identity: &str) -> LeaseConfig {
@@ -18,13 +19,21 @@ fn fast(identity: &str) -> LeaseConfig {
 
 #[test]
 fn exactly_one_replica_leads_and_another_takes_over_when_it_stops() {
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async {
         let (tx_a, rx_a) = watch::channel(false);
         let (tx_b, rx_b) = watch::channel(false);
-        let a = tokio::spawn(leader::run(api.client(), fast("replica-a"), tx_a));
-        let b = tokio::spawn(leader::run(api.client(), fast("replica-b"), tx_b));
+        let a = tokio::spawn(leader::run(
+            api.controller_client().await,
+            fast("replica-a"),
+            tx_a,
+        ));
+        let b = tokio::spawn(leader::run(
+            api.controller_client().await,
+            fast("replica-b"),
+            tx_b,
+        ));
         // Within a few rounds one leads; sampled for 2 s, never both.
         let start = Instant::now();
         let mut led = (false, false);
