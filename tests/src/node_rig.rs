@@ -33,7 +33,7 @@ use sidelane_ovsdb::parse_remotes;
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
-    apiserver::ApiServer,
+    control_plane::SidelaneCluster,
     netns::NetNs,
     ovn::{Central, Chassis},
     sidelane::PinRoot,
@@ -57,7 +57,7 @@ pub struct NodeRig {
     /// The nodes.
     pub nodes: Vec<Node>,
     /// The Kubernetes API double.
-    pub api: ApiServer,
+    pub api: SidelaneCluster,
     /// Runs the controller and the agents.
     pub runtime: tokio::runtime::Runtime,
     with_fastpath: bool,
@@ -120,7 +120,7 @@ impl NodeRig {
         if count == 2 {
             Chassis::connect(&chassis[0], &chassis[1]).expect("the underlay");
         }
-        let api = ApiServer::start();
+        let api = SidelaneCluster::start();
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
         let (leading, rx) = watch::channel(true);
         let opts = Options {
@@ -130,7 +130,7 @@ impl NodeRig {
             )),
             ..Options::default()
         };
-        let client = runtime.block_on(async { api.client() });
+        let client = runtime.block_on(api.controller_client());
         runtime.spawn(run::lead(client, opts, Arc::new(Metrics::new()), rx));
         let mut rig = NodeRig {
             central,
@@ -204,7 +204,7 @@ impl NodeRig {
             ))
             .expect("the agent opens the chassis' Open_vSwitch database");
         let qos = QosDataplane::new(n.pins.path()).expect("the QoS dataplane");
-        let client = self.runtime.block_on(async { self.api.client() });
+        let client = self.runtime.block_on(self.api.agent_client());
         let mut attacher =
             Attacher::new(KubePods::new(client), qos, records, Duration::from_secs(20))
                 .with_host_netns(n.chassis.ns.path())

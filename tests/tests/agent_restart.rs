@@ -12,12 +12,12 @@ use std::{
 
 use serde_json::json;
 use sidelane_tests::{
-    apiserver::ApiServer, cluster, netns::NetNs, privilege, process::Background, sidelane::PinRoot,
+    control_plane::SidelaneCluster, cluster, netns::NetNs, privilege, process::Background, sidelane::PinRoot,
 };
 
 const PROVIDER: &str = "attachnet.default.ovn";
 
-fn seed_pod(api: &ApiServer, name: &str, ip: &str, mac: &str, ingress_rate: Option<&str>) {
+fn seed_pod(api: &SidelaneCluster, name: &str, ip: &str, mac: &str, ingress_rate: Option<&str>) {
     let mut annotations = json!({
         "k8s.v1.cni.cncf.io/networks": "default/attachnet",
         format!("{PROVIDER}.kubernetes.io/allocated"): "true",
@@ -148,7 +148,7 @@ fn a_restarted_agent_keeps_attachments_in_place_and_cleans_up_after_vanished_pod
     ) {
         return;
     }
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     api.seed(cluster::subnet(
         "attachnet",
         PROVIDER,
@@ -163,7 +163,8 @@ fn a_restarted_agent_keeps_attachments_in_place_and_cleans_up_after_vanished_pod
         dir: tempfile::tempdir().expect("a temporary directory"),
         pins: PinRoot::new("sidelane-agent-restart"),
     };
-    api.kubeconfig(&node.dir.path().join("kubeconfig"))
+    // The agent runs as the chart's agent ServiceAccount.
+    std::fs::copy(api.agent_kubeconfig(), node.dir.path().join("kubeconfig"))
         .expect("writing the kubeconfig");
     let pod_a = NetNs::new().expect("pod namespace");
     let pod_b = NetNs::new().expect("pod namespace");

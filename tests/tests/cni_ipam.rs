@@ -28,7 +28,7 @@ use sidelane_agent::{
     records::Records,
 };
 use sidelane_api::qos::QosSpec;
-use sidelane_tests::{apiserver::ApiServer, cluster, netns::NetNs, privilege, sidelane::PinRoot};
+use sidelane_tests::{control_plane::SidelaneCluster, cluster, netns::NetNs, privilege, sidelane::PinRoot};
 
 /// Records what the agent asked of the dataplane.
 #[derive(Clone, Default)]
@@ -58,7 +58,7 @@ struct Agent {
 
 impl Agent {
     /// An agent whose dataplane is a double: it accepts the test's own namespace.
-    fn start<Q: QosPort>(api: &ApiServer, qos: Q, timeout: Duration) -> Agent {
+    fn start<Q: QosPort>(api: &SidelaneCluster, qos: Q, timeout: Duration) -> Agent {
         Agent::start_with(
             api,
             qos,
@@ -68,7 +68,7 @@ impl Agent {
     }
 
     fn start_with<Q: QosPort>(
-        api: &ApiServer,
+        api: &SidelaneCluster,
         qos: Q,
         timeout: Duration,
         policy: NetnsPolicy,
@@ -80,7 +80,7 @@ impl Agent {
             .enable_all()
             .build()
             .expect("a tokio runtime");
-        let client = runtime.block_on(async { api.client() });
+        let client = runtime.block_on(api.agent_client());
         let listener = runtime
             .block_on(async { cni_server::bind(&socket) })
             .expect("binding");
@@ -98,7 +98,7 @@ impl Agent {
 }
 
 /// The cluster of the seed's macvlan NAD: its Subnet (provider `macvlan.default`).
-fn seed_subnet(api: &ApiServer) {
+fn seed_subnet(api: &SidelaneCluster) {
     api.seed(cluster::subnet(
         "macvlan",
         "macvlan.default",
@@ -112,7 +112,7 @@ fn seed_subnet(api: &ApiServer) {
 /// dataplane point the runtime's `CNI_NETNS` here.
 const OWN_NETNS: &str = "/proc/self/ns/net";
 
-fn seed_pod(api: &ApiServer, name: &str, annotations: &Value) {
+fn seed_pod(api: &SidelaneCluster, name: &str, annotations: &Value) {
     api.seed(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "default", "annotations": annotations},
@@ -121,8 +121,8 @@ fn seed_pod(api: &ApiServer, name: &str, annotations: &Value) {
     .expect("seeding the pod");
 }
 
-fn allocate(api: &ApiServer, name: &str, annotations: &Value) {
-    let client_api = api.url().to_owned();
+fn allocate(api: &SidelaneCluster, name: &str, annotations: &Value) {
+    let client_api = api.plane().url();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -199,7 +199,7 @@ fn allocation() -> Value {
 
 #[test]
 fn an_ipam_add_waits_for_the_controllers_allocation_and_answers_with_it() {
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     seed_subnet(&api);
     seed_pod(&api, "p1", &json!({}));
     let qos = RecordingQos::default();
@@ -240,7 +240,7 @@ fn an_ipam_add_waits_for_the_controllers_allocation_and_answers_with_it() {
 
 #[test]
 fn an_add_that_is_never_allocated_fails_naming_pod_provider_and_what_was_missing() {
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     seed_subnet(&api);
     seed_pod(&api, "p2", &json!({}));
     let agent = Agent::start(&api, RecordingQos::default(), Duration::from_millis(500));
@@ -264,7 +264,7 @@ fn an_add_that_is_never_allocated_fails_naming_pod_provider_and_what_was_missing
 
 #[test]
 fn a_malformed_allocation_is_a_400_naming_the_annotation() {
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     seed_subnet(&api);
     let mut bad = allocation();
     bad["macvlan.default.kubernetes.io/ingress_rate"] = json!("-5");
@@ -284,7 +284,7 @@ fn a_malformed_allocation_is_a_400_naming_the_annotation() {
 
 #[test]
 fn fifty_concurrent_adds_for_fifty_pods_all_get_their_own_address() {
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     seed_subnet(&api);
     for i in 0..50 {
         let mut a = allocation();
@@ -317,7 +317,7 @@ fn fifty_concurrent_adds_for_fifty_pods_all_get_their_own_address() {
 
 #[test]
 fn a_provider_that_no_subnet_serves_is_refused_with_kube_ovns_400_without_waiting() {
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     seed_pod(&api, "p4", &allocation());
     // A long allocation timeout: a wait would end in a 500, not the 400 asserted.
     let agent = Agent::start(&api, RecordingQos::default(), Duration::from_mins(2));
@@ -339,7 +339,7 @@ fn a_provider_that_no_subnet_serves_is_refused_with_kube_ovns_400_without_waitin
 fn a_pod_naming_an_ovn_subnet_in_its_logical_switch_annotation_is_served_by_it() {
     // The seed's second macvlan case: the Subnet's provider is `ovn`, and the pod picks it
     // with `macvlan.default.kubernetes.io/logical_switch: macvlan`.
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     api.seed(cluster::subnet("macvlan", "ovn", "172.17.0.0/16", None))
         .expect("seeding the Subnet");
     let mut annotations = allocation();
@@ -356,7 +356,7 @@ fn a_pod_naming_an_ovn_subnet_in_its_logical_switch_annotation_is_served_by_it()
 #[test]
 fn a_netns_path_outside_the_runtime_directories_not_a_namespace_or_the_nodes_own_is_refused_naming_it()
  {
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     seed_subnet(&api);
     seed_pod(&api, "p5", &allocation());
     // A node's policy: the runtime's directories, never the agent's own namespace.
@@ -403,7 +403,7 @@ fn a_netns_path_outside_the_runtime_directories_not_a_namespace_or_the_nodes_own
 
 #[test]
 fn gc_removes_the_attachments_the_runtime_no_longer_lists_and_keeps_the_others() {
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     seed_subnet(&api);
     for pod in ["g1", "g2", "g3"] {
         seed_pod(&api, pod, &allocation());
@@ -475,7 +475,7 @@ fn the_reference_macvlan_plugin_gets_the_annotated_address_from_us_and_its_rate_
     ) {
         return;
     }
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     seed_subnet(&api);
     seed_pod(&api, "m1", &allocation());
     let pins = PinRoot::new("sidelane-cni-test");
@@ -580,7 +580,7 @@ fn traffic_into_an_ipam_only_macvlan_pod_is_held_to_its_ingress_rate() {
     ) {
         return;
     }
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     seed_subnet(&api);
     // Pod "limited" has ingress_rate 20 (from ALLOCATION); pod "sender" has no limit.
     seed_pod(&api, "limited", &allocation());
@@ -684,7 +684,7 @@ fn post(path: &str, body: &[u8]) -> Vec<u8> {
 
 #[test]
 fn ten_thousand_malformed_requests_leave_the_agent_serving_others() {
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     seed_subnet(&api);
     seed_pod(&api, "p9", &allocation());
     let agent = Agent::start(&api, RecordingQos::default(), Duration::from_secs(20));

@@ -14,7 +14,7 @@ use sidelane_agent::{
     records::Records,
 };
 use sidelane_api::qos::QosSpec;
-use sidelane_tests::{apiserver::ApiServer, cluster, netns::NetNs, privilege};
+use sidelane_tests::{control_plane::SidelaneCluster, cluster, netns::NetNs, privilege};
 
 struct NoQos;
 
@@ -73,7 +73,7 @@ fn add_creates_net1_and_net2_check_verifies_them_gc_and_del_remove_them() {
     ) {
         return;
     }
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     let p = "attachnet.default.ovn";
     // The seed's Subnet for the attachment network, with an MTU of its own.
     api.seed(cluster::subnet("attachnet", p, "172.17.0.0/16", Some(1300)))
@@ -127,7 +127,7 @@ fn add_creates_net1_and_net2_check_verifies_them_gc_and_del_remove_them() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let socket: PathBuf = dir.path().join("kube-ovn-daemon.sock");
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    let client = runtime.block_on(async { api.client() });
+    let client = runtime.block_on(api.agent_client());
     let listener = runtime
         .block_on(async { cni_server::bind(&socket) })
         .expect("binding");
@@ -247,7 +247,7 @@ fn default_route_in_the_network_selection_moves_the_pods_default_route_to_the_at
     ) {
         return;
     }
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     let p = "attachnet.default.ovn";
     api.seed(cluster::subnet("attachnet", p, "172.17.0.0/16", None))
         .expect("seeding the Subnet");
@@ -270,7 +270,7 @@ fn default_route_in_the_network_selection_moves_the_pods_default_route_to_the_at
     let dir = tempfile::tempdir().expect("a temporary directory");
     let socket: PathBuf = dir.path().join("kube-ovn-daemon.sock");
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    let client = runtime.block_on(async { api.client() });
+    let client = runtime.block_on(api.agent_client());
     let listener = runtime
         .block_on(async { cni_server::bind(&socket) })
         .expect("binding");

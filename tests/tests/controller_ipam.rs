@@ -21,7 +21,7 @@ use sidelane_controller::{
 };
 use sidelane_tests::{
     cluster::{example, pods_made_by},
-    control_plane::{Options as PlaneOptions, SidelaneCluster},
+    control_plane::SidelaneCluster,
 };
 use tokio::{sync::watch, task::JoinHandle};
 
@@ -55,12 +55,6 @@ impl Drop for Controller {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// A control plane whose kube-controller-manager turns Deployments into pods.
-fn with_controllers() -> SidelaneCluster {
-    SidelaneCluster::start_with(PlaneOptions { controllers: true })
-        .unwrap_or_else(|e| panic!("starting a control plane with controllers: {e:#}"))
 }
 
 fn pod_annotations(api: &SidelaneCluster, name: &str) -> Value {
@@ -102,7 +96,7 @@ fn seed_pod(api: &SidelaneCluster, name: &str, annotations: &Value) {
 
 #[test]
 fn the_multi_nic_ipam_seed_gets_the_annotations_it_promises() {
-    let api = with_controllers();
+    let api = SidelaneCluster::with_controllers();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let docs = example("multi-nic-ipam.yaml");
     api.apply(&docs);
@@ -482,7 +476,7 @@ fn every_seed_scenario_gets_the_allocations_it_promises() {
         ),
     ];
     for (file, provider, fixed) in cases {
-        let api = with_controllers();
+        let api = SidelaneCluster::with_controllers();
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
         let docs = example(file);
         api.apply(&docs);
@@ -550,7 +544,7 @@ fn http_get(port: u16, path: &str) -> String {
 
 #[test]
 fn metrics_and_probes_are_served_over_http() {
-    let api = with_controllers();
+    let api = SidelaneCluster::with_controllers();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let docs = example("multi-nic-ipam.yaml");
     api.apply(&docs);

@@ -45,7 +45,7 @@ fn two_pods(rig: &NodeRig, annotations_b: &serde_json::Value) -> (NetNs, String,
         .into_iter()
         .filter(|d| d["kind"] == "Subnet" || d["kind"] == "NetworkAttachmentDefinition")
     {
-        cluster::apply(&rig.api, &doc);
+        rig.api.apply(&[doc]);
     }
     let networks = json!({"k8s.v1.cni.cncf.io/networks": "default/attachnet"});
     let mut b_annotations = networks.clone();
@@ -338,7 +338,7 @@ fn pods_on_two_nodes_reach_each_other_through_ovs_and_a_tunnel_not_the_fast_path
         .into_iter()
         .filter(|d| d["kind"] == "Subnet" || d["kind"] == "NetworkAttachmentDefinition")
     {
-        cluster::apply(&rig.api, &doc);
+        rig.api.apply(&[doc]);
     }
     let networks = json!({"k8s.v1.cni.cncf.io/networks": "default/attachnet"});
     rig.api

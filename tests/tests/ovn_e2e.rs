@@ -43,7 +43,7 @@ fn pods_on_one_switch_ping_and_pass_tcp_over_net1_through_ovn_and_del_unplugs_th
         .into_iter()
         .filter(|d| d["kind"] != "Deployment" && d["kind"] != "Pod")
     {
-        cluster::apply(&rig.api, &doc);
+        rig.api.apply(&[doc]);
     }
     let networks = json!({"k8s.v1.cni.cncf.io/networks": "default/attachnet"});
     rig.api

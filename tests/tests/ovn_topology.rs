@@ -11,14 +11,14 @@ use std::{
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::DeleteParams};
-use serde_json::json;
+use serde_json::{Value, json};
 use sidelane_controller::{
     metrics::Metrics,
     run::{self, Options},
 };
 use sidelane_ovsdb::parse_remotes;
 use sidelane_tests::{
-    apiserver::ApiServer,
+    control_plane::SidelaneCluster,
     cluster,
     ovn::{self, Central},
 };
@@ -30,8 +30,8 @@ struct Controller {
 }
 
 impl Controller {
-    fn start(api: &ApiServer, central: &Central, runtime: &tokio::runtime::Runtime) -> Controller {
-        let client = runtime.block_on(async { api.client() });
+    fn start(api: &SidelaneCluster, central: &Central, runtime: &tokio::runtime::Runtime) -> Controller {
+        let client = runtime.block_on(api.controller_client());
         let (tx, rx) = watch::channel(true);
         let mut nb =
             sidelane_ovsdb::Options::new(parse_remotes(&central.nb.unix_remote()).expect("remote"));
@@ -91,7 +91,7 @@ fn get(central: &Central, table: &str, record: &str, column: &str) -> String {
         .unwrap_or_default()
 }
 
-fn annotation(api: &ApiServer, pod: &str, key: &str) -> String {
+fn annotation(api: &SidelaneCluster, pod: &str, key: &str) -> String {
     api.get("v1", "Pod", "default", pod)
         .and_then(|p| {
             p["metadata"]["annotations"][key]
@@ -102,7 +102,7 @@ fn annotation(api: &ApiServer, pod: &str, key: &str) -> String {
 }
 
 /// The pod's (MAC, IP) on `provider`, once allocated.
-fn allocation(api: &ApiServer, pod: &str, provider: &str) -> (String, String) {
+fn allocation(api: &SidelaneCluster, pod: &str, provider: &str) -> (String, String) {
     eventually(
         &format!("{pod} allocated on {provider}"),
         Duration::from_secs(20),
@@ -145,14 +145,14 @@ fn the_seed_examples_become_switches_routers_and_ports_that_ovn_trace_forwards_a
         return;
     }
     let central = Central::start().expect("OVN central starts");
-    let api = ApiServer::start();
+    let api = SidelaneCluster::with_controllers();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    for doc in cluster::example("attachnet.yaml")
-        .iter()
-        .chain(&cluster::example("non-primary-vpc.yaml"))
-    {
-        cluster::apply(&api, doc);
-    }
+    let docs: Vec<Value> = cluster::example("attachnet.yaml")
+        .into_iter()
+        .chain(cluster::example("non-primary-vpc.yaml"))
+        .collect();
+    api.apply(&docs);
+    api.wait_for_pods("default", cluster::pods_made_by(&docs));
     // A second Subnet in the seed's Vpc, with a pod.
     api.seed(cluster::ovn_nad("vpc-network-2")).expect("nad");
     api.seed(cluster::ovn_subnet(
@@ -336,11 +336,11 @@ fn drift_is_repaired_a_port_deleted_by_hand_returns_and_a_deleted_pods_port_goes
         return;
     }
     let central = Central::start().expect("OVN central starts");
-    let api = ApiServer::start();
+    let api = SidelaneCluster::with_controllers();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    for doc in cluster::example("attachnet.yaml") {
-        cluster::apply(&api, &doc);
-    }
+    let docs = cluster::example("attachnet.yaml");
+    api.apply(&docs);
+    api.wait_for_pods("default", cluster::pods_made_by(&docs));
     let _controller = Controller::start(&api, &central, &runtime);
     let sample = "samplepod.default.attachnet.default.ovn";
     let routes = "custom-routes-attach.default.attachnet.default.ovn";
@@ -388,7 +388,7 @@ fn drift_is_repaired_a_port_deleted_by_hand_returns_and_a_deleted_pods_port_goes
     // Deleting the pod removes its port.
     runtime.block_on(async {
         Api::<Pod>::namespaced(api.client(), "default")
-            .delete("samplepod", &DeleteParams::default())
+            .delete("samplepod", &DeleteParams::default().grace_period(0))
             .await
             .expect("deleting the pod");
     });
@@ -426,11 +426,11 @@ fn rows_without_the_marker_survive_a_full_resync_untouched() {
         ])
         .expect("another owner's rows");
     let before = central.nbctl(&["show"]).expect("show");
-    let api = ApiServer::start();
+    let api = SidelaneCluster::with_controllers();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    for doc in cluster::example("attachnet.yaml") {
-        cluster::apply(&api, &doc);
-    }
+    let docs = cluster::example("attachnet.yaml");
+    api.apply(&docs);
+    api.wait_for_pods("default", cluster::pods_made_by(&docs));
     let _controller = Controller::start(&api, &central, &runtime);
     eventually("our port", Duration::from_secs(30), || {
         names(&central, "Logical_Switch_Port")
@@ -481,7 +481,7 @@ fn a_northbound_server_killed_mid_reconcile_is_converged_without_duplicates() {
         return;
     }
     let mut central = Central::start().expect("OVN central starts");
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     api.seed(cluster::ovn_nad("big")).expect("nad");
     for i in 0..4 {

@@ -33,6 +33,17 @@ impl SidelaneCluster {
             .unwrap_or_else(|e| panic!("starting a control plane with Sidelane installed: {e:#}"))
     }
 
+    /// With kube-controller-manager and kube-scheduler, so that Deployments and
+    /// StatefulSets become pods.
+    ///
+    /// # Panics
+    /// When the control plane cannot start.
+    pub fn with_controllers() -> Self {
+        Self::start_with(Options { controllers: true }).unwrap_or_else(|e| {
+            panic!("starting a control plane with controllers and Sidelane installed: {e:#}")
+        })
+    }
+
     /// With these options.
     pub fn start_with(options: Options) -> anyhow::Result<Self> {
         let plane = ControlPlane::start(options)?;
