@@ -16,6 +16,8 @@
 //!   loopback, with the chart's RBAC and kubeconfigs per identity.
 //! - [`tools`]: where the Go components `cargo xtask setup` builds are.
 //! - [`cluster`]: the cluster objects (Subnets...) tests seed into it.
+//! - [`kubelet_standin`]: plays a node's kubelet for the network: registers the Node, runs the
+//!   real Multus for the pods bound to it, reports them Running, tears them down on deletion.
 //! - [`ovn`]: real OVN central and chassis processes (userspace datapath) from a temporary directory.
 //! - [`node_rig`]: one node of real OVN with the controller and the agent, pods attached through our plugin.
 
@@ -25,6 +27,7 @@ pub mod bench;
 pub mod cluster;
 pub mod control_plane;
 pub mod iperf;
+pub mod kubelet_standin;
 pub mod lab;
 pub mod netns;
 pub mod node_rig;

@@ -12,7 +12,8 @@ use std::{
 
 use serde_json::json;
 use sidelane_tests::{
-    control_plane::SidelaneCluster, cluster, netns::NetNs, privilege, process::Background, sidelane::PinRoot,
+    cluster, control_plane::SidelaneCluster, netns::NetNs, privilege, process::Background,
+    sidelane::PinRoot,
 };
 
 const PROVIDER: &str = "attachnet.default.ovn";

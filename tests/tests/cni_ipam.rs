@@ -28,7 +28,9 @@ use sidelane_agent::{
     records::Records,
 };
 use sidelane_api::qos::QosSpec;
-use sidelane_tests::{control_plane::SidelaneCluster, cluster, netns::NetNs, privilege, sidelane::PinRoot};
+use sidelane_tests::{
+    cluster, control_plane::SidelaneCluster, netns::NetNs, privilege, sidelane::PinRoot,
+};
 
 /// Records what the agent asked of the dataplane.
 #[derive(Clone, Default)]

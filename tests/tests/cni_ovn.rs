@@ -14,7 +14,7 @@ use sidelane_agent::{
     records::Records,
 };
 use sidelane_api::qos::QosSpec;
-use sidelane_tests::{control_plane::SidelaneCluster, cluster, netns::NetNs, privilege};
+use sidelane_tests::{cluster, control_plane::SidelaneCluster, netns::NetNs, privilege};
 
 struct NoQos;
 

@@ -130,9 +130,7 @@ fn the_multi_nic_ipam_seed_gets_the_annotations_it_promises() {
     assert_eq!(replicas.len(), 2, "the Deployment's replicas: {replicas:?}");
     let mut pooled = BTreeSet::new();
     for name in &replicas {
-        eventually("a replica allocated", || {
-            allocated(&api, name, p).is_some()
-        });
+        eventually("a replica allocated", || allocated(&api, name, p).is_some());
         pooled.insert(allocated(&api, name, p).unwrap_or_default());
     }
     assert_eq!(

@@ -18,8 +18,8 @@ use sidelane_controller::{
 };
 use sidelane_ovsdb::parse_remotes;
 use sidelane_tests::{
-    control_plane::SidelaneCluster,
     cluster,
+    control_plane::SidelaneCluster,
     ovn::{self, Central},
 };
 use tokio::{sync::watch, task::JoinHandle};
@@ -30,7 +30,11 @@ struct Controller {
 }
 
 impl Controller {
-    fn start(api: &SidelaneCluster, central: &Central, runtime: &tokio::runtime::Runtime) -> Controller {
+    fn start(
+        api: &SidelaneCluster,
+        central: &Central,
+        runtime: &tokio::runtime::Runtime,
+    ) -> Controller {
         let client = runtime.block_on(api.controller_client());
         let (tx, rx) = watch::channel(true);
         let mut nb =

@@ -37,8 +37,8 @@ pub use etcd::Etcd;
 pub use objects::Objects;
 pub use pki::{CertFiles, Pki};
 pub use proxy::CutProxy;
-pub use sidelane::{AGENT_ACCOUNT, CONTROLLER_ACCOUNT, SidelaneCluster};
 use serde_json::{Value, json};
+pub use sidelane::{AGENT_ACCOUNT, CONTROLLER_ACCOUNT, SidelaneCluster};
 
 use crate::{process, process::Background, tools};
 
@@ -459,6 +459,13 @@ impl ControlPlane {
     /// answered 410 Gone, and clients must list again.
     pub fn compact(&self) -> anyhow::Result<i64> {
         self.etcd.compact()
+    }
+
+    /// Makes the proxied URL reachable from inside the network namespace at `netns` (a
+    /// simulated node, whose loopback is its own), so ServiceAccount and node kubeconfigs work
+    /// there unchanged.
+    pub fn reach_from(&self, netns: &Path) -> anyhow::Result<()> {
+        self.proxy.listen_in(netns)
     }
 
     /// Cuts every connection through the proxy (the clients' watches and requests in flight);

@@ -127,10 +127,19 @@ impl Objects {
     /// subresource, as the component that owns it would (a cluster that already holds it).
     /// Returns the stored object.
     pub fn create(&self, object: &Value) -> anyhow::Result<Value> {
-        let (api_version, kind, namespace, name) = identity(object)?;
+        self.create_owned(object.clone())
+    }
+
+    /// [`Objects::create`], taking the object.
+    pub fn create_owned(&self, mut object: Value) -> anyhow::Result<Value> {
+        let (api_version, kind, namespace, name) = identity(&object)?;
+        let status = object
+            .as_object_mut()
+            .and_then(|o| o.remove("status"))
+            .filter(|s| !s.is_null());
         let api = self.api(&api_version, &kind, Some(&namespace))?;
         let (_, namespaced) = self.resource(&api_version, &kind)?;
-        let mut body: DynamicObject = serde_json::from_value(object.clone())
+        let mut body: DynamicObject = serde_json::from_value(object)
             .with_context(|| format!("{kind} {name} is not a Kubernetes object"))?;
         if namespaced {
             body.metadata.namespace = Some(namespace.clone());
@@ -140,7 +149,7 @@ impl Objects {
             self.call(async move { api.create(&PostParams::default(), &body).await })
                 .with_context(|| format!("creating {kind} {namespace}/{name}"))?
         };
-        let Some(status) = object.get("status").filter(|s| !s.is_null()).cloned() else {
+        let Some(status) = status else {
             return serde_json::to_value(created).context("serialising the created object");
         };
         let created_name = created.metadata.name.clone().unwrap_or(name);

@@ -39,6 +39,7 @@ impl Connections {
 #[derive(Debug)]
 pub struct CutProxy {
     port: u16,
+    target: u16,
     connections: Arc<Connections>,
 }
 
@@ -57,12 +58,43 @@ impl CutProxy {
             .name(format!("api-proxy-{port}"))
             .spawn(move || accept(&listener, target, &shared))
             .context("starting the API proxy's thread")?;
-        Ok(Self { port, connections })
+        Ok(Self {
+            port,
+            target,
+            connections,
+        })
     }
 
     /// The port clients connect to.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Also listens on `127.0.0.1:<port>` inside the network namespace at `netns`, so that a
+    /// process there (Multus inside a simulated node) reaches the API server with the same
+    /// kubeconfig. The listener is bound from a thread that enters the namespace and exits;
+    /// connections to the API server are still made from this namespace.
+    pub fn listen_in(&self, netns: &std::path::Path) -> anyhow::Result<()> {
+        let port = self.port;
+        let path = netns.to_owned();
+        let listener = thread::spawn(move || -> anyhow::Result<TcpListener> {
+            let file = std::fs::File::open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {}", path.display()))?;
+            // This thread ends here, in the other namespace; the socket stays bound there.
+            TcpListener::bind(("127.0.0.1", port))
+                .with_context(|| format!("binding 127.0.0.1:{port} in {}", path.display()))
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread binding in {} panicked", netns.display()))??;
+        let target = self.target;
+        let shared = Arc::clone(&self.connections);
+        thread::Builder::new()
+            .name(format!("api-proxy-{port}-ns"))
+            .spawn(move || accept(&listener, target, &shared))
+            .context("starting the API proxy's thread")?;
+        Ok(())
     }
 
     /// Closes every open connection (both ways); returns how many there were.

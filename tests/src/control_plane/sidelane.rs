@@ -115,7 +115,7 @@ impl SidelaneCluster {
             // Another thread may create it first.
             let _ = self.objects.create(&namespace);
         }
-        self.objects.create(&object)
+        self.objects.create_owned(object)
     }
 
     /// `kubectl apply --server-side` of `objects`, as admin.
