@@ -53,7 +53,8 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
-    /// Write `deploy/manifests/sidelane.yaml`: the Helm chart rendered with its default values.
+    /// `helm lint --strict` the chart (defaults, both seed switches, OVN off) and write
+    /// `deploy/manifests/sidelane.yaml`: the chart rendered by `helm template` with its defaults.
     Manifests {
         /// Fail when the committed file differs instead of writing.
         #[arg(long)]
@@ -95,6 +96,7 @@ fn main() -> anyhow::Result<()> {
             fuzz::run(&workspace_root(), seconds, target.as_deref())
         }
         Command::Manifests { check, validate } => {
+            manifests::lint(&workspace_root())?;
             manifests::run(&workspace_root(), check)?;
             if validate {
                 manifests::validate(&workspace_root())?;

@@ -1,11 +1,10 @@
 //! `cargo xtask manifests [--check]` and the manifest validation CI runs.
 //!
-//! `deploy/manifests/sidelane.yaml` is the Helm chart in `deploy/helm/sidelane` rendered with its
-//! default values into `kube-system`, for `kubectl apply` without Helm. There is no Helm on our
-//! machines, so the chart's templates keep to a subset of Helm's language that this module
-//! renders exactly as Helm would: `{{ .Values.a.b }}`, `{{ .Values.a.b | quote }}`,
-//! `{{ .Release.Namespace }}`, and whole-line `{{- if .Values.a.b }}` / `{{- end }}`. Anything
-//! else is an error naming the template and line, so the subset cannot be left by accident.
+//! `deploy/manifests/sidelane.yaml` is the Helm chart in `deploy/helm/sidelane` rendered by the
+//! real `helm template` (the pinned Helm `cargo xtask setup` builds) with its default values into
+//! `kube-system`, for `kubectl apply` without Helm. `helm lint --strict` runs over the chart with
+//! the defaults, with each of the seeds' non-primary switches, and with OVN switched off, and
+//! each of those renders too.
 //!
 //! Validation (offline, with the PyPI packages `cargo xtask setup` installs): every built-in
 //! kind in the rendered manifests, the CRDs and the examples against the Kubernetes schemas of
@@ -18,7 +17,6 @@
 
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -28,15 +26,6 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use crate::setup;
-
-/// The chart's templates, in the order the rendered file lists them.
-const TEMPLATES: [&str; 5] = [
-    "rbac.yaml",
-    "ovn-central.yaml",
-    "ovn-node.yaml",
-    "controller.yaml",
-    "agent.yaml",
-];
 
 /// Where the rendered manifests install.
 const NAMESPACE: &str = "kube-system";
@@ -52,108 +41,84 @@ fn rendered_path(root: &Path) -> PathBuf {
     root.join("deploy/manifests/sidelane.yaml")
 }
 
-fn lookup<'a>(values: &'a Value, path: &str) -> Option<&'a Value> {
-    path.split('.').try_fold(values, |v, key| v.get(key))
-}
+/// The value sets the chart is linted and rendered with: the defaults, the two switches of the
+/// seeds (Kube-OVN chart v2 and v1), and OVN switched off (an OVN the operator runs).
+const VALUE_SETS: [(&str, &[&str]); 4] = [
+    ("the defaults", &[]),
+    ("cni.nonPrimaryCNI=true", &["cni.nonPrimaryCNI=true"]),
+    (
+        "cni_conf.NON_PRIMARY_CNI=true",
+        &["cni_conf.NON_PRIMARY_CNI=true"],
+    ),
+    (
+        "OVN switched off",
+        &[
+            "ovn.deployCentral=false",
+            "ovn.deployNode=false",
+            "ovn.nbAddr=tcp:192.0.2.10:6641",
+        ],
+    ),
+];
 
-fn scalar(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// Helm's truthiness: false, 0, "", null, empty collections are false.
-fn truthy(v: Option<&Value>) -> bool {
-    match v {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(Value::Array(a)) => !a.is_empty(),
-        Some(Value::Object(o)) => !o.is_empty(),
-    }
-}
-
-/// One `{{ ... }}` action, without its braces and trim markers.
-fn action(inner: &str, values: &Value, at: &str) -> anyhow::Result<String> {
-    let (expr, pipe) = match inner.split_once('|') {
-        Some((e, p)) => (e.trim(), Some(p.trim())),
-        None => (inner.trim(), None),
-    };
-    let value = if expr == ".Release.Namespace" {
-        NAMESPACE.to_owned()
-    } else if let Some(path) = expr.strip_prefix(".Values.") {
-        let v = lookup(values, path).with_context(|| format!("{at}: no value {expr}"))?;
-        scalar(v).with_context(|| format!("{at}: {expr} is not a scalar"))?
-    } else {
+fn helm() -> anyhow::Result<PathBuf> {
+    let path = crate::go_tools::cache_dir()?.join("bin/helm");
+    if !path.is_file() {
         bail!(
-            "{at}: `{{{{ {inner} }}}}` is outside the template subset `cargo xtask manifests` renders"
+            "{} is missing: `cargo xtask setup` builds Helm from xtask/go/helm",
+            path.display()
         );
-    };
-    match pipe {
-        None => Ok(value),
-        Some("quote") => Ok(serde_json::to_string(&value).context("quoting")?),
-        Some(other) => bail!("{at}: the function `{other}` is outside the template subset"),
     }
+    Ok(path)
 }
 
-/// Renders one template with `values`.
-fn render_template(name: &str, text: &str, values: &Value) -> anyhow::Result<String> {
-    let mut out = String::new();
-    // Whether each enclosing `if` is taken.
-    let mut stack: Vec<bool> = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let at = format!("templates/{name}:{}", i + 1);
-        let t = line.trim();
-        let block = t
-            .strip_prefix("{{-")
-            .or_else(|| t.strip_prefix("{{"))
-            .and_then(|r| r.strip_suffix("}}"))
-            .map(|r| r.trim().trim_end_matches('-').trim());
-        if let Some(inner) = block {
-            if let Some(cond) = inner.strip_prefix("if ") {
-                let path = cond
-                    .trim()
-                    .strip_prefix(".Values.")
-                    .with_context(|| format!("{at}: `if` takes a .Values path only"))?;
-                let active = stack.iter().all(|a| *a);
-                stack.push(active && truthy(lookup(values, path)));
-                continue;
-            }
-            if inner == "end" {
-                stack
-                    .pop()
-                    .with_context(|| format!("{at}: `end` without `if`"))?;
-                continue;
-            }
-        }
-        if !stack.iter().all(|a| *a) {
-            continue;
-        }
-        let mut rest = line;
-        while let Some(open) = rest.find("{{") {
-            out.push_str(&rest[..open]);
-            let after = &rest[open + 2..];
-            let close = after
-                .find("}}")
-                .with_context(|| format!("{at}: `{{{{` without `}}}}`"))?;
-            let inner = after[..close]
-                .trim_start_matches('-')
-                .trim_end_matches('-')
-                .trim();
-            out.push_str(&action(inner, values, &at)?);
-            rest = &after[close + 2..];
-        }
-        out.push_str(rest);
-        out.push('\n');
+/// `helm template` of the chart with `values` (`--set`), into kube-system, without the CRDs
+/// (they are in deploy/crds/).
+fn template(root: &Path, values: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = Command::new(helm()?);
+    cmd.args(["template", "sidelane"])
+        .arg(chart_dir(root))
+        .args(["--namespace", NAMESPACE]);
+    for value in values {
+        cmd.args(["--set", value]);
     }
-    if !stack.is_empty() {
-        bail!("templates/{name}: an `if` without `end`");
+    let out = cmd
+        .output()
+        .with_context(|| format!("running helm template {}", values.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "helm template --set {} failed: {}",
+            values.join(","),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    Ok(out)
+    String::from_utf8(out.stdout).context("helm template printed no UTF-8")
+}
+
+/// `helm lint --strict` with each value set, and `helm template` of each.
+pub fn lint(root: &Path) -> anyhow::Result<()> {
+    for (what, values) in VALUE_SETS {
+        let mut cmd = Command::new(helm()?);
+        cmd.args(["lint", "--strict"])
+            .arg(chart_dir(root))
+            .args(["--namespace", NAMESPACE]);
+        for value in values {
+            cmd.args(["--set", value]);
+        }
+        let out = cmd.output().context("running helm lint")?;
+        if !out.status.success() {
+            bail!(
+                "helm lint --strict with {what}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let rendered = template(root, values)?;
+        if !rendered.contains("kind: DaemonSet") {
+            bail!("helm template with {what} renders no agent DaemonSet");
+        }
+        eprintln!("manifests: helm lint and template with {what}: ok");
+    }
+    Ok(())
 }
 
 fn default_values(root: &Path) -> anyhow::Result<Value> {
@@ -164,23 +129,12 @@ fn default_values(root: &Path) -> anyhow::Result<Value> {
 
 /// The chart rendered with its default values.
 pub fn render(root: &Path) -> anyhow::Result<String> {
-    let values = default_values(root)?;
     let mut out = String::from(
-        "# Generated by `cargo xtask manifests`: deploy/helm/sidelane rendered with its default\n\
-         # values into kube-system. Do not edit; change the chart and run the command again.\n\
-         # Install: kubectl apply -f deploy/crds/ && kubectl apply -f deploy/manifests/\n",
+        "# Generated by `cargo xtask manifests`: deploy/helm/sidelane rendered by `helm template`\n\
+         # with its default values into kube-system. Do not edit; change the chart and run the\n\
+         # command again. Install: kubectl apply -f deploy/crds/ && kubectl apply -f deploy/manifests/\n",
     );
-    for name in TEMPLATES {
-        let path = chart_dir(root).join("templates").join(name);
-        let text =
-            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let body = render_template(name, &text, &values)?;
-        if body.trim().is_empty() {
-            continue;
-        }
-        let _ = writeln!(out, "---\n# Source: sidelane/templates/{name}");
-        out.push_str(body.trim_start_matches('\n'));
-    }
+    out.push_str(&template(root, &[])?);
     Ok(out)
 }
 
@@ -479,30 +433,4 @@ pub fn validate(root: &Path) -> anyhow::Result<()> {
         "manifests: {counted} documents checked; the chart's values valid; each validator refuses a bad document"
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_subset_renders_values_quotes_namespaces_and_conditionals() {
-        let values = json!({"a": {"b": 3, "s": "x y", "on": true, "off": false}});
-        let text = "n: {{ .Release.Namespace }}\nb: {{ .Values.a.b }}\ns: {{ .Values.a.s | quote }}\n{{- if .Values.a.on }}\non: 1\n{{- if .Values.a.off }}\noff: 1\n{{- end }}\n{{- end }}\n";
-        let out = render_template("t.yaml", text, &values).expect("renders");
-        assert_eq!(out, "n: kube-system\nb: 3\ns: \"x y\"\non: 1\n");
-    }
-
-    #[test]
-    fn anything_outside_the_subset_is_refused_with_its_line() {
-        let err = render_template("t.yaml", "a: 1\nb: {{ include \"x\" . }}\n", &json!({}))
-            .expect_err("refused");
-        assert!(err.to_string().contains("templates/t.yaml:2"), "{err}");
-        let err =
-            render_template("t.yaml", "b: {{ .Values.nope }}\n", &json!({})).expect_err("refused");
-        assert!(err.to_string().contains("no value .Values.nope"), "{err}");
-        let err =
-            render_template("t.yaml", "{{- if .Values.x }}\n", &json!({})).expect_err("refused");
-        assert!(err.to_string().contains("without `end`"), "{err}");
-    }
 }

@@ -22,6 +22,7 @@ pub fn run(nextest_args: &[String]) -> anyhow::Result<()> {
         crate::crds::run(&crate::workspace_root(), true)
     })?;
     step("manifests", &mut || {
+        crate::manifests::lint(&crate::workspace_root())?;
         crate::manifests::run(&crate::workspace_root(), true)?;
         crate::manifests::validate(&crate::workspace_root())
     })?;

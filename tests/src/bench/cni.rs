@@ -30,7 +30,9 @@ use sidelane_agent::{
     attach::Attacher, cni_server, dataplane::qos::QosDataplane, pods::KubePods, records::Records,
 };
 
-use crate::{apiserver::ApiServer, cluster, netns::NetNs, ping::percentile, sidelane::PinRoot};
+use crate::{
+    cluster, control_plane::SidelaneCluster, netns::NetNs, ping::percentile, sidelane::PinRoot,
+};
 
 /// One plugin's figures.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -137,7 +139,7 @@ fn ms(d: &[Duration], p: f64) -> f64 {
 }
 
 /// Pods `p0`.. with allocations for both Sidelane attachments.
-fn seed_pods(api: &ApiServer, n: usize) -> anyhow::Result<()> {
+fn seed_pods(api: &SidelaneCluster, n: usize) -> anyhow::Result<()> {
     for i in 0..n {
         let (a, b) = (i / 200, i % 200 + 10);
         api.seed(json!({
@@ -174,7 +176,7 @@ pub fn run(n: usize) -> anyhow::Result<CniReport> {
     ])?;
     node.exec(&["ip", "link", "set", "eth0", "up"])?;
 
-    let api = ApiServer::start();
+    let api = SidelaneCluster::start_with(crate::control_plane::Options::default())?;
     for (name, provider, cidr) in [
         ("attachnet", "attachnet.default.ovn", "172.17.0.0/16"),
         ("macvlan", "macvlan.default", "172.18.0.0/16"),
@@ -187,7 +189,7 @@ pub fn run(n: usize) -> anyhow::Result<CniReport> {
     let socket = dir.path().join("kube-ovn-daemon.sock");
     let pins = PinRoot::new("sidelane-bench-cni");
     let runtime = tokio::runtime::Runtime::new().context("a tokio runtime")?;
-    let client = runtime.block_on(async { api.client() });
+    let client = runtime.block_on(api.agent_client());
     let listener = runtime.block_on(async { cni_server::bind(&socket) })?;
     let attacher = Attacher::new(
         KubePods::new(client),

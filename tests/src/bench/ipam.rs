@@ -159,11 +159,11 @@ pub fn burst(n: u32, controller: &Path) -> anyhow::Result<Burst> {
     use serde_json::json;
     use tokio::sync::Mutex;
 
-    let api = crate::apiserver::ApiServer::start();
-    let dir = tempfile::tempdir().context("a temporary directory")?;
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.kubeconfig(&kubeconfig)
-        .map_err(|e| anyhow::anyhow!("writing the kubeconfig: {e}"))?;
+    let api = crate::control_plane::SidelaneCluster::start_with(
+        crate::control_plane::Options::default(),
+    )?;
+    // The controller runs as the chart's controller ServiceAccount.
+    let kubeconfig = api.controller_kubeconfig().to_owned();
     api.seed(
         json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
         "metadata": {"name": "macvlan", "namespace": "default"},
@@ -185,7 +185,7 @@ pub fn burst(n: u32, controller: &Path) -> anyhow::Result<Burst> {
         "--identity",
         "bench",
         "--lease-namespace",
-        "default",
+        crate::control_plane::SIDELANE_NAMESPACE,
     ])
     .env("KUBECONFIG", &kubeconfig)
     .env("RUST_LOG", "warn")
