@@ -68,11 +68,20 @@ pub struct Sandbox {
     pub netns: Arc<NetNs>,
     /// Multus' CNI result (eth0's), or the error it printed.
     pub result: Result<Value, String>,
-    /// From the pod's creation to the end of CNI ADD.
+    /// From the pod's creation to the end of CNI ADD (whole seconds: the API's resolution).
     pub ready_after: Duration,
+    /// When the last CNI ADD started (the sandbox's turn came).
+    pub add_started: Instant,
+    /// How many ADDs it took (a failed one is torn down and tried again).
+    pub attempts: u32,
+    /// When CNI ADD finished.
+    pub added_at: Instant,
 }
 
 type Sandboxes = Arc<Mutex<HashMap<String, Arc<Sandbox>>>>;
+
+/// How many times a pod's sandbox is set up before the stand-in gives up on it.
+const SANDBOX_ATTEMPTS: u32 = 4;
 
 /// The stand-in for one node; stops when dropped (the pods' namespaces go with it).
 #[derive(Debug)]
@@ -366,7 +375,21 @@ impl PodTask {
                 return;
             }
         };
-        let result = self.multus("ADD", &netns).await;
+        // As a kubelet does: a failed sandbox is torn down and tried again, with a backoff.
+        let mut attempts = 0;
+        let (add_started, result) = loop {
+            attempts += 1;
+            let add_started = Instant::now();
+            let result = self.multus("ADD", &netns).await;
+            match &result {
+                Err(message) if attempts < SANDBOX_ATTEMPTS => {
+                    self.event(message).await;
+                    let _ = self.multus("DEL", &netns).await;
+                    tokio::time::sleep(Duration::from_millis(500) * attempts).await;
+                }
+                _ => break (add_started, result),
+            }
+        };
         // From the pod's creation (whole seconds in the API) or, failing that, from now.
         let ready_after = self
             .created
@@ -406,6 +429,9 @@ impl PodTask {
                     netns,
                     result,
                     ready_after,
+                    add_started,
+                    attempts,
+                    added_at: Instant::now(),
                 }),
             );
     }

@@ -38,15 +38,18 @@ pub fn run(name: Name, quick: bool) -> anyhow::Result<()> {
             "cni"
         }
         Name::Ipam => {
-            // The burst runs the controller binary, which must sit beside the benchmark.
+            // The bursts run the controller, the agent and the CNI plugin binaries, which must
+            // sit beside the benchmark.
             exec(Command::new("cargo").args([
                 "build",
                 "--locked",
                 "--release",
-                "--package",
-                "sidelane-controller",
                 "--bin",
                 "sidelane-controller",
+                "--bin",
+                "sidelane-agent",
+                "--bin",
+                "sidelane-cni",
             ]))?;
             "ipam"
         }

@@ -85,6 +85,8 @@ const COMPONENTS: &[Component] = &[
         share: &[
             "doc/crds/whereabouts.cni.cncf.io_ippools.yaml",
             "doc/crds/whereabouts.cni.cncf.io_overlappingrangeipreservations.yaml",
+            // Its ServiceAccount and ClusterRole, as its DaemonSet installs them.
+            "doc/crds/daemonset-install.yaml",
         ],
     },
 ];

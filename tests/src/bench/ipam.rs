@@ -47,6 +47,8 @@ pub struct IpamReport {
     pub duplicates: u64,
     /// The controller's resident memory after the burst, MiB.
     pub controller_rss_mb: Option<f64>,
+    /// The burst end to end through the real Multus, Sidelane beside whereabouts.
+    pub real_burst: Vec<super::real_burst::RealBurst>,
 }
 
 /// Runs the core figures over `n` addresses.
@@ -93,6 +95,7 @@ pub fn run(n: u32) -> anyhow::Result<IpamReport> {
         burst_pods: 0,
         burst_p50_ms: None,
         burst_p99_ms: None,
+        real_burst: Vec::new(),
         duplicates,
         controller_rss_mb: None,
     })
@@ -299,9 +302,16 @@ pub fn burst(n: u32, controller: &Path) -> anyhow::Result<Burst> {
     })
 }
 
-/// The core figures and the burst in one report.
-pub fn run_all(core_n: u32, burst_n: u32, controller: &Path) -> anyhow::Result<IpamReport> {
+/// The core figures, the burst, and the burst through Multus of `real_n` pods per IPAM, in one
+/// report.
+pub fn run_all(
+    core_n: u32,
+    burst_n: u32,
+    real_n: usize,
+    controller: &Path,
+) -> anyhow::Result<IpamReport> {
     let mut report = run(core_n)?;
+    report.real_burst = super::real_burst::run(real_n)?;
     let b = burst(burst_n, controller)?;
     report.burst_pods = b.pods;
     report.burst_p50_ms = Some(b.p50_ms);
@@ -348,6 +358,7 @@ pub fn table(r: &IpamReport) -> String {
         "controller_rss_mb",
         opt(r.controller_rss_mb)
     );
+    out.push_str(&super::real_burst::table(&r.real_burst));
     out
 }
 

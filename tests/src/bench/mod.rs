@@ -3,7 +3,10 @@
 //! - [`qos`]: rate-limit accuracy, first-second overshoot and latency under load, Sidelane
 //!   against the reference CNI `bandwidth` plugin; per-packet program cost.
 //! - [`cni`]: CNI ADD/DEL latency against the reference bridge + host-local.
-//! - [`ipam`]: the IPAM core's allocation rate, latency and memory per address.
+//! - [`ipam`]: the IPAM core's allocation rate, latency and memory per address; a burst against
+//!   the controller binary.
+//! - [`real_burst`]: pods created to CNI ADD through the real Multus, Sidelane's IPAM beside
+//!   whereabouts.
 //! - [`fastpath`]: the same-node fast path against a bare veth pair and against OVS.
 //! - [`ovn`]: Northbound programming, Sidelane's reconciler against one ovn-nbctl call per port.
 //! - [`memory`]: live heap bytes, counted by the benchmark binary's allocator.
@@ -16,6 +19,7 @@ pub mod ipam;
 pub mod memory;
 pub mod ovn;
 pub mod qos;
+pub mod real_burst;
 
 use std::path::{Path, PathBuf};
 

@@ -58,7 +58,8 @@ struct OvnArgs {
 
 #[derive(Debug, Args)]
 struct IpamArgs {
-    /// 100,000 addresses and 200 pods instead of 1,000,000 and 2,000.
+    /// 100,000 addresses, 200 pods and 200 pods per IPAM through Multus, instead of 1,000,000,
+    /// 2,000 and 1,000.
     #[arg(long)]
     quick: bool,
     /// Where to write the JSON report [default: <workspace>/target/bench/ipam.json].
@@ -113,6 +114,7 @@ fn run_ipam(args: &IpamArgs) -> anyhow::Result<()> {
     let report = bench::ipam::run_all(
         if args.quick { 100_000 } else { 1_000_000 },
         if args.quick { 200 } else { 2000 },
+        if args.quick { 200 } else { 1000 },
         &controller,
     )?;
     let path = args
