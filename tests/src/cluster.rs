@@ -21,14 +21,19 @@ pub fn subnet(name: &str, provider: &str, cidr: &str, mtu: Option<u32>) -> Value
     })
 }
 
+/// `deploy/examples/<file>`.
+pub fn example_path(file: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/examples")
+        .join(file)
+}
+
 /// The YAML documents of `deploy/examples/<file>`, as JSON.
 ///
 /// # Panics
 /// When the file cannot be read or parsed (a broken example is a failed test).
 pub fn example(file: &str) -> Vec<Value> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy/examples")
-        .join(file);
+    let path = example_path(file);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_saphyr::from_multiple::<Value>(&text)

@@ -81,7 +81,7 @@ pub struct Sandbox {
 type Sandboxes = Arc<Mutex<HashMap<String, Arc<Sandbox>>>>;
 
 /// How many times a pod's sandbox is set up before the stand-in gives up on it.
-const SANDBOX_ATTEMPTS: u32 = 4;
+const SANDBOX_ATTEMPTS: u32 = 6;
 
 /// The stand-in for one node; stops when dropped (the pods' namespaces go with it).
 #[derive(Debug)]
@@ -233,7 +233,7 @@ async fn register(client: &kube::Client, config: &NodeConfig) -> anyhow::Result<
     if nodes.get_opt(&config.name).await?.is_none() {
         nodes.create(&PostParams::default(), &node).await?;
     }
-    let capacity = json!({"cpu": "16", "memory": "64Gi", "pods": "1000"});
+    let capacity = json!({"cpu": "64", "memory": "256Gi", "pods": "10000"});
     let status = json!({"status": {
         "capacity": capacity, "allocatable": capacity,
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",

@@ -1,25 +1,29 @@
 //! The one-machine lab behind `cargo xtask lab`: the whole system as plain processes from a
 //! temporary directory, the seeds' YAML applied unchanged, and a report a person can read.
 //!
-//! - The Kubernetes API is the test harness's API double, served on loopback: it stands in for a
-//!   cluster (there is none on these machines), faithful where it matters (watches, patches,
-//!   conflicts, Leases).
+//! - A real Kubernetes control plane on loopback: etcd, kube-apiserver (`Node,RBAC`),
+//!   kube-controller-manager and kube-scheduler, with Sidelane's CRDs and RBAC from `helm
+//!   template` of the chart; the controllers and agents run under the chart's ServiceAccounts.
 //! - OVN central (Northbound, Southbound, northd) and two simulated nodes, each a network
 //!   namespace with its own OVS (`system` datapath where the kernel module exists, else
 //!   `netdev`), ovn-controller and `sidelane-agent`; the nodes are joined by an underlay for
 //!   OVN's tunnels and by a LAN (a bridge) that macvlan attachments use as `eth0`.
 //! - Two `sidelane-controller` replicas electing a leader through a Lease.
-//! - Pods are network namespaces with a primary `eth0` (a stand-in for Cilium, Calico or
-//!   Flannel); net1..netN are attached by calling the CNI plugins (ours installed as
-//!   `kube-ovn`, Debian's `macvlan`) inside the node's namespace exactly as Multus would, with
-//!   the NAD's configuration unchanged (the node's agent socket is mounted at the seeds'
-//!   `/run/openvswitch`).
+//! - The seeds' YAML is applied with `kubectl apply --validate=strict`; Deployments become pods
+//!   through kube-controller-manager, and kube-scheduler binds every pod to a node. Each node's
+//!   kubelet stand-in (no container runtime runs pods here yet) makes the pod's network namespace
+//!   and runs the real Multus thin plugin: eth0 from the primary network (Debian's `bridge` and
+//!   `host-local`, standing in for Cilium, Calico or Flannel), net1..netN delegated to our
+//!   `kube-ovn` binary and Debian's `macvlan` with the NAD's configuration unchanged (the node's
+//!   agent socket is mounted at the seeds' `/run/openvswitch`), `network-status` written by
+//!   Multus and checked against the pod's interfaces.
 //!
 //! The seeds' examples reuse names (`samplepod`, the `macvlan` Subnet), so scenarios run one
 //! after another, each cleaned up before the next.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    sync::Arc,
     fmt::Write as _,
     net::TcpListener,
     path::{Path, PathBuf},
@@ -29,21 +33,17 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use kube::{
-    Api,
-    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind},
-};
 use serde_json::{Value, json};
 use sidelane_api::network_selection;
 
 use crate::{
-    apiserver::ApiServer,
     cluster,
+    control_plane::{Options as PlaneOptions, SidelaneCluster},
+    kubelet_standin::{self, KubeletStandin, NodeConfig},
     iperf::{self, IperfSpec},
     netns::NetNs,
-    node_rig::container_id,
     ovn::{Central, Chassis},
-    process::{self, Background},
+    process::Background,
     sidelane::PinRoot,
 };
 
@@ -106,14 +106,16 @@ struct LabNode {
     agent: Background,
     agent_spawn: Spawn,
     pins: PinRoot,
+    /// Plays the node's kubelet for the network: runs Multus for the pods bound here.
+    kubelet: KubeletStandin,
 }
 
 /// One pod of the lab.
 struct LabPod {
     name: String,
     node: usize,
-    ns: NetNs,
-    /// Whether eth0 is the primary CNI's stand-in (not one of our networks).
+    ns: Arc<NetNs>,
+    /// Whether eth0 is the primary CNI's (not one of our networks).
     primary_standin: bool,
     annotations: BTreeMap<String, String>,
     attachments: Vec<Attachment>,
@@ -124,7 +126,6 @@ struct LabPod {
 struct Attachment {
     nad: String,
     ifname: String,
-    config: String,
     ips: Vec<String>,
     /// The logical switch (the Subnet) the controller chose.
     switch: String,
@@ -188,6 +189,11 @@ fn qos_and_vpc_pods() -> Vec<Value> {
                     r#"[{"dst":"10.100.0.0/16","gw":"10.101.0.1"}]"#,
             }),
         ),
+        // The QoS pod's peer on its node and network: the rates are measured between them.
+        cluster::pod(
+            "qos-peer",
+            &json!({"k8s.v1.cni.cncf.io/networks": "default/attachnet"}),
+        ),
         cluster::pod(
             "qos-pod",
             &json!({
@@ -240,15 +246,11 @@ pub mod chaos;
 /// The lab.
 pub struct Lab {
     dir: tempfile::TempDir,
-    api: ApiServer,
-    runtime: tokio::runtime::Runtime,
+    api: SidelaneCluster,
     central: Central,
     nodes: Vec<LabNode>,
     lan: NetNs,
-    primary: NetNs,
     controllers: Vec<(Background, Spawn)>,
-    cni_bin: PathBuf,
-    next_primary: u32,
     phases: Vec<(String, Duration)>,
     checks: Vec<Check>,
     report: String,
@@ -298,25 +300,26 @@ impl Lab {
         let cni_bin = dir.path().join("cni-bin");
         std::fs::create_dir_all(&cni_bin)?;
         std::os::unix::fs::symlink(binary("sidelane-cni")?, cni_bin.join("kube-ovn"))?;
-        for plugin in ["macvlan", "bridge", "host-local", "static"] {
+        std::os::unix::fs::symlink(crate::tools::binary("multus")?, cni_bin.join("multus"))?;
+        for plugin in ["macvlan", "bridge", "host-local", "static", "loopback"] {
             let path = Path::new("/usr/lib/cni").join(plugin);
             if path.exists() {
                 std::os::unix::fs::symlink(&path, cni_bin.join(plugin))?;
             }
         }
-        let runtime = tokio::runtime::Runtime::new().context("a runtime")?;
-        let api = phase(
+        let (api, multus) = phase(
             &mut phases,
-            "Kubernetes API (the lab's API double: it stands in for a cluster)",
+            "Kubernetes: etcd, kube-apiserver (Node,RBAC), kube-controller-manager, kube-scheduler; \
+             Sidelane's CRDs and RBAC from helm template; Multus' RBAC",
             || {
-                let api = ApiServer::start();
-                api.kubeconfig(&dir.path().join("kubeconfig"))?;
+                let api = SidelaneCluster::start_with(PlaneOptions { controllers: true })?;
+                let multus = kubelet_standin::install_multus(api.plane())?;
                 eprintln!(
                     "    serving {} (KUBECONFIG={})",
-                    api.url(),
-                    dir.path().join("kubeconfig").display()
+                    api.plane().url(),
+                    api.plane().admin_kubeconfig().display()
                 );
-                Ok(api)
+                Ok((api, multus))
             },
         )?;
         let central = phase(
@@ -327,10 +330,9 @@ impl Lab {
         let lan = NetNs::new()?;
         lan.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
         lan.exec(&["ip", "link", "set", "br0", "up"])?;
-        let primary = NetNs::new()?;
         let nodes = phase(
             &mut phases,
-            "two nodes: OVS, ovn-controller, sidelane-agent each",
+            "two nodes: OVS, ovn-controller, sidelane-agent, a kubelet stand-in running Multus",
             || {
                 let mut chassis = Vec::new();
                 // As a real node: the kernel datapath where the module is loaded.
@@ -397,7 +399,8 @@ impl Lab {
                         bin: agent_bin.clone(),
                         args: agent_args,
                         log: node_dir.join("agent.log"),
-                        kubeconfig: dir.path().join("kubeconfig"),
+                        // The chart's agent ServiceAccount.
+                        kubeconfig: api.agent_kubeconfig().to_owned(),
                     };
                     let agent = spawn.start()?;
                     let socket = run_dir.join("kube-ovn-daemon.sock");
@@ -411,10 +414,24 @@ impl Lab {
                         }
                         std::thread::sleep(Duration::from_millis(50));
                     }
+                    let kubelet = KubeletStandin::start(
+                        api.plane(),
+                        NodeConfig {
+                            name: name.clone(),
+                            netns: Some(c.ns.name().to_owned()),
+                            run_dir: Some(run_dir.clone()),
+                            cni_bin: cni_bin.clone(),
+                            pod_cidr: format!("10.244.{}.0/24", i + 1),
+                            parallel: 4,
+                            dir: node_dir.join("kubelet"),
+                        },
+                        &multus,
+                    )?;
                     eprintln!(
-                        "    {name}: {} (agent log {})",
+                        "    {name}: {} (agent log {}, Multus log {})",
                         c.ns.name(),
-                        node_dir.join("agent.log").display()
+                        node_dir.join("agent.log").display(),
+                        node_dir.join("kubelet/multus.log").display()
                     );
                     nodes.push(LabNode {
                         name,
@@ -425,6 +442,7 @@ impl Lab {
                         agent,
                         agent_spawn: spawn,
                         pins,
+                        kubelet,
                     });
                 }
                 Ok(nodes)
@@ -451,7 +469,8 @@ impl Lab {
                             "10".into(),
                         ],
                         log: dir.path().join(format!("controller-{i}.log")),
-                        kubeconfig: dir.path().join("kubeconfig"),
+                        // The chart's controller ServiceAccount.
+                        kubeconfig: api.controller_kubeconfig().to_owned(),
                     };
                     v.push((spawn.start()?, spawn));
                 }
@@ -489,14 +508,10 @@ impl Lab {
         Ok(Lab {
             dir,
             api,
-            runtime,
             central,
             nodes,
             lan,
-            primary,
             controllers,
-            cni_bin,
-            next_primary: 0,
             phases,
             checks: Vec::new(),
             report: String::new(),
@@ -514,49 +529,6 @@ impl Lab {
             ok,
             detail,
         });
-    }
-
-    /// Runs a CNI plugin as Multus would, inside `node`'s namespace with the node's agent socket
-    /// at `/run/openvswitch`.
-    fn cni(
-        &self,
-        node: usize,
-        command: &str,
-        pod: &LabPod,
-        ifname: &str,
-        config: &str,
-    ) -> anyhow::Result<Value> {
-        let cfg: Value = serde_json::from_str(config).context("the NAD's config")?;
-        let plugin = cfg["type"].as_str().unwrap_or_default().to_owned();
-        let n = &self.nodes[node];
-        let mut cmd = n.chassis.ns.command(&[
-            "sh",
-            "-c",
-            "mkdir -p /run/openvswitch && mount --bind \"$0\" /run/openvswitch && exec \"$@\"",
-        ]);
-        cmd.arg(&n.run_dir).arg(self.cni_bin.join(&plugin));
-        cmd.env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", container_id(&pod.name))
-            .env("CNI_NETNS", pod.ns.path())
-            .env("CNI_IFNAME", ifname)
-            .env("CNI_PATH", &self.cni_bin)
-            .env("CNI_ARGS", format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
-                pod.name, container_id(&pod.name)
-            ));
-        let out = process::run(&mut cmd, Some(config.as_bytes()), Duration::from_secs(90))?;
-        if !out.status.success() {
-            bail!(
-                "{plugin} {command} {ifname}: {}{}",
-                out.stdout.trim(),
-                out.stderr.trim()
-            );
-        }
-        if out.stdout.trim().is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_str(&out.stdout)
-            .with_context(|| format!("{plugin} {command}: {}", out.stdout))
     }
 
     fn nad_config(&self, namespace: &str, name: &str) -> anyhow::Result<String> {
@@ -578,16 +550,59 @@ impl Lab {
         Ok(cfg.to_string())
     }
 
-    /// "kubelet": the pod's namespace with its primary eth0, then every attachment.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "what kubelet and Multus do for one pod"
-    )]
-    fn start_pod(&mut self, scenario: &str, name: &str, node: usize) -> anyhow::Result<LabPod> {
-        let obj = self
-            .api
-            .get("v1", "Pod", "default", name)
-            .context("the pod")?;
+    /// Waits until the scheduler has bound pod `name` and its node's kubelet stand-in has set it
+    /// up through Multus; `(node, sandbox)`.
+    fn sandbox_of(
+        &self,
+        name: &str,
+    ) -> anyhow::Result<(usize, Arc<kubelet_standin::Sandbox>)> {
+        let deadline = Instant::now() + Duration::from_mins(2);
+        loop {
+            check_stop()?;
+            let bound = self
+                .api
+                .get("v1", "Pod", "default", name)
+                .and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_owned));
+            if let Some(node) = bound
+                .and_then(|bound| self.nodes.iter().position(|n| n.name == bound))
+                && let Some(sandbox) = self.nodes[node].kubelet.sandbox("default", name)
+            {
+                return Ok((node, sandbox));
+            }
+            if Instant::now() > deadline {
+                bail!("pod {name} was not bound and set up through Multus within 2 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The pod as its node set it up: every attachment its network selection asks for, checked
+    /// against what Multus reported in `network-status` and what the pod's namespace holds.
+    fn start_pod(&mut self, scenario: &str, name: &str) -> anyhow::Result<LabPod> {
+        let (node, sandbox) = self.sandbox_of(name)?;
+        if let Err(error) = &sandbox.result {
+            self.check(
+                scenario,
+                format!("{name} set up through Multus"),
+                false,
+                error.clone(),
+            );
+        }
+        // Multus writes network-status right after the ADD.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let obj = loop {
+            let obj = self
+                .api
+                .get("v1", "Pod", "default", name)
+                .context("the pod")?;
+            if obj["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"].is_string()
+                || sandbox.result.is_err()
+                || Instant::now() > deadline
+            {
+                break obj;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
         let annotations: BTreeMap<String, String> = obj["metadata"]["annotations"]
             .as_object()
             .map(|m| {
@@ -596,46 +611,25 @@ impl Lab {
                     .collect()
             })
             .unwrap_or_default();
-        let ns = NetNs::new()?;
-        // `v1.multus-cni.io/default-network` names the pod's eth0: then ours is the primary
-        // network and no stand-in is made.
+        let network_status: Vec<Value> = annotations
+            .get("k8s.v1.cni.cncf.io/network-status")
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        self.check(
+            scenario,
+            format!("{name} has Multus' network-status"),
+            !network_status.is_empty(),
+            format!("{} interfaces", network_status.len()),
+        );
+        // `v1.multus-cni.io/default-network` names the pod's eth0: then ours is the primary.
         let default_net = annotations
             .get("v1.multus-cni.io/default-network")
             .and_then(|v| network_selection::parse(v, "default").ok())
             .and_then(|mut v| (!v.is_empty()).then(|| v.remove(0)));
-        if default_net.is_none() {
-            self.next_primary += 1;
-            let idx = self.next_primary;
-            let peer = format!("pri{idx}");
-            self.primary.exec(&[
-                "ip",
-                "link",
-                "add",
-                &peer,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ])?;
-            self.primary.exec(&["ip", "link", "set", &peer, "up"])?;
-            ns.exec(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("10.244.{}.{}/16", idx / 250, idx % 250 + 2),
-                "dev",
-                "eth0",
-            ])?;
-            ns.exec(&["ip", "link", "set", "eth0", "up"])?;
-            ns.exec(&["ip", "route", "add", "default", "via", "10.244.0.1"])?;
-        }
         let mut pod = LabPod {
             name: name.to_owned(),
             node,
-            ns,
+            ns: Arc::clone(&sandbox.netns),
             primary_standin: default_net.is_none(),
             annotations,
             attachments: Vec::new(),
@@ -645,117 +639,148 @@ impl Lab {
             .get("k8s.v1.cni.cncf.io/networks")
             .cloned()
             .unwrap_or_default();
-        let selections = network_selection::parse(&selection, "default")?;
         let mut wanted: Vec<(network_selection::NetworkSelection, String)> = default_net
             .into_iter()
             .map(|s| (s, "eth0".to_owned()))
             .collect();
-        wanted.extend(selections.into_iter().enumerate().map(|(i, s)| {
-            let ifname = s.interface_or_default(i + 1);
-            (s, ifname)
-        }));
-        for (sel, ifname) in &wanted {
-            let ifname = ifname.clone();
-            let config = self.nad_config(&sel.namespace, &sel.name)?;
-            let cfg: Value = serde_json::from_str(&config)?;
-            let plugin = cfg["type"].as_str().unwrap_or_default().to_owned();
-            let ovn = plugin == "kube-ovn";
-            if !sel.default_route.is_empty() {
-                // As Multus does: the network that asks for the default route takes it over.
-                let _ = pod.ns.exec(&["ip", "route", "del", "default"]);
-            }
-            let provider = if ovn {
-                format!("{}.{}.ovn", sel.name, sel.namespace)
-            } else {
-                format!("{}.{}", sel.name, sel.namespace)
-            };
-            match self.cni(node, "ADD", &pod, &ifname, &config) {
-                Ok(result) => {
-                    let ips: Vec<String> = result["ips"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|ip| {
-                                    ip["address"].as_str()?.split('/').next().map(str::to_owned)
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let current = self
-                        .api
-                        .get("v1", "Pod", "default", name)
-                        .unwrap_or(Value::Null);
-                    let switch = current["metadata"]["annotations"]
-                        [format!("{provider}.kubernetes.io/logical_switch")]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                    self.check(
-                        scenario,
-                        format!("{name} {ifname} attached ({})", sel.name),
-                        !ips.is_empty(),
-                        ips.join(", "),
-                    );
-                    pod.attachments.push(Attachment {
-                        nad: sel.name.clone(),
-                        ifname,
-                        config,
-                        ips,
-                        switch,
-                        plugin: if ovn { "ovn".to_owned() } else { plugin },
-                        provider,
-                    });
-                }
-                Err(e) => self.check(
-                    scenario,
-                    format!("{name} {ifname} attached ({})", sel.name),
-                    false,
-                    format!("{e:#}"),
-                ),
-            }
+        wanted.extend(
+            network_selection::parse(&selection, "default")?
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let ifname = s.interface_or_default(i + 1);
+                    (s, ifname)
+                }),
+        );
+        for (sel, ifname) in wanted {
+            let attachment = self.attachment(&pod, &sel, &ifname, &network_status)?;
+            self.check(
+                scenario,
+                format!("{name} {ifname} attached ({})", sel.name),
+                !attachment.ips.is_empty(),
+                attachment.ips.join(", "),
+            );
+            pod.attachments.push(attachment);
         }
+        self.check_network_status(scenario, &pod, &network_status);
         Ok(pod)
     }
 
+    /// One attachment as Multus reported it, with what the controller annotated.
+    fn attachment(
+        &self,
+        pod: &LabPod,
+        sel: &network_selection::NetworkSelection,
+        ifname: &str,
+        network_status: &[Value],
+    ) -> anyhow::Result<Attachment> {
+        let config = self.nad_config(&sel.namespace, &sel.name)?;
+        let cfg: Value = serde_json::from_str(&config)?;
+        let plugin = cfg["type"].as_str().unwrap_or_default().to_owned();
+        let ovn = plugin == "kube-ovn";
+        let provider = if ovn {
+            format!("{}.{}.ovn", sel.name, sel.namespace)
+        } else {
+            format!("{}.{}", sel.name, sel.namespace)
+        };
+        let ips: Vec<String> = network_status
+            .iter()
+            .find(|e| e["interface"] == ifname)
+            .and_then(|e| e["ips"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip.as_str().map(str::to_owned))
+            .collect();
+        let switch = pod
+            .annotations
+            .get(&format!("{provider}.kubernetes.io/logical_switch"))
+            .cloned()
+            .unwrap_or_default();
+        Ok(Attachment {
+            nad: sel.name.clone(),
+            ifname: ifname.to_owned(),
+            ips,
+            switch,
+            plugin: if ovn { "ovn".to_owned() } else { plugin },
+            provider,
+        })
+    }
+
+    /// Every interface Multus reported is in the pod with the addresses reported.
+    fn check_network_status(&mut self, scenario: &str, pod: &LabPod, network_status: &[Value]) {
+        let mut shown = Vec::new();
+        for entry in network_status {
+            let ifname = entry["interface"].as_str().unwrap_or_default();
+            let mut reported: Vec<String> = entry["ips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|ip| ip.as_str().map(str::to_owned))
+                .collect();
+            reported.sort();
+            let mut present: Vec<String> = pod
+                .ns
+                .exec(&["ip", "-j", "addr", "show", "dev", ifname])
+                .ok()
+                .and_then(|out| serde_json::from_str::<Value>(&out).ok())
+                .map(|v| {
+                    v[0]["addr_info"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|a| a["scope"] == "global")
+                        .filter_map(|a| a["local"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            present.sort();
+            shown.push(format!(
+                "{ifname} {} ({})",
+                reported.join(","),
+                entry["name"].as_str().unwrap_or_default()
+            ));
+            self.check(
+                scenario,
+                format!("{} network-status matches {ifname}", pod.name),
+                !reported.is_empty() && reported == present,
+                format!("reported {reported:?}, in the pod {present:?}"),
+            );
+        }
+        let _ = writeln!(
+            self.report,
+            "   network-status {}: {}",
+            pod.name,
+            shown.join("; ")
+        );
+    }
+
+    /// Deletes the pod and waits until its node has run DEL through Multus and confirmed.
     fn stop_pod(&self, pod: &LabPod) {
-        for a in &pod.attachments {
-            if let Err(e) = self.cni(pod.node, "DEL", pod, &a.ifname, &a.config) {
-                eprintln!("    DEL {} {}: {e:#}", pod.name, a.ifname);
+        let _ = self.api.delete_gracefully("v1", "Pod", "default", &pod.name);
+        let deadline = Instant::now() + Duration::from_mins(1);
+        while self.api.get("v1", "Pod", "default", &pod.name).is_some() {
+            if Instant::now() > deadline {
+                eprintln!("    {} was not torn down within a minute", pod.name);
+                return;
             }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     fn delete_object(&self, doc: &Value) {
-        let api_version = doc["apiVersion"].as_str().unwrap_or_default();
-        let kind = doc["kind"].as_str().unwrap_or_default();
-        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-        let plural = match kind {
-            "NetworkAttachmentDefinition" => "network-attachment-definitions".to_owned(),
-            "IPPool" => "ippools".to_owned(),
-            other => format!("{}s", other.to_lowercase()),
-        };
-        let ar = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk(group, version, kind),
-            &plural,
-        );
-        let name = doc["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let namespaced = !matches!(kind, "Subnet" | "Vpc" | "IPPool" | "VpcNatGateway");
-        let client = self.runtime.block_on(async { self.api.client() });
-        let api: Api<DynamicObject> = if namespaced {
-            Api::namespaced_with(
-                client,
-                doc["metadata"]["namespace"].as_str().unwrap_or("default"),
-                &ar,
-            )
-        } else {
-            Api::all_with(client, &ar)
-        };
-        let _ = self
-            .runtime
-            .block_on(api.delete(&name, &DeleteParams::default()));
+        let text = |pointer: &str| doc.pointer(pointer).and_then(Value::as_str).unwrap_or_default();
+        let namespace = doc
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        if let Err(error) = self.api.delete_gracefully(
+            text("/apiVersion"),
+            text("/kind"),
+            namespace,
+            text("/metadata/name"),
+        ) {
+            eprintln!("    {error:#}");
+        }
     }
 
     fn ping(from: &NetNs, to: &str) -> bool {
@@ -812,7 +837,7 @@ impl Lab {
     fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new(binary("sidelane")?)
             .args(args)
-            .env("KUBECONFIG", self.dir.path().join("kubeconfig"))
+            .env("KUBECONFIG", self.api.plane().admin_kubeconfig())
             .output()
             .context("running sidelane")?;
         if !out.status.success() {
@@ -937,42 +962,30 @@ impl Lab {
             sc.name,
             sc.files.join(", ")
         );
-        // Pods go to the nodes in turn.
-        let mut pods = Vec::new();
-        let mut placed = 0usize;
-        for doc in &docs {
-            let mut doc = doc.clone();
-            if doc["kind"] == "Pod" {
-                doc["spec"]["nodeName"] = json!(format!("node{}", placed % 2 + 1));
-                pods.push((
-                    doc["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                    placed % 2,
-                ));
-                placed += 1;
-            } else if doc["kind"] == "Deployment" {
-                let replicas =
-                    usize::try_from(doc["spec"]["replicas"].as_u64().unwrap_or(1)).unwrap_or(1);
-                let name = doc["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                doc["spec"]["template"]["spec"]["nodeName"] =
-                    json!(format!("node{}", placed % 2 + 1));
-                for i in 0..replicas {
-                    pods.push((format!("{name}-5d8f7-{i}"), (placed + i) % 2));
-                }
-                placed += replicas;
-            }
-            cluster::apply(&self.api, &doc);
+        // The seeds' files verbatim, with validation on; then the lab's own objects.
+        for file in sc.files {
+            let path = cluster::example_path(file);
+            self.api
+                .plane()
+                .kubectl_run(
+                    &["apply", "--validate=strict", "-f", &path.display().to_string()],
+                    None,
+                )
+                .with_context(|| format!("kubectl apply -f {}", path.display()))?;
         }
+        let extra = (sc.extra)();
+        if !extra.is_empty() {
+            self.api.apply(&extra);
+        }
+        let names = self
+            .api
+            .wait_for_pods("default", cluster::pods_made_by(&docs));
         let mut lab_pods = Vec::new();
-        for (name, node) in &pods {
+        for name in &names {
             check_stop()?;
-            eprintln!("    {name} on node{}", node + 1);
-            lab_pods.push(self.start_pod(sc.name, name, *node)?);
+            let pod = self.start_pod(sc.name, name)?;
+            eprintln!("    {name} on node{}", pod.node + 1);
+            lab_pods.push(pod);
         }
         // What the seeds promise of each attachment.
         for pod in &lab_pods {
@@ -1085,7 +1098,7 @@ impl Lab {
                 }
             }
         }
-        let vpc_of = |api: &ApiServer, switch: &str| {
+        let vpc_of = |api: &SidelaneCluster, switch: &str| {
             api.get("kubeovn.io/v1", "Subnet", "", switch)
                 .and_then(|s| s["spec"]["vpc"].as_str().map(str::to_owned))
                 .unwrap_or_default()
@@ -1323,23 +1336,29 @@ impl Lab {
             self.kept = lab_pods;
             return Ok(());
         }
-        // Clean up for the next scenario.
+        // Clean up for the next scenario as a user would: the Deployments' pods go before their
+        // ReplicaSets (foreground), each torn down by its node through Multus.
+        for file in sc.files {
+            let path = cluster::example_path(file);
+            if let Err(error) = self.api.plane().kubectl_run(
+                &[
+                    "delete",
+                    "--cascade=foreground",
+                    "--wait=true",
+                    "--timeout=100s",
+                    "-f",
+                    &path.display().to_string(),
+                ],
+                None,
+            ) {
+                eprintln!("    {error:#}");
+            }
+        }
+        for doc in extra.iter().rev() {
+            self.delete_object(doc);
+        }
         for pod in &lab_pods {
             self.stop_pod(pod);
-        }
-        for doc in docs.iter().rev() {
-            if doc["kind"] == "Deployment" {
-                let replicas = doc["spec"]["replicas"].as_u64().unwrap_or(1);
-                for i in 0..replicas {
-                    let name = format!(
-                        "{}-5d8f7-{i}",
-                        doc["metadata"]["name"].as_str().unwrap_or_default()
-                    );
-                    self.delete_object(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}}));
-                }
-            } else {
-                self.delete_object(doc);
-            }
         }
         // The controller releases what the pods held before the next scenario reuses names.
         let start_wait = Instant::now();
@@ -1376,8 +1395,9 @@ impl Lab {
         let _ = writeln!(out, "\n# Sidelane lab report\n");
         let _ = writeln!(
             out,
-            "Kubernetes API: the lab's API double at {} (it stands in for a cluster)",
-            self.api.url()
+            "Kubernetes: kube-apiserver {} (etcd, kube-controller-manager, kube-scheduler; Node,RBAC); \
+             each node's pods set up by its kubelet stand-in through the real Multus",
+            self.api.plane().url()
         );
         let _ = writeln!(out, "OVN central: {}", self.central.nb.unix_remote());
         for n in &self.nodes {
@@ -1422,7 +1442,7 @@ impl Lab {
              ip netns exec {ns1} ovs-vsctl --db={ovs1} show\n  \
              pods are network namespaces: {pods}\n  \
              logs: {dir}/node1/agent.log, {dir}/controller-1.log\n",
-            kubeconfig = d.join("kubeconfig").display(),
+            kubeconfig = self.api.plane().admin_kubeconfig().display(),
             cli = binary("sidelane")
                 .map_or_else(|_| "sidelane".to_owned(), |p| p.display().to_string()),
             port1 = self.nodes[0].metrics_port,

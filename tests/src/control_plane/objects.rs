@@ -212,6 +212,28 @@ impl Objects {
     }
 }
 
+impl Objects {
+    /// Deletes the object as a user does (`kubectl delete`): a pod bound to a node stays,
+    /// terminating, until its kubelet confirms. A missing object is no error.
+    pub fn delete_gracefully(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        let api = self.api(api_version, kind, Some(namespace))?;
+        let owned = name.to_owned();
+        match self.call(async move { api.delete(&owned, &DeleteParams::default()).await }) {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(error) => {
+                Err(anyhow!(error)).with_context(|| format!("deleting {kind} {namespace}/{name}"))
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Objects {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Objects").finish_non_exhaustive()

@@ -110,36 +110,27 @@ fn pod_doc(name: &str, i: usize, node: usize) -> Value {
 
 impl Lab {
     fn chaos_setup(&mut self) {
-        cluster::apply(&self.api, &cluster::ovn_nad(OVN_NAD));
-        cluster::apply(
-            &self.api,
-            &cluster::ovn_subnet(OVN_NAD, OVN_NAD, "10.210.0.0/16", ""),
-        );
-        cluster::apply(
-            &self.api,
-            &json!({
+        self.api.apply(&[
+            cluster::ovn_nad(OVN_NAD),
+            cluster::ovn_subnet(OVN_NAD, OVN_NAD, "10.210.0.0/16", ""),
+            json!({
                 "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
                 "metadata": {"name": IPAM_NAD, "namespace": "default"},
                 "spec": {"config": format!(
                     r#"{{"cniVersion": "0.3.1", "type": "macvlan", "master": "eth0", "mode": "bridge", "ipam": {{"type": "kube-ovn", "server_socket": "/run/openvswitch/kube-ovn-daemon.sock", "provider": "{IPAM_PROVIDER}"}}}}"#
                 )}
             }),
-        );
-        cluster::apply(
-            &self.api,
-            &cluster::subnet(IPAM_NAD, IPAM_PROVIDER, "10.220.0.0/16", None),
-        );
+            cluster::subnet(IPAM_NAD, IPAM_PROVIDER, "10.220.0.0/16", None),
+        ]);
     }
 
     fn create_pod(&mut self, name: &str, i: usize, node: usize) -> anyhow::Result<LabPod> {
-        cluster::apply(&self.api, &pod_doc(name, i, node));
-        self.start_pod("chaos", name, node)
+        self.api.seed(pod_doc(name, i, node))?;
+        self.start_pod("chaos", name)
     }
 
     fn remove_pod(&self, pod: &LabPod) {
         self.stop_pod(pod);
-        self.delete_object(&json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod.name, "namespace": "default"}}));
     }
 
     fn leader_index(&self) -> Option<usize> {
