@@ -362,8 +362,11 @@ struct PodTask {
 }
 
 impl PodTask {
+    /// 64 hex digits, as containerd's sandbox IDs: plugins derive host-side names from a
+    /// prefix of it, so it must be as random at the start as a runtime's.
     fn container_id(&self) -> String {
-        format!("standin{}", self.uid.replace('-', ""))
+        let hex = self.uid.replace('-', "");
+        format!("{hex}{hex}")
     }
 
     async fn start(self) {
