@@ -81,31 +81,3 @@ pub fn pods_made_by(docs: &[Value]) -> usize {
         })
         .sum()
 }
-/// Applies a document as the cluster would: a Deployment becomes its pods (as its ReplicaSet
-/// would create them, named `<deployment>-5d8f7-<i>`), everything else is stored as is.
-///
-/// # Panics
-/// When the API double refuses the object.
-pub fn apply(api: &crate::apiserver::ApiServer, doc: &Value) {
-    if doc["kind"] == "Deployment" {
-        let replicas = doc["spec"]["replicas"].as_u64().unwrap_or(1);
-        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
-        for i in 0..replicas {
-            let mut pod = json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": doc["spec"]["template"]["metadata"].clone(),
-                "spec": doc["spec"]["template"]["spec"].clone(),
-            });
-            pod["metadata"]["name"] = json!(format!("{name}-5d8f7-{i}"));
-            pod["metadata"]["namespace"] =
-                json!(doc["metadata"]["namespace"].as_str().unwrap_or("default"));
-            pod["metadata"]["ownerReferences"] = json!([{
-                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{name}-5d8f7"),
-                "uid": "rs-uid", "controller": true
-            }]);
-            api.seed(pod).expect("seeding a replica");
-        }
-        return;
-    }
-    api.seed(doc.clone()).expect("seeding an example document");
-}

@@ -23,11 +23,11 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::Arc,
     fmt::Write as _,
     net::TcpListener,
     path::{Path, PathBuf},
     process::Command,
+    sync::Arc,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
@@ -39,8 +39,8 @@ use sidelane_api::network_selection;
 use crate::{
     cluster,
     control_plane::{Options as PlaneOptions, SidelaneCluster},
-    kubelet_standin::{self, KubeletStandin, NodeConfig},
     iperf::{self, IperfSpec},
+    kubelet_standin::{self, KubeletStandin, NodeConfig},
     netns::NetNs,
     ovn::{Central, Chassis},
     process::Background,
@@ -552,10 +552,7 @@ impl Lab {
 
     /// Waits until the scheduler has bound pod `name` and its node's kubelet stand-in has set it
     /// up through Multus; `(node, sandbox)`.
-    fn sandbox_of(
-        &self,
-        name: &str,
-    ) -> anyhow::Result<(usize, Arc<kubelet_standin::Sandbox>)> {
+    fn sandbox_of(&self, name: &str) -> anyhow::Result<(usize, Arc<kubelet_standin::Sandbox>)> {
         let deadline = Instant::now() + Duration::from_mins(2);
         loop {
             check_stop()?;
@@ -563,8 +560,8 @@ impl Lab {
                 .api
                 .get("v1", "Pod", "default", name)
                 .and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_owned));
-            if let Some(node) = bound
-                .and_then(|bound| self.nodes.iter().position(|n| n.name == bound))
+            if let Some(node) =
+                bound.and_then(|bound| self.nodes.iter().position(|n| n.name == bound))
                 && let Some(sandbox) = self.nodes[node].kubelet.sandbox("default", name)
             {
                 return Ok((node, sandbox));
@@ -756,7 +753,9 @@ impl Lab {
 
     /// Deletes the pod and waits until its node has run DEL through Multus and confirmed.
     fn stop_pod(&self, pod: &LabPod) {
-        let _ = self.api.delete_gracefully("v1", "Pod", "default", &pod.name);
+        let _ = self
+            .api
+            .delete_gracefully("v1", "Pod", "default", &pod.name);
         let deadline = Instant::now() + Duration::from_mins(1);
         while self.api.get("v1", "Pod", "default", &pod.name).is_some() {
             if Instant::now() > deadline {
@@ -768,7 +767,11 @@ impl Lab {
     }
 
     fn delete_object(&self, doc: &Value) {
-        let text = |pointer: &str| doc.pointer(pointer).and_then(Value::as_str).unwrap_or_default();
+        let text = |pointer: &str| {
+            doc.pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        };
         let namespace = doc
             .pointer("/metadata/namespace")
             .and_then(Value::as_str)
@@ -968,7 +971,12 @@ impl Lab {
             self.api
                 .plane()
                 .kubectl_run(
-                    &["apply", "--validate=strict", "-f", &path.display().to_string()],
+                    &[
+                        "apply",
+                        "--validate=strict",
+                        "-f",
+                        &path.display().to_string(),
+                    ],
                     None,
                 )
                 .with_context(|| format!("kubectl apply -f {}", path.display()))?;

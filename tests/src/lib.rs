@@ -11,7 +11,6 @@
 //! - [`ping`]: RTT samples and percentiles.
 //! - [`bandwidth_plugin`]: Debian's reference `bandwidth` CNI plugin, driven as a runtime does.
 //! - [`bench`]: the benchmarks behind `cargo xtask bench <name>`.
-//! - [`apiserver`]: a Kubernetes API double on loopback, shared by processes like a real API server.
 //! - [`control_plane`]: a real Kubernetes control plane (etcd, kube-apiserver, controllers) on
 //!   loopback, with the chart's RBAC and kubeconfigs per identity.
 //! - [`tools`]: where the Go components `cargo xtask setup` builds are.
@@ -21,7 +20,6 @@
 //! - [`ovn`]: real OVN central and chassis processes (userspace datapath) from a temporary directory.
 //! - [`node_rig`]: one node of real OVN with the controller and the agent, pods attached through our plugin.
 
-pub mod apiserver;
 pub mod bandwidth_plugin;
 pub mod bench;
 pub mod cluster;

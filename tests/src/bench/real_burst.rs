@@ -355,7 +355,13 @@ impl Rig {
         // Torn down before the next run (each pod through Multus' DEL), so that neither its
         // pods nor their teardown weigh on the next.
         if let Err(error) = self.cluster.plane().kubectl_run(
-            &["delete", "namespace", &namespace, "--wait=true", "--timeout=300s"],
+            &[
+                "delete",
+                "namespace",
+                &namespace,
+                "--wait=true",
+                "--timeout=300s",
+            ],
             None,
         ) {
             eprintln!("{ipam}: tearing down {namespace}: {error:#}");
