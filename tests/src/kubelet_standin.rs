@@ -168,18 +168,10 @@ impl Drop for KubeletStandin {
 /// deployment, so Multus runs with exactly what it is given in production) and returns a
 /// kubeconfig for it.
 pub fn install_multus(plane: &ControlPlane) -> anyhow::Result<PathBuf> {
-    let path = tools::shared("multus", "multus-daemonset.yml")?;
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let rbac: Vec<Value> = crate::control_plane::documents(&text)?
-        .into_iter()
-        .filter(|d| {
-            matches!(
-                d["kind"].as_str(),
-                Some("ClusterRole" | "ClusterRoleBinding" | "ServiceAccount")
-            )
-        })
-        .collect();
+    let rbac = crate::control_plane::documents_of_kinds(
+        &tools::shared("multus", "multus-daemonset.yml")?,
+        crate::control_plane::IDENTITY_KINDS,
+    )?;
     plane
         .apply(&rbac)
         .context("installing Multus' ServiceAccount and RBAC")?;

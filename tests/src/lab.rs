@@ -351,20 +351,7 @@ impl Lab {
                 for (i, c) in chassis.into_iter().enumerate() {
                     let name = format!("node{}", i + 1);
                     // The node's LAN port, the master of its macvlan attachments.
-                    c.ns.exec(&[
-                        "ip",
-                        "link",
-                        "add",
-                        "eth0",
-                        "type",
-                        "veth",
-                        "peer",
-                        "name",
-                        &format!("lan{i}"),
-                        "netns",
-                        lan.name(),
-                    ])?;
-                    c.ns.exec(&["ip", "link", "set", "eth0", "up"])?;
+                    c.ns.veth_to("eth0", &lan, &format!("lan{i}"))?;
                     lan.exec(&[
                         "ip",
                         "link",

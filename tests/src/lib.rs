@@ -17,6 +17,8 @@
 //! - [`cluster`]: the cluster objects (Subnets...) tests seed into it.
 //! - [`kubelet_standin`]: plays a node's kubelet for the network: registers the Node, runs the
 //!   real Multus for the pods bound to it, reports them Running, tears them down on deletion.
+//! - [`macvlan_node`]: a node for IPAM-only attachments on the real control plane: its agent,
+//!   the controller, and the kubelet stand-in running Multus.
 //! - [`ovn`]: real OVN central and chassis processes (userspace datapath) from a temporary directory.
 //! - [`node_rig`]: one node of real OVN with the controller and the agent, pods attached through our plugin.
 
@@ -27,6 +29,7 @@ pub mod control_plane;
 pub mod iperf;
 pub mod kubelet_standin;
 pub mod lab;
+pub mod macvlan_node;
 pub mod netns;
 pub mod node_rig;
 pub mod ovn;

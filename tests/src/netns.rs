@@ -64,6 +64,26 @@ impl NetNs {
         process::run(&mut self.command(argv), None, EXEC_TIMEOUT)?.checked()
     }
 
+    /// A veth pair: `name` here, up, and `peer_name` (down) in `peer`: a node's `eth0` wired to
+    /// a LAN, the master of its macvlan attachments.
+    pub fn veth_to(&self, name: &str, peer: &NetNs, peer_name: &str) -> anyhow::Result<()> {
+        self.exec(&[
+            "ip",
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_name,
+            "netns",
+            peer.name(),
+        ])?;
+        self.exec(&["ip", "link", "set", name, "up"])?;
+        Ok(())
+    }
+
     /// Starts `argv` inside in the background with stdout and stderr captured; killed when the
     /// guard drops.
     pub fn spawn<S: AsRef<OsStr>>(&self, argv: &[S]) -> anyhow::Result<Background> {

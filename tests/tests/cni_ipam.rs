@@ -486,22 +486,7 @@ fn the_reference_macvlan_plugin_gets_the_annotated_address_from_us_and_its_rate_
     // The node: a namespace whose "eth0" is the macvlan master, as in the seed.
     let node = NetNs::new().expect("node namespace");
     let peer = NetNs::new().expect("peer namespace");
-    node.exec(&[
-        "ip",
-        "link",
-        "add",
-        "eth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "up0",
-        "netns",
-        peer.name(),
-    ])
-    .expect("the node's eth0");
-    node.exec(&["ip", "link", "set", "eth0", "up"])
-        .expect("eth0 up");
+    node.veth_to("eth0", &peer, "up0").expect("the node's eth0");
     let pod = NetNs::new().expect("pod namespace");
     let plugins = installed_plugin_dir();
     let cni_path = format!("{}:/usr/lib/cni", plugins.path().display());

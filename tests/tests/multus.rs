@@ -6,19 +6,15 @@
 
 use std::{
     path::Path,
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use sidelane_tests::{
-    control_plane::{SIDELANE_NAMESPACE, SidelaneCluster},
-    kubelet_standin::{self, KubeletStandin, NodeConfig},
-    netns::NetNs,
+    control_plane::SidelaneCluster,
+    macvlan_node::{Binaries, MacvlanNode},
     privilege,
-    process::{Background, workspace_binary},
-    sidelane::PinRoot,
-    tools,
+    process::workspace_binary,
 };
 
 fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
@@ -29,129 +25,6 @@ fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option
         }
         assert!(start.elapsed() < within, "timed out waiting: {what}");
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// The CNI folder a node installs: Multus, our plugin as `kube-ovn`, the reference plugins.
-fn cni_bin(dir: &Path) {
-    std::fs::create_dir_all(dir).expect("the CNI folder");
-    let link = |from: &Path, name: &str| {
-        std::os::unix::fs::symlink(from, dir.join(name))
-            .unwrap_or_else(|e| panic!("linking {name}: {e}"));
-    };
-    link(
-        &tools::binary("multus").expect("multus is built by setup"),
-        "multus",
-    );
-    link(&workspace_binary("sidelane-cni"), "kube-ovn");
-    for plugin in ["bridge", "host-local", "macvlan", "static", "loopback"] {
-        let path = Path::new("/usr/lib/cni").join(plugin);
-        if path.exists() {
-            link(&path, plugin);
-        }
-    }
-}
-
-/// One node: a namespace whose eth0 is the macvlan master, its agent, the controller, and
-/// the kubelet stand-in running Multus.
-struct Node {
-    kubelet: KubeletStandin,
-    _agent: Background,
-    _controller: Background,
-    _pins: PinRoot,
-    _wire: NetNs,
-    _netns: NetNs,
-    dir: tempfile::TempDir,
-}
-
-impl Node {
-    fn start(cluster: &SidelaneCluster) -> Node {
-        let multus = kubelet_standin::install_multus(cluster.plane()).expect("Multus' RBAC");
-        let dir = tempfile::tempdir().expect("a temporary folder");
-
-        // The node: a namespace whose eth0 is the macvlan master, its agent and the controller.
-        let node = NetNs::new().expect("the node's namespace");
-        let wire = NetNs::new().expect("the wire's namespace");
-        node.exec(&[
-            "ip",
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "up0",
-            "netns",
-            wire.name(),
-        ])
-        .expect("the node's eth0");
-        node.exec(&["ip", "link", "set", "eth0", "up"])
-            .expect("eth0 up");
-        let run = dir.path().join("run");
-        std::fs::create_dir_all(&run).expect("the run folder");
-        let pins = PinRoot::new("sidelane-multus-test");
-        let mut agent = Command::new(workspace_binary("sidelane-agent"));
-        agent
-            .arg(format!(
-                "--socket={}",
-                run.join("kube-ovn-daemon.sock").display()
-            ))
-            .arg(format!("--pin-root={}", pins.path().display()))
-            .arg(format!(
-                "--state-dir={}",
-                dir.path().join("records").display()
-            ))
-            .arg(format!("--host-netns={}", node.path().display()))
-            .args([
-                "--ovs-db=none",
-                "--fastpath=false",
-                "--metrics-addr=127.0.0.1:0",
-            ])
-            .env("KUBECONFIG", cluster.agent_kubeconfig())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("agent.log")).expect("the agent's log"));
-        let agent = Background::spawn(&mut agent).expect("the agent starts");
-        let mut controller = Command::new(workspace_binary("sidelane-controller"));
-        controller
-            .args([
-                "--lease-namespace",
-                SIDELANE_NAMESPACE,
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .env("KUBECONFIG", cluster.controller_kubeconfig())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let controller = Background::spawn(&mut controller).expect("the controller starts");
-
-        let bin = dir.path().join("cni-bin");
-        cni_bin(&bin);
-        let kubelet = KubeletStandin::start(
-            cluster.plane(),
-            NodeConfig {
-                name: "node1".to_owned(),
-                netns: Some(node.name().to_owned()),
-                run_dir: Some(run.clone()),
-                cni_bin: bin,
-                pod_cidr: "10.244.1.0/24".to_owned(),
-                parallel: 4,
-                dir: dir.path().join("node1"),
-            },
-            &multus,
-        )
-        .expect("the kubelet stand-in registers node1");
-
-        Node {
-            kubelet,
-            _agent: agent,
-            _controller: controller,
-            _pins: pins,
-            _wire: wire,
-            _netns: node,
-            dir,
-        }
     }
 }
 
@@ -179,8 +52,14 @@ fn multus_attaches_the_multi_nic_seed_through_our_ipam_and_reports_network_statu
         return;
     }
     let cluster = SidelaneCluster::with_controllers();
-    let node = Node::start(&cluster);
-    let (kubelet, dir) = (&node.kubelet, node.dir.path());
+    let binaries = Binaries {
+        agent: workspace_binary("sidelane-agent"),
+        controller: workspace_binary("sidelane-controller"),
+        cni: workspace_binary("sidelane-cni"),
+    };
+    let node = MacvlanNode::start(&cluster, &binaries, 4, &[])
+        .unwrap_or_else(|e| panic!("starting node1: {e:#}"));
+    let (kubelet, dir) = (&node.kubelet, node.dir());
 
     // The seed, verbatim, with validation on.
     let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/multi-nic-ipam.yaml");

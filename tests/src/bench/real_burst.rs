@@ -16,7 +16,6 @@
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
@@ -29,12 +28,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{
-    control_plane::{self, ControlPlane, SIDELANE_NAMESPACE, SidelaneCluster},
-    kubelet_standin::{self, KubeletStandin, NodeConfig},
-    netns::NetNs,
+    control_plane::{self, ControlPlane, SidelaneCluster},
+    macvlan_node::{Binaries, MacvlanNode},
     ping::percentile,
-    process::Background,
-    sidelane::PinRoot,
     tools,
 };
 
@@ -74,15 +70,9 @@ pub struct RealBurst {
 /// The node and the components both runs share.
 struct Rig {
     cluster: SidelaneCluster,
-    kubelet: KubeletStandin,
+    node: MacvlanNode,
     /// whereabouts' flat configuration file, as its DaemonSet writes it on each node.
     whereabouts_conf: PathBuf,
-    controller: Option<Background>,
-    agent: Background,
-    dir: tempfile::TempDir,
-    _pins: PinRoot,
-    _wire: NetNs,
-    _node: NetNs,
 }
 
 fn binary_beside_me(name: &str) -> anyhow::Result<PathBuf> {
@@ -98,47 +88,15 @@ fn binary_beside_me(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn cni_bin(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut plugins: Vec<(PathBuf, &str)> = vec![
-        (tools::binary("multus")?, "multus"),
-        (tools::binary("whereabouts")?, "whereabouts"),
-        (binary_beside_me("sidelane-cni")?, "kube-ovn"),
-    ];
-    for plugin in ["bridge", "host-local", "macvlan", "loopback"] {
-        plugins.push((Path::new("/usr/lib/cni").join(plugin), plugin));
-    }
-    for (from, name) in plugins {
-        std::os::unix::fs::symlink(&from, dir.join(name))
-            .with_context(|| format!("installing the CNI plugin {name}"))?;
-    }
-    Ok(())
-}
-
 /// whereabouts' CRDs, and its ServiceAccount and ClusterRole as its DaemonSet installs them.
 fn install_whereabouts(plane: &ControlPlane) -> anyhow::Result<PathBuf> {
     let crds = control_plane::whereabouts_crds()?;
     plane.apply(&crds).context("installing whereabouts' CRDs")?;
-    let names: Vec<String> = crds
-        .iter()
-        .filter_map(|c| c["metadata"]["name"].as_str())
-        .map(|n| format!("crd/{n}"))
-        .collect();
-    let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
-    args.extend(names.iter().map(String::as_str));
-    plane.kubectl_run(&args, None)?;
-    let path = tools::shared("whereabouts", "daemonset-install.yaml")?;
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let rbac: Vec<Value> = control_plane::documents(&text)?
-        .into_iter()
-        .filter(|d| {
-            matches!(
-                d["kind"].as_str(),
-                Some("ClusterRole" | "ClusterRoleBinding" | "ServiceAccount")
-            )
-        })
-        .collect();
+    plane.wait_established(&crds)?;
+    let rbac = control_plane::documents_of_kinds(
+        &tools::shared("whereabouts", "daemonset-install.yaml")?,
+        control_plane::IDENTITY_KINDS,
+    )?;
     plane.apply(&rbac).context("installing whereabouts' RBAC")?;
     plane.service_account_kubeconfig("kube-system", "whereabouts")
 }
@@ -158,96 +116,23 @@ fn write_whereabouts_conf(dir: &Path, kubeconfig: &Path) -> anyhow::Result<PathB
 impl Rig {
     fn start() -> anyhow::Result<Rig> {
         let cluster = SidelaneCluster::start_with(control_plane::Options { controllers: true })?;
-        let plane = cluster.plane();
-        let multus_kubeconfig = kubelet_standin::install_multus(plane)?;
-        let whereabouts_kubeconfig = install_whereabouts(plane)?;
-        let dir = tempfile::Builder::new()
-            .prefix("sidelane-bench-burst-")
-            .tempdir()
-            .context("a folder for the burst")?;
-        let node = NetNs::new()?;
-        let wire = NetNs::new()?;
-        node.exec(&[
-            "ip",
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "up0",
-            "netns",
-            wire.name(),
-        ])?;
-        node.exec(&["ip", "link", "set", "eth0", "up"])?;
-        let run = dir.path().join("run");
-        std::fs::create_dir_all(&run).context("the node's run folder")?;
-        let pins = PinRoot::new("sidelane-bench-burst");
-        let log = |name: &str| {
-            std::fs::File::create(dir.path().join(name)).with_context(|| format!("creating {name}"))
+        let whereabouts_kubeconfig = install_whereabouts(cluster.plane())?;
+        let binaries = Binaries {
+            agent: binary_beside_me("sidelane-agent")?,
+            controller: binary_beside_me("sidelane-controller")?,
+            cni: binary_beside_me("sidelane-cni")?,
         };
-        let mut agent = Command::new(binary_beside_me("sidelane-agent")?);
-        agent
-            .arg(format!(
-                "--socket={}",
-                run.join("kube-ovn-daemon.sock").display()
-            ))
-            .arg(format!("--pin-root={}", pins.path().display()))
-            .arg(format!(
-                "--state-dir={}",
-                dir.path().join("records").display()
-            ))
-            .arg(format!("--host-netns={}", node.path().display()))
-            .args([
-                "--ovs-db=none",
-                "--fastpath=false",
-                "--metrics-addr=127.0.0.1:0",
-            ])
-            .env("KUBECONFIG", cluster.agent_kubeconfig())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log("agent.log")?);
-        let agent = Background::spawn(&mut agent)?;
-        let mut controller = Command::new(binary_beside_me("sidelane-controller")?);
-        controller
-            .args([
-                "--lease-namespace",
-                SIDELANE_NAMESPACE,
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .env("KUBECONFIG", cluster.controller_kubeconfig())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log("controller.log")?);
-        let controller = Background::spawn(&mut controller)?;
-        let bin = dir.path().join("cni-bin");
-        cni_bin(&bin)?;
-        let whereabouts_conf = write_whereabouts_conf(dir.path(), &whereabouts_kubeconfig)?;
-        let kubelet = KubeletStandin::start(
-            plane,
-            NodeConfig {
-                name: "node1".to_owned(),
-                netns: Some(node.name().to_owned()),
-                run_dir: Some(run),
-                cni_bin: bin,
-                pod_cidr: "10.244.0.0/16".to_owned(),
-                parallel: 4,
-                dir: dir.path().join("node1"),
-            },
-            &multus_kubeconfig,
+        let node = MacvlanNode::start(
+            &cluster,
+            &binaries,
+            4,
+            &[(tools::binary("whereabouts")?, "whereabouts")],
         )?;
+        let whereabouts_conf = write_whereabouts_conf(node.dir(), &whereabouts_kubeconfig)?;
         Ok(Rig {
             cluster,
-            kubelet,
+            node,
             whereabouts_conf,
-            controller: Some(controller),
-            agent,
-            dir,
-            _pins: pins,
-            _wire: wire,
-            _node: node,
         })
     }
 
@@ -289,7 +174,7 @@ impl Rig {
         self.cluster.apply(&self.network(ipam, &namespace));
         let seen = watch_appearances(&self.cluster, &namespace)?;
         let requests_before = ipam_requests(self.cluster.plane(), ipam)?;
-        let cpu_before = (self.sidelane_cpu(), children_cpu());
+        let cpu_before = (self.node.sidelane_cpu_seconds(), children_cpu());
         let started = Instant::now();
         self.cluster.apply(&[json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
@@ -302,6 +187,7 @@ impl Rig {
         let deadline = started + Duration::from_secs(120 + 2 * pods as u64);
         let sandboxes = loop {
             let done: Vec<_> = self
+                .node
                 .kubelet
                 .sandboxes()
                 .into_iter()
@@ -324,7 +210,7 @@ impl Rig {
             .max()
             .unwrap_or(started);
         let total_s = last.duration_since(started).as_secs_f64();
-        let cpu_after = (self.sidelane_cpu(), children_cpu());
+        let cpu_after = (self.node.sidelane_cpu_seconds(), children_cpu());
         let api_requests = ipam_requests(self.cluster.plane(), ipam)? - requests_before;
         let seen = seen.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let mut add_ms: Vec<f64> = sandboxes
@@ -381,16 +267,6 @@ impl Rig {
             controller_cpu_s: round(cpu_after.0 - cpu_before.0),
             cni_cpu_s: round(cpu_after.1 - cpu_before.1),
         })
-    }
-
-    /// CPU seconds of the controller and the agent so far.
-    fn sidelane_cpu(&self) -> f64 {
-        self.controller
-            .iter()
-            .map(Background::id)
-            .chain([self.agent.id()])
-            .filter_map(process_cpu)
-            .sum()
     }
 }
 
@@ -474,22 +350,6 @@ fn duplicates(cluster: &SidelaneCluster, namespace: &str) -> usize {
     holders.values().filter(|n| **n > 1).map(|n| n - 1).sum()
 }
 
-/// utime + stime of a process, in seconds.
-fn process_cpu(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100);
-    #[expect(
-        clippy::cast_precision_loss,
-        reason = "clock ticks per second: a small number"
-    )]
-    Some(ticks / hz as f64)
-}
-
 /// CPU seconds of this process' finished children (every CNI call and what it ran).
 fn children_cpu() -> f64 {
     let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
@@ -503,10 +363,10 @@ fn children_cpu() -> f64 {
 /// Both runs, Sidelane first, in one control plane and on one node.
 pub fn run(pods: usize) -> anyhow::Result<Vec<RealBurst>> {
     let mut rig = Rig::start()?;
-    eprintln!("burst rig ready in {}", rig.dir.path().display());
+    eprintln!("burst rig ready in {}", rig.node.dir().display());
     let sidelane = rig.run("sidelane", pods)?;
     // Sidelane's controller stops: its Lease renewals are not whereabouts' requests.
-    rig.controller = None;
+    rig.node.stop_controller();
     let whereabouts = rig.run("whereabouts", pods)?;
     Ok(vec![sidelane, whereabouts])
 }

@@ -55,6 +55,20 @@ pub fn rendered(namespace: &str, kinds: &[&str]) -> anyhow::Result<Vec<Value>> {
         .collect())
 }
 
+/// The documents of `kinds` in the YAML file at `path` (a component's own deployment, whose
+/// ServiceAccount and RBAC the harness installs as they are).
+pub fn documents_of_kinds(path: &std::path::Path, kinds: &[&str]) -> anyhow::Result<Vec<Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(documents(&text)?
+        .into_iter()
+        .filter(|d| d["kind"].as_str().is_some_and(|k| kinds.contains(&k)))
+        .collect())
+}
+
+/// The kinds of a component's identity: its ServiceAccount and RBAC.
+pub const IDENTITY_KINDS: &[&str] = &["ServiceAccount", "ClusterRole", "ClusterRoleBinding"];
+
 /// The NetworkAttachmentDefinition CRD, from the pinned Multus module (its deployment's first
 /// document), so the harness serves NADs exactly as a Multus installation does.
 pub fn network_attachment_definition_crd() -> anyhow::Result<Value> {

@@ -30,8 +30,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 pub use chart::{
-    RBAC_AND_CRD_KINDS, chart_dir, documents, network_attachment_definition_crd, rendered,
-    template, whereabouts_crds,
+    IDENTITY_KINDS, RBAC_AND_CRD_KINDS, chart_dir, documents, documents_of_kinds,
+    network_attachment_definition_crd, rendered, template, whereabouts_crds,
 };
 pub use etcd::Etcd;
 pub use objects::Objects;
@@ -389,6 +389,11 @@ impl ControlPlane {
         self.apply(&crds).context("installing the CRDs")?;
         self.apply(&rest)
             .context("installing the chart's ServiceAccounts and RBAC")?;
+        self.wait_established(&crds)
+    }
+
+    /// Waits (up to a minute) until every CRD of `crds` is established.
+    pub fn wait_established(&self, crds: &[Value]) -> anyhow::Result<()> {
         let names: Vec<String> = crds
             .iter()
             .filter_map(|c| c["metadata"]["name"].as_str())

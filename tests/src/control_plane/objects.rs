@@ -167,28 +167,8 @@ impl Objects {
         serde_json::to_value(patched).context("serialising the created object")
     }
 
-    /// A JSON merge patch of the object.
-    pub fn merge_patch(
-        &self,
-        api_version: &str,
-        kind: &str,
-        namespace: &str,
-        name: &str,
-        patch: Value,
-    ) -> anyhow::Result<Value> {
-        let api = self.api(api_version, kind, Some(namespace))?;
-        let owned = name.to_owned();
-        let patched = self
-            .call(async move {
-                api.patch(&owned, &PatchParams::default(), &Patch::Merge(patch))
-                    .await
-            })
-            .with_context(|| format!("patching {kind} {namespace}/{name}"))?;
-        serde_json::to_value(patched).context("serialising the patched object")
-    }
-
-    /// Deletes the object at once (grace period 0: with no kubelet, nothing would confirm a
-    /// graceful deletion). A missing object is no error.
+    /// Deletes the object at once (grace period 0: as a kubelet confirms, or `--force`). A
+    /// missing object is no error.
     pub fn delete(
         &self,
         api_version: &str,
@@ -196,23 +176,15 @@ impl Objects {
         namespace: &str,
         name: &str,
     ) -> anyhow::Result<()> {
-        let api = self.api(api_version, kind, Some(namespace))?;
-        let owned = name.to_owned();
-        let result = self.call(async move {
-            api.delete(&owned, &DeleteParams::default().grace_period(0))
-                .await
-        });
-        match result {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-            Err(error) => {
-                Err(anyhow!(error)).with_context(|| format!("deleting {kind} {namespace}/{name}"))
-            }
-        }
+        self.delete_with(
+            api_version,
+            kind,
+            namespace,
+            name,
+            DeleteParams::default().grace_period(0),
+        )
     }
-}
 
-impl Objects {
     /// Deletes the object as a user does (`kubectl delete`): a pod bound to a node stays,
     /// terminating, until its kubelet confirms. A missing object is no error.
     pub fn delete_gracefully(
@@ -222,9 +194,20 @@ impl Objects {
         namespace: &str,
         name: &str,
     ) -> anyhow::Result<()> {
+        self.delete_with(api_version, kind, namespace, name, DeleteParams::default())
+    }
+
+    fn delete_with(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        params: DeleteParams,
+    ) -> anyhow::Result<()> {
         let api = self.api(api_version, kind, Some(namespace))?;
         let owned = name.to_owned();
-        match self.call(async move { api.delete(&owned, &DeleteParams::default()).await }) {
+        match self.call(async move { api.delete(&owned, &params).await }) {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
             Err(error) => {
