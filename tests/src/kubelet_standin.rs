@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
@@ -561,14 +561,4 @@ fn running_status(ip: &str, node: &str) -> Value {
         status["status"]["podIPs"] = json!([{"ip": ip}]);
     }
     status
-}
-
-/// Checks that `multus` and the plugins it delegates to are where the node expects them.
-pub fn check_cni_bin(dir: &Path, plugins: &[&str]) -> anyhow::Result<()> {
-    for plugin in plugins {
-        if !dir.join(plugin).exists() {
-            bail!("{} lacks the CNI plugin {plugin}", dir.display());
-        }
-    }
-    Ok(())
 }

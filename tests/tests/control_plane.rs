@@ -224,32 +224,34 @@ fn faults_are_real_restarts_compaction_and_cut_connections() {
     let agent = plane
         .service_account_kubeconfig(SIDELANE_NAMESPACE, "sidelane-agent")
         .unwrap_or_else(|e| panic!("{e:#}"));
+    let printed = plane.dir().join("watch.out");
     let mut watcher = plane.kubectl();
     watcher
         .arg(format!("--kubeconfig={}", agent.display()))
         .args(["get", "subnets", "--watch", "-o", "name"])
-        .stdout(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&printed).expect("kubectl's output file"))
         .stderr(std::process::Stdio::null());
     let mut watcher = sidelane_tests::process::Background::spawn(&mut watcher)
         .unwrap_or_else(|e| panic!("{e:#}"));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut cut = 0;
-    while cut == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the watch opened a connection through the proxy"
-        );
+    // Once kubectl has listed (and so is watching), cut whatever is open until its watch ends.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&printed)
+        .is_ok_and(|o| o.contains("subnet.kubeovn.io/attachnet"))
+    {
+        assert!(Instant::now() < deadline, "kubectl listed the Subnets");
         std::thread::sleep(Duration::from_millis(100));
-        cut = plane.cut_connections();
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut cut = 0;
     while watcher.is_running() {
         assert!(
             Instant::now() < deadline,
-            "kubectl's watch ended when its connection was cut"
+            "kubectl's watch ended when its connections were cut ({cut} cut)"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(200));
+        cut += plane.cut_connections();
     }
+    assert!(cut > 0, "the watch went through the proxy");
     let (ok, out) = kubectl_as(
         &plane,
         &agent,

@@ -88,7 +88,7 @@ fn multus_attaches_the_multi_nic_seed_through_our_ipam_and_reports_network_statu
     assert!(
         result["ips"][0]["address"]
             .as_str()
-            .is_some_and(|a| a.starts_with("10.244.1.")),
+            .is_some_and(|a| a.starts_with("10.244.")),
         "eth0 from the primary network: {result}"
     );
     let net1: Value = serde_json::from_str(
