@@ -258,19 +258,6 @@ pub struct Lab {
     kept: Vec<LabPod>,
 }
 
-fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()
-        .context("finding the lab's own path")?
-        .with_file_name(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing: `cargo xtask lab` builds it (or run `cargo build --bins`)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 fn phase<T>(
     phases: &mut Vec<(String, Duration)>,
     name: &str,
@@ -295,11 +282,14 @@ impl Lab {
             .prefix("sidelane-lab-")
             .tempdir()
             .context("creating the lab's directory")?;
-        let agent_bin = binary("sidelane-agent")?;
-        let controller_bin = binary("sidelane-controller")?;
+        let agent_bin = crate::process::binary_beside_me("sidelane-agent")?;
+        let controller_bin = crate::process::binary_beside_me("sidelane-controller")?;
         let cni_bin = dir.path().join("cni-bin");
         std::fs::create_dir_all(&cni_bin)?;
-        std::os::unix::fs::symlink(binary("sidelane-cni")?, cni_bin.join("kube-ovn"))?;
+        std::os::unix::fs::symlink(
+            crate::process::binary_beside_me("sidelane-cni")?,
+            cni_bin.join("kube-ovn"),
+        )?;
         std::os::unix::fs::symlink(crate::tools::binary("multus")?, cni_bin.join("multus"))?;
         for plugin in ["macvlan", "bridge", "host-local", "static", "loopback"] {
             let path = Path::new("/usr/lib/cni").join(plugin);
@@ -825,7 +815,7 @@ impl Lab {
 
     /// Runs the `sidelane` command line against the lab (the API double and an agent).
     fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(binary("sidelane")?)
+        let out = Command::new(crate::process::binary_beside_me("sidelane")?)
             .args(args)
             .env("KUBECONFIG", self.api.plane().admin_kubeconfig())
             .output()
@@ -1438,7 +1428,7 @@ impl Lab {
              pods are network namespaces: {pods}\n  \
              logs: {dir}/node1/agent.log, {dir}/controller-1.log\n",
             kubeconfig = self.api.plane().admin_kubeconfig().display(),
-            cli = binary("sidelane")
+            cli = crate::process::binary_beside_me("sidelane")
                 .map_or_else(|_| "sidelane".to_owned(), |p| p.display().to_string()),
             port1 = self.nodes[0].metrics_port,
             port2 = self.nodes.get(1).map_or(0, |n| n.metrics_port),

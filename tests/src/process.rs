@@ -177,6 +177,22 @@ impl Drop for Background {
     }
 }
 
+/// A binary of the workspace beside the running program (the lab and the benchmark driver sit
+/// in the same target directory as `sidelane-agent`, `sidelane-controller`...).
+pub fn binary_beside_me(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::current_exe()
+        .context("finding the program's own path")?
+        .with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: build the workspace's binaries first (`cargo build --bins`; the \
+             xtask commands do it)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// A binary of the workspace (`sidelane-agent`, `sidelane-controller`...) as an integration test
 /// finds it: in the target directory above the test binary's `deps/`. Panics, naming the command
 /// to run, when it has not been built.

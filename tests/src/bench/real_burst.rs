@@ -75,19 +75,6 @@ struct Rig {
     whereabouts_conf: PathBuf,
 }
 
-fn binary_beside_me(name: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()
-        .context("finding the benchmark's own path")?
-        .with_file_name(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing: build the workspace's binaries first",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
 /// whereabouts' CRDs, and its ServiceAccount and ClusterRole as its DaemonSet installs them.
 fn install_whereabouts(plane: &ControlPlane) -> anyhow::Result<PathBuf> {
     let crds = control_plane::whereabouts_crds()?;
@@ -118,9 +105,9 @@ impl Rig {
         let cluster = SidelaneCluster::start_with(control_plane::Options { controllers: true })?;
         let whereabouts_kubeconfig = install_whereabouts(cluster.plane())?;
         let binaries = Binaries {
-            agent: binary_beside_me("sidelane-agent")?,
-            controller: binary_beside_me("sidelane-controller")?,
-            cni: binary_beside_me("sidelane-cni")?,
+            agent: crate::process::binary_beside_me("sidelane-agent")?,
+            controller: crate::process::binary_beside_me("sidelane-controller")?,
+            cni: crate::process::binary_beside_me("sidelane-cni")?,
         };
         let node = MacvlanNode::start(
             &cluster,
