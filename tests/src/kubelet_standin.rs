@@ -64,6 +64,8 @@ pub struct Sandbox {
     pub pod: String,
     /// The pod's UID.
     pub uid: String,
+    /// The sandbox's container ID (`CNI_CONTAINERID`), from which plugins name host links.
+    pub container_id: String,
     /// Its network namespace.
     pub netns: Arc<NetNs>,
     /// Multus' CNI result (eth0's), or the error it printed.
@@ -421,6 +423,7 @@ impl PodTask {
                 Arc::new(Sandbox {
                     pod: self.key.clone(),
                     uid: self.uid.clone(),
+                    container_id: self.container_id(),
                     netns,
                     result,
                     ready_after,

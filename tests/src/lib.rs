@@ -1,4 +1,5 @@
-//! Sidelane's test and benchmark harness: test infrastructure, not product code.
+//! Sidelane's test and benchmark harness: test infrastructure, not product code. The lab
+//! (`lab/`), the integration tests and the benchmarks build their rigs from it.
 //!
 //! - [`privilege`]: privileged tests fail under CI and skip (with a message) elsewhere.
 //! - [`process`]: child processes with captured output, killed on drop.
@@ -7,7 +8,6 @@
 //! - [`topology`]: the standard pod link (host namespace ↔ pod namespace over one veth pair).
 //! - [`sidelane`]: Sidelane's QoS dataplane on a pod link, with a private pin root.
 //! - [`iperf`]: iperf3 runs between namespaces, measured at the receiver.
-//! - [`lab`]: the one-machine lab behind `cargo xtask lab`.
 //! - [`ping`]: RTT samples and percentiles.
 //! - [`bandwidth_plugin`]: Debian's reference `bandwidth` CNI plugin, driven as a runtime does.
 //! - [`bench`]: the benchmarks behind `cargo xtask bench <name>`.
@@ -28,7 +28,6 @@ pub mod cluster;
 pub mod control_plane;
 pub mod iperf;
 pub mod kubelet_standin;
-pub mod lab;
 pub mod macvlan_node;
 pub mod netns;
 pub mod node_rig;

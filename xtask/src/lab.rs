@@ -1,6 +1,6 @@
-//! `cargo xtask lab`: the whole system on one machine (see `tests/src/lab.rs`): makes sure the
-//! machine has what it needs (`setup`), builds the binaries, then runs `sidelane-lab`, whose
-//! exit status it passes on.
+//! `cargo xtask lab`: the whole system on one machine (the `sidelane-lab` crate in `lab/`):
+//! makes sure the machine has what it needs (`setup`), builds the binaries, then runs
+//! `sidelane-lab`, whose exit status it passes on.
 
 use std::process::Command;
 
@@ -17,7 +17,7 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
 }
 
 /// `cargo xtask chaos [--quick]`: the lab rig under pod churn and faults (see
-/// `tests/src/lab/chaos.rs`), then `target/bench/chaos.json` with the fuzzing totals of
+/// `lab/src/chaos`), then `target/bench/chaos.json` with the fuzzing totals of
 /// `target/bench/fuzz.json` (from `cargo xtask fuzz`) added, and a table.
 pub fn chaos(quick: bool) -> anyhow::Result<()> {
     use anyhow::Context as _;

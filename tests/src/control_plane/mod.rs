@@ -213,14 +213,7 @@ impl ControlPlane {
         let mut process = self.spawn_logged("kube-apiserver", &mut cmd)?;
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let ready = process::run(
-                self.kubectl()
-                    .args(["get", "--raw=/readyz", "--request-timeout=2s"]),
-                None,
-                Duration::from_secs(5),
-            )
-            .is_ok_and(|f| f.status.success());
-            if ready {
+            if self.is_ready() {
                 break;
             }
             if !process.is_running() {
@@ -441,6 +434,17 @@ impl ControlPlane {
             std::thread::sleep(Duration::from_millis(100));
         }
         Ok(())
+    }
+
+    /// Whether kube-apiserver answers `/readyz` (etcd reachable, every post-start hook done).
+    pub fn is_ready(&self) -> bool {
+        process::run(
+            self.kubectl()
+                .args(["get", "--raw=/readyz", "--request-timeout=2s"]),
+            None,
+            Duration::from_secs(5),
+        )
+        .is_ok_and(|f| f.status.success())
     }
 
     /// A `kube::Client` as admin.
