@@ -10,6 +10,8 @@
 //! - [`metrics`]: Prometheus metrics and the health and readiness probes.
 //! - [`objects`]: Kubernetes objects to and from the engine's types.
 //! - [`plan`]: from a pod to the attachments it asks for, and back to annotations.
+//! - [`status`]: the Subnet status, and when it needs writing.
+//! - [`seen`]: what was already acted on (specs, refusals), so that repeats are not.
 
 pub mod engine;
 pub mod ipam;
@@ -20,4 +22,6 @@ pub mod objects;
 pub mod ovn;
 pub mod plan;
 pub mod run;
+pub mod seen;
+pub mod status;
 pub mod subnet;

@@ -1,5 +1,5 @@
 //! Between Kubernetes objects and the engine's types: pods, StatefulSets, NADs, Subnets, IPPools
-//! and IP resources in; IP resources and Subnet status out. Custom resources are read as JSON
+//! and IP resources in; IP resources out (the Subnet status is `status`'s). Custom resources are read as JSON
 //! (`DynamicObject`), field by field, so a Subnet written for Kube-OVN is read as Kube-OVN reads
 //! it and unknown fields never get in the way.
 
@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 
 use crate::{
     engine::IpRecord,
-    ipam::Usage,
     plan::{PodView, PoolSpec, parse_ip_pool},
     subnet::SubnetInput,
 };
@@ -272,68 +271,6 @@ pub fn ip_object(record: &IpRecord, node_name: &str) -> Value {
     })
 }
 
-/// A condition as Kube-OVN writes them.
-fn condition(kind: &str, ok: bool, reason: &str, message: &str, now: &str) -> Value {
-    json!({
-        "type": kind,
-        "status": if ok { "True" } else { "False" },
-        "reason": reason,
-        "message": message,
-        "lastUpdateTime": now,
-        "lastTransitionTime": now,
-    })
-}
-
-/// The Subnet status: usage per family and the `Validated`/`Ready`/`Full` conditions.
-/// `validation` is `Err(message)` for a refused spec.
-pub fn subnet_status(usage: Option<Usage>, validation: Result<(), &str>, now: &str) -> Value {
-    let u = usage.unwrap_or_default();
-    let mut conditions = vec![match validation {
-        Ok(()) => condition("Validated", true, "ValidatedSubnet", "", now),
-        Err(m) => condition("Validated", false, "ValidateLogicalSwitchFailed", m, now),
-    }];
-    conditions.push(condition(
-        "Ready",
-        validation.is_ok(),
-        if validation.is_ok() {
-            "SubnetReady"
-        } else {
-            "ValidationFailed"
-        },
-        "",
-        now,
-    ));
-    let full = validation.is_ok()
-        && ((u.v4_used > 0 && u.v4_available == 0) || (u.v6_used > 0 && u.v6_available == 0));
-    conditions.push(condition(
-        "Full",
-        full,
-        if full {
-            "NoAvailableAddress"
-        } else {
-            "AddressesAvailable"
-        },
-        if full {
-            "every address of the subnet is in use"
-        } else {
-            ""
-        },
-        now,
-    ));
-    #[expect(
-        clippy::cast_precision_loss,
-        reason = "Kube-OVN writes these counts as floats"
-    )]
-    let f = |n: u64| n as f64;
-    json!({
-        "v4availableIPs": f(u.v4_available),
-        "v4usingIPs": f(u.v4_used),
-        "v6availableIPs": f(u.v6_available),
-        "v6usingIPs": f(u.v6_used),
-        "conditions": conditions,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,30 +320,5 @@ mod tests {
             "attachnet"
         );
         assert_eq!(ip_record(&dynamic(obj)), Some(record));
-    }
-
-    #[test]
-    fn a_full_subnet_says_so_in_its_conditions() {
-        let usage = Usage {
-            v4_used: 5,
-            v4_available: 0,
-            ..Usage::default()
-        };
-        let status = subnet_status(Some(usage), Ok(()), "2026-11-23T00:00:00Z");
-        assert_eq!(status["v4usingIPs"], 5.0);
-        let full = status["conditions"]
-            .as_array()
-            .expect("conditions")
-            .iter()
-            .find(|c| c["type"] == "Full")
-            .expect("a Full condition")
-            .clone();
-        assert_eq!(full["status"], "True");
-        let invalid = subnet_status(None, Err("gateway 1.1.1.1 is not in cidr 10.0.0.0/8"), "t");
-        assert_eq!(invalid["conditions"][0]["status"], "False");
-        assert_eq!(
-            invalid["conditions"][0]["message"],
-            "gateway 1.1.1.1 is not in cidr 10.0.0.0/8"
-        );
     }
 }

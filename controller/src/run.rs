@@ -44,6 +44,8 @@ use crate::{
     nb,
     objects::{self, POD_UID_ANNOTATION},
     ovn,
+    seen::{Refusals, Specs},
+    status,
 };
 
 /// Tuning of the leader's work.
@@ -149,6 +151,12 @@ struct Leader {
     /// Validation of each Subnet, for its status.
     validation: HashMap<String, Result<(), String>>,
     pending_status: BTreeSet<String>,
+    /// Each Subnet's status as the API server last showed it.
+    statuses: HashMap<String, Value>,
+    /// The specs acted on: a watch event that repeats one is not acted on again.
+    specs: Specs,
+    /// The refusals reported per pod: the same one is not reported again and again.
+    refusals: Refusals,
     /// Vpcs' parts in the OVN topology.
     vpcs: BTreeMap<String, ovn::VpcInput>,
     /// Pods with a refused attachment, by UID, to try again.
@@ -184,6 +192,9 @@ impl Leader {
             writer,
             validation: HashMap::new(),
             pending_status: BTreeSet::new(),
+            statuses: HashMap::new(),
+            specs: Specs::default(),
+            refusals: Refusals::default(),
             vpcs: BTreeMap::new(),
             waiting: HashMap::new(),
             topology: watch::channel(Arc::new(ovn::Topology::default())).0,
@@ -402,7 +413,9 @@ impl Leader {
         match change {
             Change::Pod(Apply(p) | InitApply(p)) => self.pod(&p),
             Change::Pod(Delete(p)) => {
-                self.waiting.remove(&p.uid().unwrap_or_default());
+                let uid = p.uid().unwrap_or_default();
+                self.waiting.remove(&uid);
+                self.refusals.forget(&uid);
                 let outcome = self.engine.on_pod_gone(&objects::pod_view(&p));
                 self.count(&outcome);
                 self.writer.submit(None, String::new(), outcome);
@@ -410,21 +423,32 @@ impl Leader {
             Change::StatefulSet(Apply(s) | InitApply(s)) => self.statefulset(&s, false),
             Change::StatefulSet(Delete(s)) => self.statefulset(&s, true),
             Change::Nad(Apply(n) | InitApply(n)) => {
-                self.nad(&n, false);
-                self.retry_waiting();
+                if self.nad(&n, false) {
+                    self.retry_waiting();
+                }
             }
-            Change::Nad(Delete(n)) => self.nad(&n, true),
+            Change::Nad(Delete(n)) => {
+                self.nad(&n, true);
+            }
             Change::Subnet(Apply(s) | InitApply(s)) => {
-                self.subnet(&s, false);
-                self.retry_waiting();
+                if self.subnet(&s, false) {
+                    self.retry_waiting();
+                }
             }
-            Change::Subnet(Delete(s)) => self.subnet(&s, true),
+            Change::Subnet(Delete(s)) => {
+                self.subnet(&s, true);
+            }
             Change::IpPool(Apply(p) | InitApply(p)) => {
-                let (name, entries) = objects::ip_pool(&p);
-                self.engine.set_ip_pool(&name, entries);
-                self.retry_waiting();
+                if self.specs.changed(&spec_key("IPPool", &p), &spec_of(&p)) {
+                    let (name, entries) = objects::ip_pool(&p);
+                    self.engine.set_ip_pool(&name, entries);
+                    self.retry_waiting();
+                }
             }
-            Change::IpPool(Delete(p)) => self.engine.set_ip_pool(&p.name_any(), Vec::new()),
+            Change::IpPool(Delete(p)) => {
+                self.specs.forget(&spec_key("IPPool", &p));
+                self.engine.set_ip_pool(&p.name_any(), Vec::new());
+            }
             Change::Vpc(Apply(v) | InitApply(v)) => {
                 let (name, vpc) = objects::vpc_input(&v);
                 self.vpcs.insert(name, vpc);
@@ -443,20 +467,26 @@ impl Leader {
 
     fn pod(&mut self, pod: &Pod) {
         let view = objects::pod_view(pod);
-        let outcome = if objects::is_gone(pod) {
+        let mut outcome = if objects::is_gone(pod) {
             self.engine.on_pod_gone(&view)
         } else {
             self.engine.on_pod(&view)
         };
-        self.count(&outcome);
         // A pod refused something (its NAD or Subnet not there yet, a conflict) is tried again
-        // when NADs, Subnets or IPPools change, and at every garbage collection.
+        // when NADs, Subnets or IPPools change, and at every garbage collection; the same
+        // refusal is reported once (and again only after a while).
         let uid = pod.uid().unwrap_or_default();
         if outcome.events.is_empty() || objects::is_gone(pod) {
             self.waiting.remove(&uid);
         } else {
-            self.waiting.insert(uid, pod.clone());
+            self.waiting.insert(uid.clone(), pod.clone());
         }
+        outcome.events = self.refusals.to_report(
+            &uid,
+            std::mem::take(&mut outcome.events),
+            std::time::Instant::now(),
+        );
+        self.count(&outcome);
         let node = pod
             .spec
             .as_ref()
@@ -498,12 +528,18 @@ impl Leader {
         }
     }
 
-    fn nad(&mut self, nad: &DynamicObject, deleted: bool) {
+    /// Takes in a NAD; whether anything changed.
+    fn nad(&mut self, nad: &DynamicObject, deleted: bool) -> bool {
         let ns = nad.namespace().unwrap_or_default();
         let name = nad.name_any();
+        let key = spec_key("NetworkAttachmentDefinition", nad);
         if deleted {
+            self.specs.forget(&key);
             self.engine.remove_nad(&ns, &name);
-            return;
+            return true;
+        }
+        if !self.specs.changed(&key, &spec_of(nad)) {
+            return false;
         }
         let events = self
             .engine
@@ -513,11 +549,17 @@ impl Leader {
             let writer = Arc::clone(&self.writer);
             tokio::spawn(async move { writer.publish(&events, &reference).await });
         }
+        true
     }
 
-    fn subnet(&mut self, obj: &DynamicObject, deleted: bool) {
+    /// Takes in a Subnet; whether its spec changed (a repeat, or a change of its status or
+    /// metadata only, such as the controller's own status write coming back, is not acted on).
+    fn subnet(&mut self, obj: &DynamicObject, deleted: bool) -> bool {
         let name = obj.name_any();
+        let key = spec_key("Subnet", obj);
         if deleted {
+            self.specs.forget(&key);
+            self.statuses.remove(&name);
             let released = self.engine.remove_subnet(&name);
             let outcome = PodOutcome {
                 delete_ips: released
@@ -529,7 +571,15 @@ impl Leader {
             };
             self.validation.remove(&name);
             self.writer.submit(None, String::new(), outcome);
-            return;
+            return true;
+        }
+        match obj.data.get("status") {
+            Some(current) => self.statuses.insert(name.clone(), current.clone()),
+            None => self.statuses.remove(&name),
+        };
+        let spec = spec_of(obj);
+        if !self.specs.changed(&key, &spec) {
+            return false;
         }
         match self.engine.set_subnet(&objects::subnet_input(obj)) {
             SubnetOutcome::Valid {
@@ -537,7 +587,6 @@ impl Leader {
                 displaced,
             } => {
                 self.validation.insert(name.clone(), Ok(()));
-                let spec = obj.data.get("spec").cloned().unwrap_or(Value::Null);
                 let wanted = json!({
                     "cidrBlock": formatted.cidr_block,
                     "gateway": formatted.gateway,
@@ -569,6 +618,7 @@ impl Leader {
             }
         }
         self.pending_status.insert(name);
+        true
     }
 
     /// Writes the status of every Subnet whose usage or validity changed since the last flush.
@@ -601,11 +651,15 @@ impl Leader {
                         .set(i64::try_from(available).unwrap_or(i64::MAX));
                 }
             }
-            let status = objects::subnet_status(
+            let wanted = status::subnet_status(
                 usage,
                 validation.as_ref().copied().map_err(String::as_str),
                 &now,
             );
+            // Written only when it says something new (the times alone are not).
+            let Some(status) = status::status_change(self.statuses.get(&name), wanted) else {
+                continue;
+            };
             let writer = Arc::clone(&self.writer);
             tokio::spawn(async move { writer.subnet_status(&name, status).await });
         }
@@ -652,6 +706,7 @@ impl Leader {
         // A pod deleted while a watch was re-listing left no Delete event: it must not be
         // tried again (that would allocate for it anew after every collection).
         self.waiting.retain(|uid, _| live.contains(uid));
+        self.refusals.retain(|uid| live.contains(uid));
         if !outcome.delete_ips.is_empty() {
             info!(
                 released = outcome.delete_ips.len(),
@@ -662,6 +717,20 @@ impl Leader {
         self.writer.submit(None, String::new(), outcome);
         Ok(())
     }
+}
+
+/// The key an object's spec is remembered under in [`Specs`].
+fn spec_key(kind: &str, obj: &DynamicObject) -> String {
+    format!(
+        "{kind}/{}/{}",
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
+
+/// An object's spec (what the controller acts on).
+fn spec_of(obj: &DynamicObject) -> Value {
+    obj.data.get("spec").cloned().unwrap_or(Value::Null)
 }
 
 /// Carries out outcomes against the API.

@@ -20,6 +20,7 @@ mod proxy;
 mod sidelane;
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     fs,
     path::{Path, PathBuf},
@@ -483,12 +484,50 @@ impl ControlPlane {
         self.proxy.cut()
     }
 
+    /// Every write the API server has served, by verb and resource (see
+    /// [`writes_by_resource`]).
+    pub fn writes(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let metrics = self.kubectl_run(&["get", "--raw=/metrics"], None)?;
+        Ok(writes_by_resource(&metrics))
+    }
+
     /// The API server's `apiserver_request_total`, summed over the series whose labels contain
     /// every `label="value"` given (e.g. `&["resource=\"pods\""]`).
     pub fn request_count(&self, labels: &[&str]) -> anyhow::Result<u64> {
         let metrics = self.kubectl_run(&["get", "--raw=/metrics"], None)?;
         Ok(request_total(&metrics, labels))
     }
+}
+
+/// The write verbs of `apiserver_request_total`.
+const WRITE_VERBS: [&str; 5] = ["POST", "PUT", "PATCH", "DELETE", "APPLY"];
+
+/// Writes counted by `apiserver_request_total`, by `"<verb> <resource>[/<subresource>]"`.
+pub fn writes_by_resource(metrics: &str) -> BTreeMap<String, u64> {
+    let label = |line: &str, name: &str| -> String {
+        line.split(&format!("{name}=\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut out = BTreeMap::new();
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let verb = label(line, "verb");
+        if !WRITE_VERBS.contains(&verb.as_str()) {
+            continue;
+        }
+        let mut resource = label(line, "resource");
+        let subresource = label(line, "subresource");
+        if !subresource.is_empty() {
+            resource = format!("{resource}/{subresource}");
+        }
+        *out.entry(format!("{verb} {resource}")).or_default() += request_total(line, &[]);
+    }
+    out
 }
 
 /// Sums `apiserver_request_total` over the series matching `labels`.
