@@ -318,6 +318,52 @@ impl Engine {
         Ok(())
     }
 
+    /// Takes back an address an IP resource Sidelane did not write holds for a live pod
+    /// (`record.pod_uid` is that pod's): the address is its pod's while the pod lives, and is
+    /// never handed to another. The resource itself is not Sidelane's to write or delete; the
+    /// pod's own attachment of the same provider takes it over.
+    pub fn restore_foreign_ip(&mut self, record: &IpRecord) -> Result<(), Event> {
+        let taken_over = self.ipam.attachments().any(|(k, p, _)| {
+            p.uid == record.pod_uid
+                && k.provider == record.provider
+                && !matches!(k.holder, Holder::Foreign { .. })
+        });
+        if taken_over {
+            return Ok(());
+        }
+        let held = Allocated {
+            subnet: record.subnet.clone(),
+            ips: record.ips.clone(),
+            mac: None,
+        };
+        let key = AttachmentKey {
+            holder: Holder::Foreign {
+                ip: record.name.clone(),
+            },
+            provider: record.provider.clone(),
+            ifname: String::new(),
+        };
+        self.ipam
+            .restore(&key, &record.pod(), &held)
+            .map_err(|e| Event::warning("RestoreAddressFailed", format!("IP {}: {e}", record.name)))
+    }
+
+    /// Releases what IP resources Sidelane did not write hold for the pod `uid` on `provider`,
+    /// for the pod's own attachment to take over.
+    fn take_over_foreign(&mut self, uid: &str, provider: &str) {
+        let foreign: Vec<AttachmentKey> = self
+            .ipam
+            .attachments()
+            .filter(|(k, p, _)| {
+                matches!(k.holder, Holder::Foreign { .. }) && p.uid == uid && k.provider == provider
+            })
+            .map(|(k, _, _)| k.clone())
+            .collect();
+        for key in foreign {
+            self.ipam.release(&key);
+        }
+    }
+
     fn lookup(&self, namespace: &str, name: &str) -> NadLookup {
         match self.nads.get(&(namespace.to_owned(), name.to_owned())) {
             None => NadLookup::Missing,
@@ -344,6 +390,7 @@ impl Engine {
         let mut wanted_keys = BTreeSet::new();
         for mut w in plan.wanted {
             wanted_keys.insert(w.request.key.clone());
+            self.take_over_foreign(&pod.uid, &w.request.key.provider);
             if !w.pool_names.is_empty() {
                 let mut entries = Vec::new();
                 for name in &w.pool_names {
@@ -411,11 +458,24 @@ impl Engine {
                 }
             }
         }
-        // Networks removed from the selection: release what this pod holds beyond the plan.
+        self.release_beyond_plan(&pod.uid, &wanted_keys, &mut out);
+        out
+    }
+
+    /// Networks removed from the selection: releases what the pod `uid` holds beyond
+    /// `wanted` (not what an IP resource of someone else's holds for it).
+    fn release_beyond_plan(
+        &mut self,
+        uid: &str,
+        wanted: &BTreeSet<AttachmentKey>,
+        out: &mut PodOutcome,
+    ) {
         let stale: Vec<AttachmentKey> = self
             .ipam
             .attachments()
-            .filter(|(k, p, _)| p.uid == pod.uid && !wanted_keys.contains(*k))
+            .filter(|(k, p, _)| {
+                p.uid == uid && !wanted.contains(*k) && !matches!(k.holder, Holder::Foreign { .. })
+            })
             .map(|(k, _, _)| k.clone())
             .collect();
         for key in stale {
@@ -426,7 +486,6 @@ impl Engine {
                 out.delete_ips.push(name);
             }
         }
-        out
     }
 
     /// A pod is gone (deleted, or finished for good). Its allocations are released, except a

@@ -78,6 +78,8 @@ pub struct Metrics {
     pub nb_conflicts: Gauge,
     /// Whether the Northbound database holds the wanted topology (1) or not yet (0).
     pub nb_in_sync: Gauge,
+    /// Addresses held for live pods by IP resources Sidelane did not write.
+    pub foreign_ips: Gauge,
     ready: AtomicBool,
 }
 
@@ -104,6 +106,12 @@ impl Metrics {
         let nb_rows = Family::<OpLabels, Counter>::default();
         let nb_conflicts = Gauge::default();
         let nb_in_sync = Gauge::default();
+        let foreign_ips = Gauge::default();
+        registry.register(
+            "foreign_ips",
+            "Addresses held for live pods by IP resources Sidelane did not write",
+            foreign_ips.clone(),
+        );
         registry.register(
             "nb_transactions",
             "OVN Northbound transactions, by result",
@@ -168,6 +176,7 @@ impl Metrics {
             nb_rows,
             nb_conflicts,
             nb_in_sync,
+            foreign_ips,
             ready: AtomicBool::new(false),
         }
     }

@@ -214,6 +214,55 @@ pub fn ip_record(obj: &DynamicObject) -> Option<IpRecord> {
     })
 }
 
+/// Whether Sidelane wrote this IP resource (it carries the attachment's annotations).
+pub fn is_ours(obj: &DynamicObject) -> bool {
+    obj.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(POD_UID_ANNOTATION))
+}
+
+/// The pod (`namespace`, `name`) an IP resource names in its spec.
+pub fn ip_pod(obj: &DynamicObject) -> Option<(String, String)> {
+    let spec = obj.data.get("spec")?;
+    let (ns, pod) = (str_at(spec, "namespace"), str_at(spec, "podName"));
+    (!ns.is_empty() && !pod.is_empty()).then(|| (ns.to_owned(), pod.to_owned()))
+}
+
+/// The record of an IP resource Sidelane did not write, for its live pod `pod_uid`: the
+/// provider from its name as Kube-OVN names them (`<pod>.<namespace>` for the default
+/// network, `ovn`; `<pod>.<namespace>.<provider>` for an attachment). `None` without
+/// addresses, pod or Subnet.
+pub fn foreign_ip_record(obj: &DynamicObject, pod_uid: &str) -> Option<IpRecord> {
+    let spec = obj.data.get("spec")?;
+    let (namespace, pod_name) = ip_pod(obj)?;
+    let name = obj.metadata.name.clone()?;
+    let ips: Vec<IpAddr> = str_at(spec, "ipAddress")
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let subnet = str_at(spec, "subnet");
+    if ips.is_empty() || subnet.is_empty() {
+        return None;
+    }
+    let provider = name
+        .strip_prefix(&format!("{pod_name}.{namespace}."))
+        .unwrap_or("ovn")
+        .to_owned();
+    Some(IpRecord {
+        name,
+        pod_name,
+        namespace,
+        pod_uid: pod_uid.to_owned(),
+        subnet: subnet.to_owned(),
+        ips,
+        mac: None,
+        provider,
+        ifname: String::new(),
+        pod_type: String::new(),
+    })
+}
+
 /// The IP resource for `record`, with Kube-OVN's fields and labels.
 pub fn ip_object(record: &IpRecord, node_name: &str) -> Value {
     let join = |v: Vec<String>| v.join(",");
@@ -277,6 +326,35 @@ mod tests {
 
     fn dynamic(value: Value) -> DynamicObject {
         serde_json::from_value(value).expect("a dynamic object")
+    }
+
+    #[test]
+    fn an_ip_resource_kube_ovn_wrote_is_read_for_its_live_pod() {
+        let obj = dynamic(json!({
+            "apiVersion": "kubeovn.io/v1", "kind": "IP",
+            "metadata": {"name": "legacy.default.macvlan.default"},
+            "spec": {"podName": "legacy", "namespace": "default", "subnet": "macvlan",
+                     "ipAddress": "172.17.0.50", "macAddress": "00:00:00:53:6B:BB"}
+        }));
+        assert!(!is_ours(&obj));
+        assert_eq!(ip_record(&obj), None, "not read as one of ours");
+        let record = foreign_ip_record(&obj, "uid-1").expect("a record");
+        assert_eq!(record.provider, "macvlan.default");
+        assert_eq!(record.pod_uid, "uid-1");
+        assert_eq!(
+            record.ips,
+            ["172.17.0.50".parse::<IpAddr>().expect("an address")]
+        );
+        let primary = dynamic(json!({
+            "apiVersion": "kubeovn.io/v1", "kind": "IP",
+            "metadata": {"name": "legacy.default"},
+            "spec": {"podName": "legacy", "namespace": "default", "subnet": "ovn-default",
+                     "ipAddress": "10.16.0.9"}
+        }));
+        assert_eq!(
+            foreign_ip_record(&primary, "uid-1").map(|r| r.provider),
+            Some("ovn".to_owned())
+        );
     }
 
     #[test]

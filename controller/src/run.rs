@@ -260,8 +260,8 @@ impl Leader {
         });
     }
 
-    /// Lists everything in dependency order and takes back what the cluster records.
-    async fn load(&mut self) -> Result<(), RunError> {
+    /// What allocations depend on: StatefulSets, NADs, IPPools, Vpcs, Subnets.
+    async fn load_config(&mut self) -> Result<(), RunError> {
         let lp = ListParams::default();
         let list_err = |what| move |source| RunError::List { what, source };
         let sts: Api<StatefulSet> = Api::all(self.client.clone());
@@ -296,6 +296,14 @@ impl Leader {
         {
             self.subnet(&s, false);
         }
+        Ok(())
+    }
+
+    /// Lists everything in dependency order and takes back what the cluster records.
+    async fn load(&mut self) -> Result<(), RunError> {
+        self.load_config().await?;
+        let lp = ListParams::default();
+        let list_err = |what| move |source| RunError::List { what, source };
         let mut restored = 0usize;
         let ips = self.writer.ips.list(&lp).await.map_err(list_err("IPs"))?;
         for ip in &ips {
@@ -309,6 +317,19 @@ impl Leader {
         }
         let pods: Api<Pod> = Api::all(self.client.clone());
         let pods = pods.list(&lp).await.map_err(list_err("Pods"))?;
+        // IP resources Sidelane did not write hold their addresses for their live pods.
+        let uids: HashMap<(String, String), String> = pods
+            .items
+            .iter()
+            .filter(|p| !objects::is_gone(p))
+            .map(|p| {
+                (
+                    (p.namespace().unwrap_or_default(), p.name_any()),
+                    p.uid().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let foreign = self.restore_foreign(&ips.items, &uids, true);
         let mut live = BTreeSet::new();
         // Pods already allocated first, so that their addresses are taken back before any new
         // pod gets one.
@@ -353,10 +374,40 @@ impl Leader {
         }
         info!(
             restored,
+            foreign,
             pods = pods.items.len(),
             "took back the recorded allocations"
         );
         Ok(())
+    }
+
+    /// Takes back the addresses of IP resources Sidelane did not write whose pods live
+    /// (`uids` by namespace and name); returns how many. Refusals are warnings at start-up,
+    /// and debug messages at each later collection.
+    fn restore_foreign(
+        &mut self,
+        ips: &[DynamicObject],
+        uids: &HashMap<(String, String), String>,
+        loud: bool,
+    ) -> usize {
+        let mut held = 0;
+        for obj in ips.iter().filter(|o| !objects::is_ours(o)) {
+            let Some(record) = objects::ip_pod(obj)
+                .and_then(|pod| uids.get(&pod))
+                .and_then(|uid| objects::foreign_ip_record(obj, uid))
+            else {
+                continue;
+            };
+            match self.engine.restore_foreign_ip(&record) {
+                Ok(()) => held += 1,
+                Err(e) if loud => warn!(ip = %record.name, reason = e.reason, "{}", e.message),
+                Err(e) => debug!(ip = %record.name, reason = e.reason, "{}", e.message),
+            }
+        }
+        self.metrics
+            .foreign_ips
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+        held
     }
 
     fn changes(&self) -> BoxStream<'static, Change> {
@@ -670,14 +721,20 @@ impl Leader {
         // the IP list, so if it is alive it is in the pod list.
         let ips = self.writer.ips.list(&ListParams::default()).await?;
         let pods: Api<Pod> = Api::all(self.client.clone());
-        let live: BTreeSet<String> = pods
-            .list_metadata(&ListParams::default())
-            .await?
+        let listed = pods.list_metadata(&ListParams::default()).await?;
+        let uids: HashMap<(String, String), String> = listed
             .items
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter_map(|p| p.metadata.uid.clone())
+            .filter_map(|p| {
+                Some((
+                    (p.metadata.namespace.clone()?, p.metadata.name.clone()?),
+                    p.metadata.uid.clone()?,
+                ))
+            })
             .collect();
+        let live: BTreeSet<String> = uids.values().cloned().collect();
+        self.restore_foreign(&ips.items, &uids, false);
         // Level-based: an IP resource of ours that the engine does not hold (written by a
         // replica that still believed it led, after this one loaded the cluster) is taken
         // back like at start-up, then collected with the rest if its pod is gone; one that

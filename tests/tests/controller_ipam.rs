@@ -619,3 +619,86 @@ fn a_subnet_with_an_invalid_spec_allocates_nothing_and_says_why_on_its_status() 
         "no IP resource for a pod of an invalid Subnet"
     );
 }
+
+/// An IP resource as Kube-OVN writes one for a pod's attachment: no `sidelane.io/*`
+/// annotations.
+fn foreign_ip(pod: &str, provider: &str, subnet: &str, ip: &str) -> Value {
+    json!({"apiVersion": "kubeovn.io/v1", "kind": "IP",
+        "metadata": {"name": format!("{pod}.default.{provider}"),
+            "labels": {"ovn.kubernetes.io/subnet": subnet}},
+        "spec": {"podName": pod, "namespace": "default", "subnet": subnet, "nodeName": "node1",
+            "ipAddress": ip, "v4IpAddress": ip, "macAddress": "", "attachIps": [],
+            "attachMacs": [], "attachSubnets": [], "containerID": "", "podType": ""}})
+}
+
+#[test]
+fn an_ip_resource_sidelane_did_not_write_holds_its_address_for_its_live_pod() {
+    let api = SidelaneCluster::start();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let docs: Vec<Value> = example("multi-nic-ipam.yaml")
+        .into_iter()
+        .filter(|doc| doc["kind"] != "Pod" && doc["kind"] != "Deployment")
+        .collect();
+    api.apply(&docs);
+    let p = "macvlan.default";
+    // Attached by someone else (Kube-OVN, or restored from a backup) before Sidelane starts.
+    seed_pod(&api, "legacy", &json!({}));
+    api.seed(foreign_ip("legacy", p, "macvlan", "172.17.0.50"))
+        .expect("the foreign IP resource");
+    let controller = Controller::start(&api, &runtime);
+    seed_pod(
+        &api,
+        "wants-50",
+        &json!({"k8s.v1.cni.cncf.io/networks": "macvlan",
+        format!("{p}.kubernetes.io/ip_address"): "172.17.0.50"}),
+    );
+    let warning = |pod: &str| {
+        api.list("events.k8s.io/v1", "Event", Some("default"))
+            .into_iter()
+            .find(|e| e["regarding"]["name"] == pod && e["type"] == "Warning")
+    };
+    eventually("a Warning on wants-50", || warning("wants-50").is_some());
+    assert_eq!(
+        warning("wants-50").map(|e| e["note"].clone()),
+        Some(json!(
+            "default/macvlan (net1): 172.17.0.50 in subnet macvlan is already held by pod \
+             default/legacy (IP resource legacy.default.macvlan.default, not written by Sidelane)"
+        ))
+    );
+    assert_eq!(allocated(&api, "wants-50", p), None);
+    // While running: one written after start-up holds its address too (from the next
+    // collection on).
+    seed_pod(&api, "legacy-2", &json!({}));
+    api.seed(foreign_ip("legacy-2", p, "macvlan", "172.17.0.51"))
+        .expect("the second foreign IP resource");
+    eventually("the next collection holds both", || {
+        controller
+            .metrics
+            .render()
+            .contains("sidelane_controller_foreign_ips 2")
+    });
+    seed_pod(
+        &api,
+        "wants-51",
+        &json!({"k8s.v1.cni.cncf.io/networks": "macvlan",
+        format!("{p}.kubernetes.io/ip_address"): "172.17.0.51"}),
+    );
+    eventually("a Warning on wants-51", || warning("wants-51").is_some());
+    assert_eq!(allocated(&api, "wants-51", p), None);
+    // Dynamic allocations go around both; the foreign resources are left as they were.
+    seed_pod(
+        &api,
+        "dynamic",
+        &json!({"k8s.v1.cni.cncf.io/networks": "macvlan"}),
+    );
+    eventually("dynamic allocated", || {
+        allocated(&api, "dynamic", p).is_some()
+    });
+    for (name, ip) in [("legacy", "172.17.0.50"), ("legacy-2", "172.17.0.51")] {
+        let obj = api
+            .get("kubeovn.io/v1", "IP", "", &format!("{name}.default.{p}"))
+            .expect("the foreign IP resource is still there");
+        assert_eq!(obj["spec"]["ipAddress"], ip);
+        assert!(obj["metadata"]["annotations"]["sidelane.io/pod-uid"].is_null());
+    }
+}

@@ -1,3 +1,5 @@
+use std::net::IpAddr;
+
 use super::*;
 
 const MACVLAN: &str = r#"{"cniVersion": "0.3.0", "type": "macvlan", "master": "eth0", "mode": "bridge",
@@ -357,4 +359,106 @@ fn overlapping_ovn_subnets_of_one_vpc_are_refused_but_ipam_only_ones_may_overlap
         e.set_subnet(&elsewhere),
         SubnetOutcome::Valid { .. }
     ));
+}
+
+fn foreign(name: &str, pod_name: &str, uid: &str, ip: &str) -> IpRecord {
+    IpRecord {
+        name: name.to_owned(),
+        pod_name: pod_name.to_owned(),
+        namespace: "default".to_owned(),
+        pod_uid: uid.to_owned(),
+        subnet: "macvlan".to_owned(),
+        ips: vec![ip.parse().expect("an address")],
+        mac: None,
+        provider: "macvlan.default".to_owned(),
+        ifname: String::new(),
+        pod_type: String::new(),
+    }
+}
+
+#[test]
+fn a_foreign_ip_resource_holds_its_address_until_its_pod_is_gone_and_is_never_deleted() {
+    let mut e = seeded();
+    e.restore_foreign_ip(&foreign(
+        "legacy.default.macvlan.default",
+        "legacy",
+        "u-legacy",
+        "172.17.0.11",
+    ))
+    .expect("held");
+    // The pod of the record has no attachment of ours: reconciling it keeps the hold.
+    assert!(
+        e.on_pod(&pod("legacy", "u-legacy", &[]))
+            .delete_ips
+            .is_empty()
+    );
+    let other = e.on_pod(&pod(
+        "other",
+        "u-other",
+        &[("k8s.v1.cni.cncf.io/networks", "default/macvlan")],
+    ));
+    assert_eq!(
+        other.annotations["macvlan.default.kubernetes.io/ip_address"],
+        "172.17.0.12"
+    );
+    let gone = e.collect_garbage(&BTreeSet::from(["u-other".to_owned()]));
+    assert!(
+        gone.delete_ips.is_empty(),
+        "never deletes a resource it did not write"
+    );
+    let again = e.on_pod(&pod(
+        "third",
+        "u-third",
+        &[
+            ("k8s.v1.cni.cncf.io/networks", "default/macvlan"),
+            ("macvlan.default.kubernetes.io/ip_address", "172.17.0.11"),
+        ],
+    ));
+    assert!(
+        again.events.is_empty(),
+        "released once its pod is gone: {:?}",
+        again.events
+    );
+    assert_eq!(
+        again.annotations["macvlan.default.kubernetes.io/ip_address"],
+        "172.17.0.11"
+    );
+}
+
+#[test]
+fn the_pods_own_attachment_of_the_provider_takes_a_foreign_hold_over() {
+    let mut e = seeded();
+    e.restore_foreign_ip(&foreign(
+        "mig.default.macvlan.default",
+        "mig",
+        "u-mig",
+        "172.17.0.40",
+    ))
+    .expect("held");
+    // Migrated from Kube-OVN: the pod's annotations name the address it has.
+    let out = e.on_pod(&pod(
+        "mig",
+        "u-mig",
+        &[
+            ("k8s.v1.cni.cncf.io/networks", "default/macvlan"),
+            ("macvlan.default.kubernetes.io/ip_address", "172.17.0.40"),
+        ],
+    ));
+    assert!(out.events.is_empty(), "{:?}", out.events);
+    assert_eq!(out.upsert_ips.len(), 1);
+    assert_eq!(out.upsert_ips[0].name, "mig.default.macvlan.default");
+    assert_eq!(
+        out.upsert_ips[0].ips,
+        ["172.17.0.40".parse::<IpAddr>().expect("ip")]
+    );
+    // A later collection does not hold it a second time for the foreign record.
+    e.restore_foreign_ip(&foreign(
+        "mig.default.macvlan.default",
+        "mig",
+        "u-mig",
+        "172.17.0.40",
+    ))
+    .expect("taken over: nothing to hold");
+    let released = e.on_pod_gone(&pod("mig", "u-mig", &[]));
+    assert_eq!(released.delete_ips, ["mig.default.macvlan.default"]);
 }

@@ -44,6 +44,13 @@ pub enum Holder {
         /// The pod's name (`web-0`).
         pod: String,
     },
+    /// An IP resource Sidelane did not write (Kube-OVN's, or one restored from a backup),
+    /// holding its address for its pod while that pod lives. Never written or deleted by
+    /// Sidelane; the pod's own attachment of the same provider takes it over.
+    Foreign {
+        /// The IP resource's name.
+        ip: String,
+    },
 }
 
 /// One attachment's identity.
@@ -485,8 +492,15 @@ impl Ipam {
     }
 
     fn holder_name(&self, id: OwnerId) -> String {
-        self.record(id)
-            .map_or_else(|| "(unknown)".to_owned(), |r| r.pod.to_string())
+        self.record(id).map_or_else(
+            || "(unknown)".to_owned(),
+            |r| match &r.key.holder {
+                Holder::Foreign { ip } => {
+                    format!("{} (IP resource {ip}, not written by Sidelane)", r.pod)
+                }
+                _ => r.pod.to_string(),
+            },
+        )
     }
 
     /// Releases what `key` holds.
@@ -508,6 +522,7 @@ impl Ipam {
                 let mine = match &r.key.holder {
                     Holder::Pod { uid: u } => u == uid,
                     Holder::StatefulSetSlot { .. } => with_slots && r.pod.uid == uid,
+                    Holder::Foreign { .. } => r.pod.uid == uid,
                 };
                 mine.then(|| OwnerId(u32::try_from(i).unwrap_or(u32::MAX)))
             })
