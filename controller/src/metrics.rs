@@ -80,6 +80,8 @@ pub struct Metrics {
     pub nb_in_sync: Gauge,
     /// Addresses held for live pods by IP resources Sidelane did not write.
     pub foreign_ips: Gauge,
+    /// Rows of Sidelane's nothing wants, left in place because they hold another owner's rows.
+    pub nb_kept: Gauge,
     ready: AtomicBool,
 }
 
@@ -107,6 +109,12 @@ impl Metrics {
         let nb_conflicts = Gauge::default();
         let nb_in_sync = Gauge::default();
         let foreign_ips = Gauge::default();
+        let nb_kept = Gauge::default();
+        registry.register(
+            "nb_kept",
+            "OVN rows Sidelane no longer wants, left in place because they hold rows of another owner",
+            nb_kept.clone(),
+        );
         registry.register(
             "foreign_ips",
             "Addresses held for live pods by IP resources Sidelane did not write",
@@ -177,6 +185,7 @@ impl Metrics {
             nb_conflicts,
             nb_in_sync,
             foreign_ips,
+            nb_kept,
             ready: AtomicBool::new(false),
         }
     }

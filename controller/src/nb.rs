@@ -73,6 +73,7 @@ pub async fn reconcile(
     let mut synced = false;
     let mut backoff = Duration::from_millis(100);
     let mut conflicts: Vec<String> = Vec::new();
+    let mut kept: Vec<String> = Vec::new();
     loop {
         tokio::select! {
             event = monitor.recv() => {
@@ -103,6 +104,15 @@ pub async fn reconcile(
             metrics
                 .nb_conflicts
                 .set(i64::try_from(conflicts.len()).unwrap_or(i64::MAX));
+        }
+        if p.kept != kept {
+            for k in &p.kept {
+                warn!(kept = %k, "an OVN row Sidelane no longer wants holds another owner's rows; left in place until they are gone");
+            }
+            kept.clone_from(&p.kept);
+            metrics
+                .nb_kept
+                .set(i64::try_from(kept.len()).unwrap_or(i64::MAX));
         }
         if p.ops.is_empty() {
             metrics.nb_in_sync.set(1);

@@ -473,6 +473,68 @@ fn rows_without_the_marker_survive_a_full_resync_untouched() {
     );
 }
 
+#[test]
+fn deleting_a_subnet_leaves_its_switch_while_another_owners_port_is_on_it() {
+    if !ovn::require_installed(
+        "deleting_a_subnet_leaves_its_switch_while_another_owners_port_is_on_it",
+    ) {
+        return;
+    }
+    let central = Central::start().expect("OVN central starts");
+    let api = SidelaneCluster::start();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let networks: Vec<Value> = cluster::example("attachnet.yaml")
+        .into_iter()
+        .filter(|d| d["kind"] == "NetworkAttachmentDefinition" || d["kind"] == "Subnet")
+        .collect();
+    api.apply(&networks);
+    let _controller = Controller::start(&api, &central, &runtime);
+    let router_port = "ovn-cluster-attachnet".to_owned();
+    eventually(
+        "the switch and its router port",
+        Duration::from_secs(30),
+        || {
+            names(&central, "Logical_Switch").contains(&"attachnet".to_owned())
+                && names(&central, "Logical_Router_Port").contains(&router_port)
+        },
+    );
+    // Another owner plugs a port of theirs into our switch.
+    central
+        .nbctl(&["lsp-add", "attachnet", "their-port"])
+        .expect("their port");
+    api.delete("kubeovn.io/v1", "Subnet", "", "attachnet")
+        .expect("deleting the Subnet");
+    eventually("our router port goes", Duration::from_secs(20), || {
+        !names(&central, "Logical_Router_Port").contains(&router_port)
+    });
+    assert!(
+        names(&central, "Logical_Switch").contains(&"attachnet".to_owned()),
+        "the switch stays while it holds their port"
+    );
+    assert_eq!(
+        central
+            .nbctl(&["lsp-get-ls", "their-port"])
+            .expect("lsp-get-ls")
+            .trim()
+            .split_whitespace()
+            .last(),
+        Some("(attachnet)"),
+        "their port is still on it"
+    );
+    assert_eq!(
+        names(&central, "Logical_Switch_Port"),
+        ["their-port"],
+        "our own ports on it are gone"
+    );
+    // Once their port is gone, so is the switch.
+    central
+        .nbctl(&["lsp-del", "their-port"])
+        .expect("their port goes");
+    eventually("the empty switch goes", Duration::from_secs(20), || {
+        !names(&central, "Logical_Switch").contains(&"attachnet".to_owned())
+    });
+}
+
 fn count(central: &Central, table: &str) -> usize {
     names(central, table).len()
 }

@@ -44,6 +44,9 @@ pub struct Observed {
     pub router_ports: BTreeMap<String, Found<RouterPort>>,
     /// Switch ports by name (unique), with their switch's UUID in `switch`.
     pub switch_ports: BTreeMap<String, Found<SwitchPort>>,
+    /// Static routes of other owners, described, by router UUID: a router holding one is not
+    /// Sidelane's alone to delete.
+    pub foreign_routes: HashMap<String, Vec<String>>,
 }
 
 fn owned(ids: &BTreeMap<String, String>) -> bool {
@@ -124,6 +127,14 @@ impl Observed {
                         external_ids,
                     },
                 });
+            let foreign: Vec<String> = routes
+                .iter()
+                .filter(|f| !f.owned)
+                .map(|f| format!("{LRSR} {} via {}", f.value.ip_prefix, f.value.nexthop))
+                .collect();
+            if !foreign.is_empty() {
+                o.foreign_routes.insert(uuid.clone(), foreign);
+            }
             o.routes.insert(
                 uuid.clone(),
                 routes.into_iter().filter(|f| f.owned).collect(),
@@ -199,12 +210,36 @@ pub struct Plan {
     pub ops: Vec<Operation>,
     /// Rows Sidelane wants whose name is taken by a row it does not own.
     pub conflicts: Vec<String>,
+    /// Rows of Sidelane's nothing wants any more, left in place because they hold rows of
+    /// another owner (deleting a parent would delete its children); removed once empty.
+    pub kept: Vec<String>,
     /// Counts of inserted, updated and deleted rows, for logs and metrics.
     pub inserted: usize,
     /// Rows updated.
     pub updated: usize,
     /// Rows deleted (or released from their parent, for non-root rows).
     pub deleted: usize,
+}
+
+/// Rows of other owners under each parent (router or switch UUID), described.
+fn foreign_children(observed: &Observed) -> HashMap<&str, Vec<String>> {
+    let mut out: HashMap<&str, Vec<String>> = HashMap::new();
+    for (name, f) in observed.router_ports.iter().filter(|(_, f)| !f.owned) {
+        out.entry(f.value.router.as_str())
+            .or_default()
+            .push(format!("{LRP} {name}"));
+    }
+    for (router, routes) in &observed.foreign_routes {
+        out.entry(router.as_str())
+            .or_default()
+            .extend(routes.iter().cloned());
+    }
+    for (name, f) in observed.switch_ports.iter().filter(|(_, f)| !f.owned) {
+        out.entry(f.value.switch.as_str())
+            .or_default()
+            .push(format!("{LSP} {name}"));
+    }
+    out
 }
 
 /// `want`'s pairs are all in `have`.
@@ -555,31 +590,40 @@ pub fn plan(desired: &Topology, observed: &Observed) -> Plan {
             }
         }
     }
-    // Owned rows nothing wants any more. Ports of a deleted parent go with it.
-    let mut deleted_parents: BTreeSet<&str> = BTreeSet::new();
-    for (name, rows) in &observed.routers {
-        if desired.routers.contains_key(name) {
-            continue;
+    // Owned rows nothing wants any more. Ports of a deleted parent go with it, so a parent
+    // that holds another owner's rows stays (its own children are released one by one).
+    let foreign = foreign_children(observed);
+    let mut deleted_parents: BTreeSet<String> = BTreeSet::new();
+    let mut retire = |b: &mut Builder, table: &str, name: &str, uuid: &str| {
+        if let Some(theirs) = foreign.get(uuid) {
+            b.plan.kept.push(format!(
+                "{table} {name} is left in place: it holds {} of another owner",
+                theirs.join(", ")
+            ));
+        } else {
+            b.delete(table, uuid);
+            deleted_parents.insert(uuid.to_owned());
         }
-        for f in rows.iter().filter(|f| f.owned) {
-            b.delete(LR, &f.uuid);
-            deleted_parents.insert(&f.uuid);
+    };
+    for (name, rows) in &observed.routers {
+        if !desired.routers.contains_key(name) {
+            for f in rows.iter().filter(|f| f.owned) {
+                retire(&mut b, LR, name, &f.uuid);
+            }
         }
     }
     for (name, rows) in &observed.switches {
-        if desired.switches.contains_key(name) {
-            continue;
-        }
-        for f in rows.iter().filter(|f| f.owned) {
-            b.delete(LS, &f.uuid);
-            deleted_parents.insert(&f.uuid);
+        if !desired.switches.contains_key(name) {
+            for f in rows.iter().filter(|f| f.owned) {
+                retire(&mut b, LS, name, &f.uuid);
+            }
         }
     }
     for (name, f) in &observed.router_ports {
         if f.owned
             && !desired.router_ports.contains_key(name)
             && !f.value.router.is_empty()
-            && !deleted_parents.contains(f.value.router.as_str())
+            && !deleted_parents.contains(&f.value.router)
         {
             router_children
                 .entry(f.value.router.clone())
@@ -593,7 +637,7 @@ pub fn plan(desired: &Topology, observed: &Observed) -> Plan {
         if f.owned
             && !desired.switch_ports.contains_key(name)
             && !f.value.switch.is_empty()
-            && !deleted_parents.contains(f.value.switch.as_str())
+            && !deleted_parents.contains(&f.value.switch)
         {
             switch_children
                 .entry(f.value.switch.clone())

@@ -291,3 +291,97 @@ fn owned_duplicates_of_a_switch_are_deleted_keeping_one() {
     assert_eq!(p.deleted, 1);
     assert!(matches!(&p.ops[..], [Operation::Delete { table, .. }] if table == "Logical_Switch"));
 }
+
+/// `o` with a port of another owner on switch `switch`.
+fn with_foreign_port(mut o: Observed, switch: &str) -> Observed {
+    o.switch_ports.insert(
+        "theirs".into(),
+        Found {
+            uuid: "x".into(),
+            owned: false,
+            value: SwitchPort {
+                switch: format!("ls-{switch}"),
+                ..SwitchPort::default()
+            },
+        },
+    );
+    o
+}
+
+#[test]
+fn a_switch_nothing_wants_that_holds_another_owners_port_is_left_in_place_and_reported() {
+    let was = build(
+        [&attachnet()],
+        &BTreeMap::new(),
+        [port(
+            "p.default.attachnet.default.ovn",
+            "attachnet",
+            "172.17.0.11",
+        )],
+    );
+    let o = with_foreign_port(observed_from(&was), "attachnet");
+    // The Subnet is deleted: nothing wants the switch, its router or its ports.
+    let p = plan(&Topology::default(), &o);
+    let ops = format!("{:?}", p.ops);
+    assert!(
+        !p.ops
+            .iter()
+            .any(|op| matches!(op, Operation::Delete { table, .. } if table == "Logical_Switch")),
+        "the switch stays: {ops}"
+    );
+    assert!(!ops.contains("\"x\""), "their port is not touched: {ops}");
+    assert!(
+        ops.contains("lsp-p.default.attachnet.default.ovn"),
+        "our own port on it goes: {ops}"
+    );
+    assert_eq!(
+        p.kept,
+        [
+            "Logical_Switch attachnet is left in place: it holds Logical_Switch_Port theirs of another owner"
+        ]
+    );
+    // Once their port is gone, the switch goes too.
+    let p = plan(&Topology::default(), &observed_from(&was));
+    assert!(p.kept.is_empty());
+    assert!(
+        p.ops
+            .iter()
+            .any(|op| matches!(op, Operation::Delete { table, .. } if table == "Logical_Switch"))
+    );
+}
+
+#[test]
+fn a_router_nothing_wants_that_holds_another_owners_port_or_route_is_left_in_place() {
+    let was = build([&attachnet()], &BTreeMap::new(), []);
+    let mut o = observed_from(&was);
+    o.router_ports.insert(
+        "their-lrp".into(),
+        Found {
+            uuid: "y".into(),
+            owned: false,
+            value: RouterPort {
+                router: format!("lr-{DEFAULT_VPC}"),
+                ..RouterPort::default()
+            },
+        },
+    );
+    o.foreign_routes.insert(
+        format!("lr-{DEFAULT_VPC}"),
+        vec!["Logical_Router_Static_Route 0.0.0.0/0 via 10.0.0.1".to_owned()],
+    );
+    let p = plan(&Topology::default(), &o);
+    assert!(
+        !p.ops
+            .iter()
+            .any(|op| matches!(op, Operation::Delete { table, .. } if table == "Logical_Router")),
+        "{:?}",
+        p.ops
+    );
+    assert_eq!(
+        p.kept,
+        [format!(
+            "Logical_Router {DEFAULT_VPC} is left in place: it holds Logical_Router_Port their-lrp, \
+             Logical_Router_Static_Route 0.0.0.0/0 via 10.0.0.1 of another owner"
+        )]
+    );
+}
