@@ -515,7 +515,6 @@ fn deleting_a_subnet_leaves_its_switch_while_another_owners_port_is_on_it() {
         central
             .nbctl(&["lsp-get-ls", "their-port"])
             .expect("lsp-get-ls")
-            .trim()
             .split_whitespace()
             .last(),
         Some("(attachnet)"),
