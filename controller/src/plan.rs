@@ -16,6 +16,7 @@ use sidelane_api::{
     mac,
     nad::{NadConfig, NadError},
     network_selection::{self, NETWORKS_ANNOTATION},
+    qos::QosSpec,
 };
 
 use crate::{
@@ -276,6 +277,10 @@ fn wanted(
         None
     };
     let refuse = |subject: String, reason: String| Refusal { subject, reason };
+    // A malformed rate is refused before anything is allocated (as Kube-OVN's webhook does),
+    // not left for the CNI ADD to fail on.
+    QosSpec::from_annotations(&pod.annotations, prefix)
+        .map_err(|e| refuse(nad.to_owned(), e.to_string()))?;
     let already_allocated = pod
         .annotations
         .get(&key(prefix, "allocated"))

@@ -462,3 +462,44 @@ fn the_pods_own_attachment_of_the_provider_takes_a_foreign_hold_over() {
     let released = e.on_pod_gone(&pod("mig", "u-mig", &[]));
     assert_eq!(released.delete_ips, ["mig.default.macvlan.default"]);
 }
+
+#[test]
+fn a_malformed_rate_is_refused_before_anything_is_allocated_naming_key_and_value() {
+    let mut e = seeded();
+    for (key, value) in [
+        ("attachnet.default.ovn.kubernetes.io/ingress_rate", "a3"),
+        ("attachnet.default.ovn.kubernetes.io/egress_rate", "10m"),
+        ("attachnet.default.ovn.kubernetes.io/egress_burst", "-1"),
+        ("ovn.kubernetes.io/ingress_rate", "10M"),
+    ] {
+        let out = e.on_pod(&pod(
+            "qos",
+            "u-qos",
+            &[
+                ("k8s.v1.cni.cncf.io/networks", "default/attachnet"),
+                (key, value),
+            ],
+        ));
+        assert!(
+            out.annotations.is_empty(),
+            "{key}={value}: {:?}",
+            out.annotations
+        );
+        assert!(
+            out.upsert_ips.is_empty(),
+            "{key}={value}: nothing allocated"
+        );
+        assert_eq!(out.new_allocations, 0);
+        assert_eq!(out.events.len(), 1, "{key}={value}: {:?}", out.events);
+        let event = &out.events[0];
+        assert!(event.warning);
+        assert_eq!(event.reason, "AcquireAddressFailed");
+        assert_eq!(
+            event.message,
+            format!(
+                "default/attachnet: {value:?} is not a valid {key}: expected a non-negative integer"
+            )
+        );
+    }
+    assert_eq!(e.usage("attachnet").map(|u| u.v4_used), Some(0));
+}
