@@ -321,15 +321,15 @@ fn wanted(
         },
         _ => (Vec::new(), Vec::new()),
     };
+    // Kube-OVN's values, exactly (it compares them as written).
     let family = match get("ip_family") {
-        None => None,
-        Some((_, v)) if v.eq_ignore_ascii_case("ipv4") => Some(Family::V4),
-        Some((_, v)) if v.eq_ignore_ascii_case("ipv6") => Some(Family::V6),
-        Some((_, v)) if v.eq_ignore_ascii_case("dual") || v.is_empty() => None,
+        None | Some((_, "")) => None,
+        Some((_, "ipv4")) => Some(Family::V4),
+        Some((_, "ipv6")) => Some(Family::V6),
         Some((k, v)) => {
             return Err(refuse(
                 k.clone(),
-                format!("{v:?} is not a valid {k}: expected IPv4, IPv6 or Dual"),
+                format!("{v:?} is not a valid {k}: expected ipv4 or ipv6"),
             ));
         }
     };

@@ -125,6 +125,13 @@ pub enum SubnetError {
         /// The CIDR block.
         cidr: String,
     },
+    /// An `excludeIps` entry has upper-case letters (Kube-OVN refuses them; it does not
+    /// lowercase them).
+    #[error("subnet exclude ip {0} can not contain upper case")]
+    ExcludeUpperCase(String),
+    /// The gateway has upper-case letters.
+    #[error("subnet gateway {0} v6 ip address can not contain upper case")]
+    GatewayUpperCase(String),
     /// An `excludeIps` entry is not an address.
     #[error("ip {0} in excludeIps is not a valid address")]
     ExcludeAddress(String),
@@ -203,18 +210,27 @@ fn first_usable(cidr: IpNet) -> IpAddr {
 }
 
 /// Parses one `excludeIps` entry.
+///
+/// Kube-OVN's checks and messages, in its order: upper case, more than two parts, each part an
+/// address (an empty part too: `10.16.0.1..` is `ip  in excludeIps is not a valid address`),
+/// start before end. A range across families is refused as a range as well (Kube-OVN compares
+/// them as numbers).
 pub fn parse_exclude(entry: &str) -> Result<(IpAddr, IpAddr), SubnetError> {
     let entry = entry.trim();
+    if entry.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(SubnetError::ExcludeUpperCase(entry.to_owned()));
+    }
+    let address =
+        |part: &str| IpAddr::from_str(part).map_err(|_| SubnetError::ExcludeAddress(part.into()));
     match entry.split("..").collect::<Vec<_>>()[..] {
         [one] => {
-            let ip =
-                IpAddr::from_str(one).map_err(|_| SubnetError::ExcludeAddress(entry.into()))?;
+            let ip = address(one)?;
             Ok((ip, ip))
         }
         [a, b] => {
             let bad = || SubnetError::ExcludeRange(entry.to_owned());
-            let a = IpAddr::from_str(a).map_err(|_| bad())?;
-            let b = IpAddr::from_str(b).map_err(|_| bad())?;
+            let a = address(a)?;
+            let b = address(b)?;
             if a.is_ipv4() != b.is_ipv4() || cmp_ip(a, b) == Ordering::Greater {
                 return Err(bad());
             }
@@ -314,6 +330,9 @@ impl SubnetConfig {
             && !["IPv4", "IPv6", "Dual", "Mac"].contains(&input.protocol.as_str())
         {
             return Err(SubnetError::Protocol(input.protocol.clone()));
+        }
+        if input.gateway.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(SubnetError::GatewayUpperCase(input.gateway.clone()));
         }
         let given: Vec<IpAddr> = input
             .gateway
@@ -546,6 +565,22 @@ mod tests {
             (
                 input("172.17.0.0/16", "", &["1..2..3"]),
                 "1..2..3 in excludeIps is not a valid ip range",
+            ),
+            (
+                input("10.16.0.0/16", "", &["10.16.0.1.."]),
+                "ip  in excludeIps is not a valid address",
+            ),
+            (
+                input("10.16.0.0/16", "", &["10.16.0.1..10.16.0.x"]),
+                "ip 10.16.0.x in excludeIps is not a valid address",
+            ),
+            (
+                input("fd00::/64", "", &["FD00::5"]),
+                "subnet exclude ip FD00::5 can not contain upper case",
+            ),
+            (
+                input("fd00::/64", "FD00::1", &[]),
+                "subnet gateway FD00::1 v6 ip address can not contain upper case",
             ),
             (input("fd00::/64", "", &[]), "there is no error"),
             (

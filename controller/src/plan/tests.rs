@@ -209,3 +209,30 @@ fn the_default_network_annotation_asks_for_eth0_and_the_others_keep_their_number
         ]
     );
 }
+
+#[test]
+fn ip_family_takes_exactly_kube_ovns_values() {
+    let family = |value: &str| {
+        let p = pod(&[
+            ("k8s.v1.cni.cncf.io/networks", "default/macvlan"),
+            ("macvlan.default.kubernetes.io/ip_family", value),
+        ]);
+        let plan = plan(&p, &seeds_lookup);
+        match (plan.wanted.first(), plan.refused.first()) {
+            (Some(w), None) => Ok(w.request.family),
+            (_, Some(r)) => Err(r.reason.clone()),
+            (None, None) => Err("nothing planned".to_owned()),
+        }
+    };
+    assert_eq!(family("ipv4"), Ok(Some(Family::V4)));
+    assert_eq!(family("ipv6"), Ok(Some(Family::V6)));
+    assert_eq!(family(""), Ok(None));
+    for wrong in ["IPv4", "IPV6", "dual", "Dual"] {
+        assert_eq!(
+            family(wrong),
+            Err(format!(
+                "{wrong:?} is not a valid macvlan.default.kubernetes.io/ip_family: expected ipv4 or ipv6"
+            ))
+        );
+    }
+}
