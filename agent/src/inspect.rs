@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 
 use sidelane_api::{
     allocation,
-    crd::Subnet,
+    crd::{Subnet, SubnetStatus},
     network_selection::{self, NETWORKS_ANNOTATION},
     qos::{QosSpec, RateLimit},
 };
@@ -78,8 +78,29 @@ fn count(v: Option<f64>) -> String {
     v.map_or_else(|| "-".to_owned(), |n| (n.max(0.0) as u64).to_string())
 }
 
-/// The Subnets with their provider, Vpc, CIDR, gateway and address usage (from the status the
-/// controller keeps), sorted by name.
+/// What a Subnet's conditions say: `invalid: <why>`, `full`, `ok`, or `pending` before the
+/// controller has written any.
+fn state(status: Option<&SubnetStatus>) -> String {
+    let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let is = |kind: &str, value: &str| {
+        conditions
+            .iter()
+            .find(|c| c.kind == kind)
+            .filter(|c| c.status == value)
+    };
+    if let Some(c) = is("Validated", "False") {
+        format!("invalid: {}", c.message)
+    } else if is("Full", "True").is_some() {
+        "full".to_owned()
+    } else if conditions.is_empty() {
+        "pending".to_owned()
+    } else {
+        "ok".to_owned()
+    }
+}
+
+/// The Subnets with their provider, Vpc, CIDR, gateway, address usage and state (from the
+/// status the controller keeps; an invalid Subnet says why), sorted by name.
 pub fn subnets_table(subnets: &[Subnet]) -> String {
     let mut sorted: Vec<&Subnet> = subnets.iter().collect();
     sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -92,6 +113,7 @@ pub fn subnets_table(subnets: &[Subnet]) -> String {
         "USED",
         "AVAILABLE",
         "EXCLUDED",
+        "STATE",
     ]);
     for s in sorted {
         let spec = &s.spec;
@@ -127,6 +149,7 @@ pub fn subnets_table(subnets: &[Subnet]) -> String {
                 status.and_then(|st| st.v6_available_ips),
             ),
             or_dash(&spec.exclude_ips.join(",")),
+            state(status),
         ]);
     }
     t.render()
@@ -402,7 +425,7 @@ pub fn interface_detail(v: &AttachmentView) -> String {
 
 #[cfg(test)]
 mod tests {
-    use sidelane_api::crd::{SubnetSpec, SubnetStatus};
+    use sidelane_api::crd::{Condition, SubnetSpec};
 
     use super::*;
     use crate::metrics::{FastpathView, QosView};
@@ -429,6 +452,7 @@ mod tests {
         a.status = Some(SubnetStatus {
             v4_using_ips: Some(3.0),
             v4_available_ips: Some(65_520.0),
+            conditions: vec![condition("Validated", "True", "")],
             ..SubnetStatus::default()
         });
         let mut other = BTreeMap::new();
@@ -457,12 +481,58 @@ mod tests {
                 "172.17.0.1",
                 "3",
                 "65520",
-                "172.17.0.0..172.17.0.10"
+                "172.17.0.0..172.17.0.10",
+                "ok"
             ]
         );
         let secondary: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(secondary[3], "10.100.0.0/16", "{text}");
         assert_eq!(secondary[2], "vpc-secondary", "{text}");
+        assert_eq!(secondary.last(), Some(&"pending"), "{text}");
+    }
+
+    fn condition(kind: &str, status: &str, message: &str) -> Condition {
+        Condition {
+            kind: kind.to_owned(),
+            status: status.to_owned(),
+            message: message.to_owned(),
+            ..Condition::default()
+        }
+    }
+
+    #[test]
+    fn subnets_table_marks_an_invalid_subnet_with_why_and_a_full_one() {
+        let mut broken = Subnet::new(
+            "broken",
+            SubnetSpec {
+                cidr_block: "10.88.0.0/24".to_owned(),
+                gateway: "10.99.0.1".to_owned(),
+                ..SubnetSpec::default()
+            },
+        );
+        broken.status = Some(SubnetStatus {
+            conditions: vec![condition(
+                "Validated",
+                "False",
+                "gateway 10.99.0.1 is not in cidr 10.88.0.0/24",
+            )],
+            ..SubnetStatus::default()
+        });
+        let mut full = Subnet::new("full", SubnetSpec::default());
+        full.status = Some(SubnetStatus {
+            conditions: vec![
+                condition("Validated", "True", ""),
+                condition("Full", "True", "every address of the subnet is in use"),
+            ],
+            ..SubnetStatus::default()
+        });
+        let text = subnets_table(&[broken, full]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].ends_with("invalid: gateway 10.99.0.1 is not in cidr 10.88.0.0/24"),
+            "{text}"
+        );
+        assert!(lines[2].trim_end().ends_with("full"), "{text}");
     }
 
     #[test]

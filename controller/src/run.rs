@@ -683,7 +683,7 @@ impl Leader {
                 continue;
             };
             let usage = self.engine.usage(&name);
-            if let Some(u) = usage {
+            if let Some(u) = &usage {
                 for (family, used, available) in [
                     ("ipv4", u.v4_used, u.v4_available),
                     ("ipv6", u.v6_used, u.v6_available),

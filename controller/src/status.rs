@@ -37,8 +37,9 @@ pub fn subnet_status(usage: Option<Usage>, validation: Result<(), &str>, now: &s
         "",
         now,
     ));
+    // Full when a family has nothing left to hand out, whether held or excluded.
     let full = validation.is_ok()
-        && ((u.v4_used > 0 && u.v4_available == 0) || (u.v6_used > 0 && u.v6_available == 0));
+        && ((u.has_v4 && u.v4_available == 0) || (u.has_v6 && u.v6_available == 0));
     conditions.push(condition(
         "Full",
         full,
@@ -64,6 +65,10 @@ pub fn subnet_status(usage: Option<Usage>, validation: Result<(), &str>, now: &s
         "v4usingIPs": f(u.v4_used),
         "v6availableIPs": f(u.v6_available),
         "v6usingIPs": f(u.v6_used),
+        "v4usingIPrange": u.v4_using_range,
+        "v4availableIPrange": u.v4_available_range,
+        "v6usingIPrange": u.v6_using_range,
+        "v6availableIPrange": u.v6_available_range,
         "conditions": conditions,
     })
 }
@@ -122,6 +127,7 @@ mod tests {
 
     fn usage(used: u64, available: u64) -> Usage {
         Usage {
+            has_v4: true,
             v4_used: used,
             v4_available: available,
             ..Usage::default()
@@ -155,6 +161,24 @@ mod tests {
             invalid["conditions"][0]["message"],
             "gateway 1.1.1.1 is not in cidr 10.0.0.0/8"
         );
+    }
+
+    #[test]
+    fn a_subnet_whose_every_address_is_excluded_is_full_and_says_which_are_free() {
+        let all_excluded = usage(0, 0);
+        let status = subnet_status(Some(all_excluded), Ok(()), "t");
+        assert_eq!(status["conditions"][2]["type"], "Full");
+        assert_eq!(status["conditions"][2]["status"], "True");
+        let some = Usage {
+            v4_using_range: "10.0.0.2-10.0.0.3".to_owned(),
+            v4_available_range: "10.0.0.4-10.0.0.14".to_owned(),
+            ..usage(2, 11)
+        };
+        let status = subnet_status(Some(some), Ok(()), "t");
+        assert_eq!(status["conditions"][2]["status"], "False");
+        assert_eq!(status["v4usingIPrange"], "10.0.0.2-10.0.0.3");
+        assert_eq!(status["v4availableIPrange"], "10.0.0.4-10.0.0.14");
+        assert_eq!(status["v6usingIPrange"], "");
     }
 
     #[test]

@@ -217,6 +217,19 @@ fn a_taken_static_address_is_an_event_naming_the_holder_and_allocates_nothing() 
         "default/macvlan (net1): 172.17.0.50 in subnet macvlan is already held by pod default/first"
     );
     assert_eq!(allocated(&api, "second", p), None);
+    // The Subnet's status says which addresses are held and which are free, as Kube-OVN's.
+    eventually("the Subnet's ranges", || {
+        api.get("kubeovn.io/v1", "Subnet", "", "macvlan")
+            .is_some_and(|s| s["status"]["v4usingIPrange"] == "172.17.0.50")
+    });
+    let status = api
+        .get("kubeovn.io/v1", "Subnet", "", "macvlan")
+        .map(|s| s["status"].clone())
+        .unwrap_or_default();
+    assert_eq!(
+        status["v4availableIPrange"],
+        "172.17.0.11-172.17.0.49,172.17.0.51-172.17.255.254"
+    );
 }
 
 #[test]

@@ -228,8 +228,20 @@ pub enum AllocError {
 }
 
 /// Used and available addresses of a Subnet, per family.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Whether the Subnet has an IPv4 range.
+    pub has_v4: bool,
+    /// Whether the Subnet has an IPv6 range.
+    pub has_v6: bool,
+    /// The IPv4 addresses held, as Kube-OVN writes `v4usingIPrange`.
+    pub v4_using_range: String,
+    /// The IPv4 addresses free, as Kube-OVN writes `v4availableIPrange`.
+    pub v4_available_range: String,
+    /// The IPv6 addresses held (`v6usingIPrange`).
+    pub v6_using_range: String,
+    /// The IPv6 addresses free (`v6availableIPrange`).
+    pub v6_available_range: String,
     /// IPv4 addresses held.
     pub v4_used: u64,
     /// IPv4 addresses random allocation can still hand out.
@@ -413,6 +425,20 @@ impl Ipam {
     pub fn usage(&self, subnet: &str) -> Option<Usage> {
         let s = self.subnets.get(subnet)?;
         Some(Usage {
+            has_v4: s.v4.is_some(),
+            has_v6: s.v6.is_some(),
+            v4_using_range: s.v4.as_ref().map(Pool::using_ranges).unwrap_or_default(),
+            v4_available_range: s
+                .v4
+                .as_ref()
+                .map(Pool::available_ranges)
+                .unwrap_or_default(),
+            v6_using_range: s.v6.as_ref().map(Pool::using_ranges).unwrap_or_default(),
+            v6_available_range: s
+                .v6
+                .as_ref()
+                .map(Pool::available_ranges)
+                .unwrap_or_default(),
             v4_used: s.v4.as_ref().map_or(0, Pool::used),
             v4_available: s.v4.as_ref().map_or(0, Pool::available),
             v6_used: s.v6.as_ref().map_or(0, Pool::used),

@@ -356,6 +356,61 @@ impl Pool {
         self.size - self.excluded_count - (self.used() - self.held_excluded)
     }
 
+    /// Kube-OVN's text for a list of offset ranges: `a-b` for a range, `a` for one address,
+    /// comma-separated.
+    fn ranges_text(&self, ranges: &[(u64, u64)]) -> String {
+        ranges
+            .iter()
+            .map(|&(s, e)| {
+                if s == e {
+                    self.address(s).to_string()
+                } else {
+                    format!("{}-{}", self.address(s), self.address(e))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The held offsets as merged ranges.
+    fn held_ranges(&self) -> Vec<(u64, u64)> {
+        let mut offsets: Vec<u64> = self.holders.keys().copied().collect();
+        offsets.sort_unstable();
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for o in offsets {
+            match out.last_mut() {
+                Some(last) if last.1 + 1 == o => last.1 = o,
+                _ => out.push((o, o)),
+            }
+        }
+        out
+    }
+
+    /// `v4usingIPrange` / `v6usingIPrange`: the held addresses, as Kube-OVN writes them.
+    pub fn using_ranges(&self) -> String {
+        self.ranges_text(&self.held_ranges())
+    }
+
+    /// `v4availableIPrange` / `v6availableIPrange`: what random allocation can still hand out
+    /// (neither excluded nor held), as Kube-OVN writes it.
+    pub fn available_ranges(&self) -> String {
+        let mut blocked = self.excluded.clone();
+        blocked.extend(self.held_ranges());
+        blocked.sort_unstable();
+        let mut free = Vec::new();
+        let mut next = 0u64;
+        for (s, e) in blocked {
+            if s > next {
+                free.push((next, s - 1));
+            }
+            next = next.max(e.saturating_add(1));
+        }
+        if next < self.size {
+            free.push((next, self.size - 1));
+        }
+        self.ranges_text(&free)
+    }
+
     /// Every held address and its holder, in address order.
     pub fn held(&self) -> Vec<(IpAddr, OwnerId)> {
         let mut out: Vec<_> = self
@@ -378,6 +433,30 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("an address")
+    }
+
+    #[test]
+    fn the_range_strings_are_kube_ovns_held_and_free_addresses() {
+        let net: IpNet = "10.0.0.0/28".parse().expect("a network");
+        // Usable .1-.14; the gateway .1 and .5-.6 excluded.
+        let mut pool = Pool::new(
+            net,
+            Some(ip("10.0.0.1")),
+            &[(ip("10.0.0.5"), ip("10.0.0.6"))],
+        );
+        assert_eq!(pool.using_ranges(), "");
+        assert_eq!(
+            pool.available_ranges(),
+            "10.0.0.2-10.0.0.4,10.0.0.7-10.0.0.14"
+        );
+        for (o, addr) in [(1, "10.0.0.2"), (2, "10.0.0.3"), (3, "10.0.0.9")] {
+            pool.claim(ip(addr), OwnerId(o)).expect("claimed");
+        }
+        assert_eq!(pool.using_ranges(), "10.0.0.2-10.0.0.3,10.0.0.9");
+        assert_eq!(
+            pool.available_ranges(),
+            "10.0.0.4,10.0.0.7-10.0.0.8,10.0.0.10-10.0.0.14"
+        );
     }
 
     fn net(s: &str) -> IpNet {
