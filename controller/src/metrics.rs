@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
@@ -82,6 +82,10 @@ pub struct Metrics {
     pub foreign_ips: Gauge,
     /// Rows of Sidelane's nothing wants, left in place because they hold another owner's rows.
     pub nb_kept: Gauge,
+    /// API writes that failed and were tried again.
+    pub write_retries: Counter,
+    /// Objects found gone when a watch re-listed (deleted while it was away).
+    pub gone_while_away: Counter,
     ready: AtomicBool,
 }
 
@@ -95,98 +99,72 @@ impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("sidelane_controller");
-        let allocations = Counter::default();
-        let releases = Counter::default();
-        let refusals = Family::<ReasonLabels, Counter>::default();
-        let subnet_used = Family::<SubnetLabels, Gauge>::default();
-        let subnet_available = Family::<SubnetLabels, Gauge>::default();
-        let reconcile_seconds = Histogram::new([
-            0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ]);
-        let leader = Gauge::default();
-        let nb_transactions = Family::<ResultLabels, Counter>::default();
-        let nb_rows = Family::<OpLabels, Counter>::default();
-        let nb_conflicts = Gauge::default();
-        let nb_in_sync = Gauge::default();
-        let foreign_ips = Gauge::default();
-        let nb_kept = Gauge::default();
-        registry.register(
-            "nb_kept",
-            "OVN rows Sidelane no longer wants, left in place because they hold rows of another owner",
-            nb_kept.clone(),
-        );
-        registry.register(
-            "foreign_ips",
-            "Addresses held for live pods by IP resources Sidelane did not write",
-            foreign_ips.clone(),
-        );
-        registry.register(
-            "nb_transactions",
-            "OVN Northbound transactions, by result",
-            nb_transactions.clone(),
-        );
-        registry.register(
-            "nb_rows",
-            "OVN Northbound rows inserted, updated and deleted",
-            nb_rows.clone(),
-        );
-        registry.register(
-            "nb_conflicts",
-            "Wanted OVN rows whose name is held by a row Sidelane does not own",
-            nb_conflicts.clone(),
-        );
-        registry.register(
-            "nb_in_sync",
-            "Whether the OVN Northbound database holds the wanted topology",
-            nb_in_sync.clone(),
-        );
-        registry.register(
-            "allocations",
-            "Attachment allocations written to pods",
-            allocations.clone(),
-        );
-        registry.register(
-            "releases",
-            "Attachment allocations released",
-            releases.clone(),
-        );
-        registry.register(
-            "refusals",
-            "Attachments refused, by reason",
-            refusals.clone(),
-        );
-        registry.register(
-            "subnet_used_ips",
-            "Addresses in use per subnet and family",
-            subnet_used.clone(),
-        );
-        registry.register(
-            "subnet_available_ips",
-            "Addresses still available per subnet and family",
-            subnet_available.clone(),
-        );
-        registry.register(
-            "reconcile_seconds",
-            "Time from a pod event to its writes being done",
-            reconcile_seconds.clone(),
-        );
-        registry.register("leader", "1 when this replica leads", leader.clone());
+        let r = &mut registry;
         Metrics {
-            registry,
-            allocations,
-            releases,
-            refusals,
-            subnet_used,
-            subnet_available,
-            reconcile_seconds,
-            leader,
-            nb_transactions,
-            nb_rows,
-            nb_conflicts,
-            nb_in_sync,
-            foreign_ips,
-            nb_kept,
+            allocations: registered(r, "allocations", "Attachment allocations written to pods"),
+            releases: registered(r, "releases", "Attachment allocations released"),
+            refusals: registered(r, "refusals", "Attachments refused, by reason"),
+            subnet_used: registered(
+                r,
+                "subnet_used_ips",
+                "Addresses in use per subnet and family",
+            ),
+            subnet_available: registered(
+                r,
+                "subnet_available_ips",
+                "Addresses still available per subnet and family",
+            ),
+            reconcile_seconds: with(
+                r,
+                "reconcile_seconds",
+                "Time from a pod event to its writes being done",
+                Histogram::new([
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            ),
+            leader: registered(r, "leader", "1 when this replica leads"),
+            nb_transactions: registered(
+                r,
+                "nb_transactions",
+                "OVN Northbound transactions, by result",
+            ),
+            nb_rows: registered(
+                r,
+                "nb_rows",
+                "OVN Northbound rows inserted, updated and deleted",
+            ),
+            nb_conflicts: registered(
+                r,
+                "nb_conflicts",
+                "Wanted OVN rows whose name is held by a row Sidelane does not own",
+            ),
+            nb_in_sync: registered(
+                r,
+                "nb_in_sync",
+                "Whether the OVN Northbound database holds the wanted topology",
+            ),
+            foreign_ips: registered(
+                r,
+                "foreign_ips",
+                "Addresses held for live pods by IP resources Sidelane did not write",
+            ),
+            nb_kept: registered(
+                r,
+                "nb_kept",
+                "OVN rows Sidelane no longer wants, left in place because they hold rows of another owner",
+            ),
+            write_retries: registered(
+                r,
+                "write_retries",
+                "API writes that failed and were tried again",
+            ),
+            gone_while_away: registered(
+                r,
+                "gone_while_away",
+                "Objects found deleted when a watch re-listed after losing its place",
+            ),
             ready: AtomicBool::new(false),
+            registry,
         }
     }
 
@@ -208,6 +186,18 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Registers `metric` under `name` and returns it (the registry keeps a handle to the same
+/// values).
+fn with<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// A default metric of its kind, registered.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    with(registry, name, help, M::default())
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -22,7 +22,7 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    Api, Client, Resource as _, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
     runtime::{
         WatchStreamExt as _,
@@ -44,7 +44,7 @@ use crate::{
     nb,
     objects::{self, POD_UID_ANNOTATION},
     ovn,
-    seen::{Refusals, Specs},
+    seen::{Refusals, Relists, Specs},
     status,
 };
 
@@ -157,6 +157,8 @@ struct Leader {
     specs: Specs,
     /// The refusals reported per pod: the same one is not reported again and again.
     refusals: Refusals,
+    /// Re-lists in progress, to find what was deleted while a watch was away.
+    relists: Relists,
     /// Vpcs' parts in the OVN topology.
     vpcs: BTreeMap<String, ovn::VpcInput>,
     /// Pods with a refused attachment, by UID, to try again.
@@ -195,6 +197,7 @@ impl Leader {
             statuses: HashMap::new(),
             specs: Specs::default(),
             refusals: Refusals::default(),
+            relists: Relists::default(),
             vpcs: BTreeMap::new(),
             waiting: HashMap::new(),
             topology: watch::channel(Arc::new(ovn::Topology::default())).0,
@@ -266,7 +269,7 @@ impl Leader {
         let list_err = |what| move |source| RunError::List { what, source };
         let sts: Api<StatefulSet> = Api::all(self.client.clone());
         for s in sts.list(&lp).await.map_err(list_err("StatefulSets"))? {
-            self.statefulset(&s, false);
+            self.statefulset(&s);
         }
         let nads: Api<DynamicObject> = Api::all_with(self.client.clone(), &objects::nad_resource());
         for n in nads
@@ -274,7 +277,7 @@ impl Leader {
             .await
             .map_err(list_err("NetworkAttachmentDefinitions"))?
         {
-            self.nad(&n, false);
+            self.nad(&n);
         }
         let pools: Api<DynamicObject> =
             Api::all_with(self.client.clone(), &objects::ip_pool_resource());
@@ -284,8 +287,7 @@ impl Leader {
         }
         let vpcs: Api<DynamicObject> = Api::all_with(self.client.clone(), &objects::vpc_resource());
         for v in vpcs.list(&lp).await.map_err(list_err("Vpcs"))? {
-            let (name, vpc) = objects::vpc_input(&v);
-            self.vpcs.insert(name, vpc);
+            self.vpc(&v);
         }
         for s in self
             .writer
@@ -294,7 +296,7 @@ impl Leader {
             .await
             .map_err(list_err("Subnets"))?
         {
-            self.subnet(&s, false);
+            self.subnet(&s);
         }
         Ok(())
     }
@@ -471,48 +473,66 @@ impl Leader {
                 self.count(&outcome);
                 self.writer.submit(None, String::new(), outcome);
             }
-            Change::StatefulSet(Apply(s) | InitApply(s)) => self.statefulset(&s, false),
-            Change::StatefulSet(Delete(s)) => self.statefulset(&s, true),
-            Change::Nad(Apply(n) | InitApply(n)) => {
-                if self.nad(&n, false) {
+            // Pods deleted during a re-list are found by the next collection.
+            Change::Pod(Init | InitDone) => {}
+            Change::StatefulSet(e) => self.take(STATEFULSET, e, Self::statefulset),
+            Change::Nad(e) => self.take(NAD, e, Self::nad),
+            Change::Subnet(e) => self.take(SUBNET, e, Self::subnet),
+            Change::IpPool(e) => self.take(IPPOOL, e, Self::ip_pool),
+            Change::Vpc(e) => self.take(VPC, e, |l, v| {
+                l.vpc(v);
+                false
+            }),
+        }
+    }
+
+    /// One watch event of a kind whose objects the leader keeps: `take` takes an object in and
+    /// says whether it changed (then refused pods are tried again); a deletion, or the end of
+    /// a re-list that did not list an object, forgets it.
+    fn take<K: Resource>(
+        &mut self,
+        kind: &'static str,
+        event: watcher::Event<K>,
+        take: impl FnOnce(&mut Self, &K) -> bool,
+    ) {
+        use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+        match event {
+            Init => self.relists.begin(kind),
+            InitApply(obj) | Apply(obj) => {
+                self.relists.saw(&key_of(kind, &obj));
+                if take(self, &obj) {
                     self.retry_waiting();
                 }
             }
-            Change::Nad(Delete(n)) => {
-                self.nad(&n, true);
-            }
-            Change::Subnet(Apply(s) | InitApply(s)) => {
-                if self.subnet(&s, false) {
-                    self.retry_waiting();
+            Delete(obj) => self.forget(&key_of(kind, &obj)),
+            InitDone => {
+                for key in self.relists.end(kind, &self.specs) {
+                    info!(object = %key, "gone while the watch re-listed");
+                    self.metrics.gone_while_away.inc();
+                    self.forget(&key);
                 }
             }
-            Change::Subnet(Delete(s)) => {
-                self.subnet(&s, true);
+        }
+    }
+
+    /// Forgets the object `key` (`kind/namespace/name`): it is gone.
+    fn forget(&mut self, key: &str) {
+        self.specs.forget(key);
+        let mut parts = key.splitn(3, '/');
+        let (kind, ns, name) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
+        match kind {
+            STATEFULSET => self.engine.set_statefulset(ns, name, None),
+            NAD => self.engine.remove_nad(ns, name),
+            SUBNET => self.subnet_gone(name),
+            IPPOOL => self.engine.set_ip_pool(name, Vec::new()),
+            VPC => {
+                self.vpcs.remove(name);
             }
-            Change::IpPool(Apply(p) | InitApply(p)) => {
-                if self.specs.changed(&spec_key("IPPool", &p), &spec_of(&p)) {
-                    let (name, entries) = objects::ip_pool(&p);
-                    self.engine.set_ip_pool(&name, entries);
-                    self.retry_waiting();
-                }
-            }
-            Change::IpPool(Delete(p)) => {
-                self.specs.forget(&spec_key("IPPool", &p));
-                self.engine.set_ip_pool(&p.name_any(), Vec::new());
-            }
-            Change::Vpc(Apply(v) | InitApply(v)) => {
-                let (name, vpc) = objects::vpc_input(&v);
-                self.vpcs.insert(name, vpc);
-            }
-            Change::Vpc(Delete(v)) => {
-                self.vpcs.remove(&v.name_any());
-            }
-            Change::Pod(Init | InitDone)
-            | Change::StatefulSet(Init | InitDone)
-            | Change::Nad(Init | InitDone)
-            | Change::Subnet(Init | InitDone)
-            | Change::IpPool(Init | InitDone)
-            | Change::Vpc(Init | InitDone) => {}
+            _ => {}
         }
     }
 
@@ -565,10 +585,37 @@ impl Leader {
             .extend(outcome.touched_subnets.iter().cloned());
     }
 
-    fn statefulset(&mut self, sts: &StatefulSet, deleted: bool) {
+    /// Takes in a StatefulSet's replicas (what keeps its pods' slots); whether they changed.
+    fn statefulset(&mut self, sts: &StatefulSet) -> bool {
         let ns = sts.namespace().unwrap_or_default();
-        let replicas = (!deleted).then(|| objects::replicas(sts));
-        self.engine.set_statefulset(&ns, &sts.name_any(), replicas);
+        let replicas = objects::replicas(sts);
+        if !self
+            .specs
+            .changed(&key_of(STATEFULSET, sts), &json!(replicas))
+        {
+            return false;
+        }
+        self.engine
+            .set_statefulset(&ns, &sts.name_any(), Some(replicas));
+        false
+    }
+
+    /// Takes in an IPPool; whether it changed.
+    fn ip_pool(&mut self, pool: &DynamicObject) -> bool {
+        if !self.specs.changed(&key_of(IPPOOL, pool), &spec_of(pool)) {
+            return false;
+        }
+        let (name, entries) = objects::ip_pool(pool);
+        self.engine.set_ip_pool(&name, entries);
+        true
+    }
+
+    /// Takes in a Vpc.
+    fn vpc(&mut self, vpc: &DynamicObject) {
+        if self.specs.changed(&key_of(VPC, vpc), &spec_of(vpc)) {
+            let (name, input) = objects::vpc_input(vpc);
+            self.vpcs.insert(name, input);
+        }
     }
 
     /// Tries the waiting pods again.
@@ -580,16 +627,10 @@ impl Leader {
     }
 
     /// Takes in a NAD; whether anything changed.
-    fn nad(&mut self, nad: &DynamicObject, deleted: bool) -> bool {
+    fn nad(&mut self, nad: &DynamicObject) -> bool {
         let ns = nad.namespace().unwrap_or_default();
         let name = nad.name_any();
-        let key = spec_key("NetworkAttachmentDefinition", nad);
-        if deleted {
-            self.specs.forget(&key);
-            self.engine.remove_nad(&ns, &name);
-            return true;
-        }
-        if !self.specs.changed(&key, &spec_of(nad)) {
+        if !self.specs.changed(&key_of(NAD, nad), &spec_of(nad)) {
             return false;
         }
         let events = self
@@ -605,25 +646,9 @@ impl Leader {
 
     /// Takes in a Subnet; whether its spec changed (a repeat, or a change of its status or
     /// metadata only, such as the controller's own status write coming back, is not acted on).
-    fn subnet(&mut self, obj: &DynamicObject, deleted: bool) -> bool {
+    fn subnet(&mut self, obj: &DynamicObject) -> bool {
         let name = obj.name_any();
-        let key = spec_key("Subnet", obj);
-        if deleted {
-            self.specs.forget(&key);
-            self.statuses.remove(&name);
-            let released = self.engine.remove_subnet(&name);
-            let outcome = PodOutcome {
-                delete_ips: released
-                    .into_iter()
-                    .map(|(n, _)| n)
-                    .filter(|n| !n.is_empty())
-                    .collect(),
-                ..PodOutcome::default()
-            };
-            self.validation.remove(&name);
-            self.writer.submit(None, String::new(), outcome);
-            return true;
-        }
+        let key = key_of(SUBNET, obj);
         match obj.data.get("status") {
             Some(current) => self.statuses.insert(name.clone(), current.clone()),
             None => self.statuses.remove(&name),
@@ -670,6 +695,22 @@ impl Leader {
         }
         self.pending_status.insert(name);
         true
+    }
+
+    /// The Subnet `name` is gone: what it held is released.
+    fn subnet_gone(&mut self, name: &str) {
+        self.statuses.remove(name);
+        self.validation.remove(name);
+        let released = self.engine.remove_subnet(name);
+        let outcome = PodOutcome {
+            delete_ips: released
+                .into_iter()
+                .map(|(n, _)| n)
+                .filter(|n| !n.is_empty())
+                .collect(),
+            ..PodOutcome::default()
+        };
+        self.writer.submit(None, String::new(), outcome);
     }
 
     /// Writes the status of every Subnet whose usage or validity changed since the last flush.
@@ -776,12 +817,19 @@ impl Leader {
     }
 }
 
-/// The key an object's spec is remembered under in [`Specs`].
-fn spec_key(kind: &str, obj: &DynamicObject) -> String {
+/// The kinds the leader keeps, as their keys in [`Specs`] begin.
+const STATEFULSET: &str = "StatefulSet";
+const NAD: &str = "NetworkAttachmentDefinition";
+const SUBNET: &str = "Subnet";
+const IPPOOL: &str = "IPPool";
+const VPC: &str = "Vpc";
+
+/// The key an object is remembered under in [`Specs`]: `kind/namespace/name`.
+fn key_of<K: Resource>(kind: &str, obj: &K) -> String {
     format!(
         "{kind}/{}/{}",
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
     )
 }
 
@@ -871,10 +919,9 @@ impl Writer {
         outcome: PodOutcome,
     ) {
         for record in &outcome.upsert_ips {
-            if self.is_stopped() {
+            if self.upsert_ip(record, node).await == Written::Stopped {
                 return;
             }
-            self.upsert_ip(record, node).await;
         }
         if self.is_stopped() {
             return;
@@ -883,28 +930,28 @@ impl Writer {
             && !outcome.annotations.is_empty()
         {
             let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-            let patch = json!({"metadata": {"annotations": outcome.annotations}});
-            match pods
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => debug!(pod = %format!("{ns}/{name}"), "wrote the allocation"),
-                Err(kube::Error::Api(e)) if e.code == 404 => {
+            let patch = Patch::Merge(json!({"metadata": {"annotations": outcome.annotations}}));
+            let params = PatchParams::default();
+            let what = format!("writing the allocation of pod {ns}/{name}");
+            let written = self
+                .until_done(&what, || pods.patch(name, &params, &patch))
+                .await;
+            match written {
+                Written::Done => debug!(pod = %format!("{ns}/{name}"), "wrote the allocation"),
+                Written::Gone => {
                     debug!(pod = %format!("{ns}/{name}"), "the pod is gone; its release follows");
                 }
-                Err(e) => {
-                    warn!(pod = %format!("{ns}/{name}"), error = %e, "writing the allocation");
-                }
+                Written::Stopped => return,
             }
         }
         for name in &outcome.delete_ips {
-            if self.is_stopped() {
+            let what = format!("deleting the IP resource {name}");
+            let params = DeleteParams::default();
+            let deleted = self
+                .until_done(&what, || self.ips.delete(name, &params))
+                .await;
+            if deleted == Written::Stopped {
                 return;
-            }
-            match self.ips.delete(name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => warn!(ip = %name, error = %e, "deleting the IP resource"),
             }
         }
         if let Some((_, _, reference)) = target {
@@ -912,29 +959,57 @@ impl Writer {
         }
     }
 
-    async fn upsert_ip(&self, record: &IpRecord, node: &str) {
+    /// Runs the write `op` until it lands, its object is gone (404), or this replica stops
+    /// leading; a failure (a 5xx, a timeout, a refused connection, a 403 while RBAC is being
+    /// fixed) is logged and tried again after a backoff of 0.1 s doubling to 5 s.
+    async fn until_done<T, F, Fut>(&self, what: &str, mut op: F) -> Written
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = 1u32;
+        loop {
+            if self.is_stopped() {
+                return Written::Stopped;
+            }
+            match op().await {
+                Ok(_) => return Written::Done,
+                Err(kube::Error::Api(e)) if e.code == 404 => return Written::Gone,
+                Err(error) => {
+                    warn!(%error, attempt, retry_in = ?backoff, "{what}");
+                    self.metrics.write_retries.inc();
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            attempt += 1;
+        }
+    }
+
+    /// Creates the IP resource of `record`, or updates the one of that name.
+    async fn upsert_ip(&self, record: &IpRecord, node: &str) -> Written {
         let body = objects::ip_object(record, node);
         let obj: DynamicObject = match serde_json::from_value(body.clone()) {
             Ok(o) => o,
             Err(e) => {
                 warn!(ip = %record.name, error = %e, "building the IP resource");
-                return;
+                return Written::Gone;
             }
         };
-        match self.ips.create(&PostParams::default(), &obj).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                let patch = json!({"metadata": {"labels": body["metadata"]["labels"], "annotations": body["metadata"]["annotations"]}, "spec": body["spec"]});
-                if let Err(e) = self
+        let patch = json!({"metadata": {"labels": body["metadata"]["labels"], "annotations": body["metadata"]["annotations"]}, "spec": body["spec"]});
+        let what = format!("writing the IP resource {}", record.name);
+        self.until_done(&what, || async {
+            match self.ips.create(&PostParams::default(), &obj).await {
+                Err(kube::Error::Api(e)) if e.code == 409 => self
                     .ips
                     .patch(&record.name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
-                {
-                    warn!(ip = %record.name, error = %e, "updating the IP resource");
-                }
+                    .map(|_| ()),
+                other => other.map(|_| ()),
             }
-            Err(e) => warn!(ip = %record.name, error = %e, "creating the IP resource"),
-        }
+        })
+        .await
     }
 
     async fn publish(&self, events: &[Event], reference: &ObjectReference) {
@@ -957,31 +1032,19 @@ impl Writer {
     }
 
     async fn format_subnet(&self, name: &str, spec: Value) {
-        if self.is_stopped() {
-            return;
-        }
-        let patch = json!({ "spec": spec });
-        if let Err(e) = self
-            .subnets
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            warn!(subnet = %name, error = %e, "writing the defaulted spec");
-        }
+        let patch = Patch::Merge(json!({ "spec": spec }));
+        let params = PatchParams::default();
+        let what = format!("writing the defaulted spec of Subnet {name}");
+        self.until_done(&what, || self.subnets.patch(name, &params, &patch))
+            .await;
     }
 
     async fn subnet_status(&self, name: &str, status: Value) {
-        if self.is_stopped() {
-            return;
-        }
-        let patch = json!({ "status": status });
-        if let Err(e) = self
-            .subnets
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            warn!(subnet = %name, error = %e, "writing the status");
-        }
+        let patch = Patch::Merge(json!({ "status": status }));
+        let params = PatchParams::default();
+        let what = format!("writing the status of Subnet {name}");
+        self.until_done(&what, || self.subnets.patch_status(name, &params, &patch))
+            .await;
     }
 }
 
@@ -990,6 +1053,17 @@ impl Drop for Leader {
         // Stepped down (or starting over): nothing queued may be written any more.
         self.writer.stopped.store(true, Ordering::Relaxed);
     }
+}
+
+/// How a retried write ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    /// It landed.
+    Done,
+    /// Its object is gone (404): nothing to write.
+    Gone,
+    /// This replica stopped leading: nothing may be written any more.
+    Stopped,
 }
 
 /// Aborts a task when dropped (the Northbound reconciler stops with the leader's work).

@@ -7,7 +7,7 @@
 //! again only after [`REFUSAL_REPEAT`] (the event's series count then grows, at that rate).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     time::{Duration, Instant},
 };
 
@@ -36,6 +36,49 @@ impl Specs {
     /// Forgets `key` (the object is gone).
     pub fn forget(&mut self, key: &str) {
         self.0.remove(key);
+    }
+
+    /// The keys recorded for objects of `kind`.
+    pub fn keys(&self, kind: &str) -> Vec<String> {
+        let prefix = format!("{kind}/");
+        self.0
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect()
+    }
+}
+
+/// The re-lists in progress, per kind, and the objects each has listed so far. A watch that
+/// lost its place lists everything again (`Init`, one `InitApply` per object, `InitDone`) and
+/// sends no `Delete` for what was deleted meanwhile: whatever the re-list did not list is gone.
+#[derive(Debug, Default)]
+pub struct Relists(HashMap<String, BTreeSet<String>>);
+
+impl Relists {
+    /// A re-list of `kind` starts.
+    pub fn begin(&mut self, kind: &str) {
+        self.0.insert(kind.to_owned(), BTreeSet::new());
+    }
+
+    /// The object `key` (`kind/namespace/name`) was listed.
+    pub fn saw(&mut self, key: &str) {
+        let kind = key.split('/').next().unwrap_or_default();
+        if let Some(seen) = self.0.get_mut(kind) {
+            seen.insert(key.to_owned());
+        }
+    }
+
+    /// The re-list of `kind` is done: the keys `specs` knows of that it did not list.
+    pub fn end(&mut self, kind: &str, specs: &Specs) -> Vec<String> {
+        let Some(seen) = self.0.remove(kind) else {
+            return Vec::new();
+        };
+        specs
+            .keys(kind)
+            .into_iter()
+            .filter(|k| !seen.contains(k))
+            .collect()
     }
 }
 
@@ -102,6 +145,24 @@ mod tests {
         assert!(specs.changed("Subnet//a", &json!({"cidrBlock": "10.0.1.0/24"})));
         specs.forget("Subnet//a");
         assert!(specs.changed("Subnet//a", &json!({"cidrBlock": "10.0.1.0/24"})));
+    }
+
+    #[test]
+    fn what_a_relist_did_not_list_is_gone() {
+        let mut specs = Specs::default();
+        for key in ["Subnet//a", "Subnet//b", "Vpc//a"] {
+            specs.changed(key, &json!({}));
+        }
+        let mut relists = Relists::default();
+        relists.saw("Subnet//a");
+        assert!(
+            relists.end("Subnet", &specs).is_empty(),
+            "no re-list was running"
+        );
+        relists.begin("Subnet");
+        relists.saw("Subnet//a");
+        relists.saw("Vpc//a");
+        assert_eq!(relists.end("Subnet", &specs), ["Subnet//b"]);
     }
 
     #[test]

@@ -715,3 +715,115 @@ fn an_ip_resource_sidelane_did_not_write_holds_its_address_for_its_live_pod() {
         assert!(obj["metadata"]["annotations"]["sidelane.io/pod-uid"].is_null());
     }
 }
+
+/// The controller's ClusterRole with or without `patch` on pods (a write the API server
+/// refuses, for real, until the permission is back).
+fn allow_patching_pods(api: &SidelaneCluster, allowed: bool) {
+    let verbs = if allowed {
+        r#"["get","list","watch","patch"]"#
+    } else {
+        r#"["get","list","watch"]"#
+    };
+    api.plane()
+        .kubectl_run(
+            &[
+                "patch",
+                "clusterrole",
+                "sidelane-controller",
+                "--type=json",
+                &format!(r#"-p=[{{"op":"replace","path":"/rules/0/verbs","value":{verbs}}}]"#),
+            ],
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[test]
+fn a_failed_allocation_write_is_retried_until_it_lands() {
+    let api = SidelaneCluster::start();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let docs: Vec<Value> = example("multi-nic-ipam.yaml")
+        .into_iter()
+        .filter(|doc| doc["kind"] != "Pod" && doc["kind"] != "Deployment")
+        .collect();
+    api.apply(&docs);
+    let controller = Controller::start(&api, &runtime);
+    allow_patching_pods(&api, false);
+    seed_pod(
+        &api,
+        "patient",
+        &json!({"k8s.v1.cni.cncf.io/networks": "macvlan"}),
+    );
+    eventually("a refused write, retried", || {
+        controller.metrics.render().lines().any(|l| {
+            l.starts_with("sidelane_controller_write_retries_total ") && !l.ends_with(" 0")
+        })
+    });
+    assert_eq!(allocated(&api, "patient", "macvlan.default"), None);
+    allow_patching_pods(&api, true);
+    eventually("the allocation lands once the write is allowed", || {
+        allocated(&api, "patient", "macvlan.default").is_some()
+    });
+}
+
+#[test]
+fn a_nad_deleted_while_the_watch_was_away_is_forgotten() {
+    let mut api = SidelaneCluster::start();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let docs: Vec<Value> = example("multi-nic-ipam.yaml")
+        .into_iter()
+        .filter(|doc| doc["kind"] != "Pod" && doc["kind"] != "Deployment")
+        .collect();
+    api.apply(&docs);
+    api.apply(&[
+        json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": "doomed", "namespace": "default"},
+            "spec": {"config": r#"{"cniVersion": "0.3.1", "type": "macvlan", "master": "eth0", "ipam": {"type": "kube-ovn", "server_socket": "/run/openvswitch/kube-ovn-daemon.sock", "provider": "doomed.default"}}"#}}),
+        json!({"apiVersion": "kubeovn.io/v1", "kind": "Subnet", "metadata": {"name": "doomed"},
+            "spec": {"provider": "doomed.default", "cidrBlock": "10.77.0.0/24"}}),
+    ]);
+    let controller = Controller::start(&api, &runtime);
+    seed_pod(
+        &api,
+        "before",
+        &json!({"k8s.v1.cni.cncf.io/networks": "doomed"}),
+    );
+    eventually("before allocated", || {
+        allocated(&api, "before", "doomed.default").is_some()
+    });
+    // The controller loses the API server; the NAD is deleted meanwhile, and its watch cannot
+    // resume where it was (the API server restarted with a fresh watch cache): it re-lists.
+    api.plane().disconnect();
+    api.delete(
+        "k8s.cni.cncf.io/v1",
+        "NetworkAttachmentDefinition",
+        "default",
+        "doomed",
+    )
+    .expect("deleting the NAD");
+    api.plane_mut()
+        .restart_apiserver()
+        .unwrap_or_else(|e| panic!("restarting kube-apiserver: {e:#}"));
+    api.plane().reconnect();
+    eventually("the controller's re-list found the NAD gone", || {
+        controller
+            .metrics
+            .render()
+            .contains("sidelane_controller_gone_while_away_total 1")
+    });
+    seed_pod(
+        &api,
+        "after",
+        &json!({"k8s.v1.cni.cncf.io/networks": "doomed"}),
+    );
+    eventually("a Warning on after", || {
+        api.list("events.k8s.io/v1", "Event", Some("default"))
+            .iter()
+            .any(|e| {
+                e["regarding"]["name"] == "after"
+                    && e["note"]
+                        == "default/doomed: NetworkAttachmentDefinition default/doomed not found"
+            })
+    });
+    assert_eq!(allocated(&api, "after", "doomed.default"), None);
+}

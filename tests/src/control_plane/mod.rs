@@ -484,6 +484,19 @@ impl ControlPlane {
         self.proxy.cut()
     }
 
+    /// Partitions the clients that reach the API server through the proxy (the controller,
+    /// the agents, the kubelet stand-ins) from it: every connection is cut and new ones are
+    /// closed at once, until [`ControlPlane::reconnect`]. The admin client is not partitioned.
+    pub fn disconnect(&self) -> usize {
+        self.proxy.refuse(true);
+        self.proxy.cut()
+    }
+
+    /// Ends [`ControlPlane::disconnect`].
+    pub fn reconnect(&self) {
+        self.proxy.refuse(false);
+    }
+
     /// Every write the API server has served, by verb and resource (see
     /// [`writes_by_resource`]).
     pub fn writes(&self) -> anyhow::Result<BTreeMap<String, u64>> {

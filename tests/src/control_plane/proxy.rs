@@ -21,6 +21,8 @@ struct Connections {
     open: Mutex<HashMap<u64, (TcpStream, TcpStream)>>,
     next: AtomicU64,
     stopping: AtomicBool,
+    /// New connections are closed at once (the API server unreachable, as in a partition).
+    refusing: AtomicBool,
 }
 
 impl Connections {
@@ -101,6 +103,11 @@ impl CutProxy {
     pub fn cut(&self) -> usize {
         self.connections.cut_all()
     }
+
+    /// From now on closes every new connection at once (`true`), or forwards again (`false`).
+    pub fn refuse(&self, refusing: bool) {
+        self.connections.refusing.store(refusing, Ordering::SeqCst);
+    }
 }
 
 impl Drop for CutProxy {
@@ -118,6 +125,10 @@ fn accept(listener: &TcpListener, target: u16, connections: &Arc<Connections>) {
             return;
         }
         let Ok(client) = client else { continue };
+        if connections.refusing.load(Ordering::SeqCst) {
+            let _ = client.shutdown(Shutdown::Both);
+            continue;
+        }
         let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
             // The API server is down (a restart): the client sees its connection refused.
             let _ = client.shutdown(Shutdown::Both);
