@@ -203,14 +203,14 @@ impl QosPort for QosDataplane {
 /// The agent's CNI logic over a pod source and a QoS port.
 pub struct Attacher<P, Q> {
     pods: P,
-    qos: Arc<Q>,
+    pub(crate) qos: Arc<Q>,
     records: Records,
     timeout: Duration,
-    host_netns: Option<PathBuf>,
+    pub(crate) host_netns: Option<PathBuf>,
     mtu: u32,
-    in_flight: AttachmentLocks,
+    pub(crate) in_flight: AttachmentLocks,
     ovs: Option<Arc<dyn PortPlug>>,
-    fastpath: Option<Arc<std::sync::Mutex<FastpathDataplane>>>,
+    pub(crate) fastpath: Option<Arc<std::sync::Mutex<FastpathDataplane>>>,
     netns_policy: NetnsPolicy,
 }
 
@@ -218,7 +218,7 @@ pub struct Attacher<P, Q> {
 /// and the runtime's DEL after a timeout, a GC) run one after the other; calls for different
 /// attachments never wait for each other.
 #[derive(Default)]
-struct AttachmentLocks {
+pub(crate) struct AttachmentLocks {
     locks: std::sync::Mutex<HashMap<AttachmentKey, Weak<tokio::sync::Mutex<()>>>>,
 }
 
@@ -226,7 +226,11 @@ struct AttachmentLocks {
 type AttachmentKey = (String, String);
 
 impl AttachmentLocks {
-    async fn lock(&self, container_id: &str, ifname: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub(crate) async fn lock(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self
                 .locks
@@ -979,7 +983,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
         &self.records
     }
 
-    fn list_records(&self) -> Result<(Vec<AttachmentRecord>, Vec<String>), AttachError> {
+    pub(crate) fn list_records(&self) -> Result<(Vec<AttachmentRecord>, Vec<String>), AttachError> {
         let listing = self.records.list().map_err(|source| AttachError::Record {
             pod: "(all pods)".to_owned(),
             ifname: "(all interfaces)".to_owned(),

@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod cni_server;
 pub mod dataplane;
+pub mod follow;
 pub mod inspect;
 pub mod link;
 pub mod metrics;

@@ -66,6 +66,10 @@ struct Args {
     /// How long an ADD waits for ovn-controller to bind the port, in seconds.
     #[arg(long, default_value_t = DEFAULT_INSTALL_TIMEOUT.as_secs())]
     ovn_install_timeout: u64,
+    /// This node's name (the DaemonSet passes `spec.nodeName`): the agent follows the rate
+    /// annotations of the pods bound here. Unset: of every pod it attached.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
 }
 
 /// How often the agent removes the fast-path entries and QoS programs of vanished interfaces.
@@ -104,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
         )
     })?;
     let mut attacher = Attacher::new(
-        KubePods::new(client),
+        KubePods::new(client.clone()),
         dataplane,
         records,
         Duration::from_secs(args.allocation_timeout),
@@ -144,6 +148,34 @@ async fn main() -> anyhow::Result<()> {
         attacher = attacher.with_ovs(Arc::new(bridge));
     }
     let attacher = Arc::new(attacher);
+    recover(&attacher).await?;
+    // A rate changed on a running pod is applied at once.
+    tokio::spawn(sidelane_agent::follow::follow_forever(
+        Arc::clone(&attacher),
+        client,
+        args.node_name.clone(),
+    ));
+    // Entries and programs of interfaces that vanished without a DEL go soon after.
+    let sweeper = Arc::clone(&attacher);
+    tokio::spawn(async move { sweep_forever(&sweeper).await });
+    let listener = cni_server::bind(&args.socket)?;
+    tracing::info!(socket = %args.socket.display(), "serving CNI requests");
+    tokio::select! {
+        () = cni_server::serve(listener, attacher) => {}
+        signal = tokio::signal::ctrl_c() => {
+            signal.context("waiting for a signal")?;
+            tracing::info!("stopping; limits stay pinned and in force");
+        }
+    }
+    Ok(())
+}
+
+/// Takes back the recorded attachments (a restarted agent) and says what it found.
+async fn recover<P, Q>(attacher: &Attacher<P, Q>) -> anyhow::Result<()>
+where
+    P: sidelane_agent::pods::PodSource + sidelane_agent::subnets::SubnetSource,
+    Q: sidelane_agent::attach::QosPort,
+{
     let recovered = attacher
         .recover()
         .await
@@ -156,18 +188,6 @@ async fn main() -> anyhow::Result<()> {
     );
     for bad in &recovered.unreadable {
         tracing::warn!(record = %bad, "an attachment record cannot be read; left in place");
-    }
-    // Entries and programs of interfaces that vanished without a DEL go soon after.
-    let sweeper = Arc::clone(&attacher);
-    tokio::spawn(async move { sweep_forever(&sweeper).await });
-    let listener = cni_server::bind(&args.socket)?;
-    tracing::info!(socket = %args.socket.display(), "serving CNI requests");
-    tokio::select! {
-        () = cni_server::serve(listener, attacher) => {}
-        signal = tokio::signal::ctrl_c() => {
-            signal.context("waiting for a signal")?;
-            tracing::info!("stopping; limits stay pinned and in force");
-        }
     }
     Ok(())
 }

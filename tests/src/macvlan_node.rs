@@ -37,7 +37,7 @@ pub struct MacvlanNode {
     pub kubelet: KubeletStandin,
     agent: Background,
     controller: Option<Background>,
-    _pins: PinRoot,
+    pins: PinRoot,
     _wire: NetNs,
     _netns: NetNs,
     dir: tempfile::TempDir,
@@ -61,6 +61,8 @@ impl MacvlanNode {
         let netns = NetNs::new()?;
         let wire = NetNs::new()?;
         netns.veth_to("eth0", &wire, "up0")?;
+        // The wire's end up too: without carrier on eth0, its macvlan children pass nothing.
+        wire.exec(&["ip", "link", "set", "up0", "up"])?;
         let run = dir.path().join("run");
         std::fs::create_dir_all(&run).context("the node's run folder")?;
         let pins = PinRoot::new("sidelane-macvlan-node");
@@ -121,7 +123,7 @@ impl MacvlanNode {
             kubelet,
             agent,
             controller: Some(controller),
-            _pins: pins,
+            pins,
             _wire: wire,
             _netns: netns,
             dir,
@@ -131,6 +133,11 @@ impl MacvlanNode {
     /// The node's folder (the agent's and the controller's logs, Multus' log under `node1/`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Where the node's agent pins its programs and maps.
+    pub fn pin_root(&self) -> &Path {
+        self.pins.path()
     }
 
     /// Stops the controller (its Lease renewals end).

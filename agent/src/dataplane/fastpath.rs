@@ -423,6 +423,41 @@ impl FastpathDataplane {
             .fold(FastpathCounters::default(), |acc, c| acc.merged(*c)))
     }
 
+    /// Marks the endpoints of `host_ifname` as policed (frames go through the host end, where
+    /// the pod's ingress limit is) or not (straight into the pod's namespace); returns how many
+    /// entries changed. A rate set or removed on a running pod changes this.
+    pub fn set_policed(
+        &mut self,
+        netns: Option<&Path>,
+        host_ifname: &str,
+        policed: bool,
+    ) -> Result<usize, DataplaneError> {
+        let Some(host) = ifindex_in(netns, host_ifname)? else {
+            return Ok(0);
+        };
+        let flag = if policed { ENDPOINT_POLICED } else { 0 };
+        let changed: Vec<(EndpointKey, Endpoint)> = self
+            .endpoints()
+            .into_iter()
+            .filter(|(_, ep)| ep.ifindex == host && ep.flags & ENDPOINT_POLICED != flag)
+            .map(|(k, ep)| {
+                (
+                    k,
+                    Endpoint {
+                        flags: (ep.flags & !ENDPOINT_POLICED) | flag,
+                        ..ep
+                    },
+                )
+            })
+            .collect();
+        for (key, ep) in &changed {
+            self.endpoints
+                .insert(key, ep, 0)
+                .map_err(|e| map_error("writing", ENDPOINTS_MAP, host_ifname, e))?;
+        }
+        Ok(changed.len())
+    }
+
     /// Every endpoint (switch, address) and the host end it leads to.
     pub fn endpoints(&self) -> Vec<(EndpointKey, Endpoint)> {
         self.endpoints.iter().filter_map(Result::ok).collect()
