@@ -19,7 +19,7 @@ use std::{
 use sidelane_api::{
     allocation::{self, Allocation},
     annotations::{AnnotationError, key},
-    cni::PLUGIN_TYPES,
+    cni::{ErrorCode, PLUGIN_TYPES},
     daemon::{CniRequest, CniResponse, GcRequest, Protocol, ResponseIp, Route},
     network_selection,
     qos::QosSpec,
@@ -124,8 +124,20 @@ pub enum AttachError {
         #[source]
         source: Box<DataplaneError>,
     },
-    /// CHECK found the interface not as allocated.
-    #[error("pod {pod} interface {ifname} is not as allocated: {differences}")]
+    /// CHECK of an attachment this node never made (or already removed).
+    #[error(
+        "pod {pod} interface {ifname}: container {container_id} has no such attachment on this node"
+    )]
+    UnknownAttachment {
+        /// `namespace/name`.
+        pod: String,
+        /// The interface.
+        ifname: String,
+        /// The container.
+        container_id: String,
+    },
+    /// CHECK found the interface not as allocated, or not as `prevResult` says.
+    #[error("pod {pod} interface {ifname} is not as expected: {differences}")]
     CheckFailed {
         /// `namespace/name`.
         pod: String,
@@ -166,7 +178,22 @@ impl AttachError {
             | AttachError::Annotation { .. }
             | AttachError::Selection { .. }
             | AttachError::ProviderNotBound { .. } => 400,
+            AttachError::UnknownAttachment { .. } => 404,
             _ => 500,
+        }
+    }
+
+    /// The CNI spec's code for this error: what can never succeed is not "try again later".
+    pub fn cni_code(&self) -> ErrorCode {
+        match self {
+            // The runtime's variables: CNI_IFNAME, CNI_NETNS, CNI_CONTAINERID.
+            AttachError::BadRequest { .. } => ErrorCode::InvalidEnvironment,
+            AttachError::Annotation { .. }
+            | AttachError::Selection { .. }
+            | AttachError::ProviderNotBound { .. } => ErrorCode::InvalidConfig,
+            AttachError::UnknownAttachment { .. } => ErrorCode::UnknownContainer,
+            AttachError::CheckFailed { .. } => ErrorCode::CheckFailed,
+            _ => ErrorCode::TryAgainLater,
         }
     }
 }
@@ -701,7 +728,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
             mtu,
             nicname: req.if_name.clone(),
             dns: req.dns.clone(),
-            error: String::new(),
+            ..CniResponse::default()
         };
         Ok((target, response))
     }
@@ -834,6 +861,21 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
         check_request(req)?;
         let _serialised = self.in_flight.lock(&req.container_id, &req.if_name).await;
         self.check_netns(req)?;
+        let recorded = self
+            .records
+            .get(&req.container_id, &req.if_name)
+            .map_err(|source| AttachError::Record {
+                pod: req.pod_key(),
+                ifname: req.if_name.clone(),
+                source,
+            })?;
+        if recorded.is_none() {
+            return Err(AttachError::UnknownAttachment {
+                pod: req.pod_key(),
+                ifname: req.if_name.clone(),
+                container_id: req.container_id.clone(),
+            });
+        }
         let provider = req.provider_or_default().to_owned();
         let (prov, ifname) = (provider.clone(), req.if_name.clone());
         let waited = self
@@ -851,10 +893,11 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
         };
         match allocation::read(&annotations, &provider, &req.if_name) {
             Ok(Some(mut alloc)) if PLUGIN_TYPES.contains(&req.cni_type.as_str()) => {
+                check_expected(req, &alloc)?;
                 apply_selection_default_route(req, &provider, &annotations, &mut alloc)?;
                 self.check_interface(req, &alloc).await
             }
-            Ok(Some(_)) => Ok(()),
+            Ok(Some(alloc)) => check_expected(req, &alloc),
             Ok(None) => Err(AttachError::NotAllocated {
                 pod: req.pod_key(),
                 provider,
@@ -1056,6 +1099,51 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     match tokio::task::spawn_blocking(f).await {
         Ok(value) => value,
         Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// CHECK: what the runtime's `prevResult` says (sent by our plugin) against the allocation;
+/// the error names every difference. Nothing sent (Kube-OVN's plugin): nothing to compare.
+fn check_expected(req: &CniRequest, alloc: &Allocation) -> Result<(), AttachError> {
+    let Some(expected) = &req.expected else {
+        return Ok(());
+    };
+    let mut differences = Vec::new();
+    let have: std::collections::BTreeSet<String> = alloc
+        .ips
+        .iter()
+        .map(|ip| ip.with_prefix().to_string())
+        .collect();
+    let want: std::collections::BTreeSet<String> = expected
+        .ips
+        .iter()
+        .map(|ip| {
+            ip.parse::<IpNet>()
+                .map_or_else(|_| ip.clone(), |n| n.to_string())
+        })
+        .collect();
+    if have != want {
+        differences.push(format!(
+            "prevResult has addresses {want:?}, the allocation {have:?}"
+        ));
+    }
+    if let Some(mac) = &alloc.mac
+        && !expected.mac.is_empty()
+        && !expected.mac.eq_ignore_ascii_case(mac)
+    {
+        differences.push(format!(
+            "prevResult has MAC {}, the allocation {mac}",
+            expected.mac
+        ));
+    }
+    if differences.is_empty() {
+        Ok(())
+    } else {
+        Err(AttachError::CheckFailed {
+            pod: req.pod_key(),
+            ifname: req.if_name.clone(),
+            differences: differences.join("; "),
+        })
     }
 }
 

@@ -102,6 +102,9 @@ pub enum ErrorCode {
     InvalidConfig = 7,
     /// 11: try again later (Kube-OVN: "RPC failed").
     TryAgainLater = 11,
+    /// 101 (Sidelane's own): CHECK found the interface unlike its `prevResult` or its
+    /// allocation; the message names each difference.
+    CheckFailed = 101,
     /// 50: the plugin is not available (STATUS).
     NotAvailable = 50,
 }
@@ -115,6 +118,42 @@ pub struct CniError {
     pub msg: String,
     /// What exactly is wrong (the field and value, the agent's answer).
     pub details: String,
+}
+
+impl ErrorCode {
+    /// The code of this number, if it is one of these.
+    pub fn from_u32(code: u32) -> Option<ErrorCode> {
+        Some(match code {
+            1 => ErrorCode::IncompatibleVersion,
+            2 => ErrorCode::UnsupportedField,
+            3 => ErrorCode::UnknownContainer,
+            4 => ErrorCode::InvalidEnvironment,
+            5 => ErrorCode::Io,
+            6 => ErrorCode::Decode,
+            7 => ErrorCode::InvalidConfig,
+            11 => ErrorCode::TryAgainLater,
+            50 => ErrorCode::NotAvailable,
+            101 => ErrorCode::CheckFailed,
+            _ => return None,
+        })
+    }
+
+    /// A short message for an error of this code.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ErrorCode::IncompatibleVersion => "incompatible CNI version",
+            ErrorCode::UnsupportedField => "unsupported field in the network configuration",
+            ErrorCode::UnknownContainer => "unknown container",
+            ErrorCode::InvalidEnvironment => "invalid environment variables",
+            ErrorCode::Io => "I/O failure",
+            ErrorCode::Decode => "failed to decode content",
+            ErrorCode::InvalidConfig => "invalid network configuration",
+            // Kube-OVN's words, which runbooks grep for.
+            ErrorCode::TryAgainLater => "RPC failed",
+            ErrorCode::NotAvailable => "not available",
+            ErrorCode::CheckFailed => "the interface is not as expected",
+        }
+    }
 }
 
 impl CniError {

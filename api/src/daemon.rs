@@ -112,6 +112,21 @@ pub struct CniRequest {
     /// DPDK: who creates the vhost-user socket (accepted, unused).
     #[serde(default)]
     pub vhost_user_socket_consumption: String,
+    /// CHECK: what the runtime's `prevResult` says the interface has (Sidelane's plugin sends
+    /// it; Kube-OVN's daemon ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<Expected>,
+}
+
+/// What `prevResult` says of one interface, for CHECK.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expected {
+    /// Its MAC (empty: the result names none, as IPAM-only results do).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mac: String,
+    /// Its addresses with prefix length (`172.17.0.11/16`), as the result wrote them.
+    #[serde(default)]
+    pub ips: Vec<String>,
 }
 
 impl CniRequest {
@@ -177,6 +192,10 @@ pub struct CniResponse {
     /// Set on failure: what went wrong, naming the pod, provider and field.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub error: String,
+    /// Set on failure: the CNI spec's error code for it (4 bad environment, 7 bad network
+    /// configuration, 11 try again later...). Kube-OVN's daemon sends none (then 11).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni_code: Option<u32>,
 }
 
 impl CniResponse {
@@ -185,6 +204,14 @@ impl CniResponse {
         CniResponse {
             error: error.into(),
             ..CniResponse::default()
+        }
+    }
+
+    /// A failure response with the CNI spec's code for it.
+    pub fn failure_with_code(error: impl Into<String>, code: u32) -> CniResponse {
+        CniResponse {
+            cni_code: Some(code),
+            ..CniResponse::failure(error)
         }
     }
 }
@@ -295,6 +322,7 @@ mod tests {
             nicname: "net1".to_owned(),
             dns: Dns::default(),
             error: String::new(),
+            cni_code: None,
         };
         assert_eq!(
             serde_json::to_value(&resp).expect("serialises"),

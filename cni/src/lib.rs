@@ -18,7 +18,7 @@ use sidelane_api::{
         PluginConfig, ResultIp, ResultRoute, version_info,
     },
     daemon::{
-        CniRequest, CniResponse, Dns, GcRequest, PATH_ADD, PATH_CHECK, PATH_DEL, PATH_GC,
+        CniRequest, CniResponse, Dns, Expected, GcRequest, PATH_ADD, PATH_CHECK, PATH_DEL, PATH_GC,
         PATH_STATUS, Protocol, ValidAttachment,
     },
 };
@@ -133,21 +133,27 @@ fn call(socket: &Path, path: &str, body: &[u8], ok: u16) -> Result<Vec<u8>, CniE
     answer(rpc::post(socket, path, body), ok)
 }
 
-/// The body of an answer with status `ok`; anything else is "RPC failed".
+/// The body of an answer with status `ok`; anything else is an error with the code the agent
+/// gives it ("RPC failed", 11, when it gives none, as Kube-OVN's daemon does).
 fn answer(resp: Result<rpc::Response, rpc::RpcError>, ok: u16) -> Result<Vec<u8>, CniError> {
     let resp =
         resp.map_err(|e| CniError::new(ErrorCode::TryAgainLater, "RPC failed", e.to_string()))?;
     if resp.status == ok {
         return Ok(resp.body);
     }
-    let error = serde_json::from_slice::<CniResponse>(&resp.body)
-        .ok()
+    let parsed = serde_json::from_slice::<CniResponse>(&resp.body).ok();
+    let code = parsed
+        .as_ref()
+        .and_then(|r| r.cni_code)
+        .and_then(ErrorCode::from_u32)
+        .unwrap_or(ErrorCode::TryAgainLater);
+    let error = parsed
         .map(|r| r.error)
         .filter(|e| !e.is_empty())
         .unwrap_or_else(|| String::from_utf8_lossy(&resp.body).trim().to_owned());
     Err(CniError::new(
-        ErrorCode::TryAgainLater,
-        "RPC failed",
+        code,
+        code.describe(),
         format!("request ip return {} {error}", resp.status),
     ))
 }
@@ -262,8 +268,64 @@ fn check(env: &Environment, cfg: &PluginConfig, socket: &Path) -> Result<(), Cni
             format!("cniVersion is {}", cfg.version),
         ));
     }
-    let req = request(env, cfg)?;
+    let mut req = request(env, cfg)?;
+    req.expected = Some(expected(env, cfg)?);
     call(socket, PATH_CHECK, &encode(&req)?, 204).map(drop)
+}
+
+/// What the runtime's `prevResult` says of `CNI_IFNAME`, as the spec has CHECK compare it: its
+/// MAC and addresses for our own interface; the addresses alone when we serve only IPAM (the
+/// calling plugin checks its interface). No `prevResult`, one that is not a result, or one
+/// that does not name the interface is an error.
+fn expected(env: &Environment, cfg: &PluginConfig) -> Result<Expected, CniError> {
+    let prev = cfg.raw.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            ErrorCode::InvalidConfig,
+            "CHECK needs prevResult",
+            "the network configuration has no prevResult",
+        )
+    })?;
+    if !prev.is_object() {
+        return Err(CniError::new(
+            ErrorCode::Decode,
+            "prevResult is not a CNI result",
+            format!("prevResult is {prev}"),
+        ));
+    }
+    let result = CniResult::from_json(prev)?;
+    let ipam_only = !cfg.outer_type.is_empty() && cfg.outer_type != "kube-ovn";
+    let index = result
+        .interfaces
+        .iter()
+        .position(|i| i.name == env.ifname && (i.sandbox.is_empty() || i.sandbox == env.netns));
+    if index.is_none() && !ipam_only {
+        return Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            "prevResult does not name the interface",
+            format!(
+                "no interface {:?} in sandbox {:?} among {:?}",
+                env.ifname,
+                env.netns,
+                result
+                    .interfaces
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+            ),
+        ));
+    }
+    let ips = result
+        .ips
+        .iter()
+        .filter(|ip| index.is_none() || ip.interface.is_none() || ip.interface == index)
+        .map(|ip| ip.address.clone())
+        .collect();
+    Ok(Expected {
+        mac: index
+            .map(|i| result.interfaces[i].mac.clone())
+            .unwrap_or_default(),
+        ips,
+    })
 }
 
 fn gc(cfg: &PluginConfig, socket: &Path) -> Result<(), CniError> {

@@ -210,15 +210,69 @@ fn the_seeds_macvlan_config_gets_an_ipam_result_without_interfaces() {
     assert_eq!(seen[0].body["provider"], json!("macvlan.default"));
 }
 
+/// `config` with a `prevResult` naming `net1` in the test's sandbox.
+fn with_prev_result(mut config: Value) -> Value {
+    config["prevResult"] = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "net1", "mac": "00:00:00:8a:3c:4f",
+                        "sandbox": "/var/run/netns/cni-test"}],
+        "ips": [{"address": "172.17.0.5/16", "gateway": "172.17.0.1", "interface": 0}]
+    });
+    config
+}
+
 #[test]
 fn del_and_check_are_forwarded_and_succeed_silently() {
     let agent = FakeAgent::start(204, "");
     let (out, code) = plugin("DEL", "net1", &ovn_config("1.0.0", &agent.socket));
     assert_eq!((out, code), (Value::Null, 0));
-    let (out, code) = plugin("CHECK", "net1", &ovn_config("1.0.0", &agent.socket));
+    let checked = with_prev_result(ovn_config("1.0.0", &agent.socket));
+    let (out, code) = plugin("CHECK", "net1", &checked);
     assert_eq!((out, code), (Value::Null, 0));
-    let paths: Vec<String> = agent.seen().into_iter().map(|s| s.path).collect();
+    let seen = agent.seen();
+    let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
     assert_eq!(paths, vec!["/api/v1/del", "/api/v1/check"]);
+    assert_eq!(
+        seen[1].body["expected"],
+        json!({"mac": "00:00:00:8a:3c:4f", "ips": ["172.17.0.5/16"]}),
+        "CHECK sends what prevResult says of the interface"
+    );
+}
+
+#[test]
+fn check_without_a_usable_prev_result_fails_with_the_specs_codes() {
+    let agent = FakeAgent::start(204, "");
+    let bare = ovn_config("1.0.0", &agent.socket);
+    let (out, code) = plugin("CHECK", "net1", &bare);
+    assert_eq!((out["code"].clone(), code), (json!(7), 1), "{out}");
+    assert_eq!(out["msg"], "CHECK needs prevResult");
+    let mut garbage = bare.clone();
+    garbage["prevResult"] = json!("junk");
+    let (out, _) = plugin("CHECK", "net1", &garbage);
+    assert_eq!(out["code"], json!(6), "{out}");
+    let (out, _) = plugin("CHECK", "net2", &with_prev_result(bare));
+    assert_eq!(out["code"], json!(7), "{out}");
+    assert_eq!(out["msg"], "prevResult does not name the interface");
+    assert!(agent.seen().is_empty(), "nothing reached the agent");
+}
+
+#[test]
+fn the_agents_code_for_an_error_is_passed_on() {
+    for (code, msg) in [
+        (4, "invalid environment variables"),
+        (7, "invalid network configuration"),
+        (3, "unknown container"),
+        (101, "the interface is not as expected"),
+    ] {
+        let agent = FakeAgent::start(
+            400,
+            &format!(r#"{{"error":"pod default/samplepod: bad","cni_code":{code}}}"#),
+        );
+        let (out, exit) = plugin("ADD", "net1", &ovn_config("1.0.0", &agent.socket));
+        assert_eq!(exit, 1);
+        assert_eq!(out["code"], json!(code));
+        assert_eq!(out["msg"], json!(msg));
+    }
 }
 
 #[test]

@@ -282,6 +282,12 @@ fn a_malformed_allocation_is_a_400_naming_the_annotation() {
         "{details}"
     );
     assert!(details.contains("-5"), "{details}");
+    // A value that can never work is the spec's "invalid network configuration", not
+    // "try again later".
+    assert_eq!(
+        (err["code"].clone(), err["msg"].clone()),
+        (json!(7), json!("invalid network configuration"))
+    );
 }
 
 #[test]
@@ -400,6 +406,8 @@ fn a_netns_path_outside_the_runtime_directories_not_a_namespace_or_the_nodes_own
             details,
             format!("request ip return 400 bad request: net_ns is {path:?}: {reason}")
         );
+        // CNI_NETNS is the runtime's variable: the spec's code 4, not 11.
+        assert_eq!(err["code"], json!(4), "{path}");
     }
 }
 

@@ -143,6 +143,7 @@ fn add_creates_net1_and_net2_check_verifies_them_gc_and_del_remove_them() {
 
     let cfg = attachnet(&socket);
     let netns = pod.path().display().to_string();
+    let mut results = BTreeMap::new();
     for (ifname, ip, mac) in [
         ("net1", "172.17.0.11/16", "00:00:00:11:22:01"),
         ("net2", "172.17.0.12/16", "00:00:00:11:22:02"),
@@ -153,6 +154,7 @@ fn add_creates_net1_and_net2_check_verifies_them_gc_and_del_remove_them() {
         assert_eq!(result["interfaces"][0]["name"], json!(ifname));
         assert_eq!(result["interfaces"][0]["mac"], json!(mac));
         assert_eq!(result["ips"][0]["address"], json!(ip));
+        results.insert(ifname, result);
         let link = pod
             .exec(&["ip", "-o", "addr", "show", "dev", ifname])
             .expect("ip addr");
@@ -180,8 +182,37 @@ fn add_creates_net1_and_net2_check_verifies_them_gc_and_del_remove_them() {
         "{host_ends}"
     );
 
-    // CHECK (cniVersion 0.4.0 and later) passes, then fails naming the address removed by hand.
-    let check_cfg = cfg.replace("\"0.3.0\"", "\"0.4.0\"");
+    // CHECK (cniVersion 0.4.0 and later) with the ADD's result as prevResult, as a runtime
+    // passes it: it passes, then fails naming the address removed by hand.
+    let check_with = |prev: &Value| {
+        let mut c: Value = serde_json::from_str(&cfg).expect("the config");
+        c["cniVersion"] = json!("0.4.0");
+        c["prevResult"] = prev.clone();
+        c.to_string()
+    };
+    // A prevResult naming another address fails (the spec's comparison), code 101.
+    let mut other = results["net1"].clone();
+    other["ips"][0]["address"] = json!("172.17.0.99/16");
+    let wrong = sidelane_cni::run(
+        &vars("CHECK", &netns, "net1"),
+        check_with(&other).as_bytes(),
+    );
+    assert_eq!(wrong.exit_code, 1, "{}", wrong.stdout);
+    assert!(
+        wrong.stdout.contains("\"code\":101") && wrong.stdout.contains("172.17.0.99/16"),
+        "{}",
+        wrong.stdout
+    );
+    // A container never added fails with code 3.
+    let mut unknown = vars("CHECK", &netns, "net1");
+    unknown.insert(
+        "CNI_CONTAINERID".to_owned(),
+        "0000000000000000never".to_owned(),
+    );
+    let never = sidelane_cni::run(&unknown, check_with(&results["net1"]).as_bytes());
+    assert_eq!(never.exit_code, 1, "{}", never.stdout);
+    assert!(never.stdout.contains("\"code\":3"), "{}", never.stdout);
+    let check_cfg = check_with(&results["net1"]);
     let ok = sidelane_cni::run(&vars("CHECK", &netns, "net1"), check_cfg.as_bytes());
     assert_eq!(ok.exit_code, 0, "{}", ok.stdout);
     pod.exec(&["ip", "addr", "del", "172.17.0.11/16", "dev", "net1"])
@@ -197,6 +228,7 @@ fn add_creates_net1_and_net2_check_verifies_them_gc_and_del_remove_them() {
     );
 
     // CHECK also finds a route removed by hand.
+    let check_cfg = check_with(&results["net2"]);
     let ok = sidelane_cni::run(&vars("CHECK", &netns, "net2"), check_cfg.as_bytes());
     assert_eq!(ok.exit_code, 0, "{}", ok.stdout);
     pod.exec(&["ip", "route", "del", "10.20.0.0/16", "dev", "net2"])

@@ -220,7 +220,10 @@ fn decode<T: DeserializeOwned>(path: &str, body: &[u8]) -> Result<T, String> {
 fn attach_failure(e: &AttachError) -> Response<Full<Bytes>> {
     warn!(error = %e, "CNI request failed");
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    failure(status, e.to_string())
+    json(
+        status,
+        &CniResponse::failure_with_code(e.to_string(), e.cni_code() as u32),
+    )
 }
 
 fn failure(status: StatusCode, error: String) -> Response<Full<Bytes>> {
