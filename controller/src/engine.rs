@@ -159,6 +159,8 @@ pub struct Engine {
     statefulsets: HashMap<(String, String), u32>,
     /// IP resource name of each attachment, to delete the right one on release.
     ip_names: HashMap<AttachmentKey, String>,
+    /// Attachments whose pod asked for port security (`port_security: "true"`).
+    secured: BTreeSet<AttachmentKey>,
 }
 
 impl Engine {
@@ -178,6 +180,7 @@ impl Engine {
         let ports = self.ipam.attachments().filter_map(|(key, pod, alloc)| {
             let mac = alloc.mac?;
             Some(ovn::PortInput {
+                port_security: self.secured.contains(key),
                 name: self
                     .ip_names
                     .get(key)
@@ -404,6 +407,11 @@ impl Engine {
                 }
                 w.request.ip_pool = entries;
             }
+            if w.port_security {
+                self.secured.insert(w.request.key.clone());
+            } else {
+                self.secured.remove(&w.request.key);
+            }
             let before = self.ipam.get(&w.request.key).cloned();
             match self.ipam.allocate(&w.request) {
                 Ok(alloc) => {
@@ -510,6 +518,8 @@ impl Engine {
     /// Garbage collection: releases every allocation whose pod is not in `live_pods` (UIDs)
     /// and whose StatefulSet slot is not kept. Returns the IP resources to delete.
     pub fn collect_garbage(&mut self, live_pods: &BTreeSet<String>) -> PodOutcome {
+        let ipam = &self.ipam;
+        self.secured.retain(|k| ipam.get(k).is_some());
         let gone: Vec<(AttachmentKey, PodRef)> = self
             .ipam
             .attachments()

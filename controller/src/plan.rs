@@ -94,6 +94,8 @@ pub struct Wanted {
     pub pool_names: Vec<String>,
     /// Whether the pod already carries this allocation (`allocated: "true"`).
     pub already_allocated: bool,
+    /// The pod asked for port security on its OVN port (`port_security: "true"`).
+    pub port_security: bool,
 }
 
 /// An attachment (or the whole selection) the controller refuses, and why.
@@ -363,6 +365,7 @@ fn wanted(
         },
         pool_names,
         already_allocated,
+        port_security: get("port_security").is_some_and(|(_, v)| v == "true"),
     })
 }
 

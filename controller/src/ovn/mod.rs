@@ -8,7 +8,7 @@
 //! without one belong to `ovn-cluster`; each Subnet of a router gets a router port
 //! `<vpc>-<subnet>` holding the gateway address and a switch port `<subnet>-<vpc>` of type
 //! `router`; each OVN attachment is a Logical_Switch_Port `<pod>.<namespace>.<provider>` with
-//! "MAC IP[ IP]" as addresses and port security.
+//! "MAC IP[ IP]" as addresses, and as port security when the pod asks for it.
 
 pub mod plan;
 
@@ -122,6 +122,8 @@ pub struct PortInput {
     pub pod: String,
     /// The provider.
     pub provider: String,
+    /// The pod asked for port security (`<provider>.kubernetes.io/port_security: "true"`).
+    pub port_security: bool,
 }
 
 /// `external_ids` with the marker and `pairs`.
@@ -268,8 +270,14 @@ pub fn build<'a>(
             SwitchPort {
                 switch: p.subnet.clone(),
                 kind: String::new(),
-                addresses: [address.clone()].into(),
-                port_security: [address].into(),
+                // As Kube-OVN: only when the pod asks, or link-local IPv6, neighbour discovery
+                // and multicast are dropped (the fast path keeps its own spoofing guard).
+                port_security: if p.port_security {
+                    [address.clone()].into()
+                } else {
+                    BTreeSet::new()
+                },
+                addresses: [address].into(),
                 options: BTreeMap::new(),
                 external_ids: owned_ids([
                     ("pod", &p.pod),

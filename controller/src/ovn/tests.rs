@@ -30,6 +30,7 @@ fn port(name: &str, subnet: &str, ip: &str) -> PortInput {
         ips: vec![ip.parse().expect("an address")],
         pod: "default/samplepod".to_owned(),
         provider: "attachnet.default.ovn".to_owned(),
+        port_security: false,
     }
 }
 
@@ -118,8 +119,29 @@ fn the_seeds_attachnet_subnet_becomes_a_switch_on_the_default_router_with_kube_o
         lsp.addresses.iter().collect::<Vec<_>>(),
         ["0a:00:00:00:00:07 172.17.0.11"]
     );
-    assert_eq!(lsp.port_security, lsp.addresses);
+    assert!(
+        lsp.port_security.is_empty(),
+        "as Kube-OVN: no port security unless the pod asks (link-local IPv6, ND pass)"
+    );
     assert_eq!(lsp.external_ids["pod"], "default/samplepod");
+}
+
+#[test]
+fn a_pod_that_asks_for_port_security_gets_it_on_its_port() {
+    let secured = PortInput {
+        port_security: true,
+        ..port(
+            "secured.default.attachnet.default.ovn",
+            "attachnet",
+            "172.17.0.12",
+        )
+    };
+    let t = build([&attachnet()], &BTreeMap::new(), [secured]);
+    let lsp = &t.switch_ports["secured.default.attachnet.default.ovn"];
+    assert_eq!(
+        lsp.port_security.iter().collect::<Vec<_>>(),
+        ["0a:00:00:00:00:07 172.17.0.12"]
+    );
 }
 
 #[test]

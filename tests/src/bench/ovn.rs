@@ -91,6 +91,8 @@ fn ports(subnets: &[SubnetConfig], count: u32) -> Vec<PortInput> {
                 ips: vec![IpAddr::V4(ip)],
                 pod: format!("default/pod{i}"),
                 provider: "bench.default.ovn".to_owned(),
+                // The heavier row (as the benchmark has always written it).
+                port_security: true,
             }
         })
         .collect()
