@@ -124,6 +124,17 @@ pub enum AttachError {
         #[source]
         source: Box<DataplaneError>,
     },
+    /// A teardown (DEL, or GC and recovery over several attachments) went through every step
+    /// and some failed; each failure is named.
+    #[error("pod {pod} interface {ifname}: tearing down: {failures}")]
+    Teardown {
+        /// `namespace/name` (or `(several pods)`).
+        pod: String,
+        /// The interface (or `(several interfaces)`).
+        ifname: String,
+        /// Every step that failed, `; `-separated.
+        failures: String,
+    },
     /// CHECK of an attachment this node never made (or already removed).
     #[error(
         "pod {pod} interface {ifname}: container {container_id} has no such attachment on this node"
@@ -300,6 +311,23 @@ pub struct SweepReport {
     pub removed: Vec<String>,
     /// Record files that could not be read (left in place), with the reason.
     pub unreadable: Vec<String>,
+    /// Attachments whose teardown failed (their record stays for the next pass), with why.
+    pub failed: Vec<String>,
+}
+
+impl SweepReport {
+    /// The report, or an error naming every attachment whose teardown failed.
+    pub fn into_result(self) -> Result<SweepReport, AttachError> {
+        if self.failed.is_empty() {
+            Ok(self)
+        } else {
+            Err(AttachError::Teardown {
+                pod: "(several pods)".to_owned(),
+                ifname: format!("{} interfaces", self.failed.len()),
+                failures: self.failed.join("; "),
+            })
+        }
+    }
 }
 
 impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
@@ -805,7 +833,8 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
     }
 
     /// Removes an OVN-backed attachment's limits and veth pair; whatever is already gone is
-    /// success.
+    /// success. Every step is tried whatever the others did (a failed OVS unplug does not keep
+    /// the veth), and every failure is reported together.
     async fn delete_interface(&self, req: &CniRequest) -> Result<(), AttachError> {
         let link_err = |source| AttachError::Link {
             pod: req.pod_key(),
@@ -817,42 +846,49 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
         let ovs_port = link::veth_name(&req.container_id, &req.if_name, 'p').map_err(link_err)?;
         // Off the fast path first: nothing is redirected to it once DEL returns.
         self.forget_fastpath(&host).await;
+        let mut failures = Vec::new();
         if let Some(ovs) = &self.ovs {
             for port in [&host, &ovs_port] {
-                ovs.unplug(port).await.map_err(|source| AttachError::Ovs {
-                    pod: req.pod_key(),
-                    ifname: req.if_name.clone(),
-                    source: Box::new(source),
-                })?;
+                if let Err(e) = ovs.unplug(port).await {
+                    failures.push(format!("unplugging {port} from OVS: {e}"));
+                }
             }
         }
-        {
-            let host_netns = self.host_netns.clone();
-            blocking(move || link::delete(host_netns.as_deref(), &ovs_end))
-                .await
-                .map_err(link_err)?;
-        }
+        let host_netns = self.host_netns.clone();
         let target = QosTarget {
             netns: self.host_netns.clone(),
             ifname: host.clone(),
             placement: Placement::HostPeer,
         };
         let qos = Arc::clone(&self.qos);
-        let host_netns = self.host_netns.clone();
-        let (detached, deleted) = blocking(move || {
+        let (ovs_deleted, detached, deleted) = blocking(move || {
+            let ovs_deleted = link::delete(host_netns.as_deref(), &ovs_end)
+                .map(drop)
+                .map_err(|e| format!("deleting {ovs_end}: {e}"));
             let detached = match qos.detach(&target) {
                 Ok(()) | Err(DataplaneError::NoSuchInterface { .. }) => Ok(()),
-                Err(e) => Err(e),
+                Err(e) => Err(format!("removing the limits of {}: {e}", target.ifname)),
             };
-            (detached, link::delete(host_netns.as_deref(), &host))
+            let deleted = link::delete(host_netns.as_deref(), &target.ifname)
+                .map(drop)
+                .map_err(|e| format!("deleting {}: {e}", target.ifname));
+            (ovs_deleted, detached, deleted)
         })
         .await;
-        deleted.map_err(link_err)?;
-        detached.map_err(|source| AttachError::Qos {
-            pod: req.pod_key(),
-            ifname: req.if_name.clone(),
-            source: Box::new(source),
-        })
+        failures.extend(
+            [ovs_deleted, detached, deleted]
+                .into_iter()
+                .filter_map(Result::err),
+        );
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(AttachError::Teardown {
+                pod: req.pod_key(),
+                ifname: req.if_name.clone(),
+                failures: failures.join("; "),
+            })
+        }
     }
 
     /// CHECK: for IPAM-only attachments the calling plugin checks its interface; the agent
@@ -964,12 +1000,16 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
                 report.kept.push(id);
                 continue;
             }
-            self.del(&request_of(&record)).await?;
-            info!(pod = %record.pod_key(), provider = %record.provider, ifname = %record.ifname,
-                  container_id = %record.container_id, "collected an attachment the runtime no longer lists");
-            report.removed.push(id);
+            match self.del(&request_of(&record)).await {
+                Ok(()) => {
+                    info!(pod = %record.pod_key(), provider = %record.provider, ifname = %record.ifname,
+                          container_id = %record.container_id, "collected an attachment the runtime no longer lists");
+                    report.removed.push(id);
+                }
+                Err(e) => report.failed.push(format!("{id}: {e}")),
+            }
         }
-        Ok(report)
+        report.into_result()
     }
 
     /// Removes the fast-path entries and QoS programs of interfaces that vanished without a
@@ -1012,10 +1052,18 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
             if in_place {
                 report.kept.push(id);
             } else {
-                self.del(&request_of(&record)).await?;
-                info!(pod = %record.pod_key(), provider = %record.provider, ifname = %record.ifname,
-                      "removed an attachment whose interface went away while the agent was down");
-                report.removed.push(id);
+                match self.del(&request_of(&record)).await {
+                    Ok(()) => {
+                        info!(pod = %record.pod_key(), provider = %record.provider, ifname = %record.ifname,
+                              "removed an attachment whose interface went away while the agent was down");
+                        report.removed.push(id);
+                    }
+                    Err(e) => {
+                        warn!(pod = %record.pod_key(), ifname = %record.ifname, error = %e,
+                              "removing an attachment whose interface went away; the next start tries again");
+                        report.failed.push(format!("{id}: {e}"));
+                    }
+                }
             }
         }
         Ok(report)
