@@ -172,9 +172,11 @@ fn a_restarted_agent_keeps_attachments_in_place_and_cleans_up_after_vanished_pod
 
     let mut agent = node.start_agent();
     let cfg = config(&node.socket(), "0.3.0");
+    let mut results = Vec::new();
     for (cid, pod, ns) in [("aaaa1111", "ra", &pod_a), ("bbbb2222", "rb", &pod_b)] {
         let out = sidelane_cni::run(&vars("ADD", cid, &ns.path(), pod), cfg.as_bytes());
         assert_eq!(out.exit_code, 0, "{pod}: {}", out.stdout);
+        results.push(out.stdout);
     }
     assert_eq!(node.records(), ["aaaa1111+net1.json", "bbbb2222+net1.json"]);
     // The host end stands in for OVS: an address on it lets the node reach the pod.
@@ -223,9 +225,13 @@ fn a_restarted_agent_keeps_attachments_in_place_and_cleans_up_after_vanished_pod
         "the limit stays: {}",
         filters()
     );
+    // CHECK with the ADD's result as prevResult, as a runtime passes it.
+    let mut check_cfg: serde_json::Value =
+        serde_json::from_str(&config(&node.socket(), "0.4.0")).expect("the config");
+    check_cfg["prevResult"] = serde_json::from_str(&results[0]).expect("ADD's result");
     let check = sidelane_cni::run(
         &vars("CHECK", "aaaa1111", &pod_a.path(), "ra"),
-        config(&node.socket(), "0.4.0").as_bytes(),
+        check_cfg.to_string().as_bytes(),
     );
     assert_eq!(check.exit_code, 0, "{}", check.stdout);
 
