@@ -678,15 +678,7 @@ impl Leader {
                     let name = name.clone();
                     tokio::spawn(async move { writer.format_subnet(&name, wanted).await });
                 }
-                let outcome = PodOutcome {
-                    delete_ips: displaced
-                        .into_iter()
-                        .map(|(n, _)| n)
-                        .filter(|n| !n.is_empty())
-                        .collect(),
-                    ..PodOutcome::default()
-                };
-                self.writer.submit(None, String::new(), outcome);
+                self.delete_ip_resources(displaced);
             }
             SubnetOutcome::Invalid(e) => {
                 warn!(subnet = %name, error = %e, "refusing the subnet");
@@ -702,6 +694,11 @@ impl Leader {
         self.statuses.remove(name);
         self.validation.remove(name);
         let released = self.engine.remove_subnet(name);
+        self.delete_ip_resources(released);
+    }
+
+    /// Deletes the IP resources of allocations a Subnet no longer holds.
+    fn delete_ip_resources<T>(&self, released: Vec<(String, T)>) {
         let outcome = PodOutcome {
             delete_ips: released
                 .into_iter()

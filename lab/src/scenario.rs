@@ -98,18 +98,7 @@ impl Scenario {
     }
 }
 
-/// How many pods `docs` make: each Pod, and each Deployment's or StatefulSet's replicas.
-pub fn pods_made_by(docs: &[Value]) -> usize {
-    docs.iter()
-        .map(|doc| match doc["kind"].as_str() {
-            Some("Pod") => 1,
-            Some("Deployment" | "StatefulSet") => {
-                usize::try_from(doc["spec"]["replicas"].as_u64().unwrap_or(1)).unwrap_or(1)
-            }
-            _ => 0,
-        })
-        .sum()
-}
+pub use sidelane_tests::cluster::pods_made_by;
 
 /// The annotations the user wrote for pod `pod`: its own Pod document, or the template of the
 /// Deployment or StatefulSet that made it (`<name>-...`).

@@ -20,6 +20,7 @@
 //! - [`macvlan_node`]: a node for IPAM-only attachments on the real control plane: its agent,
 //!   the controller, and the kubelet stand-in running Multus.
 //! - [`ovn`]: real OVN central and chassis processes (userspace datapath) from a temporary directory.
+//! - [`wait`]: waiting on a condition, never on a fixed sleep.
 //! - [`node_rig`]: one node of real OVN with the controller and the agent, pods attached through our plugin.
 
 pub mod bandwidth_plugin;
@@ -39,3 +40,4 @@ pub mod sidelane;
 pub mod tools;
 pub mod topology;
 pub mod veth;
+pub mod wait;

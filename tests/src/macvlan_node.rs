@@ -30,6 +30,17 @@ pub struct Binaries {
     pub cni: PathBuf,
 }
 
+impl Binaries {
+    /// The workspace's own builds, beside the running test or program.
+    pub fn from_workspace() -> Binaries {
+        Binaries {
+            agent: crate::process::workspace_binary("sidelane-agent"),
+            controller: crate::process::workspace_binary("sidelane-controller"),
+            cni: crate::process::workspace_binary("sidelane-cni"),
+        }
+    }
+}
+
 /// The node; everything stops when dropped.
 #[derive(Debug)]
 pub struct MacvlanNode {

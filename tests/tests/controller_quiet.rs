@@ -16,19 +16,8 @@ use sidelane_tests::{
     control_plane::SidelaneCluster,
     macvlan_node::{Binaries, MacvlanNode},
     privilege,
-    process::workspace_binary,
+    wait::eventually,
 };
-
-fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(start.elapsed() < within, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// A pod of `networks` on `node` with these annotations besides.
 fn pod(name: &str, node: &str, networks: &str, extra: &Value) -> Value {
@@ -75,11 +64,7 @@ fn an_idle_controller_and_agent_make_no_write_for_a_minute_with_refused_pods_and
         return;
     }
     let cluster = SidelaneCluster::start();
-    let binaries = Binaries {
-        agent: workspace_binary("sidelane-agent"),
-        controller: workspace_binary("sidelane-controller"),
-        cni: workspace_binary("sidelane-cni"),
-    };
+    let binaries = Binaries::from_workspace();
     let node = MacvlanNode::start(&cluster, &binaries, 4, &[])
         .unwrap_or_else(|e| panic!("starting node1: {e:#}"));
     let networks: Vec<Value> = example("multi-nic-ipam.yaml")

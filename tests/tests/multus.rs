@@ -4,29 +4,15 @@
 //! allocated); Multus writes `network-status` to match; deleting the pod runs DEL through
 //! Multus and releases the address.
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{path::Path, time::Duration};
 
 use serde_json::Value;
 use sidelane_tests::{
     control_plane::SidelaneCluster,
     macvlan_node::{Binaries, MacvlanNode},
     privilege,
-    process::workspace_binary,
+    wait::eventually,
 };
-
-fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(start.elapsed() < within, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// The entry for `ifname` in the pod's `k8s.v1.cni.cncf.io/network-status` (Multus').
 fn network_status(pod: &Value, ifname: &str) -> Value {
@@ -52,11 +38,7 @@ fn multus_attaches_the_multi_nic_seed_through_our_ipam_and_reports_network_statu
         return;
     }
     let cluster = SidelaneCluster::with_controllers();
-    let binaries = Binaries {
-        agent: workspace_binary("sidelane-agent"),
-        controller: workspace_binary("sidelane-controller"),
-        cni: workspace_binary("sidelane-cni"),
-    };
+    let binaries = Binaries::from_workspace();
     let node = MacvlanNode::start(&cluster, &binaries, 4, &[])
         .unwrap_or_else(|e| panic!("starting node1: {e:#}"));
     let (kubelet, dir) = (&node.kubelet, node.dir());

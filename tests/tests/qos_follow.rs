@@ -4,10 +4,7 @@
 //! second the flow runs at the new rate; the attachment's counters carry on (they are not
 //! reset by the change).
 
-use std::{
-    thread,
-    time::{Duration, Instant},
-};
+use std::{thread, time::Duration};
 
 use serde_json::{Value, json};
 use sidelane_agent::dataplane::qos::{Placement, QosDataplane, QosTarget};
@@ -17,19 +14,8 @@ use sidelane_tests::{
     iperf::{self, IperfSpec},
     macvlan_node::{Binaries, MacvlanNode},
     privilege,
-    process::workspace_binary,
+    wait::eventually,
 };
-
-fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(start.elapsed() < within, "timed out waiting: {what}");
-        thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn pod(name: &str, extra: &Value) -> Value {
     let mut annotations = json!({"k8s.v1.cni.cncf.io/networks": "macvlan"});
@@ -79,11 +65,7 @@ fn traffic_a_rate_annotation_changed_on_a_running_pod_is_enforced_within_a_secon
         return;
     }
     let cluster = SidelaneCluster::start();
-    let binaries = Binaries {
-        agent: workspace_binary("sidelane-agent"),
-        controller: workspace_binary("sidelane-controller"),
-        cni: workspace_binary("sidelane-cni"),
-    };
+    let binaries = Binaries::from_workspace();
     let node = MacvlanNode::start(&cluster, &binaries, 4, &[])
         .unwrap_or_else(|e| panic!("starting node1: {e:#}"));
     let networks: Vec<Value> = example("multi-nic-ipam.yaml")
