@@ -73,7 +73,7 @@ fn dispatch(vars: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Option<Valu
         Command::Del => del(&env, &cfg, socket).map(|()| None),
         Command::Check => check(&env, &cfg, socket).map(|()| None),
         Command::Gc => gc(&cfg, socket).map(|()| None),
-        Command::Status => status(socket).map(|()| None),
+        Command::Status => status(&cfg, socket).map(|()| None),
     }
 }
 
@@ -260,14 +260,21 @@ fn del(env: &Environment, cfg: &PluginConfig, socket: &Path) -> Result<(), CniEr
     }
 }
 
-fn check(env: &Environment, cfg: &PluginConfig, socket: &Path) -> Result<(), CniError> {
-    if cfg.version < CniVersion::V0_4_0 {
+/// An error unless the configuration's `cniVersion` is at least `since`, the version that
+/// brought `verb`.
+fn needs(cfg: &PluginConfig, since: CniVersion, verb: &str) -> Result<(), CniError> {
+    if cfg.version < since {
         return Err(CniError::new(
             ErrorCode::IncompatibleVersion,
-            "CHECK needs cniVersion 0.4.0 or later",
+            format!("{verb} needs cniVersion {} or later", since.as_str()),
             format!("cniVersion is {}", cfg.version),
         ));
     }
+    Ok(())
+}
+
+fn check(env: &Environment, cfg: &PluginConfig, socket: &Path) -> Result<(), CniError> {
+    needs(cfg, CniVersion::V0_4_0, "CHECK")?;
     let mut req = request(env, cfg)?;
     req.expected = Some(expected(env, cfg)?);
     call(socket, PATH_CHECK, &encode(&req)?, 204).map(drop)
@@ -329,6 +336,7 @@ fn expected(env: &Environment, cfg: &PluginConfig) -> Result<Expected, CniError>
 }
 
 fn gc(cfg: &PluginConfig, socket: &Path) -> Result<(), CniError> {
+    needs(cfg, CniVersion::V1_1_0, "GC")?;
     let valid = cfg
         .raw
         .extra
@@ -351,7 +359,8 @@ fn gc(cfg: &PluginConfig, socket: &Path) -> Result<(), CniError> {
     call(socket, PATH_GC, &encode(&req)?, 204).map(drop)
 }
 
-fn status(socket: &Path) -> Result<(), CniError> {
+fn status(cfg: &PluginConfig, socket: &Path) -> Result<(), CniError> {
+    needs(cfg, CniVersion::V1_1_0, "STATUS")?;
     call(socket, PATH_STATUS, b"{}", 204)
         .map(drop)
         .map_err(|e| {

@@ -382,3 +382,23 @@ fn every_bad_input_gets_a_spec_error_never_a_panic() {
         assert!(out["msg"].as_str().is_some_and(|m| !m.is_empty()), "{out}");
     }
 }
+
+#[test]
+fn gc_and_status_are_refused_before_cni_1_1_0_and_forwarded_from_it() {
+    let agent = FakeAgent::start(204, "");
+    for command in ["GC", "STATUS"] {
+        let (out, code) = plugin(command, "", &ovn_config("1.0.0", &agent.socket));
+        assert_eq!((out["code"].clone(), code), (json!(1), 1), "{command}: {out}");
+        assert_eq!(
+            out["msg"],
+            json!(format!("{command} needs cniVersion 1.1.0 or later"))
+        );
+    }
+    assert!(agent.seen().is_empty(), "nothing reached the agent");
+    for command in ["GC", "STATUS"] {
+        let (out, code) = plugin(command, "", &ovn_config("1.1.0", &agent.socket));
+        assert_eq!((out, code), (Value::Null, 0), "{command}");
+    }
+    let paths: Vec<String> = agent.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/api/v1/gc", "/api/v1/status"]);
+}
