@@ -388,7 +388,11 @@ fn gc_and_status_are_refused_before_cni_1_1_0_and_forwarded_from_it() {
     let agent = FakeAgent::start(204, "");
     for command in ["GC", "STATUS"] {
         let (out, code) = plugin(command, "", &ovn_config("1.0.0", &agent.socket));
-        assert_eq!((out["code"].clone(), code), (json!(1), 1), "{command}: {out}");
+        assert_eq!(
+            (out["code"].clone(), code),
+            (json!(1), 1),
+            "{command}: {out}"
+        );
         assert_eq!(
             out["msg"],
             json!(format!("{command} needs cniVersion 1.1.0 or later"))

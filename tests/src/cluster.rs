@@ -42,11 +42,34 @@ pub fn example(file: &str) -> Vec<Value> {
 
 /// A pod in `default` on `node1` with these annotations.
 pub fn pod(name: &str, annotations: &Value) -> Value {
+    pod_on(name, "node1", annotations)
+}
+
+/// A pod in `default` bound to `node` with these annotations.
+pub fn pod_on(name: &str, node: &str, annotations: &Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "default", "annotations": annotations},
-        "spec": {"containers": [{"name": "c", "image": "alpine"}], "nodeName": "node1"}
+        "spec": {"containers": [{"name": "c", "image": "alpine"}], "nodeName": node}
     })
+}
+
+/// A pod's annotations: its network selection `networks` and `extra` besides.
+pub fn selecting(networks: &str, extra: &Value) -> Value {
+    let mut annotations = json!({"k8s.v1.cni.cncf.io/networks": networks});
+    if let (Some(a), Some(e)) = (annotations.as_object_mut(), extra.as_object()) {
+        a.extend(e.clone());
+    }
+    annotations
+}
+
+/// The NetworkAttachmentDefinitions and Subnets of `deploy/examples/<file>` (its pods and
+/// workloads left out).
+pub fn networks_of(file: &str) -> Vec<Value> {
+    example(file)
+        .into_iter()
+        .filter(|d| d["kind"] == "NetworkAttachmentDefinition" || d["kind"] == "Subnet")
+        .collect()
 }
 
 /// A `kube-ovn` NAD in `default` whose provider is `<name>.default.ovn`, as the seeds write it.

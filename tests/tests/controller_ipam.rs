@@ -20,7 +20,7 @@ use sidelane_controller::{
     run::{self, Options},
 };
 use sidelane_tests::{
-    cluster::{example, pods_made_by},
+    cluster::{example, networks_of, pods_made_by},
     control_plane::SidelaneCluster,
 };
 use tokio::{sync::watch, task::JoinHandle};
@@ -83,14 +83,6 @@ fn allocated(api: &SidelaneCluster, pod: &str, prefix: &str) -> Option<String> {
                 .map(str::to_owned)
         })
         .flatten()
-}
-
-/// The multi-NIC IPAM seed's NAD and Subnet (its pods left out).
-fn seed_networks() -> Vec<Value> {
-    example("multi-nic-ipam.yaml")
-        .into_iter()
-        .filter(|doc| doc["kind"] != "Pod" && doc["kind"] != "Deployment")
-        .collect()
 }
 
 fn seed_pod(api: &SidelaneCluster, name: &str, annotations: &Value) {
@@ -188,7 +180,7 @@ fn the_multi_nic_ipam_seed_gets_the_annotations_it_promises() {
 fn a_taken_static_address_is_an_event_naming_the_holder_and_allocates_nothing() {
     let api = SidelaneCluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    api.apply(&seed_networks());
+    api.apply(&networks_of("multi-nic-ipam.yaml"));
     let _controller = Controller::start(&api, &runtime);
     let p = "macvlan.default";
     seed_pod(
@@ -240,7 +232,7 @@ fn a_taken_static_address_is_an_event_naming_the_holder_and_allocates_nothing() 
 fn deleting_a_pod_releases_its_address_and_ip_resource() {
     let api = SidelaneCluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    api.apply(&seed_networks());
+    api.apply(&networks_of("multi-nic-ipam.yaml"));
     let _controller = Controller::start(&api, &runtime);
     let p = "macvlan.default";
     seed_pod(
@@ -274,7 +266,7 @@ fn deleting_a_pod_releases_its_address_and_ip_resource() {
 fn a_statefulset_pod_recreated_keeps_its_pool_entry() {
     let api = SidelaneCluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    api.apply(&seed_networks());
+    api.apply(&networks_of("multi-nic-ipam.yaml"));
     // No kube-controller-manager runs here: the test makes the StatefulSet's pods itself.
     let sts = api
         .seed(json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
@@ -323,7 +315,7 @@ fn a_statefulset_pod_recreated_keeps_its_pool_entry() {
 fn a_restarted_controller_keeps_every_address_and_hands_out_only_free_ones() {
     let api = SidelaneCluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    api.apply(&seed_networks());
+    api.apply(&networks_of("multi-nic-ipam.yaml"));
     let p = "macvlan.default";
     let first = Controller::start(&api, &runtime);
     for i in 0..20 {
@@ -640,7 +632,7 @@ fn foreign_ip(pod: &str, provider: &str, subnet: &str, ip: &str) -> Value {
 fn an_ip_resource_sidelane_did_not_write_holds_its_address_for_its_live_pod() {
     let api = SidelaneCluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    api.apply(&seed_networks());
+    api.apply(&networks_of("multi-nic-ipam.yaml"));
     let p = "macvlan.default";
     // Attached by someone else (Kube-OVN, or restored from a backup) before Sidelane starts.
     seed_pod(&api, "legacy", &json!({}));
@@ -730,7 +722,7 @@ fn allow_patching_pods(api: &SidelaneCluster, allowed: bool) {
 fn a_failed_allocation_write_is_retried_until_it_lands() {
     let api = SidelaneCluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    api.apply(&seed_networks());
+    api.apply(&networks_of("multi-nic-ipam.yaml"));
     let controller = Controller::start(&api, &runtime);
     allow_patching_pods(&api, false);
     seed_pod(
@@ -754,7 +746,7 @@ fn a_failed_allocation_write_is_retried_until_it_lands() {
 fn a_nad_deleted_while_the_watch_was_away_is_forgotten() {
     let mut api = SidelaneCluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    api.apply(&seed_networks());
+    api.apply(&networks_of("multi-nic-ipam.yaml"));
     api.apply(&[
         json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
             "metadata": {"name": "doomed", "namespace": "default"},

@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::{Value, json};
 use sidelane_tests::{
-    cluster::example,
+    cluster,
     control_plane::SidelaneCluster,
     macvlan_node::{Binaries, MacvlanNode},
     privilege,
@@ -21,13 +21,7 @@ use sidelane_tests::{
 
 /// A pod of `networks` on `node` with these annotations besides.
 fn pod(name: &str, node: &str, networks: &str, extra: &Value) -> Value {
-    let mut annotations = json!({"k8s.v1.cni.cncf.io/networks": networks});
-    if let (Some(a), Some(e)) = (annotations.as_object_mut(), extra.as_object()) {
-        a.extend(e.clone());
-    }
-    json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default", "annotations": annotations},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "alpine"}]}})
+    cluster::pod_on(name, node, &cluster::selecting(networks, extra))
 }
 
 /// Writes other than the Lease renewals of leader election.
@@ -67,11 +61,7 @@ fn an_idle_controller_and_agent_make_no_write_for_a_minute_with_refused_pods_and
     let binaries = Binaries::from_workspace();
     let node = MacvlanNode::start(&cluster, &binaries, 4, &[])
         .unwrap_or_else(|e| panic!("starting node1: {e:#}"));
-    let networks: Vec<Value> = example("multi-nic-ipam.yaml")
-        .into_iter()
-        .filter(|d| d["kind"] == "NetworkAttachmentDefinition" || d["kind"] == "Subnet")
-        .collect();
-    cluster.apply(&networks);
+    cluster.apply(&cluster::networks_of("multi-nic-ipam.yaml"));
     // The gateway lies outside the CIDR block.
     cluster.apply(&[
         json!({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",

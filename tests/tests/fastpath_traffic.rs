@@ -50,20 +50,10 @@ fn two_pods_with(
     annotations_a: &serde_json::Value,
     annotations_b: &serde_json::Value,
 ) -> (NetNs, String, NetNs, String) {
-    for doc in cluster::example("attachnet.yaml")
-        .into_iter()
-        .filter(|d| d["kind"] == "Subnet" || d["kind"] == "NetworkAttachmentDefinition")
-    {
+    for doc in cluster::networks_of("attachnet.yaml") {
         rig.api.apply(&[doc]);
     }
-    let networks = json!({"k8s.v1.cni.cncf.io/networks": "default/attachnet"});
-    let with = |extra: &serde_json::Value| {
-        let mut all = networks.clone();
-        if let (Some(a), Some(extra)) = (all.as_object_mut(), extra.as_object()) {
-            a.extend(extra.clone());
-        }
-        all
-    };
+    let with = |extra: &serde_json::Value| cluster::selecting("default/attachnet", extra);
     let b_annotations = with(annotations_b);
     rig.api
         .seed(cluster::pod("fast-a", &with(annotations_a)))
@@ -350,10 +340,7 @@ fn pods_on_two_nodes_reach_each_other_through_ovs_and_a_tunnel_not_the_fast_path
         return;
     }
     let rig = NodeRig::start_nodes(2, true);
-    for doc in cluster::example("attachnet.yaml")
-        .into_iter()
-        .filter(|d| d["kind"] == "Subnet" || d["kind"] == "NetworkAttachmentDefinition")
-    {
+    for doc in cluster::networks_of("attachnet.yaml") {
         rig.api.apply(&[doc]);
     }
     let networks = json!({"k8s.v1.cni.cncf.io/networks": "default/attachnet"});

@@ -490,11 +490,7 @@ fn deleting_a_subnet_leaves_its_switch_while_another_owners_port_is_on_it() {
     let central = Central::start().expect("OVN central starts");
     let api = SidelaneCluster::start();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    let networks: Vec<Value> = cluster::example("attachnet.yaml")
-        .into_iter()
-        .filter(|d| d["kind"] == "NetworkAttachmentDefinition" || d["kind"] == "Subnet")
-        .collect();
-    api.apply(&networks);
+    api.apply(&cluster::networks_of("attachnet.yaml"));
     let _controller = Controller::start(&api, &central, &runtime);
     let router_port = "ovn-cluster-attachnet".to_owned();
     eventually(

@@ -9,7 +9,7 @@ use std::{thread, time::Duration};
 use serde_json::{Value, json};
 use sidelane_agent::dataplane::qos::{Placement, QosDataplane, QosTarget};
 use sidelane_tests::{
-    cluster::example,
+    cluster,
     control_plane::SidelaneCluster,
     iperf::{self, IperfSpec},
     macvlan_node::{Binaries, MacvlanNode},
@@ -18,13 +18,7 @@ use sidelane_tests::{
 };
 
 fn pod(name: &str, extra: &Value) -> Value {
-    let mut annotations = json!({"k8s.v1.cni.cncf.io/networks": "macvlan"});
-    if let (Some(a), Some(e)) = (annotations.as_object_mut(), extra.as_object()) {
-        a.extend(e.clone());
-    }
-    json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default", "annotations": annotations},
-        "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "alpine"}]}})
+    cluster::pod(name, &cluster::selecting("macvlan", extra))
 }
 
 /// `kubectl annotate --overwrite pod <pod> <key>=<value>` after `delay`, as a user would.
@@ -68,11 +62,7 @@ fn traffic_a_rate_annotation_changed_on_a_running_pod_is_enforced_within_a_secon
     let binaries = Binaries::from_workspace();
     let node = MacvlanNode::start(&cluster, &binaries, 4, &[])
         .unwrap_or_else(|e| panic!("starting node1: {e:#}"));
-    let networks: Vec<Value> = example("multi-nic-ipam.yaml")
-        .into_iter()
-        .filter(|d| d["kind"] == "NetworkAttachmentDefinition" || d["kind"] == "Subnet")
-        .collect();
-    cluster.apply(&networks);
+    cluster.apply(&cluster::networks_of("multi-nic-ipam.yaml"));
     let rate_key = "macvlan.default.kubernetes.io/egress_rate";
     cluster.apply(&[
         pod("server", &json!({})),
