@@ -963,15 +963,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
         let differences = blocking(move || link::verify(&pod_netns, &plan))
             .await
             .map_err(link_err)?;
-        if differences.is_empty() {
-            Ok(())
-        } else {
-            Err(AttachError::CheckFailed {
-                pod: req.pod_key(),
-                ifname: req.if_name.clone(),
-                differences: differences.join("; "),
-            })
-        }
+        check_outcome(req, &differences)
     }
 
     /// GC: removes every recorded attachment of the request's provider that the runtime no
@@ -1184,6 +1176,11 @@ fn check_expected(req: &CniRequest, alloc: &Allocation) -> Result<(), AttachErro
             expected.mac
         ));
     }
+    check_outcome(req, &differences)
+}
+
+/// CHECK's answer: success, or every difference found.
+fn check_outcome(req: &CniRequest, differences: &[String]) -> Result<(), AttachError> {
     if differences.is_empty() {
         Ok(())
     } else {

@@ -96,24 +96,18 @@ pub async fn reconcile(
         }
         let want = Arc::clone(&desired.borrow_and_update());
         let p = plan(&want, &Observed::from_replica(&replica));
-        if p.conflicts != conflicts {
-            for c in &p.conflicts {
-                warn!(conflict = %c, "an OVN row Sidelane wants is held by another owner; left alone");
-            }
-            conflicts.clone_from(&p.conflicts);
-            metrics
-                .nb_conflicts
-                .set(i64::try_from(conflicts.len()).unwrap_or(i64::MAX));
-        }
-        if p.kept != kept {
-            for k in &p.kept {
-                warn!(kept = %k, "an OVN row Sidelane no longer wants holds another owner's rows; left in place until they are gone");
-            }
-            kept.clone_from(&p.kept);
-            metrics
-                .nb_kept
-                .set(i64::try_from(kept.len()).unwrap_or(i64::MAX));
-        }
+        report(
+            &mut conflicts,
+            &p.conflicts,
+            &metrics.nb_conflicts,
+            "an OVN row Sidelane wants is held by another owner; left alone",
+        );
+        report(
+            &mut kept,
+            &p.kept,
+            &metrics.nb_kept,
+            "an OVN row Sidelane no longer wants holds another owner's rows; left in place until they are gone",
+        );
         if p.ops.is_empty() {
             metrics.nb_in_sync.set(1);
             continue;
@@ -170,6 +164,24 @@ pub async fn reconcile(
         // Look again soon even if nothing else changes (a failure, or more to do).
         desired.mark_changed();
     }
+}
+
+/// Logs each row of `now` and sets `gauge` to their number, when they differ from `before`
+/// (which becomes `now`): said once, not on every reconcile.
+fn report(
+    before: &mut Vec<String>,
+    now: &[String],
+    gauge: &prometheus_client::metrics::gauge::Gauge,
+    what: &str,
+) {
+    if before.as_slice() == now {
+        return;
+    }
+    for row in now {
+        warn!(row = %row, "{what}");
+    }
+    *before = now.to_vec();
+    gauge.set(i64::try_from(now.len()).unwrap_or(i64::MAX));
 }
 
 /// Applies a monitor event; `true` once a snapshot made the replica whole.
