@@ -134,3 +134,26 @@ impl Drop for SidelaneQos {
         }
     }
 }
+
+/// A QoS port that does nothing: for tests of the agent's logic where limits are not the
+/// point (the real dataplane has tests of its own).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoQos;
+
+impl sidelane_agent::attach::QosPort for NoQos {
+    fn apply(
+        &self,
+        _: &QosTarget,
+        _: &QosSpec,
+    ) -> Result<(), sidelane_agent::dataplane::DataplaneError> {
+        Ok(())
+    }
+
+    fn detach(&self, _: &QosTarget) -> Result<(), sidelane_agent::dataplane::DataplaneError> {
+        Ok(())
+    }
+
+    fn sweep(&self) -> Result<(), sidelane_agent::dataplane::DataplaneError> {
+        Ok(())
+    }
+}

@@ -13,32 +13,14 @@ use std::{
 
 use futures::future::BoxFuture;
 use sidelane_agent::{
-    attach::{AttachError, Attacher, QosPort},
-    dataplane::{DataplaneError, qos::QosTarget},
+    attach::{AttachError, Attacher},
     link,
     ovs::{Datapath, OvsError, PortBinding, PortPlug},
     pods::KubePods,
     records::{AttachmentKind, AttachmentRecord, Records},
 };
-use sidelane_api::{
-    daemon::{CniRequest, GcRequest, ValidAttachment},
-    qos::QosSpec,
-};
-use sidelane_tests::{control_plane::SidelaneCluster, netns::NetNs, privilege};
-
-struct NoQos;
-
-impl QosPort for NoQos {
-    fn apply(&self, _: &QosTarget, _: &QosSpec) -> Result<(), DataplaneError> {
-        Ok(())
-    }
-    fn detach(&self, _: &QosTarget) -> Result<(), DataplaneError> {
-        Ok(())
-    }
-    fn sweep(&self) -> Result<(), DataplaneError> {
-        Ok(())
-    }
-}
+use sidelane_api::daemon::{CniRequest, GcRequest, ValidAttachment};
+use sidelane_tests::{control_plane::SidelaneCluster, netns::NetNs, privilege, sidelane::NoQos};
 
 /// An integration bridge whose unplug fails for ports of `broken` (a container ID prefix).
 struct FailingBridge {

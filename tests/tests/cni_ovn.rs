@@ -6,31 +6,10 @@
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
-use sidelane_agent::{
-    attach::{Attacher, QosPort},
-    cni_server,
-    dataplane::{DataplaneError, qos::QosTarget},
-    pods::KubePods,
-    records::Records,
+use sidelane_agent::{attach::Attacher, cni_server, pods::KubePods, records::Records};
+use sidelane_tests::{
+    cluster, control_plane::SidelaneCluster, netns::NetNs, privilege, sidelane::NoQos,
 };
-use sidelane_api::qos::QosSpec;
-use sidelane_tests::{cluster, control_plane::SidelaneCluster, netns::NetNs, privilege};
-
-struct NoQos;
-
-impl QosPort for NoQos {
-    fn apply(&self, _: &QosTarget, _: &QosSpec) -> Result<(), DataplaneError> {
-        Ok(())
-    }
-
-    fn detach(&self, _: &QosTarget) -> Result<(), DataplaneError> {
-        Ok(())
-    }
-
-    fn sweep(&self) -> Result<(), DataplaneError> {
-        Ok(())
-    }
-}
 
 /// The seed's NAD (manage-multiple-interface.en.txt, "attached NIC is a Kube-OVN type NIC"),
 /// verbatim but for the name Multus adds and our socket.
