@@ -142,7 +142,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
     ) -> Result<QosSpec, String> {
         let prefix = prefix_of(record, annotations);
         let spec = QosSpec::from_annotations(annotations, &prefix).map_err(|e| e.to_string())?;
-        let target = target_of(record, self.host_netns.as_ref());
+        let target = target_of(record, self.node.host_netns.as_ref());
         let qos = std::sync::Arc::clone(&self.qos);
         let applied = {
             let target = target.clone();
@@ -152,16 +152,13 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
         };
         applied.map_err(|e| e.to_string())?;
         if let (Some(fastpath), AttachmentKind::Ovn { host_ifname }) =
-            (&self.fastpath, &record.kind)
+            (&self.node.fastpath, &record.kind)
         {
             let policed = spec.get(sidelane_api::qos::Direction::Ingress).is_limited();
             let fastpath = std::sync::Arc::clone(fastpath);
-            let (host_netns, host) = (self.host_netns.clone(), host_ifname.clone());
+            let (host_netns, host) = (self.node.host_netns.clone(), host_ifname.clone());
             tokio::task::spawn_blocking(move || {
-                fastpath
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .set_policed(host_netns.as_deref(), &host, policed)
+                fastpath.set_policed(host_netns.as_deref(), &host, policed)
             })
             .await
             .map_err(|e| format!("the fast-path task failed: {e}"))?

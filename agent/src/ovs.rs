@@ -164,6 +164,10 @@ pub trait PortPlug: Send + Sync {
     fn unplug<'a>(&'a self, port: &'a str) -> BoxFuture<'a, Result<(), OvsError>>;
     /// The bridge's datapath.
     fn datapath(&self) -> Datapath;
+    /// Whether the database answers now (CNI STATUS); why not, if it does not.
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -457,7 +461,22 @@ impl PortPlug for OvsBridge {
     fn datapath(&self) -> Datapath {
         self.datapath
     }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            match tokio::time::timeout(READY_DEADLINE, self.client.echo()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("the Open_vSwitch database does not answer: {e}")),
+                Err(_) => Err(format!(
+                    "the Open_vSwitch database did not answer an echo within {READY_DEADLINE:?}"
+                )),
+            }
+        })
+    }
 }
+
+/// How long STATUS waits for the Open_vSwitch database's echo.
+const READY_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Creates the bridge (as `ovs-vsctl add-br` does: with its internal port) if it is missing.
 async fn ensure_bridge(

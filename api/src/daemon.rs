@@ -25,6 +25,9 @@ pub const PATH_CHECK: &str = "/api/v1/check";
 pub const PATH_GC: &str = "/api/v1/gc";
 /// STATUS (Sidelane): 204 when the agent can serve ADDs.
 pub const PATH_STATUS: &str = "/api/v1/status";
+/// The largest request body the agent accepts (a `CniRequest` is a few hundred bytes); the
+/// plugin refuses to send a larger one, naming this limit.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// One route, as Kube-OVN writes it: both ends optional (no `dst` means the default route).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -18,8 +18,8 @@ use sidelane_api::{
         PluginConfig, ResultIp, ResultRoute, version_info,
     },
     daemon::{
-        CniRequest, CniResponse, Dns, Expected, GcRequest, PATH_ADD, PATH_CHECK, PATH_DEL, PATH_GC,
-        PATH_STATUS, Protocol, ValidAttachment,
+        CniRequest, CniResponse, Dns, Expected, GcRequest, MAX_REQUEST_BYTES, PATH_ADD, PATH_CHECK,
+        PATH_DEL, PATH_GC, PATH_STATUS, Protocol, ValidAttachment,
     },
 };
 
@@ -130,6 +130,17 @@ fn join_args(env: &Environment) -> String {
 /// Sends `body` to `path`; any transport failure or unexpected status is Kube-OVN's
 /// "RPC failed" (code 11) with the status and the agent's error in the details.
 fn call(socket: &Path, path: &str, body: &[u8], ok: u16) -> Result<Vec<u8>, CniError> {
+    if body.len() > MAX_REQUEST_BYTES {
+        return Err(CniError::new(
+            ErrorCode::InvalidConfig,
+            "the request is too large",
+            format!(
+                "{path}: {} bytes, over the agent's limit of {MAX_REQUEST_BYTES} bytes \
+                 (routes, DNS or prevResult in the network configuration make it so)",
+                body.len()
+            ),
+        ));
+    }
     answer(rpc::post(socket, path, body), ok)
 }
 

@@ -257,6 +257,22 @@ fn check_without_a_usable_prev_result_fails_with_the_specs_codes() {
 }
 
 #[test]
+fn a_request_over_the_agents_limit_is_refused_as_invalid_config_naming_the_limit() {
+    let agent = FakeAgent::start(200, OVN_ANSWER);
+    let mut config = ovn_config("1.0.0", &agent.socket);
+    let routes: Vec<Value> = (0..3000)
+        .map(|i| json!({"dst": format!("10.{}.{}.0/24", i / 256, i % 256), "gw": "172.17.0.1"}))
+        .collect();
+    config["routes"] = json!(routes);
+    let (out, exit) = plugin("ADD", "net1", &config);
+    assert_eq!(exit, 1);
+    assert_eq!(out["code"], json!(7), "{out}");
+    let details = out["details"].as_str().unwrap_or_default();
+    assert!(details.contains("limit of 65536 bytes"), "{out}");
+    assert!(agent.seen().is_empty(), "nothing was sent");
+}
+
+#[test]
 fn the_agents_code_for_an_error_is_passed_on() {
     for (code, msg) in [
         (4, "invalid environment variables"),

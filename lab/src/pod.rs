@@ -91,7 +91,12 @@ impl Pod {
 
     /// The host end of the pod's `net1` veth on its node.
     pub fn host_veth(&self) -> Option<String> {
-        sidelane_agent::link::veth_name(&self.container_id, "net1", 'h').ok()
+        sidelane_agent::link::veth_name(
+            &self.container_id,
+            "net1",
+            sidelane_agent::link::VethEnd::Host,
+        )
+        .ok()
     }
 
     /// The pod's routing table, one route per line.

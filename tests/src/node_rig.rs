@@ -293,7 +293,7 @@ impl NodeRig {
     /// # Panics
     /// Never for the rig's pods.
     pub fn host_end(pod: &str) -> String {
-        link::veth_name(&container_id(pod), "net1", 'h').expect("a host-end name")
+        link::veth_name(&container_id(pod), "net1", link::VethEnd::Host).expect("a host-end name")
     }
 
     /// The device OVS reads for `pod`'s net1 (userspace datapath with the fast path).
@@ -301,7 +301,7 @@ impl NodeRig {
     /// # Panics
     /// Never for the rig's pods.
     pub fn ovs_port(pod: &str) -> String {
-        link::veth_name(&container_id(pod), "net1", 'p').expect("a port name")
+        link::veth_name(&container_id(pod), "net1", link::VethEnd::OvsPort).expect("a port name")
     }
 
     /// The fast-path counters of `pod`'s net1 on the first node.

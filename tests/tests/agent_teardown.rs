@@ -53,7 +53,7 @@ impl PortPlug for FailingBridge {
 
 /// An attachment's record, with its host end made in `node` (its pod is long gone).
 fn record(container_id: &str, node: &NetNs) -> AttachmentRecord {
-    let host = link::veth_name(container_id, "net1", 'h').expect("a veth name");
+    let host = link::veth_name(container_id, "net1", link::VethEnd::Host).expect("a veth name");
     let peer = format!("{}x", &container_id[..6]);
     node.exec(&[
         "ip", "link", "add", &host, "type", "veth", "peer", "name", &peer,
@@ -103,7 +103,8 @@ fn a_failed_ovs_unplug_does_not_keep_the_veth_and_gc_carries_on_past_one_failure
     for r in [record(bad, &node), record(good, &node)] {
         attacher.records().put(&r).expect("recorded");
     }
-    let host_of = |cid: &str| link::veth_name(cid, "net1", 'h').expect("a veth name");
+    let host_of =
+        |cid: &str| link::veth_name(cid, "net1", link::VethEnd::Host).expect("a veth name");
 
     // DEL of the attachment whose unplug fails: the veth goes all the same, and the error
     // names the unplug.

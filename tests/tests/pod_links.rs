@@ -119,9 +119,9 @@ fn net1_and_net2_are_created_as_planned_and_eth0_is_untouched() {
     for p in [&net1, &net2] {
         link::create(
             Some(&host.path()),
-            &veth_name(cid, &p.ifname, 'h').expect("host name"),
+            &veth_name(cid, &p.ifname, link::VethEnd::Host).expect("host name"),
             &pod.path(),
-            &veth_name(cid, &p.ifname, 'c').expect("temp name"),
+            &veth_name(cid, &p.ifname, link::VethEnd::PodTemporary).expect("temp name"),
             p,
         )
         .expect("creating the pod interface");
@@ -223,7 +223,7 @@ fn a_duplicate_interface_name_is_refused_and_leaves_nothing_behind() {
     };
     let err = link::create(
         Some(&host.path()),
-        &veth_name(cid, "net9", 'h').expect("name"),
+        &veth_name(cid, "net9", link::VethEnd::Host).expect("name"),
         &pod.path(),
         "tmp_c",
         &again,

@@ -14,6 +14,7 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
+use sidelane_api::cni::ErrorCode;
 use sidelane_api::daemon::{
     CniRequest, CniResponse, GcRequest, PATH_ADD, PATH_CHECK, PATH_DEL, PATH_GC, PATH_STATUS,
 };
@@ -22,13 +23,12 @@ use tokio::net::UnixListener;
 use tracing::{debug, warn};
 
 use crate::{
-    attach::{AttachError, Attacher, QosPort},
+    attach::{AttachError, Attacher, QosPort, Readiness},
     pods::PodSource,
     subnets::SubnetSource,
 };
 
-/// The largest request body accepted (a `CniRequest` is a few hundred bytes).
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+pub use sidelane_api::daemon::MAX_REQUEST_BYTES;
 /// No request may take longer (the allocation wait is shorter).
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(90);
 /// A client must send a request's headers within this (a connection that trickles bytes
@@ -160,9 +160,15 @@ async fn route<P: PodSource + SubnetSource, Q: QosPort>(
     {
         Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return failure(
+            // Sending it again cannot help: the network configuration makes it this large.
+            return json(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("{path}: the body is larger than {MAX_REQUEST_BYTES} bytes"),
+                &CniResponse::failure_with_code(
+                    format!(
+                        "{path}: the body is larger than the agent's limit of {MAX_REQUEST_BYTES} bytes"
+                    ),
+                    ErrorCode::InvalidConfig as u32,
+                ),
             );
         }
         Ok(Err(e)) => {
@@ -207,7 +213,17 @@ async fn route<P: PodSource + SubnetSource, Q: QosPort>(
             },
             Err(msg) => failure(StatusCode::BAD_REQUEST, msg),
         },
-        PATH_STATUS => empty(),
+        PATH_STATUS => match attacher.status().await {
+            Readiness::Ready => empty(),
+            Readiness::NotReady(reasons) => {
+                let error = format!("the agent cannot serve ADD: {}", reasons.join("; "));
+                warn!(%error, "STATUS: not ready");
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &CniResponse::failure_with_code(error, ErrorCode::NotAvailable as u32),
+                )
+            }
+        },
         other => failure(StatusCode::NOT_FOUND, format!("no such path: {other}")),
     }
 }

@@ -35,6 +35,7 @@ pub(crate) fn ensure(pin_root: &Path) -> Result<(), DataplaneError> {
     })
 }
 
-fn is_bpffs(path: &Path) -> bool {
+/// Whether `path` lies on a mounted bpffs.
+pub(crate) fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }

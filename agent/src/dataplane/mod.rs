@@ -10,6 +10,7 @@
 mod bpffs;
 pub mod fastpath;
 mod object;
+pub mod ports;
 pub mod qdisc;
 pub mod qos;
 pub mod test_run;

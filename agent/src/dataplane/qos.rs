@@ -380,6 +380,18 @@ impl QosDataplane {
         Self::read_status(target, &dir, id, ifindex)
     }
 
+    /// Whether the pin directory is still on a mounted bpffs (someone may unmount it).
+    pub fn ready(&self) -> Result<(), String> {
+        if bpffs::is_bpffs(&self.root) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the QoS pin directory {} is not on a mounted bpffs",
+                self.root.display()
+            ))
+        }
+    }
+
     /// Detaches and unpins `target`'s programs and maps; `Ok(false)` if none were attached.
     ///
     /// Best effort and complete: every step is attempted and every failure reported.

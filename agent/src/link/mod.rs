@@ -7,6 +7,9 @@
 //! without destination.
 
 pub mod netlink;
+mod ops;
+
+pub use ops::{Kernel, Links};
 
 use std::{
     fs::File,
@@ -67,9 +70,35 @@ fn io_err(op: &'static str, object: impl Into<String>) -> impl FnOnce(io::Error)
     move |source| LinkError::Io { op, object, source }
 }
 
+/// The ends of an OVN-backed attachment's veth pairs, each named after the container and the
+/// interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VethEnd {
+    /// The host end of the pod's pair (`_h`): QoS and the fast path sit on it.
+    Host,
+    /// The pod end's temporary name in the host namespace before it moves (`_c`).
+    PodTemporary,
+    /// With OVS's userspace datapath and the fast path: where frames for OVS leave (`_o`).
+    OvsSide,
+    /// ... and its peer, the port OVS reads (`_p`).
+    OvsPort,
+}
+
+impl VethEnd {
+    fn suffix(self) -> char {
+        match self {
+            VethEnd::Host => 'h',
+            VethEnd::PodTemporary => 'c',
+            VethEnd::OvsSide => 'o',
+            VethEnd::OvsPort => 'p',
+        }
+    }
+}
+
 /// Kube-OVN's host-end name: `<cid[:12]>_h` for eth0, else `<cid[:12-len(if)]>_<if>_h`
-/// (at most 15 bytes); `suffix` `c` gives the container end's temporary name.
-pub fn veth_name(container_id: &str, ifname: &str, suffix: char) -> Result<String, LinkError> {
+/// (at most 15 bytes); the other ends differ in the last letter.
+pub fn veth_name(container_id: &str, ifname: &str, end: VethEnd) -> Result<String, LinkError> {
+    let suffix = end.suffix();
     let bad = |reason| LinkError::BadName {
         name: ifname.to_owned(),
         reason,
@@ -362,26 +391,26 @@ mod tests {
     fn host_end_names_follow_kube_ovn_and_fit_fifteen_bytes() {
         let cid = "3f2a9c0d5e7b41aa8c1d";
         assert_eq!(
-            veth_name(cid, "eth0", 'h').expect("valid"),
+            veth_name(cid, "eth0", VethEnd::Host).expect("valid"),
             "3f2a9c0d5e7b_h"
         );
         assert_eq!(
-            veth_name(cid, "net1", 'h').expect("valid"),
+            veth_name(cid, "net1", VethEnd::Host).expect("valid"),
             "3f2a9c0d_net1_h"
         );
         assert_eq!(
-            veth_name(cid, "net1", 'c').expect("valid"),
+            veth_name(cid, "net1", VethEnd::PodTemporary).expect("valid"),
             "3f2a9c0d_net1_c"
         );
         assert_eq!(
-            veth_name(cid, "storage0", 'h').expect("valid"),
+            veth_name(cid, "storage0", VethEnd::Host).expect("valid"),
             "3f2a_storage0_h"
         );
         for ifname in ["net1", "eth0", "abcdefghijk"] {
-            assert!(veth_name(cid, ifname, 'h').expect("valid").len() <= IFNAMSIZ_MAX);
+            assert!(veth_name(cid, ifname, VethEnd::Host).expect("valid").len() <= IFNAMSIZ_MAX);
         }
-        assert!(veth_name(cid, "abcdefghijkl", 'h').is_err());
-        assert!(veth_name(cid, "a/b", 'h').is_err());
+        assert!(veth_name(cid, "abcdefghijkl", VethEnd::Host).is_err());
+        assert!(veth_name(cid, "a/b", VethEnd::Host).is_err());
     }
 
     #[test]

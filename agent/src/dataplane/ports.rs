@@ -1,0 +1,96 @@
+//! The dataplane as the agent's CNI logic sees it: [`QosPort`] (rate limits) and
+//! [`FastpathPorts`] (the same-node fast path), each over the eBPF dataplane in the agent and
+//! over recording fakes in unit tests.
+
+use std::{path::Path, sync::Mutex};
+
+use sidelane_api::qos::QosSpec;
+
+use super::{
+    DataplaneError,
+    fastpath::{FastpathDataplane, FastpathPort},
+    qos::{QosDataplane, QosTarget},
+};
+
+/// Puts rate limits on interfaces. [`QosDataplane`] in the agent; fakes in tests.
+pub trait QosPort: Send + Sync + 'static {
+    /// Attaches or updates `spec` on `target` (unlimited detaches).
+    fn apply(&self, target: &QosTarget, spec: &QosSpec) -> Result<(), DataplaneError>;
+    /// Removes the limits of `target`, if any.
+    fn detach(&self, target: &QosTarget) -> Result<(), DataplaneError>;
+    /// Removes the limits of every interface that no longer exists (a namespace deleted before
+    /// its attachments were).
+    fn sweep(&self) -> Result<(), DataplaneError>;
+    /// Whether limits can be put on now (CNI STATUS); why not, if they cannot.
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl QosPort for QosDataplane {
+    fn apply(&self, target: &QosTarget, spec: &QosSpec) -> Result<(), DataplaneError> {
+        if spec.is_limited() {
+            QosDataplane::apply(self, target, spec).map(drop)
+        } else {
+            QosDataplane::detach(self, target).map(drop)
+        }
+    }
+
+    fn detach(&self, target: &QosTarget) -> Result<(), DataplaneError> {
+        QosDataplane::detach(self, target).map(drop)
+    }
+
+    fn sweep(&self) -> Result<(), DataplaneError> {
+        QosDataplane::adopt(self).map(drop)
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        QosDataplane::ready(self)
+    }
+}
+
+/// Puts attachments on the fast path and takes them off. Every call is blocking.
+pub trait FastpathPorts: Send + Sync {
+    /// Puts `port` on the fast path.
+    fn attach(&self, port: &FastpathPort) -> Result<(), DataplaneError>;
+    /// Takes the host end `host_ifname` in `netns` off it (its endpoints first); idempotent.
+    fn detach(&self, netns: Option<&Path>, host_ifname: &str) -> Result<(), DataplaneError>;
+    /// Removes the entries of every interface that no longer exists in `netns`.
+    fn sweep(&self, netns: Option<&Path>) -> Result<(), DataplaneError>;
+    /// Marks the endpoints of `host_ifname` as policed or not; how many changed.
+    fn set_policed(
+        &self,
+        netns: Option<&Path>,
+        host_ifname: &str,
+        policed: bool,
+    ) -> Result<usize, DataplaneError>;
+}
+
+impl FastpathPorts for Mutex<FastpathDataplane> {
+    fn attach(&self, port: &FastpathPort) -> Result<(), DataplaneError> {
+        locked(self).attach(port)
+    }
+
+    fn detach(&self, netns: Option<&Path>, host_ifname: &str) -> Result<(), DataplaneError> {
+        locked(self).detach(netns, host_ifname)
+    }
+
+    fn sweep(&self, netns: Option<&Path>) -> Result<(), DataplaneError> {
+        locked(self).sweep(netns)
+    }
+
+    fn set_policed(
+        &self,
+        netns: Option<&Path>,
+        host_ifname: &str,
+        policed: bool,
+    ) -> Result<usize, DataplaneError> {
+        locked(self).set_policed(netns, host_ifname, policed)
+    }
+}
+
+fn locked(fastpath: &Mutex<FastpathDataplane>) -> std::sync::MutexGuard<'_, FastpathDataplane> {
+    fastpath
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
