@@ -101,6 +101,9 @@ async fn main() -> anyhow::Result<()> {
         removed = adopted.removed.len(),
         "adopted QoS attachments"
     );
+    for failed in &adopted.failed {
+        tracing::warn!(attachment = %failed, "removing a QoS attachment whose interface is gone; the next sweep tries again");
+    }
     let records = Records::open(&args.state_dir).with_context(|| {
         format!(
             "opening the attachment records under {}",

@@ -252,6 +252,32 @@ fn traffic_limits_and_counters_survive_an_agent_restart() {
 }
 
 #[test]
+fn adopt_carries_on_past_an_attachment_it_cannot_tear_down_and_names_it() {
+    if !privilege::require_privileges(
+        "adopt_carries_on_past_an_attachment_it_cannot_tear_down_and_names_it",
+    ) {
+        return;
+    }
+    let rig = Rig::new();
+    let dp = rig.dataplane();
+    dp.apply(&rig.target(), &spec(Direction::Ingress, 10))
+        .expect("applying QoS");
+    rig.link
+        .host()
+        .exec(&["ip", "link", "del", rig.link.host_if()])
+        .expect("deleting the veth");
+    // An entry holding a directory instead of pins: its teardown fails.
+    let broken = rig.pins.path().join("qos").join("1-1");
+    std::fs::create_dir_all(broken.join("not-a-pin")).expect("making a broken entry");
+    let report = dp.adopt().expect("adopting");
+    assert_eq!(report.removed.len(), 1, "{report:?}");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(report.failed[0].starts_with("1-1: "), "{report:?}");
+    std::fs::remove_dir(broken.join("not-a-pin")).expect("removing the broken entry");
+    std::fs::remove_dir(&broken).expect("removing the broken entry");
+}
+
+#[test]
 fn adopt_removes_attachments_whose_interface_is_gone() {
     if !privilege::require_privileges("adopt_removes_attachments_whose_interface_is_gone") {
         return;

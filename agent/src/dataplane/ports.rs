@@ -41,7 +41,15 @@ impl QosPort for QosDataplane {
     }
 
     fn sweep(&self) -> Result<(), DataplaneError> {
-        QosDataplane::adopt(self).map(drop)
+        let report = QosDataplane::adopt(self)?;
+        if report.failed.is_empty() {
+            Ok(())
+        } else {
+            Err(DataplaneError::Teardown {
+                target: "the QoS attachments of vanished interfaces".to_owned(),
+                errors: report.failed,
+            })
+        }
     }
 
     fn ready(&self) -> Result<(), String> {

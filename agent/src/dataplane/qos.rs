@@ -224,6 +224,9 @@ pub struct AdoptReport {
     pub kept: Vec<String>,
     /// Attachments removed because their interface is gone, by id.
     pub removed: Vec<String>,
+    /// Attachments whose interface is gone but whose teardown failed (left for the next
+    /// pass), with why.
+    pub failed: Vec<String>,
 }
 
 /// The smallest bucket, default or explicit: two maximum-size GSO packets. A packet passes only
@@ -441,9 +444,14 @@ impl QosDataplane {
             if interface_exists(&id) {
                 report.kept.push(id);
             } else {
-                teardown(&dir, None)?;
-                info!(id = %id, "removed QoS attachment whose interface is gone");
-                report.removed.push(id);
+                // One that cannot be torn down does not keep the others.
+                match teardown(&dir, None) {
+                    Ok(()) => {
+                        info!(id = %id, "removed QoS attachment whose interface is gone");
+                        report.removed.push(id);
+                    }
+                    Err(e) => report.failed.push(format!("{id}: {e}")),
+                }
             }
         }
         report.kept.sort();
