@@ -14,6 +14,27 @@ pub fn key(provider: &str, field: &str) -> String {
     format!("{provider}.kubernetes.io/{field}")
 }
 
+/// Sidelane's mark on a pod whose OVN port name is held by a row of another owner: a JSON
+/// object from annotation prefix (`<provider>`) to a description of that row. The controller
+/// writes and clears it; the agent refuses to plug such an attachment.
+pub const PORTS_HELD_ANNOTATION: &str = "sidelane.io/ports-held";
+
+/// Why the attachment of `prefix` may not be plugged, if [`PORTS_HELD_ANNOTATION`] says so (a
+/// value that is not a JSON object of strings holds every attachment: it is not ours to read
+/// past).
+pub fn port_held(
+    annotations: &std::collections::BTreeMap<String, String>,
+    prefix: &str,
+) -> Option<String> {
+    let value = annotations.get(PORTS_HELD_ANNOTATION)?;
+    match serde_json::from_str::<std::collections::BTreeMap<String, String>>(value) {
+        Ok(held) => held.get(prefix).cloned(),
+        Err(e) => Some(format!(
+            "{PORTS_HELD_ANNOTATION} {value:?} does not parse: {e}"
+        )),
+    }
+}
+
 /// A pod annotation that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum AnnotationError {

@@ -106,6 +106,8 @@ pub fn ip_name(pod: &str, namespace: &str, prefix: &str) -> String {
 pub struct PodOutcome {
     /// Annotations to set on the pod in one patch (empty: nothing to write).
     pub annotations: BTreeMap<String, String>,
+    /// Annotations to remove from the pod, in the same patch.
+    pub cleared: Vec<String>,
     /// IP resources to create or update.
     pub upsert_ips: Vec<IpRecord>,
     /// IP resources to delete (by name).
@@ -178,22 +180,33 @@ impl Engine {
     /// their IP resources are).
     pub fn topology(&self, vpcs: &BTreeMap<String, ovn::VpcInput>) -> ovn::Topology {
         let ports = self.ipam.attachments().filter_map(|(key, pod, alloc)| {
-            let mac = alloc.mac?;
             Some(ovn::PortInput {
                 port_security: self.secured.contains(key),
-                name: self
-                    .ip_names
-                    .get(key)
-                    .cloned()
-                    .unwrap_or_else(|| ip_name(&pod.name, &pod.namespace, &key.provider)),
+                name: self.port_name(key, pod),
                 subnet: alloc.subnet.clone(),
-                mac,
+                mac: alloc.mac?,
                 ips: alloc.ips.clone(),
                 pod: format!("{}/{}", pod.namespace, pod.name),
                 provider: key.provider.clone(),
             })
         });
         ovn::build(self.ipam.subnets(), vpcs, ports)
+    }
+
+    /// Every OVN-backed attachment held now: its pod, its annotation prefix and its port name.
+    pub fn ports(&self) -> impl Iterator<Item = (&PodRef, &str, String)> {
+        self.ipam
+            .attachments()
+            .filter(|(_, _, alloc)| alloc.mac.is_some())
+            .map(|(key, pod, _)| (pod, key.provider.as_str(), self.port_name(key, pod)))
+    }
+
+    /// The port of an attachment, named as its IP resource is.
+    fn port_name(&self, key: &AttachmentKey, pod: &PodRef) -> String {
+        self.ip_names
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| ip_name(&pod.name, &pod.namespace, &key.provider))
     }
 
     /// A NAD was added or changed: its `spec.config` (`None`: the spec has no config).

@@ -14,6 +14,7 @@
 //! - [`seen`]: what was already acted on (specs, refusals), so that repeats are not.
 
 pub mod engine;
+pub mod held;
 pub mod ipam;
 pub mod leader;
 pub mod metrics;

@@ -6,13 +6,13 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use sidelane_ovsdb::{Client, MonitorEvent, MonitorRequest, Replica};
+use sidelane_ovsdb::{Client, Monitor, MonitorEvent, MonitorRequest, Replica};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::{
     metrics::{Metrics, OpLabels, ResultLabels},
-    ovn::{Observed, Topology, plan, plan::TABLES},
+    ovn::{Observed, Topology, plan, plan::Plan, plan::TABLES},
 };
 
 /// The Northbound database's name.
@@ -37,48 +37,23 @@ fn columns(table: &str) -> Vec<String> {
     c.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// Keeps the Northbound database at the wanted topology until `desired`'s sender is dropped.
-#[expect(
-    clippy::too_many_lines,
-    reason = "one loop: wait, plan, commit, catch up"
-)]
+/// Switch ports of other owners, by name, described (see [`Observed::held_ports`]).
+pub type HeldPorts = Arc<BTreeMap<String, String>>;
+
+/// Keeps the Northbound database at the wanted topology until `desired`'s sender is dropped;
+/// publishes the switch ports other owners hold on `held`.
 pub async fn reconcile(
     client: Client,
     mut desired: watch::Receiver<Arc<Topology>>,
+    held: watch::Sender<HeldPorts>,
     metrics: Arc<Metrics>,
 ) {
-    let schema = loop {
-        match client.schema(NB).await {
-            Ok(s) => break s,
-            Err(e) => {
-                warn!(error = %e, "reading the Northbound schema; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
-    let mut replica = Replica::new(schema);
-    let requests: BTreeMap<String, MonitorRequest> = TABLES
-        .iter()
-        .map(|t| {
-            (
-                (*t).to_owned(),
-                MonitorRequest {
-                    columns: Some(columns(t)),
-                    conditions: Vec::new(),
-                },
-            )
-        })
-        .collect();
-    let mut monitor = client.monitor(NB, &requests);
-    let mut synced = false;
-    let mut backoff = Duration::from_millis(100);
-    let mut conflicts: Vec<String> = Vec::new();
-    let mut kept: Vec<String> = Vec::new();
+    let mut nb = Reconciler::start(client, held, metrics).await;
     loop {
         tokio::select! {
-            event = monitor.recv() => {
+            event = nb.monitor.recv() => {
                 let Some(event) = event else { return };
-                synced |= take(&mut replica, event);
+                nb.take(event);
             }
             changed = desired.changed() => {
                 if changed.is_err() {
@@ -88,43 +63,144 @@ pub async fn reconcile(
         }
         // Let a burst of changes settle into one transaction.
         tokio::time::sleep(Duration::from_millis(10)).await;
-        while let Some(event) = monitor.try_recv() {
-            synced |= take(&mut replica, event);
-        }
-        if !synced {
+        nb.catch_up();
+        if !nb.synced {
             continue;
         }
         let want = Arc::clone(&desired.borrow_and_update());
-        let p = plan(&want, &Observed::from_replica(&replica));
+        if nb.pass(&want).await == Pass::Again {
+            // Look again soon even if nothing else changes (a failure, or more to do).
+            desired.mark_changed();
+        }
+    }
+}
+
+/// What a pass left to do.
+#[derive(PartialEq, Eq)]
+enum Pass {
+    /// The database is as wanted.
+    InSync,
+    /// A transaction was committed or failed: plan again.
+    Again,
+}
+
+/// The reconciler's state between passes.
+struct Reconciler {
+    client: Client,
+    replica: Replica,
+    monitor: Monitor,
+    /// A snapshot made the replica whole.
+    synced: bool,
+    backoff: Duration,
+    metrics: Arc<Metrics>,
+    /// What was last reported, so each is said once.
+    conflicts: Vec<String>,
+    kept: Vec<String>,
+    held: watch::Sender<HeldPorts>,
+}
+
+impl Reconciler {
+    /// Reads the schema (retrying until the server answers) and starts the monitor.
+    async fn start(
+        client: Client,
+        held: watch::Sender<HeldPorts>,
+        metrics: Arc<Metrics>,
+    ) -> Reconciler {
+        let schema = loop {
+            match client.schema(NB).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    warn!(error = %e, "reading the Northbound schema; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let requests: BTreeMap<String, MonitorRequest> = TABLES
+            .iter()
+            .map(|t| {
+                (
+                    (*t).to_owned(),
+                    MonitorRequest {
+                        columns: Some(columns(t)),
+                        conditions: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+        let monitor = client.monitor(NB, &requests);
+        Reconciler {
+            client,
+            replica: Replica::new(schema),
+            monitor,
+            synced: false,
+            backoff: Duration::from_millis(100),
+            metrics,
+            conflicts: Vec::new(),
+            kept: Vec::new(),
+            held,
+        }
+    }
+
+    /// Applies a monitor event.
+    fn take(&mut self, event: MonitorEvent) {
+        self.synced |= take(&mut self.replica, event);
+    }
+
+    /// Applies every monitor event already queued; whether there was one.
+    fn catch_up(&mut self) -> bool {
+        let mut got = false;
+        while let Some(event) = self.monitor.try_recv() {
+            self.take(event);
+            got = true;
+        }
+        got
+    }
+
+    /// Plans against the replica, reports what is held by others, and commits the difference.
+    async fn pass(&mut self, want: &Topology) -> Pass {
+        let observed = Observed::from_replica(&self.replica);
+        let held = observed.held_ports();
+        self.held.send_if_modified(|old| {
+            if **old == held {
+                false
+            } else {
+                *old = Arc::new(held);
+                true
+            }
+        });
+        let p = plan(want, &observed);
         report(
-            &mut conflicts,
+            &mut self.conflicts,
             &p.conflicts,
-            &metrics.nb_conflicts,
+            &self.metrics.nb_conflicts,
             "an OVN row Sidelane wants is held by another owner; left alone",
         );
         report(
-            &mut kept,
+            &mut self.kept,
             &p.kept,
-            &metrics.nb_kept,
+            &self.metrics.nb_kept,
             "an OVN row Sidelane no longer wants holds another owner's rows; left in place until they are gone",
         );
         if p.ops.is_empty() {
-            metrics.nb_in_sync.set(1);
-            continue;
+            self.metrics.nb_in_sync.set(1);
+            return Pass::InSync;
         }
-        metrics.nb_in_sync.set(0);
-        match client.transact(NB, &p.ops).await {
+        self.metrics.nb_in_sync.set(0);
+        self.commit(&p).await;
+        Pass::Again
+    }
+
+    /// Commits `p` as one transaction; after a failure, waits out the backoff.
+    async fn commit(&mut self, p: &Plan) {
+        match self.client.transact(NB, &p.ops).await {
             Ok(_) => {
-                metrics
-                    .nb_transactions
-                    .get_or_create(&ResultLabels { result: "ok" })
-                    .inc();
+                self.count("ok");
                 for (op, n) in [
                     ("insert", p.inserted),
                     ("update", p.updated),
                     ("delete", p.deleted),
                 ] {
-                    metrics
+                    self.metrics
                         .nb_rows
                         .get_or_create(&OpLabels { op })
                         .inc_by(n as u64);
@@ -136,33 +212,30 @@ pub async fn reconcile(
                     operations = p.ops.len(),
                     "reconciled the OVN Northbound database"
                 );
-                backoff = Duration::from_millis(100);
+                self.backoff = Duration::from_millis(100);
                 // The server sends the transaction's updates before its reply; wait for them
                 // (briefly, if they are not queued yet) so the next plan starts from them.
-                let mut got = false;
-                while let Some(event) = monitor.try_recv() {
-                    synced |= take(&mut replica, event);
-                    got = true;
-                }
-                if !got
+                if !self.catch_up()
                     && let Ok(Some(event)) =
-                        tokio::time::timeout(Duration::from_secs(2), monitor.recv()).await
+                        tokio::time::timeout(Duration::from_secs(2), self.monitor.recv()).await
                 {
-                    synced |= take(&mut replica, event);
+                    self.take(event);
                 }
             }
             Err(e) => {
-                metrics
-                    .nb_transactions
-                    .get_or_create(&ResultLabels { result: "failed" })
-                    .inc();
-                warn!(error = %e, retry_in = ?backoff, "reconciling the OVN Northbound database");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                self.count("failed");
+                warn!(error = %e, retry_in = ?self.backoff, "reconciling the OVN Northbound database");
+                tokio::time::sleep(self.backoff).await;
+                self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
             }
         }
-        // Look again soon even if nothing else changes (a failure, or more to do).
-        desired.mark_changed();
+    }
+
+    fn count(&self, result: &'static str) {
+        self.metrics
+            .nb_transactions
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 }
 

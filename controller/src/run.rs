@@ -40,6 +40,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     engine::{Engine, Event, IpRecord, PodOutcome, SubnetOutcome},
+    held,
     metrics::{Metrics, ReasonLabels, SubnetLabels},
     nb,
     objects::{self, POD_UID_ANNOTATION},
@@ -167,6 +168,11 @@ struct Leader {
     topology: watch::Sender<Arc<ovn::Topology>>,
     /// Something the topology depends on changed since it was last published.
     topology_dirty: bool,
+    /// Switch ports of other owners, from the Northbound reconciler.
+    held: watch::Receiver<nb::HeldPorts>,
+    held_tx: Option<watch::Sender<nb::HeldPorts>>,
+    /// The pods marked as having such a port.
+    marks: held::Marks,
 }
 
 impl Leader {
@@ -175,6 +181,7 @@ impl Leader {
             controller: opts.reporter.clone(),
             instance: Some(opts.instance.clone()).filter(|i| !i.is_empty()),
         };
+        let (held_tx, held_rx) = watch::channel(nb::HeldPorts::default());
         let writer = Arc::new(Writer {
             client: client.clone(),
             recorder: Recorder::new(client.clone(), reporter),
@@ -202,6 +209,9 @@ impl Leader {
             waiting: HashMap::new(),
             topology: watch::channel(Arc::new(ovn::Topology::default())).0,
             topology_dirty: false,
+            held: held_rx,
+            held_tx: Some(held_tx),
+            marks: held::Marks::default(),
         }
     }
 
@@ -220,9 +230,13 @@ impl Leader {
             AbortOnDrop(tokio::spawn(nb::reconcile(
                 sidelane_ovsdb::Client::start(nb),
                 self.topology.subscribe(),
+                self.held_tx
+                    .take()
+                    .unwrap_or_else(|| watch::channel(nb::HeldPorts::default()).0),
                 Arc::clone(&self.metrics),
             )))
         });
+        let mut held_open = nb_task.is_some();
         let mut changes = self.changes();
         let mut gc = tokio::time::interval(self.opts.gc_interval);
         gc.tick().await;
@@ -238,6 +252,10 @@ impl Leader {
                     self.topology_dirty = true;
                 }
                 _ = topology.tick(), if self.topology_dirty && nb_task.is_some() => self.publish_topology(),
+                still = self.held.changed(), if held_open => {
+                    held_open = still.is_ok();
+                    self.held_changed();
+                }
                 _ = gc.tick() => {
                     if let Err(e) = self.collect_garbage().await {
                         warn!(error = %e, "garbage collection");
@@ -246,6 +264,23 @@ impl Leader {
                 }
                 _ = status.tick() => self.flush_status(),
             }
+        }
+    }
+
+    /// Marks (and unmarks) the pods whose OVN port another owner's row holds.
+    fn held_changed(&mut self) {
+        let held = Arc::clone(&self.held.borrow_and_update());
+        for (pod, outcome) in self.marks.on_held_changed(self.engine.ports(), &held) {
+            let object = Pod {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(pod.name.clone()),
+                    namespace: Some(pod.namespace.clone()),
+                    uid: Some(pod.uid.clone()),
+                    ..kube::api::ObjectMeta::default()
+                },
+                ..Pod::default()
+            };
+            self.writer.submit(Some(&object), String::new(), outcome);
         }
     }
 
@@ -557,6 +592,17 @@ impl Leader {
             std::mem::take(&mut outcome.events),
             std::time::Instant::now(),
         );
+        if objects::is_gone(pod) {
+            self.marks.forget(&uid);
+        } else {
+            let held = Arc::clone(&self.held.borrow());
+            let owner = crate::ipam::PodRef {
+                namespace: view.namespace.clone(),
+                name: view.name.clone(),
+                uid: uid.clone(),
+            };
+            self.marks.on_allocation(&owner, &mut outcome, &held);
+        }
         self.count(&outcome);
         let node = pod
             .spec
@@ -856,6 +902,7 @@ impl Writer {
     /// Queues `outcome`'s writes: after the pod's earlier writes, concurrently with others.
     fn submit(self: &Arc<Self>, pod: Option<&Pod>, node: String, outcome: PodOutcome) {
         if outcome.annotations.is_empty()
+            && outcome.cleared.is_empty()
             && outcome.upsert_ips.is_empty()
             && outcome.delete_ips.is_empty()
             && outcome.events.is_empty()
@@ -924,10 +971,14 @@ impl Writer {
             return;
         }
         if let Some((ns, name, _)) = target
-            && !outcome.annotations.is_empty()
+            && !(outcome.annotations.is_empty() && outcome.cleared.is_empty())
         {
             let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-            let patch = Patch::Merge(json!({"metadata": {"annotations": outcome.annotations}}));
+            let mut annotations = json!(outcome.annotations);
+            for key in &outcome.cleared {
+                annotations[key] = Value::Null;
+            }
+            let patch = Patch::Merge(json!({"metadata": {"annotations": annotations}}));
             let params = PatchParams::default();
             let what = format!("writing the allocation of pod {ns}/{name}");
             let written = self

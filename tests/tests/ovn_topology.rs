@@ -597,3 +597,85 @@ fn a_northbound_server_killed_mid_reconcile_is_converged_without_duplicates() {
     let ports: BTreeSet<String> = names(&central, "Logical_Switch_Port").into_iter().collect();
     assert_eq!(ports.len(), pods + 4, "no duplicate ports");
 }
+
+#[test]
+fn a_pod_whose_port_name_another_owner_holds_is_marked_and_warned_until_the_row_goes() {
+    if !ovn::require_installed(
+        "a_pod_whose_port_name_another_owner_holds_is_marked_and_warned_until_the_row_goes",
+    ) {
+        return;
+    }
+    let central = Central::start().expect("OVN central starts");
+    let api = SidelaneCluster::start();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    api.apply(&cluster::networks_of("attachnet.yaml"));
+    let _controller = Controller::start(&api, &central, &runtime);
+    eventually("the switch", Duration::from_secs(30), || {
+        names(&central, "Logical_Switch").contains(&"attachnet".to_owned())
+    });
+    // Kube-OVN (say) already has the port this pod's attachment would get, with its own address.
+    let port = "web.default.attachnet.default.ovn";
+    central
+        .nbctl(&[
+            "lsp-add",
+            "attachnet",
+            port,
+            "--",
+            "lsp-set-addresses",
+            port,
+            "00:00:00:11:22:33 172.17.0.99",
+            "--",
+            "set",
+            "Logical_Switch_Port",
+            port,
+            "external_ids:vendor=kube-ovn",
+        ])
+        .expect("their port");
+    api.apply(&[cluster::pod(
+        "web",
+        &json!({"k8s.v1.cni.cncf.io/networks": "attachnet"}),
+    )]);
+    eventually("the mark", Duration::from_secs(30), || {
+        annotation(&api, "web", "sidelane.io/ports-held").contains("kube-ovn")
+    });
+    let mark: Value =
+        serde_json::from_str(&annotation(&api, "web", "sidelane.io/ports-held")).expect("JSON");
+    assert!(
+        mark["attachnet.default.ovn"]
+            .as_str()
+            .is_some_and(|why| why.contains(port) && why.contains("172.17.0.99")),
+        "{mark}"
+    );
+    // The allocation was written with it, in the same patch.
+    assert!(
+        !annotation(
+            &api,
+            "web",
+            "attachnet.default.ovn.kubernetes.io/ip_address"
+        )
+        .is_empty()
+    );
+    eventually("a Warning on the pod", Duration::from_secs(20), || {
+        api.list("events.k8s.io/v1", "Event", Some("default"))
+            .iter()
+            .any(|e| e["regarding"]["name"] == "web" && e["reason"] == "OvnPortHeld")
+    });
+    assert_eq!(
+        get(&central, "Logical_Switch_Port", port, "addresses"),
+        "00:00:00:11:22:33 172.17.0.99",
+        "their row is untouched"
+    );
+    // Once their row is gone, the port is Sidelane's and the mark goes.
+    central.nbctl(&["lsp-del", port]).expect("their port goes");
+    eventually("the mark goes", Duration::from_secs(30), || {
+        annotation(&api, "web", "sidelane.io/ports-held").is_empty()
+    });
+    eventually("our port", Duration::from_secs(20), || {
+        names(&central, "Logical_Switch_Port").contains(&port.to_owned())
+    });
+    assert!(
+        api.list("events.k8s.io/v1", "Event", Some("default"))
+            .iter()
+            .any(|e| e["regarding"]["name"] == "web" && e["reason"] == "OvnPortReleased")
+    );
+}

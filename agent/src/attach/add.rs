@@ -5,7 +5,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use sidelane_api::{
     allocation::{self, Allocation},
-    annotations::key,
+    annotations::{key, port_held},
     daemon::{CniRequest, CniResponse},
     qos::{Direction, QosSpec},
 };
@@ -63,6 +63,15 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
         let provider = req.provider_or_default().to_owned();
         let (subnets, serving) = self.serving_subnet(req, &provider).await?;
         let (annotations, alloc) = self.wait_for_allocation(req, &provider).await?;
+        if kind == Kind::OvnVeth
+            && let Some(why) = port_held(&annotations, &alloc.prefix)
+        {
+            return Err(AttachError::PortHeld {
+                pod: req.pod_key(),
+                ifname: req.if_name.clone(),
+                why,
+            });
+        }
         let spec = QosSpec::from_annotations(&annotations, &alloc.prefix).map_err(|source| {
             AttachError::Annotation {
                 pod: req.pod_key(),

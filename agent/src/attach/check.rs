@@ -6,6 +6,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use sidelane_api::{
     allocation::{self, Allocation},
+    annotations::port_held,
     daemon::CniRequest,
 };
 
@@ -72,6 +73,13 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
                 });
             }
         };
+        if let Some(why) = port_held(&annotations, &alloc.prefix) {
+            return Err(AttachError::PortHeld {
+                pod: req.pod_key(),
+                ifname: req.if_name.clone(),
+                why,
+            });
+        }
         check_expected(req, &alloc)?;
         apply_selection_default_route(req, &provider, &annotations, &mut alloc)?;
         let differences = match Kind::of(req) {

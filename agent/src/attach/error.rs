@@ -100,6 +100,17 @@ pub enum AttachError {
         /// Why.
         reason: &'static str,
     },
+    /// The attachment's OVN port name is a row of another owner, whose addresses may disagree
+    /// with the allocation: the controller marked the pod, and the agent does not plug it.
+    #[error("pod {pod} interface {ifname} is not plugged: {why}")]
+    PortHeld {
+        /// `namespace/name`.
+        pod: String,
+        /// The interface.
+        ifname: String,
+        /// The controller's description of the row.
+        why: String,
+    },
     /// ADD for a container and interface already attached (the runtime must DEL first).
     #[error(
         "pod {pod}: container {container_id} already has interface {ifname} attached; \
@@ -192,6 +203,7 @@ impl AttachError {
             | AttachError::Route { .. }
             | AttachError::AlreadyAttached { .. } => 400,
             AttachError::UnknownAttachment { .. } => 404,
+            AttachError::PortHeld { .. } => 409,
             _ => 500,
         }
     }

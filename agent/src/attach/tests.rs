@@ -302,3 +302,27 @@ async fn a_route_that_does_not_parse_is_named_as_a_route() {
     assert_eq!(err.cni_code(), ErrorCode::InvalidConfig);
     assert!(rig.node.is_bare());
 }
+
+#[tokio::test]
+async fn an_attachment_whose_ovn_port_another_owner_holds_is_not_plugged() {
+    let rig = rig();
+    rig.attacher
+        .pods
+        .annotations
+        .lock()
+        .expect("annotations")
+        .insert(
+            sidelane_api::annotations::PORTS_HELD_ANNOTATION.to_owned(),
+            format!(r#"{{"{PROVIDER}":"Logical_Switch_Port web.default.{PROVIDER} belongs to kube-ovn"}}"#),
+        );
+    let err = rig
+        .attacher
+        .add(&ovn("3f2a9c0d5e7b"))
+        .await
+        .expect_err("a held port");
+    assert!(matches!(err, AttachError::PortHeld { .. }), "{err:?}");
+    assert!(err.to_string().contains("belongs to kube-ovn"), "{err}");
+    assert_eq!(err.cni_code(), ErrorCode::TryAgainLater);
+    assert!(rig.node.is_bare());
+    assert_eq!(recorded(&rig), 0);
+}

@@ -78,6 +78,29 @@ fn uuids(row: &Row, column: &str) -> Vec<String> {
 }
 
 impl Observed {
+    /// Switch ports of other owners, by name, each described (addresses and who wrote it): a
+    /// pod whose port name is among them must not be plugged as if the port were Sidelane's.
+    pub fn held_ports(&self) -> BTreeMap<String, String> {
+        self.switch_ports
+            .iter()
+            .filter(|(_, f)| !f.owned)
+            .map(|(name, f)| {
+                let addresses: Vec<&str> = f.value.addresses.iter().map(String::as_str).collect();
+                let vendor = f
+                    .value
+                    .external_ids
+                    .get("vendor")
+                    .map_or("an unknown owner", String::as_str);
+                (
+                    name.clone(),
+                    format!(
+                        "{LSP} {name} belongs to {vendor} (addresses {addresses:?}, no {OWNER_KEY} marker)"
+                    ),
+                )
+            })
+            .collect()
+    }
+
     /// Reads the tables from a replica of the Northbound database.
     #[expect(clippy::too_many_lines, reason = "one pass per table")]
     pub fn from_replica(r: &Replica) -> Observed {

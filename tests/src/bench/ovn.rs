@@ -127,7 +127,12 @@ fn sidelane(base: Topology, full: Topology, expected: usize) -> anyhow::Result<(
     let (tx, rx) = watch::channel(Arc::new(base));
     let options = sidelane_ovsdb::Options::new(parse_remotes(&server.unix_remote())?);
     let client = runtime.block_on(async { sidelane_ovsdb::Client::start(options) });
-    let task = runtime.spawn(nb::reconcile(client, rx, Arc::clone(&metrics)));
+    let task = runtime.spawn(nb::reconcile(
+        client,
+        rx,
+        watch::channel(nb::HeldPorts::default()).0,
+        Arc::clone(&metrics),
+    ));
     runtime.block_on(until_in_sync(&metrics, Duration::from_mins(1)))?;
     // The switches and router are in place; now every port at once.
     metrics.nb_in_sync.set(0);
