@@ -1,6 +1,7 @@
 //! Sidelane's node agent as a library: the eBPF dataplane and the namespace plumbing that the
 //! agent binary (and the tests and benchmarks) drive.
 
+pub mod api_server;
 pub mod attach;
 pub mod cni_server;
 pub mod dataplane;

@@ -6,13 +6,13 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use clap::Parser;
 use sidelane_agent::{
+    api_server::KubePods,
     attach::{Attacher, DEFAULT_ALLOCATION_TIMEOUT},
     cni_server,
     dataplane::fastpath::FastpathDataplane,
     dataplane::qos::QosDataplane,
     metrics::{self, AttachmentCollector},
     ovs::{DEFAULT_INSTALL_TIMEOUT, Datapath, OvsBridge},
-    pods::KubePods,
     records::{DEFAULT_STATE_DIR, Records},
 };
 use sidelane_api::daemon::DEFAULT_SERVER_SOCKET;

@@ -1,26 +1,16 @@
-//! Where the agent reads Subnets (`kubeovn.io/v1`): whether a provider is bound to one, as
-//! Kube-OVN's daemon checks before it waits, and the MTU an OVN-backed interface gets.
-//!
-//! [`KubePods`] keeps a watch-fed cache, started on first use; a provider the cache does not
-//! know yet (a Subnet created a moment before the pod) is looked up once more directly before
-//! the request is refused.
+//! What the agent needs of Subnets (`kubeovn.io/v1`, read through the typed
+//! [`SubnetSpec`]): whether a provider is bound to one, as Kube-OVN's daemon checks before it
+//! waits, the MTU an OVN-backed interface gets, and whether the fast path may be used. Read over
+//! the API server by [`crate::api_server::KubePods`] (a watch-fed cache).
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::future::Future;
 
-use futures::StreamExt as _;
-use kube::{
-    Api,
-    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
-    runtime::{
-        WatchStreamExt as _,
-        reflector::{self, Store},
-        watcher,
-    },
-};
-use tokio::sync::OnceCell;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use serde_json::Value;
+use sidelane_api::crd::SubnetSpec;
 use tracing::warn;
 
-use crate::pods::{KubePods, PodError};
+use crate::pods::PodError;
 
 /// What the agent needs of a Subnet.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,27 +30,7 @@ pub struct SubnetInfo {
 /// The Subnet annotation that switches the fast path off (`"false"`).
 pub const FASTPATH_ANNOTATION: &str = "sidelane.io/fastpath";
 
-/// The fast-path switch of a Subnet object (see [`SubnetInfo::fastpath`]).
-pub fn fastpath_allowed(obj: &DynamicObject) -> bool {
-    let opted_out = obj
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(FASTPATH_ANNOTATION))
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
-    let spec = obj.data.get("spec");
-    let acls = spec
-        .and_then(|s| s.get("acls"))
-        .and_then(serde_json::Value::as_array)
-        .is_some_and(|a| !a.is_empty());
-    let private = spec
-        .and_then(|s| s.get("private"))
-        .and_then(serde_json::Value::as_bool)
-        .unwrap_or(false);
-    !(opted_out || acls || private)
-}
-
-/// Reads Subnets. Implemented over the Kubernetes API by [`KubePods`].
+/// Reads Subnets. Implemented over the Kubernetes API by [`crate::api_server::KubePods`].
 pub trait SubnetSource: Send + Sync + 'static {
     /// Every Subnet; `fresh` bypasses any cache.
     fn subnets(
@@ -110,86 +80,33 @@ pub fn subnet_resource() -> ApiResource {
     )
 }
 
-fn info_of(obj: &DynamicObject) -> SubnetInfo {
-    let spec = obj.data.get("spec");
-    let provider = spec
-        .and_then(|s| s.get("provider"))
-        .and_then(|p| p.as_str())
-        .filter(|p| !p.is_empty())
-        .unwrap_or("ovn")
-        .to_owned();
-    let mtu = spec
-        .and_then(|s| s.get("mtu"))
-        .and_then(serde_json::Value::as_u64)
-        .and_then(|m| u32::try_from(m).ok())
-        .filter(|m| *m > 0);
-    SubnetInfo {
-        name: obj.metadata.name.clone().unwrap_or_default(),
-        provider,
-        mtu,
-        fastpath: fastpath_allowed(obj),
-    }
-}
-
-/// The watch-fed cache of Subnets inside [`KubePods`].
-#[derive(Clone, Default)]
-pub struct SubnetCache {
-    store: Arc<OnceCell<Option<Store<DynamicObject>>>>,
-}
-
-/// How long the first use waits for the cache's initial list.
-const CACHE_READY_TIMEOUT: Duration = Duration::from_secs(5);
-
-impl KubePods {
-    async fn list_subnets(&self) -> Result<Vec<SubnetInfo>, PodError> {
-        let api: Api<DynamicObject> = Api::all_with(self.client(), &subnet_resource());
-        let list = api
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| PodError::Subnets {
-                reason: e.to_string(),
-            })?;
-        Ok(list.items.iter().map(info_of).collect())
-    }
-
-    async fn cached_store(&self) -> Option<Store<DynamicObject>> {
-        self.subnet_cache()
-            .store
-            .get_or_init(|| async {
-                let resource = subnet_resource();
-                let api: Api<DynamicObject> = Api::all_with(self.client(), &resource);
-                let writer = reflector::store::Writer::new(resource);
-                let store = writer.as_reader();
-                let stream = reflector::reflector(
-                    writer,
-                    watcher(api, watcher::Config::default()).default_backoff(),
-                );
-                tokio::spawn(stream.for_each(|event| async move {
-                    if let Err(e) = event {
-                        warn!(error = %e, "watching Subnets; retrying");
-                    }
-                }));
-                if let Ok(Ok(())) =
-                    tokio::time::timeout(CACHE_READY_TIMEOUT, store.wait_until_ready()).await
-                {
-                    Some(store)
-                } else {
-                    warn!("the Subnet cache is not ready; reading Subnets directly");
-                    None
-                }
-            })
-            .await
-            .clone()
-    }
-}
-
-impl SubnetSource for KubePods {
-    async fn subnets(&self, fresh: bool) -> Result<Vec<SubnetInfo>, PodError> {
-        if !fresh && let Some(store) = self.cached_store().await {
-            return Ok(store.state().iter().map(|o| info_of(o)).collect());
+/// What the agent needs of a Subnet object, read through the typed spec; one whose spec does
+/// not read is skipped with a warning (the controller refuses it, naming the field).
+pub fn info_of(obj: &DynamicObject) -> Option<SubnetInfo> {
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let spec = match SubnetSpec::from_value(obj.data.get("spec").unwrap_or(&Value::Null)) {
+        Ok(spec) => spec,
+        Err(e) => {
+            warn!(subnet = %name, error = %e, "skipping a Subnet whose spec does not read");
+            return None;
         }
-        self.list_subnets().await
-    }
+    };
+    let opted_out = obj
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(FASTPATH_ANNOTATION))
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
+    Some(SubnetInfo {
+        name,
+        provider: if spec.provider.is_empty() {
+            "ovn".to_owned()
+        } else {
+            spec.provider.clone()
+        },
+        mtu: spec.mtu.filter(|m| *m > 0),
+        fastpath: !(opted_out || spec.has_acls() || spec.private.unwrap_or(false)),
+    })
 }
 
 #[cfg(test)]
@@ -198,7 +115,7 @@ mod tests {
 
     use super::*;
 
-    fn subnet_object(annotations: &serde_json::Value, spec: &serde_json::Value) -> DynamicObject {
+    fn subnet_object(annotations: &Value, spec: &Value) -> DynamicObject {
         serde_json::from_value(json!({
             "apiVersion": "kubeovn.io/v1", "kind": "Subnet",
             "metadata": {"name": "s", "annotations": annotations}, "spec": spec,
@@ -206,22 +123,36 @@ mod tests {
         .expect("a Subnet object")
     }
 
+    fn fastpath(obj: &DynamicObject) -> bool {
+        info_of(obj).expect("a readable Subnet").fastpath
+    }
+
+    #[test]
+    fn a_subnet_whose_spec_does_not_read_is_skipped() {
+        assert_eq!(
+            info_of(&subnet_object(&json!({}), &json!({"mtu": "1400"}))),
+            None
+        );
+        let read = info_of(&subnet_object(&json!({}), &json!({"mtu": 1300}))).expect("read");
+        assert_eq!((read.provider.as_str(), read.mtu), ("ovn", Some(1300)));
+    }
+
     #[test]
     fn the_fast_path_is_on_unless_the_subnet_opts_out_or_has_acls_or_is_private() {
-        assert!(fastpath_allowed(&subnet_object(&json!({}), &json!({}))));
-        assert!(!fastpath_allowed(&subnet_object(
+        assert!(fastpath(&subnet_object(&json!({}), &json!({}))));
+        assert!(!fastpath(&subnet_object(
             &json!({"sidelane.io/fastpath": "false"}),
             &json!({})
         )));
-        assert!(fastpath_allowed(&subnet_object(
+        assert!(fastpath(&subnet_object(
             &json!({"sidelane.io/fastpath": "true"}),
             &json!({})
         )));
-        assert!(!fastpath_allowed(&subnet_object(
+        assert!(!fastpath(&subnet_object(
             &json!({}),
             &json!({"acls": [{"action": "drop"}]})
         )));
-        assert!(!fastpath_allowed(&subnet_object(
+        assert!(!fastpath(&subnet_object(
             &json!({}),
             &json!({"private": true})
         )));

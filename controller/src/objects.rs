@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use k8s_openapi::api::{apps::v1::StatefulSet, core::v1::Pod};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::{Value, json};
+use sidelane_api::crd::{SpecError, SubnetSpec};
 
 use crate::{
     engine::IpRecord,
@@ -154,27 +155,21 @@ pub fn nad_config(obj: &DynamicObject) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The Subnet fields the controller reads.
-pub fn subnet_input(obj: &DynamicObject) -> SubnetInput {
-    let spec = obj.data.get("spec").cloned().unwrap_or(Value::Null);
-    SubnetInput {
+/// The Subnet fields the controller reads, through the typed spec; a field of the wrong type
+/// is an error naming it (the Subnet is refused, keeping what it had).
+pub fn subnet_input(obj: &DynamicObject) -> Result<SubnetInput, SpecError> {
+    let spec = SubnetSpec::from_value(obj.data.get("spec").unwrap_or(&Value::Null))?;
+    Ok(SubnetInput {
         name: obj.metadata.name.clone().unwrap_or_default(),
-        // The non-primary mode document writes `cidr`; Kube-OVN's field is `cidrBlock`.
-        cidr_block: Some(str_at(&spec, "cidrBlock"))
-            .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| str_at(&spec, "cidr"))
-            .to_owned(),
-        gateway: str_at(&spec, "gateway").to_owned(),
-        exclude_ips: strings_at(&spec, "excludeIps"),
-        provider: str_at(&spec, "provider").to_owned(),
-        protocol: str_at(&spec, "protocol").to_owned(),
-        vpc: str_at(&spec, "vpc").to_owned(),
-        namespaces: strings_at(&spec, "namespaces"),
-        mtu: spec
-            .get("mtu")
-            .and_then(Value::as_u64)
-            .and_then(|m| u32::try_from(m).ok()),
-    }
+        cidr_block: spec.cidr().to_owned(),
+        gateway: spec.gateway,
+        exclude_ips: spec.exclude_ips,
+        provider: spec.provider,
+        protocol: spec.protocol,
+        vpc: spec.vpc,
+        namespaces: spec.namespaces,
+        mtu: spec.mtu,
+    })
 }
 
 /// An IPPool's name and entries (`spec.ips`: addresses, ranges are not expanded).
@@ -329,6 +324,30 @@ mod tests {
     }
 
     #[test]
+    fn a_subnet_is_read_through_the_typed_spec_and_a_mistyped_field_is_named() {
+        let obj = |spec: Value| {
+            dynamic(json!({
+                "apiVersion": "kubeovn.io/v1", "kind": "Subnet",
+                "metadata": {"name": "attachnet"}, "spec": spec,
+            }))
+        };
+        let input = subnet_input(&obj(json!({
+            "cidr": "10.30.0.0/24", "provider": "attachnet.default.ovn", "mtu": 1300,
+            "excludeIps": ["10.30.0.1"], "aFieldKubeOvnAddsLater": true
+        })))
+        .expect("a Subnet");
+        assert_eq!(input.cidr_block, "10.30.0.0/24");
+        assert_eq!(input.mtu, Some(1300));
+        assert_eq!(input.exclude_ips, ["10.30.0.1"]);
+        let err = subnet_input(&obj(
+            json!({"cidrBlock": "10.30.0.0/24", "namespaces": "default"}),
+        ))
+        .expect_err("a string where a list belongs");
+        assert_eq!(err.path, "namespaces");
+        assert!(err.to_string().starts_with("spec.namespaces: "), "{err}");
+    }
+
+    #[test]
     fn an_ip_resource_kube_ovn_wrote_is_read_for_its_live_pod() {
         let obj = dynamic(json!({
             "apiVersion": "kubeovn.io/v1", "kind": "IP",
@@ -358,14 +377,14 @@ mod tests {
     }
 
     #[test]
-    fn the_seeds_subnet_is_read_field_by_field() {
+    fn the_seeds_subnet_is_read_with_its_unknown_fields_kept_aside() {
         let obj = dynamic(json!({
             "apiVersion": "kubeovn.io/v1", "kind": "Subnet", "metadata": {"name": "macvlan"},
             "spec": {"protocol": "IPv4", "provider": "macvlan.default", "cidrBlock": "172.17.0.0/16",
                      "gateway": "172.17.0.1", "excludeIps": ["172.17.0.0..172.17.0.10"],
                      "natOutgoing": true, "unknownField": 3}
         }));
-        let input = subnet_input(&obj);
+        let input = subnet_input(&obj).expect("the seed's Subnet");
         assert_eq!(input.name, "macvlan");
         assert_eq!(input.cidr_block, "172.17.0.0/16");
         assert_eq!(input.exclude_ips, ["172.17.0.0..172.17.0.10"]);

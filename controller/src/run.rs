@@ -703,7 +703,11 @@ impl Leader {
         if !self.specs.changed(&key, &spec) {
             return false;
         }
-        match self.engine.set_subnet(&objects::subnet_input(obj)) {
+        let outcome = match objects::subnet_input(obj) {
+            Ok(input) => self.engine.set_subnet(&input),
+            Err(e) => SubnetOutcome::Invalid(e.into()),
+        };
+        match outcome {
             SubnetOutcome::Valid {
                 formatted,
                 displaced,

@@ -159,6 +159,9 @@ pub enum SubnetError {
     /// The Subnet is named as its VPC.
     #[error("subnet name {0} should not be equal to vpc name")]
     NamedAsVpc(String),
+    /// A spec field has the wrong type (`mtu: "1400"`).
+    #[error(transparent)]
+    Spec(#[from] sidelane_api::crd::SpecError),
 }
 
 const V4_RESERVED: [(&str, &str); 4] = [

@@ -15,13 +15,13 @@ use std::{
 
 use serde_json::{Value, json};
 use sidelane_agent::{
+    api_server::KubePods,
     attach::Attacher,
     cni_server,
     dataplane::{fastpath::FastpathDataplane, qos::QosDataplane},
     link,
     metrics::{self, AttachmentCollector},
     ovs::{Datapath, OvsBridge},
-    pods::KubePods,
     records::Records,
 };
 use sidelane_agent_common::fastpath::FastpathCounters;

@@ -13,10 +13,10 @@ use std::{
 
 use futures::future::BoxFuture;
 use sidelane_agent::{
+    api_server::KubePods,
     attach::{AttachError, Attacher},
     link,
     ovs::{Datapath, OvsError, PortBinding, PortPlug},
-    pods::KubePods,
     records::{AttachmentKind, AttachmentRecord, Records},
 };
 use sidelane_api::daemon::{CniRequest, GcRequest, ValidAttachment};

@@ -17,6 +17,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 use sidelane_agent::{
+    api_server::KubePods,
     attach::{Attacher, QosPort},
     cni_server,
     dataplane::{
@@ -24,7 +25,6 @@ use sidelane_agent::{
         qos::{QosDataplane, QosTarget},
     },
     netns::NetnsPolicy,
-    pods::KubePods,
     records::Records,
 };
 use sidelane_api::qos::QosSpec;

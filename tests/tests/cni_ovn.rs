@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use serde_json::{Value, json};
-use sidelane_agent::{attach::Attacher, cni_server, pods::KubePods, records::Records};
+use sidelane_agent::{api_server::KubePods, attach::Attacher, cni_server, records::Records};
 use sidelane_tests::{
     cluster, control_plane::SidelaneCluster, netns::NetNs, privilege, sidelane::NoQos,
 };

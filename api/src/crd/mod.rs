@@ -3,8 +3,9 @@
 //! optional and absent fields stay absent when an object is written back. `cargo xtask crds`
 //! generates `deploy/crds/` from these types.
 //!
-//! The controller reads these objects field by field (`sidelane-controller`'s `objects`), so
-//! a field Kube-OVN adds later never stops it; these types are the schema we publish.
+//! The controller and the agent read Subnets through these types ([`SubnetSpec::from_value`]):
+//! a field Kube-OVN adds later is kept in `other` and never stops them, and a field of the wrong
+//! type is an error naming its path and value.
 
 use std::collections::BTreeMap;
 
@@ -120,6 +121,50 @@ pub struct SubnetSpec {
     #[serde(flatten, default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(skip)]
     pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// A Subnet's `spec` that does not read as Kube-OVN's schema.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("spec.{path}: {message}")]
+pub struct SpecError {
+    /// The field's path (`mtu`, `excludeIps[1]`).
+    pub path: String,
+    /// What is wrong, with the value.
+    pub message: String,
+}
+
+impl SubnetSpec {
+    /// Reads a Subnet's `spec` as the API server holds it (absent or `null`: every field
+    /// absent).
+    pub fn from_value(spec: &serde_json::Value) -> Result<SubnetSpec, SpecError> {
+        if spec.is_null() {
+            return Ok(SubnetSpec::default());
+        }
+        serde_path_to_error::deserialize(spec).map_err(|e| SpecError {
+            path: e.path().to_string(),
+            message: e.inner().to_string(),
+        })
+    }
+
+    /// `cidrBlock`, or `cidr` as the non-primary mode document writes it.
+    pub fn cidr(&self) -> &str {
+        if self.cidr_block.is_empty() {
+            self.other
+                .get("cidr")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+        } else {
+            &self.cidr_block
+        }
+    }
+
+    /// Whether it has ACLs (`acls`, Kube-OVN's Subnet ACLs).
+    pub fn has_acls(&self) -> bool {
+        self.other
+            .get("acls")
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    }
 }
 
 /// `Subnet.status`.

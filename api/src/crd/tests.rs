@@ -180,3 +180,36 @@ fn every_crd_schema_is_structural_as_the_api_server_requires() {
     }
     assert!(found.is_empty(), "not structural: {found:#?}");
 }
+
+#[test]
+fn a_spec_field_of_the_wrong_type_is_named_with_its_path_and_value() {
+    let err = SubnetSpec::from_value(&serde_json::json!({
+        "cidrBlock": "10.30.0.0/24", "mtu": "1400"
+    }))
+    .expect_err("a string MTU");
+    assert_eq!(err.path, "mtu");
+    assert!(err.message.contains("\"1400\""), "{err}");
+    let err = SubnetSpec::from_value(&serde_json::json!({"excludeIps": ["10.30.0.1", 7]}))
+        .expect_err("a number in excludeIps");
+    assert_eq!(err.path, "excludeIps[1]");
+    assert_eq!(
+        err.to_string(),
+        format!("spec.excludeIps[1]: {}", err.message)
+    );
+}
+
+#[test]
+fn the_documents_cidr_field_and_unnamed_acls_are_read() {
+    let spec = SubnetSpec::from_value(&serde_json::json!({
+        "cidr": "10.30.0.0/24", "acls": [{"action": "drop"}], "someFutureField": {"x": 1}
+    }))
+    .expect("a spec");
+    assert_eq!(spec.cidr(), "10.30.0.0/24");
+    assert!(spec.has_acls());
+    assert!(
+        SubnetSpec::from_value(&Value::Null)
+            .expect("null")
+            .cidr()
+            .is_empty()
+    );
+}

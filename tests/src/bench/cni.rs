@@ -27,7 +27,8 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sidelane_agent::{
-    attach::Attacher, cni_server, dataplane::qos::QosDataplane, pods::KubePods, records::Records,
+    api_server::KubePods, attach::Attacher, cni_server, dataplane::qos::QosDataplane,
+    records::Records,
 };
 
 use crate::{
