@@ -14,9 +14,9 @@ use sidelane_api::{
 };
 
 use crate::{
+    attachments::{self, NadLookup, PodView},
     ipam::{AllocError, Allocated, AttachmentKey, Holder, Ipam, PodRef, Released, Usage},
     ovn,
-    plan::{self, NadLookup, PodView},
     subnet::{SubnetConfig, SubnetError, SubnetInput},
 };
 
@@ -393,7 +393,7 @@ impl Engine {
     /// asks for.
     pub fn on_pod(&mut self, pod: &PodView) -> PodOutcome {
         let mut out = PodOutcome::default();
-        let plan = plan::plan(pod, &|ns, name| self.lookup(ns, name));
+        let plan = attachments::asked_by(pod, &|ns, name| self.lookup(ns, name));
         for w in plan.warnings {
             out.events.push(Event::warning("ProviderMismatch", w));
         }
@@ -437,7 +437,7 @@ impl Engine {
                     let Some(subnet) = self.ipam.subnet(&alloc.subnet) else {
                         continue;
                     };
-                    let annotations = plan::annotations_for(&w.prefix, &alloc, subnet);
+                    let annotations = attachments::annotations_for(&w.prefix, &alloc, subnet);
                     let unchanged = annotations
                         .iter()
                         .all(|(k, v)| pod.annotations.get(k) == Some(v));

@@ -9,10 +9,14 @@
 //! - [`leader`]: leader election over a Lease.
 //! - [`metrics`]: Prometheus metrics and the health and readiness probes.
 //! - [`objects`]: Kubernetes objects to and from the engine's types.
-//! - [`plan`]: from a pod to the attachments it asks for, and back to annotations.
+//! - [`attachments`]: from a pod to the attachments it asks for, and back to annotations.
 //! - [`status`]: the Subnet status, and when it needs writing.
 //! - [`seen`]: what was already acted on (specs, refusals), so that repeats are not.
+//! - [`held`]: pods whose OVN port name another owner's row holds.
+//! - [`ovn`]: the wanted OVN topology, what the Northbound holds, and the diff between them.
+//! - [`nb`]: the Northbound reconciler around [`ovn`].
 
+pub mod attachments;
 pub mod engine;
 pub mod held;
 pub mod ipam;
@@ -21,7 +25,6 @@ pub mod metrics;
 pub mod nb;
 pub mod objects;
 pub mod ovn;
-pub mod plan;
 pub mod run;
 pub mod seen;
 pub mod status;

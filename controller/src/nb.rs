@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     metrics::{Metrics, OpLabels, ResultLabels},
-    ovn::{Observed, Topology, plan, plan::Plan, plan::TABLES},
+    ovn::{Observed, Plan, TABLES, Topology, diff},
 };
 
 /// The Northbound database's name.
@@ -168,7 +168,7 @@ impl Reconciler {
                 true
             }
         });
-        let p = plan(want, &observed);
+        let p = diff(want, &observed);
         report(
             &mut self.conflicts,
             &p.conflicts,

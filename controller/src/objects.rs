@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use sidelane_api::crd::{SpecError, SubnetSpec};
 
 use crate::{
+    attachments::{PodView, PoolSpec, parse_ip_pool},
     engine::IpRecord,
-    plan::{PodView, PoolSpec, parse_ip_pool},
     subnet::SubnetInput,
 };
 

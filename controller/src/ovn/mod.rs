@@ -1,6 +1,6 @@
 //! The OVN logical topology Sidelane wants in the Northbound database, as plain values
 //! ([`Topology`], built by [`build`] from Subnets, Vpcs and allocations), and the operations
-//! that turn what the database holds into it ([`plan`]). Pure: the `nb` module talks to the
+//! that turn what the database holds ([`Observed`]) into it ([`diff`]). Pure: the `nb` module talks to the
 //! database.
 //!
 //! Kube-OVN's shapes and names: a Subnet is a Logical_Switch of its name (other_config
@@ -10,7 +10,8 @@
 //! `router`; each OVN attachment is a Logical_Switch_Port `<pod>.<namespace>.<provider>` with
 //! "MAC IP[ IP]" as addresses, and as port security when the pod asks for it.
 
-pub mod plan;
+pub mod diff;
+pub mod observed;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -19,7 +20,8 @@ use std::{
 
 use crate::subnet::SubnetConfig;
 
-pub use plan::{Observed, plan};
+pub use diff::{Plan, diff};
+pub use observed::{Observed, TABLES};
 
 /// The `external_ids` key marking rows Sidelane created; rows without it are never touched.
 pub const OWNER_KEY: &str = "sidelane.io/owner";
@@ -167,7 +169,6 @@ pub fn router_port_mac(name: &str) -> String {
 
 /// The topology for these Subnets (OVN ones only), Vpcs and attachments. Attachments whose
 /// Subnet is not an OVN Subnet here get no port.
-#[expect(clippy::too_many_lines, reason = "one pass per kind of row")]
 pub fn build<'a>(
     subnets: impl IntoIterator<Item = &'a SubnetConfig>,
     vpcs: &BTreeMap<String, VpcInput>,
@@ -184,47 +185,34 @@ pub fn build<'a>(
         );
     }
     for s in subnets.into_iter().filter(|s| s.is_ovn()) {
+        t.add_subnet(s);
+    }
+    for p in ports {
+        if t.switches.contains_key(&p.subnet) {
+            t.add_port(&p);
+        }
+    }
+    t
+}
+
+impl Topology {
+    /// A Subnet's switch, and its router (if no Vpc made it) with the port pair between them.
+    fn add_subnet(&mut self, s: &SubnetConfig) {
         let vpc = s.vpc_or_default().to_owned();
-        t.routers.entry(vpc.clone()).or_insert_with(|| Router {
+        self.routers.entry(vpc.clone()).or_insert_with(|| Router {
             static_routes: BTreeSet::new(),
             external_ids: owned_ids([("vpc", &vpc)]),
         });
-        let mut other_config = BTreeMap::new();
-        let exclude: Vec<String> = s
-            .exclude
-            .iter()
-            .filter(|(a, _)| a.is_ipv4())
-            .map(|(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}..{b}")
-                }
-            })
-            .collect();
-        for cidr in &s.cidrs {
-            match cidr.addr() {
-                IpAddr::V4(_) => {
-                    other_config.insert("subnet".to_owned(), cidr.to_string());
-                    if !exclude.is_empty() {
-                        other_config.insert("exclude_ips".to_owned(), exclude.join(" "));
-                    }
-                }
-                IpAddr::V6(_) => {
-                    other_config.insert("ipv6_prefix".to_owned(), cidr.network().to_string());
-                }
-            }
-        }
-        t.switches.insert(
+        self.switches.insert(
             s.name.clone(),
             Switch {
-                other_config,
+                other_config: switch_config(s),
                 external_ids: owned_ids([("subnet", &s.name), ("logical_router", &vpc)]),
             },
         );
         let lrp = format!("{vpc}-{}", s.name);
         let lsp = format!("{}-{vpc}", s.name);
-        t.router_ports.insert(
+        self.router_ports.insert(
             lrp.clone(),
             RouterPort {
                 router: vpc.clone(),
@@ -238,7 +226,7 @@ pub fn build<'a>(
                 external_ids: owned_ids([("subnet", &s.name), ("vpc", &vpc)]),
             },
         );
-        t.switch_ports.insert(
+        self.switch_ports.insert(
             lsp,
             SwitchPort {
                 switch: s.name.clone(),
@@ -250,10 +238,9 @@ pub fn build<'a>(
             },
         );
     }
-    for p in ports {
-        if !t.switches.contains_key(&p.subnet) {
-            continue;
-        }
+
+    /// An attachment's port on its Subnet's switch.
+    fn add_port(&mut self, p: &PortInput) {
         let mut address = mac_text(p.mac);
         for ip in &p.ips {
             address.push(' ');
@@ -265,7 +252,7 @@ pub fn build<'a>(
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        t.switch_ports.insert(
+        self.switch_ports.insert(
             p.name.clone(),
             SwitchPort {
                 switch: p.subnet.clone(),
@@ -288,7 +275,37 @@ pub fn build<'a>(
             },
         );
     }
-    t
+}
+
+/// A Subnet switch's `other_config`: `subnet` and `exclude_ips` (IPv4), `ipv6_prefix`.
+fn switch_config(s: &SubnetConfig) -> BTreeMap<String, String> {
+    let mut other_config = BTreeMap::new();
+    let exclude: Vec<String> = s
+        .exclude
+        .iter()
+        .filter(|(a, _)| a.is_ipv4())
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}..{b}")
+            }
+        })
+        .collect();
+    for cidr in &s.cidrs {
+        match cidr.addr() {
+            IpAddr::V4(_) => {
+                other_config.insert("subnet".to_owned(), cidr.to_string());
+                if !exclude.is_empty() {
+                    other_config.insert("exclude_ips".to_owned(), exclude.join(" "));
+                }
+            }
+            IpAddr::V6(_) => {
+                other_config.insert("ipv6_prefix".to_owned(), cidr.network().to_string());
+            }
+        }
+    }
+    other_config
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 use sidelane_ovsdb::Operation;
 
-use super::{plan::Found, *};
+use super::{observed::Found, *};
 use crate::subnet::{SubnetConfig, SubnetInput};
 
 fn subnet(name: &str, cidr: &str, provider: &str, vpc: &str) -> SubnetConfig {
@@ -193,7 +193,7 @@ fn an_empty_database_gets_every_row_in_one_transaction_children_before_parents()
             "172.17.0.11",
         )],
     );
-    let p = plan(&t, &Observed::default());
+    let p = diff(&t, &Observed::default());
     assert!(p.conflicts.is_empty());
     // Router, router port, switch, router-type switch port, attachment port.
     assert_eq!(p.inserted, 5);
@@ -232,7 +232,7 @@ fn a_database_that_matches_needs_no_operation() {
             "172.17.0.11",
         )],
     );
-    let p = plan(&t, &observed_from(&t));
+    let p = diff(&t, &observed_from(&t));
     assert!(p.ops.is_empty(), "{:?}", p.ops);
 }
 
@@ -263,7 +263,7 @@ fn a_stale_owned_port_is_released_and_a_changed_one_updated() {
             "172.17.0.13",
         )],
     );
-    let p = plan(&after, &observed_from(&before));
+    let p = diff(&after, &observed_from(&before));
     assert_eq!((p.inserted, p.updated, p.deleted), (0, 1, 1), "{:?}", p.ops);
     assert!(p.ops.iter().any(|op| matches!(op, Operation::Mutate { mutations, .. }
         if mutations[0].mutator == "delete" && mutations[0].value == json!(["set", [["uuid", "lsp-gone.default.attachnet.default.ovn"]]]))));
@@ -286,7 +286,7 @@ fn rows_without_the_marker_are_never_touched_and_a_name_clash_is_reported() {
             },
         },
     );
-    let p = plan(&t, &o);
+    let p = diff(&t, &o);
     assert_eq!(p.conflicts.len(), 1, "{:?}", p.conflicts);
     assert!(p.conflicts[0].contains("Logical_Switch attachnet"));
     assert!(
@@ -309,7 +309,7 @@ fn owned_duplicates_of_a_switch_are_deleted_keeping_one() {
         value: t.switches["attachnet"].clone(),
     };
     o.switches.get_mut("attachnet").expect("switch").push(dup);
-    let p = plan(&t, &o);
+    let p = diff(&t, &o);
     assert_eq!(p.deleted, 1);
     assert!(matches!(&p.ops[..], [Operation::Delete { table, .. }] if table == "Logical_Switch"));
 }
@@ -343,7 +343,7 @@ fn a_switch_nothing_wants_that_holds_another_owners_port_is_left_in_place_and_re
     );
     let o = with_foreign_port(observed_from(&was), "attachnet");
     // The Subnet is deleted: nothing wants the switch, its router or its ports.
-    let p = plan(&Topology::default(), &o);
+    let p = diff(&Topology::default(), &o);
     let ops = format!("{:?}", p.ops);
     assert!(
         !p.ops
@@ -363,7 +363,7 @@ fn a_switch_nothing_wants_that_holds_another_owners_port_is_left_in_place_and_re
         ]
     );
     // Once their port is gone, the switch goes too.
-    let p = plan(&Topology::default(), &observed_from(&was));
+    let p = diff(&Topology::default(), &observed_from(&was));
     assert!(p.kept.is_empty());
     assert!(
         p.ops
@@ -391,7 +391,7 @@ fn a_router_nothing_wants_that_holds_another_owners_port_or_route_is_left_in_pla
         format!("lr-{DEFAULT_VPC}"),
         vec!["Logical_Router_Static_Route 0.0.0.0/0 via 10.0.0.1".to_owned()],
     );
-    let p = plan(&Topology::default(), &o);
+    let p = diff(&Topology::default(), &o);
     assert!(
         !p.ops
             .iter()

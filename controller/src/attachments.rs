@@ -109,7 +109,7 @@ pub struct Refusal {
 
 /// Everything a pod asks for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+pub struct Asked {
     /// The attachments to allocate.
     pub wanted: Vec<Wanted>,
     /// What cannot be served.
@@ -172,8 +172,8 @@ pub fn parse_ip_pool(value: &str) -> PoolSpec {
 }
 
 /// What `pod` asks for, given how its NADs look up.
-pub fn plan(pod: &PodView, lookup: &dyn Fn(&str, &str) -> NadLookup) -> Plan {
-    let mut out = Plan::default();
+pub fn asked_by(pod: &PodView, lookup: &dyn Fn(&str, &str) -> NadLookup) -> Asked {
+    let mut out = Asked::default();
     let mut selections = Vec::new();
     // Multus's `v1.multus-cni.io/default-network` names the NAD that gives eth0 (the seeds'
     // "macvlan as the main NIC"); it comes first, as Kube-OVN puts it.

@@ -47,7 +47,7 @@ fn the_seeds_static_pod_asks_for_its_address_and_mac() {
             "00:00:00:8A:3C:4F",
         ),
     ]);
-    let plan = plan(&p, &seeds_lookup);
+    let plan = asked_by(&p, &seeds_lookup);
     assert!(plan.refused.is_empty(), "{:?}", plan.refused);
     let w = &plan.wanted[0];
     assert_eq!(w.prefix, "macvlan.default");
@@ -66,7 +66,7 @@ fn a_nad_listed_twice_gets_per_interface_prefixes_and_foreign_nads_are_skipped()
         "k8s.v1.cni.cncf.io/networks",
         "default/attachnet@net1, default/bridge, default/attachnet@net3",
     )]);
-    let plan = plan(&p, &seeds_lookup);
+    let plan = asked_by(&p, &seeds_lookup);
     let prefixes: Vec<&str> = plan.wanted.iter().map(|w| w.prefix.as_str()).collect();
     assert_eq!(
         prefixes,
@@ -85,7 +85,7 @@ fn a_bad_attachment_is_refused_naming_it_and_the_others_are_still_planned() {
         ),
         ("macvlan.default.kubernetes.io/ip_address", "172.17.0.300"),
     ]);
-    let plan = plan(&p, &seeds_lookup);
+    let plan = asked_by(&p, &seeds_lookup);
     let refused: Vec<(&str, &str)> = plan
         .refused
         .iter()
@@ -115,7 +115,7 @@ fn the_json_selection_gives_static_ips_and_mac_and_a_statefulset_pod_its_slot_an
     )]);
     p.name = "db-2".to_owned();
     p.statefulset = Some("db".to_owned());
-    let plan = plan(&p, &seeds_lookup);
+    let plan = asked_by(&p, &seeds_lookup);
     let r = &plan.wanted[0].request;
     assert_eq!(r.static_ips, ["172.17.0.50".parse::<IpAddr>().expect("ip")]);
     assert_eq!(r.mac, Some([2, 0, 0, 0, 0, 0x50]));
@@ -195,7 +195,7 @@ fn the_default_network_annotation_asks_for_eth0_and_the_others_keep_their_number
         ("v1.multus-cni.io/default-network", "default/macvlan"),
         ("k8s.v1.cni.cncf.io/networks", "default/attachnet"),
     ]);
-    let plan = plan(&p, &seeds_lookup);
+    let plan = asked_by(&p, &seeds_lookup);
     let got: Vec<(&str, &str)> = plan
         .wanted
         .iter()
@@ -217,7 +217,7 @@ fn ip_family_takes_exactly_kube_ovns_values() {
             ("k8s.v1.cni.cncf.io/networks", "default/macvlan"),
             ("macvlan.default.kubernetes.io/ip_family", value),
         ]);
-        let plan = plan(&p, &seeds_lookup);
+        let plan = asked_by(&p, &seeds_lookup);
         match (plan.wanted.first(), plan.refused.first()) {
             (Some(w), None) => Ok(w.request.family),
             (_, Some(r)) => Err(r.reason.clone()),
