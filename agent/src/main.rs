@@ -143,10 +143,10 @@ async fn main() -> anyhow::Result<()> {
         collector = collector.with_fastpath(fastpath);
     }
     let registry = Arc::new(metrics::registry(Some(collector)));
-    let listener = metrics::bind(args.metrics_addr)
+    let listener = sidelane_api::probes::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding the metrics address {}", args.metrics_addr))?;
-    tokio::spawn(metrics::serve(listener, registry));
+    tokio::spawn(sidelane_api::probes::serve(listener, registry));
     if let Some(bridge) = connect_ovs(&args).await? {
         attacher = attacher.with_ovs(Arc::new(bridge));
     }

@@ -15,16 +15,10 @@
 //! `/attachments` answers the same state as JSON: what the `sidelane` command line shows.
 
 use std::{
-    convert::Infallible,
-    net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
 };
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, text::encode},
@@ -33,9 +27,8 @@ use prometheus_client::{
 };
 use serde::{Deserialize, Serialize};
 use sidelane_agent_common::fastpath::FastpathCounters;
-use sidelane_api::qos::Direction;
-use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use sidelane_api::{probes::Endpoints, qos::Direction};
+use tracing::warn;
 
 use crate::{
     dataplane::{
@@ -411,12 +404,6 @@ pub fn registry(collector: Option<AttachmentCollector>) -> AgentMetrics {
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp
-}
-
 /// The text exposition of the agent's metrics.
 pub fn render(metrics: &AgentMetrics) -> String {
     let mut out = String::new();
@@ -436,53 +423,12 @@ pub fn attachments_json(metrics: &AgentMetrics) -> String {
     serde_json::to_string_pretty(&views).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
 }
 
-/// Serves `/metrics`, `/attachments` and `/healthz` on `listener` forever.
-pub async fn serve(listener: TcpListener, registry: Arc<AgentMetrics>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                warn!(error = %e, "accepting a metrics connection");
-                continue;
-            }
-        };
-        let registry = Arc::clone(&registry);
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
-                let registry = Arc::clone(&registry);
-                async move {
-                    let resp = match req.uri().path() {
-                        "/metrics" => {
-                            // Reading the maps enters namespaces: off the async threads.
-                            let body = tokio::task::spawn_blocking(move || render(&registry))
-                                .await
-                                .unwrap_or_default();
-                            text(StatusCode::OK, body)
-                        }
-                        "/attachments" => {
-                            let body =
-                                tokio::task::spawn_blocking(move || attachments_json(&registry))
-                                    .await
-                                    .unwrap_or_default();
-                            text(StatusCode::OK, body)
-                        }
-                        "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
-                        other => text(StatusCode::NOT_FOUND, format!("no such path: {other}\n")),
-                    };
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(error = %e, "metrics connection ended with an error");
-            }
-        });
+impl Endpoints for AgentMetrics {
+    fn answer(&self, path: &str) -> Option<(u16, String)> {
+        match path {
+            "/metrics" => Some((200, render(self))),
+            "/attachments" => Some((200, attachments_json(self))),
+            _ => None,
+        }
     }
-}
-
-/// Binds the metrics address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

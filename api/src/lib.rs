@@ -1,5 +1,6 @@
 //! Sidelane's shared API: the types and the one annotation parser that the CNI plugin, the node
-//! agent and the controller all use. Pure: no I/O.
+//! agent and the controller all use. Pure: no I/O, except [`probes`] (feature `probes`), the
+//! one metrics and probe server both binaries run.
 
 pub mod allocation;
 pub mod annotations;
@@ -10,4 +11,6 @@ pub mod daemon;
 pub mod mac;
 pub mod nad;
 pub mod network_selection;
+#[cfg(feature = "probes")]
+pub mod probes;
 pub mod qos;

@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use sidelane_controller::{
     leader::{self, LeaseConfig},
-    metrics::{self, Metrics},
+    metrics::Metrics,
     run::{self, Options},
 };
 use tokio::sync::watch;
@@ -78,10 +78,13 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
     let metrics = Arc::new(Metrics::new());
-    let listener = metrics::bind(args.metrics_addr)
+    let listener = sidelane_api::probes::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding the metrics address {}", args.metrics_addr))?;
-    tokio::spawn(metrics::serve(listener, Arc::clone(&metrics)));
+    tokio::spawn(sidelane_api::probes::serve(
+        listener,
+        Arc::clone(&metrics) as Arc<dyn sidelane_api::probes::Endpoints>,
+    ));
     let lease_duration = Duration::from_secs(args.lease_duration.max(1));
     let lease = LeaseConfig {
         lease_duration,

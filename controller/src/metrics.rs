@@ -2,26 +2,15 @@
 //! `/metrics`, `/healthz` (the process serves), `/readyz` (a follower, or a leader that has
 //! loaded the cluster and taken back every recorded allocation).
 
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::{Metric, Registry},
 };
-use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use sidelane_api::probes::Endpoints;
+use tracing::warn;
 
 /// Labels of a refusal.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -200,52 +189,13 @@ fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, 
     with(registry, name, help, M::default())
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp
-}
-
-fn route(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    match req.uri().path() {
-        "/metrics" => text(StatusCode::OK, metrics.render()),
-        "/healthz" => text(StatusCode::OK, "ok\n".to_owned()),
-        "/readyz" if metrics.is_ready() => text(StatusCode::OK, "ok\n".to_owned()),
-        "/readyz" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "loading the cluster\n".to_owned(),
-        ),
-        other => text(StatusCode::NOT_FOUND, format!("no such path: {other}\n")),
+impl Endpoints for Metrics {
+    fn answer(&self, path: &str) -> Option<(u16, String)> {
+        match path {
+            "/metrics" => Some((200, self.render())),
+            "/readyz" if self.is_ready() => Some((200, "ok\n".to_owned())),
+            "/readyz" => Some((503, "loading the cluster\n".to_owned())),
+            _ => None,
+        }
     }
-}
-
-/// Serves metrics and probes on `listener` forever.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                warn!(error = %e, "accepting a metrics connection");
-                continue;
-            }
-        };
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let metrics = Arc::clone(&metrics);
-                async move { Ok::<_, Infallible>(route(&metrics, &req)) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(error = %e, "metrics connection ended with an error");
-            }
-        });
-    }
-}
-
-/// Binds the metrics address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

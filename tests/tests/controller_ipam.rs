@@ -546,14 +546,14 @@ fn metrics_and_probes_are_served_over_http() {
     api.wait_for_pods("default", pods_made_by(&docs));
     let controller = Controller::start(&api, &runtime);
     let listener = runtime
-        .block_on(sidelane_controller::metrics::bind(
+        .block_on(sidelane_api::probes::bind(
             "127.0.0.1:0".parse().expect("an address"),
         ))
         .expect("binding");
     let port = listener.local_addr().expect("the port").port();
-    runtime.spawn(sidelane_controller::metrics::serve(
+    runtime.spawn(sidelane_api::probes::serve(
         listener,
-        Arc::clone(&controller.metrics),
+        Arc::clone(&controller.metrics) as Arc<dyn sidelane_api::probes::Endpoints>,
     ));
     eventually("ready", || {
         http_get(port, "/readyz").starts_with("HTTP/1.1 200")
