@@ -34,6 +34,7 @@ pub mod netns;
 pub mod node_rig;
 pub mod ovn;
 pub mod ping;
+pub mod primary;
 pub mod privilege;
 pub mod process;
 pub mod sidelane;

@@ -8,7 +8,8 @@ use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 use serde_json::{Value, json};
 use sidelane_agent::{api_server::KubePods, attach::Attacher, cni_server, records::Records};
 use sidelane_tests::{
-    cluster, control_plane::SidelaneCluster, netns::NetNs, privilege, sidelane::NoQos,
+    cluster, control_plane::SidelaneCluster, netns::NetNs, primary::PrimaryEth0, privilege,
+    sidelane::NoQos,
 };
 
 /// The seed's NAD (manage-multiple-interface.en.txt, "attached NIC is a Kube-OVN type NIC"),
@@ -80,28 +81,7 @@ fn add_creates_net1_and_net2_check_verifies_them_gc_and_del_remove_them() {
 
     let node = NetNs::new().expect("node namespace");
     let pod = NetNs::new().expect("pod namespace");
-    let primary = NetNs::new().expect("primary CNI namespace");
-    primary
-        .exec(&[
-            "ip",
-            "link",
-            "add",
-            "cni0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            pod.name(),
-        ])
-        .expect("eth0");
-    pod.exec(&["ip", "addr", "add", "10.244.1.5/24", "dev", "eth0"])
-        .expect("eth0 address");
-    pod.exec(&["ip", "link", "set", "eth0", "up"])
-        .expect("eth0 up");
-    pod.exec(&["ip", "route", "add", "default", "via", "10.244.1.1"])
-        .expect("default route");
+    let _primary = PrimaryEth0::give(&pod).expect("eth0 from the primary CNI");
 
     let dir = tempfile::tempdir().expect("a temporary directory");
     let socket: PathBuf = dir.path().join("kube-ovn-daemon.sock");

@@ -4,7 +4,7 @@
 use ipnet::IpNet;
 use serde_json::Value;
 use sidelane_agent::link::{self, LinkError, PodInterfacePlan, parse_mac, veth_name};
-use sidelane_tests::{netns::NetNs, privilege};
+use sidelane_tests::{netns::NetNs, primary::PrimaryEth0, privilege};
 
 fn plan(
     ifname: &str,
@@ -57,7 +57,6 @@ fn addrs(link: &Value) -> Vec<String> {
 }
 
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario, asserted step by step")]
 fn net1_and_net2_are_created_as_planned_and_eth0_is_untouched() {
     if !privilege::require_privileges("net1_and_net2_are_created_as_planned_and_eth0_is_untouched")
     {
@@ -65,38 +64,7 @@ fn net1_and_net2_are_created_as_planned_and_eth0_is_untouched() {
     }
     let host = NetNs::new().expect("host namespace");
     let pod = NetNs::new().expect("pod namespace");
-    let primary = NetNs::new().expect("primary CNI's namespace");
-    // The primary CNI's eth0 and default route, as Cilium/Calico/Flannel leave them.
-    primary
-        .exec(&[
-            "ip",
-            "link",
-            "add",
-            "cni0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            pod.name(),
-        ])
-        .expect("eth0");
-    pod.exec(&["ip", "addr", "add", "10.244.1.5/24", "dev", "eth0"])
-        .expect("eth0 address");
-    pod.exec(&["ip", "link", "set", "eth0", "up"])
-        .expect("eth0 up");
-    pod.exec(&[
-        "ip",
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.244.1.1",
-        "dev",
-        "eth0",
-    ])
-    .expect("default");
+    let _primary = PrimaryEth0::give(&pod).expect("eth0 from the primary CNI");
     let before = pod
         .exec(&["ip", "route", "show", "default"])
         .expect("routes");
