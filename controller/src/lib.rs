@@ -3,7 +3,8 @@
 //! builds the OVN logical topology for attachment networks in the Northbound database.
 //!
 //! - [`ipam`]: the pure IPAM core (address pools per Subnet family).
-//! - [`run`]: the leader's work against the API: load, restore, follow, write.
+//! - [`run`]: the leader's work against the API: load, restore, follow.
+//! - [`writer`]: the leader's writes, in order per pod, with their error policy.
 //! - [`subnet`]: Subnet defaulting and validation as Kube-OVN's.
 //! - [`engine`]: the controller's decisions (pure): pods, NADs, Subnets in; annotations, IPs, events out.
 //! - [`leader`]: leader election over a Lease.
@@ -29,3 +30,4 @@ pub mod run;
 pub mod seen;
 pub mod status;
 pub mod subnet;
+mod writer;

@@ -15,31 +15,28 @@ use std::{
 
 use futures::{StreamExt as _, stream::BoxStream};
 use k8s_openapi::{
-    api::{
-        apps::v1::StatefulSet,
-        core::v1::{ObjectReference, Pod},
-    },
+    api::{apps::v1::StatefulSet, core::v1::Pod},
     jiff::Timestamp,
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
+    api::{DynamicObject, ListParams},
     runtime::{
         WatchStreamExt as _,
-        events::{Event as KubeEvent, EventType, Recorder, Reporter},
+        events::{Recorder, Reporter},
         watcher,
     },
 };
 use serde_json::{Value, json};
 use thiserror::Error;
 use tokio::{
-    sync::{Semaphore, oneshot, watch},
+    sync::{Semaphore, watch},
     time::Instant,
 };
 use tracing::{debug, info, warn};
 
 use crate::{
-    engine::{Engine, Event, IpRecord, PodOutcome, SubnetOutcome},
+    engine::{Engine, PodOutcome, SubnetOutcome},
     held,
     metrics::{Metrics, ReasonLabels, SubnetLabels},
     nb,
@@ -47,6 +44,7 @@ use crate::{
     ovn,
     seen::{Refusals, Relists, Specs},
     status,
+    writer::Writer,
 };
 
 /// Tuning of the leader's work.
@@ -885,237 +883,11 @@ fn spec_of(obj: &DynamicObject) -> Value {
     obj.data.get("spec").cloned().unwrap_or(Value::Null)
 }
 
-/// Carries out outcomes against the API.
-struct Writer {
-    client: Client,
-    recorder: Recorder,
-    ips: Api<DynamicObject>,
-    subnets: Api<DynamicObject>,
-    permits: Arc<Semaphore>,
-    /// The completion of each pod's last queued write (by UID), so that its writes stay in
-    /// order; the number tells whose it is.
-    chains: std::sync::Mutex<HashMap<String, (u64, oneshot::Receiver<()>)>>,
-    generation: AtomicU64,
-    metrics: Arc<Metrics>,
-    /// Set when this replica stops leading: queued writes are dropped, not carried out after
-    /// another replica has loaded the cluster (they would leave what it does not know of).
-    stopped: AtomicBool,
-}
-
-impl Writer {
-    /// Queues `outcome`'s writes: after the pod's earlier writes, concurrently with others.
-    fn submit(self: &Arc<Self>, pod: Option<&Pod>, node: String, outcome: PodOutcome) {
-        if outcome.annotations.is_empty()
-            && outcome.cleared.is_empty()
-            && outcome.upsert_ips.is_empty()
-            && outcome.delete_ips.is_empty()
-            && outcome.events.is_empty()
-        {
-            return;
-        }
-        let started = Instant::now();
-        let target = pod.map(|p| {
-            (
-                p.namespace().unwrap_or_default(),
-                p.name_any(),
-                p.object_ref(&()),
-            )
-        });
-        let key = pod.and_then(ResourceExt::uid).unwrap_or_default();
-        // Chained here, in submission order: this write waits for the pod's previous one.
-        let (done, finished) = oneshot::channel::<()>();
-        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        let previous = self
-            .chains
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(key.clone(), (generation, finished));
-        let writer = Arc::clone(self);
-        tokio::spawn(async move {
-            if let Some((_, previous)) = previous {
-                // An error only means the previous write's task ended without signalling.
-                let _ = previous.await;
-            }
-            if let Ok(_permit) = Arc::clone(&writer.permits).acquire_owned().await
-                && !writer.is_stopped()
-            {
-                writer.write(target.as_ref(), &node, outcome).await;
-            }
-            writer
-                .metrics
-                .reconcile_seconds
-                .observe(started.elapsed().as_secs_f64());
-            let _ = done.send(());
-            let mut chains = writer
-                .chains
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if chains.get(&key).is_some_and(|(g, _)| *g == generation) {
-                chains.remove(&key);
-            }
-        });
-    }
-
-    fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Relaxed)
-    }
-
-    async fn write(
-        &self,
-        target: Option<&(String, String, ObjectReference)>,
-        node: &str,
-        outcome: PodOutcome,
-    ) {
-        for record in &outcome.upsert_ips {
-            if self.upsert_ip(record, node).await == Written::Stopped {
-                return;
-            }
-        }
-        if self.is_stopped() {
-            return;
-        }
-        if let Some((ns, name, _)) = target
-            && !(outcome.annotations.is_empty() && outcome.cleared.is_empty())
-        {
-            let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-            let mut annotations = json!(outcome.annotations);
-            for key in &outcome.cleared {
-                annotations[key] = Value::Null;
-            }
-            let patch = Patch::Merge(json!({"metadata": {"annotations": annotations}}));
-            let params = PatchParams::default();
-            let what = format!("writing the allocation of pod {ns}/{name}");
-            let written = self
-                .until_done(&what, || pods.patch(name, &params, &patch))
-                .await;
-            match written {
-                Written::Done => debug!(pod = %format!("{ns}/{name}"), "wrote the allocation"),
-                Written::Gone => {
-                    debug!(pod = %format!("{ns}/{name}"), "the pod is gone; its release follows");
-                }
-                Written::Stopped => return,
-            }
-        }
-        for name in &outcome.delete_ips {
-            let what = format!("deleting the IP resource {name}");
-            let params = DeleteParams::default();
-            let deleted = self
-                .until_done(&what, || self.ips.delete(name, &params))
-                .await;
-            if deleted == Written::Stopped {
-                return;
-            }
-        }
-        if let Some((_, _, reference)) = target {
-            self.publish(&outcome.events, reference).await;
-        }
-    }
-
-    /// Runs the write `op` until it lands, its object is gone (404), or this replica stops
-    /// leading; a failure (a 5xx, a timeout, a refused connection, a 403 while RBAC is being
-    /// fixed) is logged and tried again after a backoff of 0.1 s doubling to 5 s.
-    async fn until_done<T, F, Fut>(&self, what: &str, mut op: F) -> Written
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, kube::Error>>,
-    {
-        let mut backoff = Duration::from_millis(100);
-        let mut attempt = 1u32;
-        loop {
-            if self.is_stopped() {
-                return Written::Stopped;
-            }
-            match op().await {
-                Ok(_) => return Written::Done,
-                Err(kube::Error::Api(e)) if e.code == 404 => return Written::Gone,
-                Err(error) => {
-                    warn!(%error, attempt, retry_in = ?backoff, "{what}");
-                    self.metrics.write_retries.inc();
-                }
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            attempt += 1;
-        }
-    }
-
-    /// Creates the IP resource of `record`, or updates the one of that name.
-    async fn upsert_ip(&self, record: &IpRecord, node: &str) -> Written {
-        let body = objects::ip_object(record, node);
-        let obj: DynamicObject = match serde_json::from_value(body.clone()) {
-            Ok(o) => o,
-            Err(e) => {
-                warn!(ip = %record.name, error = %e, "building the IP resource");
-                return Written::Gone;
-            }
-        };
-        let patch = json!({"metadata": {"labels": body["metadata"]["labels"], "annotations": body["metadata"]["annotations"]}, "spec": body["spec"]});
-        let what = format!("writing the IP resource {}", record.name);
-        self.until_done(&what, || async {
-            match self.ips.create(&PostParams::default(), &obj).await {
-                Err(kube::Error::Api(e)) if e.code == 409 => self
-                    .ips
-                    .patch(&record.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(|_| ()),
-                other => other.map(|_| ()),
-            }
-        })
-        .await
-    }
-
-    async fn publish(&self, events: &[Event], reference: &ObjectReference) {
-        for e in events {
-            let event = KubeEvent {
-                type_: if e.warning {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                },
-                reason: e.reason.to_owned(),
-                note: Some(e.message.clone()),
-                action: "Allocate".to_owned(),
-                secondary: None,
-            };
-            if let Err(err) = self.recorder.publish(&event, reference).await {
-                warn!(error = %err, reason = e.reason, "recording an event");
-            }
-        }
-    }
-
-    async fn format_subnet(&self, name: &str, spec: Value) {
-        let patch = Patch::Merge(json!({ "spec": spec }));
-        let params = PatchParams::default();
-        let what = format!("writing the defaulted spec of Subnet {name}");
-        self.until_done(&what, || self.subnets.patch(name, &params, &patch))
-            .await;
-    }
-
-    async fn subnet_status(&self, name: &str, status: Value) {
-        let patch = Patch::Merge(json!({ "status": status }));
-        let params = PatchParams::default();
-        let what = format!("writing the status of Subnet {name}");
-        self.until_done(&what, || self.subnets.patch_status(name, &params, &patch))
-            .await;
-    }
-}
-
 impl Drop for Leader {
     fn drop(&mut self) {
         // Stepped down (or starting over): nothing queued may be written any more.
         self.writer.stopped.store(true, Ordering::Relaxed);
     }
-}
-
-/// How a retried write ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Written {
-    /// It landed.
-    Done,
-    /// Its object is gone (404): nothing to write.
-    Gone,
-    /// This replica stopped leading: nothing may be written any more.
-    Stopped,
 }
 
 /// Aborts a task when dropped (the Northbound reconciler stops with the leader's work).
