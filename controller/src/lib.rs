@@ -16,6 +16,7 @@
 //! - [`held`]: pods whose OVN port name another owner's row holds.
 //! - [`ovn`]: the wanted OVN topology, what the Northbound holds, and the diff between them.
 //! - [`nb`]: the Northbound reconciler around [`ovn`].
+//! - [`switch_finalizer`]: a deleted Subnet stays while its switch holds another owner's rows.
 
 pub mod attachments;
 pub mod engine;
@@ -30,4 +31,5 @@ pub mod run;
 pub mod seen;
 pub mod status;
 pub mod subnet;
+pub mod switch_finalizer;
 mod writer;

@@ -4,7 +4,11 @@
 //! deleted by hand comes back, a stale owned row goes, and after the server restarts the
 //! client's resync snapshot replaces the replica and the same loop converges.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use sidelane_ovsdb::{Client, Monitor, MonitorEvent, MonitorRequest, Replica};
 use tokio::sync::watch;
@@ -37,8 +41,20 @@ fn columns(table: &str) -> Vec<String> {
     c.iter().map(|s| (*s).to_owned()).collect()
 }
 
-/// Switch ports of other owners, by name, described (see [`Observed::held_ports`]).
-pub type HeldPorts = Arc<BTreeMap<String, String>>;
+/// What the Northbound reconciler tells the leader after each pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NbView {
+    /// Switch ports of other owners, by name, described (see [`Observed::held_ports`]).
+    pub held_ports: BTreeMap<String, String>,
+    /// Switches Sidelane no longer wants, left in place because they hold another owner's
+    /// rows: by name, what they hold.
+    pub kept_switches: BTreeMap<String, String>,
+    /// Every switch the database holds, by name.
+    pub switches: BTreeSet<String>,
+}
+
+/// [`NbView`], shared.
+pub type HeldPorts = Arc<NbView>;
 
 /// Keeps the Northbound database at the wanted topology until `desired`'s sender is dropped;
 /// publishes the switch ports other owners hold on `held`.
@@ -159,16 +175,20 @@ impl Reconciler {
     /// Plans against the replica, reports what is held by others, and commits the difference.
     async fn pass(&mut self, want: &Topology) -> Pass {
         let observed = Observed::from_replica(&self.replica);
-        let held = observed.held_ports();
+        let p = diff(want, &observed);
+        let view = NbView {
+            held_ports: observed.held_ports(),
+            kept_switches: p.kept_switches.clone(),
+            switches: observed.switches.keys().cloned().collect(),
+        };
         self.held.send_if_modified(|old| {
-            if **old == held {
+            if **old == view {
                 false
             } else {
-                *old = Arc::new(held);
+                *old = Arc::new(view);
                 true
             }
         });
-        let p = diff(want, &observed);
         report(
             &mut self.conflicts,
             &p.conflicts,

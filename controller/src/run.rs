@@ -28,6 +28,7 @@ use kube::{
     },
 };
 use serde_json::{Value, json};
+use sidelane_api::crd::SubnetSpec;
 use thiserror::Error;
 use tokio::{
     sync::{Semaphore, watch},
@@ -43,7 +44,7 @@ use crate::{
     objects::{self, POD_UID_ANNOTATION},
     ovn,
     seen::{Refusals, Relists, Specs},
-    status,
+    status, switch_finalizer,
     writer::Writer,
 };
 
@@ -171,6 +172,12 @@ struct Leader {
     held_tx: Option<watch::Sender<nb::HeldPorts>>,
     /// The pods marked as having such a port.
     marks: held::Marks,
+    /// Whether the Northbound reconciler has said anything yet.
+    nb_seen: bool,
+    /// Each Subnet's finalizers, whether it is being deleted and whether it wants a switch.
+    finalizing: HashMap<String, (Vec<String>, bool, bool)>,
+    /// The finalizer step last acted on per Subnet, so each is done once.
+    finalizer_steps: HashMap<String, switch_finalizer::Step>,
 }
 
 impl Leader {
@@ -210,6 +217,9 @@ impl Leader {
             held: held_rx,
             held_tx: Some(held_tx),
             marks: held::Marks::default(),
+            nb_seen: false,
+            finalizing: HashMap::new(),
+            finalizer_steps: HashMap::new(),
         }
     }
 
@@ -268,7 +278,20 @@ impl Leader {
     /// Marks (and unmarks) the pods whose OVN port another owner's row holds.
     fn held_changed(&mut self) {
         let held = Arc::clone(&self.held.borrow_and_update());
-        for (pod, outcome) in self.marks.on_held_changed(self.engine.ports(), &held) {
+        self.nb_seen = true;
+        let deleting: Vec<String> = self
+            .finalizing
+            .iter()
+            .filter(|(_, (_, deleting, _))| *deleting)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in deleting {
+            self.finalize(&name);
+        }
+        for (pod, outcome) in self
+            .marks
+            .on_held_changed(self.engine.ports(), &held.held_ports)
+        {
             let object = Pod {
                 metadata: kube::api::ObjectMeta {
                     name: Some(pod.name.clone()),
@@ -599,7 +622,8 @@ impl Leader {
                 name: view.name.clone(),
                 uid: uid.clone(),
             };
-            self.marks.on_allocation(&owner, &mut outcome, &held);
+            self.marks
+                .on_allocation(&owner, &mut outcome, &held.held_ports);
         }
         self.count(&outcome);
         let node = pod
@@ -697,6 +721,24 @@ impl Leader {
             Some(current) => self.statuses.insert(name.clone(), current.clone()),
             None => self.statuses.remove(&name),
         };
+        let deleting = obj.metadata.deletion_timestamp.is_some();
+        let wants = SubnetSpec::from_value(obj.data.get("spec").unwrap_or(&Value::Null))
+            .is_ok_and(|spec| switch_finalizer::wants_switch(&spec, self.opts.ovn_nb.is_some()));
+        let finalizers = obj.metadata.finalizers.clone().unwrap_or_default();
+        let was_deleting = self
+            .finalizing
+            .insert(name.clone(), (finalizers, deleting, wants))
+            .is_some_and(|(_, d, _)| d);
+        self.finalize(&name);
+        if deleting {
+            // Released now, as Kube-OVN does; the object stays until its switch is gone.
+            if !was_deleting {
+                self.validation.remove(&name);
+                let released = self.engine.remove_subnet(&name);
+                self.delete_ip_resources(released);
+            }
+            return !was_deleting;
+        }
         let spec = spec_of(obj);
         if !self.specs.changed(&key, &spec) {
             return false;
@@ -737,8 +779,44 @@ impl Leader {
         true
     }
 
+    /// Acts on Subnet `name`'s finalizer as [`switch_finalizer::step`] says, once per step.
+    fn finalize(&mut self, name: &str) {
+        let Some((finalizers, deleting, wants)) = self.finalizing.get(name) else {
+            return;
+        };
+        let view = self.nb_seen.then(|| Arc::clone(&self.held.borrow()));
+        let step = switch_finalizer::step(name, finalizers, *deleting, *wants, view.as_deref());
+        if step == switch_finalizer::Step::Wait || self.finalizer_steps.get(name) == Some(&step) {
+            return;
+        }
+        self.finalizer_steps.insert(name.to_owned(), step.clone());
+        let writer = Arc::clone(&self.writer);
+        let subnet = name.to_owned();
+        match step {
+            switch_finalizer::Step::Wait => {}
+            switch_finalizer::Step::Add => {
+                tokio::spawn(async move { writer.subnet_finalizer(&subnet, true).await });
+            }
+            switch_finalizer::Step::Remove => {
+                info!(subnet = %name, "the Subnet's switch is gone; letting the Subnet go");
+                tokio::spawn(async move { writer.subnet_finalizer(&subnet, false).await });
+            }
+            switch_finalizer::Step::Hold(holds) => {
+                warn!(subnet = %name, %holds, "keeping the deleted Subnet while its switch holds another owner's rows");
+                let now = Timestamp::now().to_string();
+                let wanted =
+                    status::switch_held(status::subnet_status(None, Ok(()), &now), &holds, &now);
+                if let Some(status) = status::status_change(self.statuses.get(name), wanted) {
+                    tokio::spawn(async move { writer.subnet_status(&subnet, status).await });
+                }
+            }
+        }
+    }
+
     /// The Subnet `name` is gone: what it held is released.
     fn subnet_gone(&mut self, name: &str) {
+        self.finalizing.remove(name);
+        self.finalizer_steps.remove(name);
         self.statuses.remove(name);
         self.validation.remove(name);
         let released = self.engine.remove_subnet(name);

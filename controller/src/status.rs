@@ -73,6 +73,17 @@ pub fn subnet_status(usage: Option<Usage>, validation: Result<(), &str>, now: &s
     })
 }
 
+/// `status` with `Ready=False` because the Subnet's switch, deleted with it, stays for another
+/// owner's rows (`holds` says which).
+pub fn switch_held(mut status: Value, holds: &str, now: &str) -> Value {
+    if let Some(conditions) = status["conditions"].as_array_mut() {
+        for c in conditions.iter_mut().filter(|c| c["type"] == "Ready") {
+            *c = condition("Ready", false, "LogicalSwitchHeld", holds, now);
+        }
+    }
+    status
+}
+
 /// Whether two JSON values are equal, numbers compared by value (the API server gives back
 /// `5` for the `5.0` written).
 fn same(a: &Value, b: &Value) -> bool {

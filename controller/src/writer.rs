@@ -30,6 +30,7 @@ use crate::{
     engine::{Event, IpRecord, PodOutcome},
     metrics::Metrics,
     objects,
+    switch_finalizer::FINALIZER,
 };
 
 /// What to do with a write that failed.
@@ -258,6 +259,36 @@ impl Writer {
         let what = format!("writing the defaulted spec of Subnet {name}");
         self.until_done(&what, || self.subnets.patch(name, &params, &patch))
             .await;
+    }
+
+    /// Puts Sidelane's finalizer on Subnet `name` (`add`) or takes it off; read afresh on each
+    /// attempt and written with its resourceVersion, so another writer's finalizers stay.
+    pub(crate) async fn subnet_finalizer(&self, name: &str, add: bool) {
+        let what = format!(
+            "{} the finalizer {FINALIZER} of Subnet {name}",
+            if add { "adding" } else { "removing" }
+        );
+        self.until_done(&what, || async {
+            let obj = self.subnets.get(name).await?;
+            let mut finalizers = obj.metadata.finalizers.clone().unwrap_or_default();
+            if finalizers.iter().any(|f| f == FINALIZER) == add {
+                return Ok(());
+            }
+            if add {
+                finalizers.push(FINALIZER.to_owned());
+            } else {
+                finalizers.retain(|f| f != FINALIZER);
+            }
+            let patch = json!({"metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": obj.metadata.resource_version,
+            }});
+            self.subnets
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(drop)
+        })
+        .await;
     }
 
     pub(crate) async fn subnet_status(&self, name: &str, status: Value) {

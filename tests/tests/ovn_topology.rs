@@ -528,12 +528,43 @@ fn deleting_a_subnet_leaves_its_switch_while_another_owners_port_is_on_it() {
         ["their-port"],
         "our own ports on it are gone"
     );
-    // Once their port is gone, so is the switch.
+    // The Subnet stays, Terminating, and says why on its status.
+    let ready = || {
+        api.get("kubeovn.io/v1", "Subnet", "", "attachnet")
+            .and_then(|s| {
+                s["status"]["conditions"]
+                    .as_array()
+                    .and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned())
+            })
+    };
+    eventually(
+        "the Subnet says its switch is held",
+        Duration::from_secs(20),
+        || ready().is_some_and(|c| c["reason"] == "LogicalSwitchHeld"),
+    );
+    let condition = ready().expect("the Ready condition");
+    assert_eq!(condition["status"], "False");
+    assert!(
+        condition["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Logical_Switch_Port their-port")),
+        "{condition}"
+    );
+    assert!(
+        api.get("kubeovn.io/v1", "Subnet", "", "attachnet")
+            .is_some_and(|s| s["metadata"]["deletionTimestamp"].is_string()),
+        "the Subnet is Terminating"
+    );
+    // Once their port is gone, so are the switch and the Subnet.
     central
         .nbctl(&["lsp-del", "their-port"])
         .expect("their port goes");
     eventually("the empty switch goes", Duration::from_secs(20), || {
         !names(&central, "Logical_Switch").contains(&"attachnet".to_owned())
+    });
+    eventually("the Subnet goes", Duration::from_secs(20), || {
+        api.get("kubeovn.io/v1", "Subnet", "", "attachnet")
+            .is_none()
     });
 }
 

@@ -24,6 +24,8 @@ pub struct Plan {
     /// Rows of Sidelane's nothing wants any more, left in place because they hold rows of
     /// another owner (deleting a parent would delete its children); removed once empty.
     pub kept: Vec<String>,
+    /// The switches among them, by name: what each holds of another owner.
+    pub kept_switches: BTreeMap<String, String>,
     /// Counts of inserted, updated and deleted rows, for logs and metrics.
     pub inserted: usize,
     /// Rows updated.
@@ -503,10 +505,17 @@ impl<'a> Diff<'a> {
         uuid: &str,
     ) {
         if let Some(theirs) = foreign.get(uuid) {
-            self.b.plan.kept.push(format!(
+            let holds = format!(
                 "{table} {name} is left in place: it holds {} of another owner",
                 theirs.join(", ")
-            ));
+            );
+            if table == LS {
+                self.b
+                    .plan
+                    .kept_switches
+                    .insert(name.to_owned(), holds.clone());
+            }
+            self.b.plan.kept.push(holds);
         } else {
             self.b.delete(table, uuid);
             self.deleted_parents.insert(uuid.to_owned());
