@@ -416,17 +416,7 @@ impl SubnetConfig {
 
     /// `spec.excludeIps` as Kube-OVN writes it back: merged, `a..b` for ranges, string-sorted.
     pub fn exclude_ips(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .exclude
-            .iter()
-            .map(|(a, b)| {
-                if a == b {
-                    a.to_string()
-                } else {
-                    format!("{a}..{b}")
-                }
-            })
-            .collect();
+        let mut out: Vec<String> = self.exclude.iter().map(exclude_entry).collect();
         out.sort();
         out
     }
@@ -481,6 +471,15 @@ impl SubnetConfig {
     /// Whether it serves pods of `namespace`.
     pub fn serves(&self, namespace: &str) -> bool {
         self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace)
+    }
+}
+
+/// One merged `excludeIps` range as written: the address, or `a..b`.
+pub fn exclude_entry(&(a, b): &(IpAddr, IpAddr)) -> String {
+    if a == b {
+        a.to_string()
+    } else {
+        format!("{a}..{b}")
     }
 }
 

@@ -284,13 +284,7 @@ fn switch_config(s: &SubnetConfig) -> BTreeMap<String, String> {
         .exclude
         .iter()
         .filter(|(a, _)| a.is_ipv4())
-        .map(|(a, b)| {
-            if a == b {
-                a.to_string()
-            } else {
-                format!("{a}..{b}")
-            }
-        })
+        .map(crate::subnet::exclude_entry)
         .collect();
     for cidr in &s.cidrs {
         match cidr.addr() {
