@@ -1,5 +1,6 @@
 //! The Go components the lab, the tests and the benchmarks run (a real Kubernetes control
-//! plane, etcd, Multus, whereabouts, Helm), built from the build modules in `xtask/go/`.
+//! plane and a kubelet, containerd, etcd, Multus, whereabouts, Helm), built from the build
+//! modules in `xtask/go/`.
 //!
 //! Each build module pins one component by its `go.mod` and `go.sum` (see `xtask/go/README.md`).
 //! Binaries go to `<cache>/tools/<component>-<version>/bin/`, so a version change builds anew
@@ -45,8 +46,27 @@ const COMPONENTS: &[Component] = &[
             ),
             ("k8s.io/kubernetes/cmd/kube-scheduler", "kube-scheduler"),
             ("k8s.io/kubernetes/cmd/kubectl", "kubectl"),
+            // The lab's real node (issue 16).
+            ("k8s.io/kubernetes/cmd/kubelet", "kubelet"),
         ],
         stamps: kubernetes_stamps,
+        share: &[],
+    },
+    Component {
+        dir: "containerd",
+        module: "github.com/containerd/containerd/v2",
+        binaries: &[
+            (
+                "github.com/containerd/containerd/v2/cmd/containerd",
+                "containerd",
+            ),
+            (
+                "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+                "containerd-shim-runc-v2",
+            ),
+            ("github.com/containerd/containerd/v2/cmd/ctr", "ctr"),
+        ],
+        stamps: containerd_stamps,
         share: &[],
     },
     Component {
@@ -116,6 +136,11 @@ fn helm_stamps(version: &str) -> String {
         );
     }
     flags
+}
+
+/// `containerd --version` and the CRI's version answer say the release.
+fn containerd_stamps(version: &str) -> String {
+    format!("-X github.com/containerd/containerd/v2/version.Version={version}")
 }
 
 fn no_stamps(_: &str) -> String {

@@ -6,6 +6,7 @@ mod cmd;
 mod crds;
 mod fuzz;
 mod go_tools;
+mod images;
 mod lab;
 mod manifests;
 mod setup;

@@ -18,6 +18,9 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "tcpdump",
+    // The real node: the OCI runtime under containerd, and what its pods' images are made of.
+    "runc",
+    "busybox-static",
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -30,6 +33,7 @@ pub fn run() -> anyhow::Result<()> {
     bpffs(&mut changed)?;
     manifest_validators(&mut changed)?;
     crate::go_tools::install(&mut changed)?;
+    crate::images::install(&mut changed)?;
     if changed.is_empty() {
         eprintln!("setup: everything is already installed");
     } else {
