@@ -37,6 +37,7 @@ pub mod ping;
 pub mod primary;
 pub mod privilege;
 pub mod process;
+pub mod real_node;
 pub mod sidelane;
 pub mod tools;
 pub mod topology;

@@ -167,7 +167,9 @@ impl MacvlanNode {
     }
 }
 
-fn install_plugins(
+/// Links the CNI plugins a node runs into `dir`: Multus, ours as `kube-ovn`, the reference
+/// plugins, and `extra`.
+pub fn install_plugins(
     dir: &Path,
     binaries: &Binaries,
     extra: &[(PathBuf, &str)],

@@ -50,3 +50,57 @@ pub fn shared(component: &str, file: &str) -> anyhow::Result<PathBuf> {
     }
     Ok(path)
 }
+
+/// The images `cargo xtask setup` builds for the real node (`<cache>/images/`,
+/// `SIDELANE_IMAGES` overrides it): each reference (`sidelane.local/busybox:1.35.0-4`) with its
+/// OCI layout tarball, whose name is the reference with `/` and `:` as `_`.
+pub fn images() -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let dir = folder("SIDELANE_IMAGES", "images")?;
+    let entries = std::fs::read_dir(&dir).with_context(|| {
+        format!(
+            "{} is missing: `cargo xtask setup` builds the node's images",
+            dir.display()
+        )
+    })?;
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".tar"))
+        else {
+            continue;
+        };
+        let (Some(slash), Some(colon)) = (stem.find('_'), stem.rfind('_')) else {
+            continue;
+        };
+        if slash == colon {
+            continue;
+        }
+        let reference = format!(
+            "{}/{}:{}",
+            &stem[..slash],
+            &stem[slash + 1..colon],
+            &stem[colon + 1..]
+        );
+        out.push((reference, path));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The reference of the image named `name` (`busybox`, `pause`) among [`images`].
+pub fn image(name: &str) -> anyhow::Result<String> {
+    images()?
+        .into_iter()
+        .map(|(reference, _)| reference)
+        .find(|r| {
+            r.rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with(&format!("{name}:")))
+        })
+        .with_context(|| format!("no image {name}: `cargo xtask setup` builds it"))
+}

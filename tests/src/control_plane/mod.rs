@@ -189,6 +189,17 @@ impl ControlPlane {
                 pki.apiserver.key.display()
             ))
             .arg(format!("--client-ca-file={}", pki.ca.display()))
+            // To real kubelets (`kubectl exec`), which trust the same CA.
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                pki.kubelet_client.cert.display()
+            ))
+            .arg(format!(
+                "--kubelet-client-key={}",
+                pki.kubelet_client.key.display()
+            ))
+            // Real kubelets listen on 127.0.0.1; their node names do not resolve.
+            .arg("--kubelet-preferred-address-types=InternalIP")
             .arg(format!(
                 "--service-account-key-file={}",
                 pki.service_account_public.display()

@@ -32,6 +32,8 @@ pub struct Pki {
     pub ca: PathBuf,
     /// kube-apiserver's serving certificate (SAN 127.0.0.1, localhost, kubernetes…).
     pub apiserver: CertFiles,
+    /// kube-apiserver's client certificate towards kubelets (`kubectl exec`, logs).
+    pub kubelet_client: CertFiles,
     /// The private key that signs ServiceAccount tokens.
     pub service_account_key: PathBuf,
     /// Its public key, which verifies them.
@@ -74,6 +76,10 @@ impl Pki {
                 cert: PathBuf::new(),
                 key: PathBuf::new(),
             },
+            kubelet_client: CertFiles {
+                cert: PathBuf::new(),
+                key: PathBuf::new(),
+            },
             service_account_key,
             service_account_public,
         };
@@ -89,6 +95,11 @@ impl Pki {
                 "kubernetes.default.svc",
             ],
             ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        pki.kubelet_client = pki.client(
+            "kube-apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
         )?;
         Ok(pki)
     }

@@ -1,0 +1,375 @@
+//! A **real node**: kubelet 1.37 and containerd 2.3 (with Debian's runc) run the pods bound to
+//! it, from the images `cargo xtask setup` builds. Everything lives in a folder of the node's
+//! own: containerd's root, state and socket, the kubelet's root and pod logs, and a CNI
+//! configuration directory of the node's own (never the machine's `/etc/cni/net.d`), whose one
+//! network is the real Multus thin plugin with the reference bridge plugin as its primary
+//! delegate, as a cluster with a primary CNI and Multus is set up.
+//!
+//! What this machine needs (see `xtask/go/README.md`): `failCgroupV1: false` (the kernel mounts
+//! cgroup v1) and containerd's `restrict_oom_score_adj` (lowering `oom_score_adj` is refused even
+//! to root). The API server reaches the kubelet with its kubelet client certificate, which the
+//! kubelet trusts through the cluster's CA, so `kubectl exec` and `kubectl logs` work.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::json;
+
+use crate::{
+    control_plane::ControlPlane,
+    kubelet_standin,
+    process::{self, Background},
+    tools,
+};
+
+/// One real node; stopped and cleaned up when dropped (its pods' containers included).
+pub struct RealNode {
+    name: String,
+    /// The node's address: on an interface of its own (a kubelet refuses a loopback
+    /// node IP, and the API server reaches the kubelet there).
+    ip: String,
+    dir: tempfile::TempDir,
+    kubelet: Option<Background>,
+    containerd: Option<Background>,
+}
+
+impl RealNode {
+    /// Starts containerd and a kubelet registered as node `name`, with the CNI plugins in
+    /// `cni_bin` (`multus`, the reference plugins, ours), and waits until the node is Ready.
+    pub fn start(plane: &ControlPlane, name: &str, cni_bin: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("sidelane-real-node-{name}-"))
+            .tempdir()
+            .context("a folder for the node")?;
+        let ip = node_ip(name);
+        let link = link_name(name);
+        let peer = format!("rp{}", &link[2..]);
+        let _ = Command::new("ip").args(["link", "del", &link]).status();
+        for args in [
+            // No dummy interfaces on this kernel: one end of a veth pair holds the address.
+            vec![
+                "link",
+                "add",
+                link.as_str(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                peer.as_str(),
+            ],
+            vec!["addr", "add", &format!("{ip}/32"), "dev", link.as_str()],
+            vec!["link", "set", peer.as_str(), "up"],
+            vec!["link", "set", link.as_str(), "up"],
+        ] {
+            process::run(
+                Command::new("ip").args(&args),
+                None,
+                Duration::from_secs(10),
+            )?
+            .checked()
+            .with_context(|| format!("giving node {name} its address {ip}"))?;
+        }
+        let mut node = RealNode {
+            name: name.to_owned(),
+            ip,
+            dir,
+            kubelet: None,
+            containerd: None,
+        };
+        let multus = kubelet_standin::install_multus(plane)?;
+        node.write_cni_config(cni_bin, &multus)?;
+        node.start_containerd(cni_bin)?;
+        node.import_images()?;
+        node.start_kubelet(plane)?;
+        node.wait_ready(plane)?;
+        Ok(node)
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The node's folder.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.path("containerd/containerd.sock")
+    }
+
+    fn write_cni_config(&self, cni_bin: &Path, multus_kubeconfig: &Path) -> anyhow::Result<()> {
+        let conf_dir = self.path("net.d");
+        fs::create_dir_all(&conf_dir).context("the node's CNI configuration directory")?;
+        let config = json!({
+            "cniVersion": "0.3.1",
+            "name": "multus-cni-network",
+            "type": "multus",
+            "kubeconfig": multus_kubeconfig,
+            "cniDir": self.path("multus-cache"),
+            "binDir": cni_bin,
+            "logFile": self.path("multus.log"),
+            "logLevel": "verbose",
+            "delegates": [{
+                "cniVersion": "0.3.1",
+                "name": "primary",
+                "type": "bridge",
+                "bridge": format!("cni-{}", self.name).chars().take(15).collect::<String>(),
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "subnet": "10.251.0.0/24",
+                    "dataDir": self.path("host-local"),
+                }
+            }]
+        });
+        fs::write(
+            conf_dir.join("00-multus.conf"),
+            serde_json::to_vec_pretty(&config)?,
+        )
+        .context("writing the node's CNI configuration")
+    }
+
+    fn start_containerd(&mut self, cni_bin: &Path) -> anyhow::Result<()> {
+        let root = self.path("containerd");
+        fs::create_dir_all(&root).context("containerd's folder")?;
+        let config = format!(
+            r#"version = 3
+root = "{root}/root"
+state = "{root}/state"
+
+[grpc]
+  address = "{socket}"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  # Lowering oom_score_adj is refused here, even to root; the kubelet asks -998 for sandboxes.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{cni_bin}"]
+    conf_dir = "{conf_dir}"
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        BinaryName = "/usr/sbin/runc"
+        SystemdCgroup = false
+
+[plugins."io.containerd.cri.v1.images"]
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{pause}"
+"#,
+            root = root.display(),
+            socket = self.socket().display(),
+            cni_bin = cni_bin.display(),
+            conf_dir = self.path("net.d").display(),
+            pause = tools::image("pause")?,
+        );
+        let config_path = root.join("config.toml");
+        fs::write(&config_path, config).context("writing containerd's configuration")?;
+        let containerd = tools::binary("containerd")?;
+        // The runc shim is found on PATH, beside containerd.
+        let bin_dir = containerd.parent().map(Path::to_owned).unwrap_or_default();
+        let path = format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = fs::File::create(self.path("containerd.log")).context("containerd's log")?;
+        let mut cmd = Command::new(containerd);
+        cmd.arg("--config")
+            .arg(&config_path)
+            .env("PATH", path)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().context("duplicating a log file")?)
+            .stderr(log);
+        self.containerd = Some(Background::spawn(&mut cmd)?);
+        wait_for(Duration::from_secs(20), "containerd's socket", || {
+            self.socket().exists()
+        })
+    }
+
+    fn ctr(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = Command::new(tools::binary("ctr")?);
+        cmd.arg("--address")
+            .arg(self.socket())
+            .args(["--namespace", "k8s.io"])
+            .args(args);
+        process::run(&mut cmd, None, Duration::from_mins(1))?.checked()
+    }
+
+    fn import_images(&self) -> anyhow::Result<()> {
+        for (reference, tarball) in tools::images()? {
+            let path = tarball.display().to_string();
+            self.ctr(&["images", "import", &path])
+                .with_context(|| format!("importing {reference}"))?;
+        }
+        Ok(())
+    }
+
+    fn start_kubelet(&mut self, plane: &ControlPlane) -> anyhow::Result<()> {
+        let config = json!({
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            // This kernel mounts cgroup v1, which kubelets since 1.35 refuse by default.
+            "failCgroupV1": false,
+            "cgroupDriver": "cgroupfs",
+            "containerRuntimeEndpoint": format!("unix://{}", self.socket().display()),
+            "authentication": {
+                "anonymous": {"enabled": false},
+                "webhook": {"enabled": false},
+                "x509": {"clientCAFile": plane.ca()},
+            },
+            "authorization": {"mode": "AlwaysAllow"},
+            "address": self.ip,
+            "port": free_port()?,
+            "healthzPort": 0,
+            "readOnlyPort": 0,
+            "podLogsDir": self.path("pods"),
+            "failSwapOn": false,
+            "resolvConf": "",
+            "cgroupsPerQOS": false,
+            "enforceNodeAllocatable": [],
+            "localStorageCapacityIsolation": false,
+            "evictionHard": {
+                "nodefs.available": "1%", "imagefs.available": "1%",
+                "memory.available": "1Mi", "nodefs.inodesFree": "1%",
+            },
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "serializeImagePulls": false,
+        });
+        let config_path = self.path("kubelet.json");
+        fs::write(&config_path, serde_json::to_vec_pretty(&config)?)
+            .context("writing the kubelet's configuration")?;
+        let log = fs::File::create(self.path("kubelet.log")).context("the kubelet's log")?;
+        let mut cmd = Command::new(tools::binary("kubelet")?);
+        cmd.arg(format!("--config={}", config_path.display()))
+            .arg(format!(
+                "--kubeconfig={}",
+                plane.node_kubeconfig(&self.name)?.display()
+            ))
+            .arg(format!("--root-dir={}", self.path("kubelet").display()))
+            .arg(format!("--hostname-override={}", self.name))
+            .arg(format!("--node-ip={}", self.ip))
+            .arg("--v=1")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().context("duplicating a log file")?)
+            .stderr(log);
+        self.kubelet = Some(Background::spawn(&mut cmd)?);
+        Ok(())
+    }
+
+    fn wait_ready(&mut self, plane: &ControlPlane) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let out = plane
+                .kubectl_run(
+                    &[
+                        "get",
+                        "node",
+                        &self.name,
+                        "-o",
+                        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                    ],
+                    None,
+                )
+                .unwrap_or_default();
+            if out.trim() == "True" {
+                return Ok(());
+            }
+            if self.kubelet.as_mut().is_some_and(|k| !k.is_running()) {
+                bail!("the kubelet exited; its log: {}", self.tail("kubelet.log"));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {} was not Ready within 90 s; the kubelet's log: {}",
+                    self.name,
+                    self.tail("kubelet.log")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The last lines of one of the node's logs.
+    pub fn tail(&self, log: &str) -> String {
+        let text = fs::read_to_string(self.path(log)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for RealNode {
+    fn drop(&mut self) {
+        drop(self.kubelet.take());
+        // The pods' containers outlive the kubelet: kill them while containerd still answers.
+        if let Ok(tasks) = self.ctr(&["tasks", "ls", "--quiet"]) {
+            for id in tasks.lines().map(str::trim).filter(|t| !t.is_empty()) {
+                let _ = self.ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);
+            }
+        }
+        drop(self.containerd.take());
+        // The shims (and their mounts) belong to this node's containerd by their -address.
+        let socket = self.socket().display().to_string();
+        let _ = Command::new("pkill").args(["-f", &socket]).status();
+        let root = self.dir.path().display().to_string();
+        if let Ok(mounts) = fs::read_to_string("/proc/mounts") {
+            let mut ours: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|m| m.starts_with(&root))
+                .collect();
+            ours.sort_unstable_by(|a, b| b.cmp(a));
+            for m in ours {
+                let _ = Command::new("umount").args(["-l", m]).status();
+            }
+        }
+        for link in [format!("cni-{}", self.name), link_name(&self.name)] {
+            let _ = Command::new("ip").args(["link", "del", &link]).status();
+        }
+    }
+}
+
+/// The node's own interface (one end of a veth pair).
+fn link_name(node: &str) -> String {
+    let mut name = format!("rn-{node}");
+    name.truncate(15);
+    name
+}
+
+/// An address in 10.252.0.0/16 for node `name`, unlikely to be another running test's.
+fn node_ip(name: &str) -> String {
+    let mut h: u32 = std::process::id();
+    for b in name.bytes() {
+        h = h.wrapping_mul(31).wrapping_add(u32::from(b));
+    }
+    format!("10.252.{}.{}", (h >> 8) % 256, h % 254 + 1)
+}
+
+fn wait_for(within: Duration, what: &str, mut check: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while !check() {
+        if Instant::now() > deadline {
+            bail!("{what} did not appear within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr().context("its address")?.port())
+}
