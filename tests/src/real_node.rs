@@ -303,6 +303,46 @@ state = "{root}/state"
         }
     }
 
+    /// The process of each running pod sandbox (its pause container), by sandbox ID.
+    pub fn sandboxes(&self) -> anyhow::Result<Vec<(String, u32)>> {
+        let pause = tools::image("pause")?;
+        let containers = self.ctr(&["containers", "ls"])?;
+        let sandbox_ids: Vec<&str> = containers
+            .lines()
+            .skip(1)
+            .filter(|l| l.split_whitespace().nth(1) == Some(pause.as_str()))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let tasks = self.ctr(&["tasks", "ls"])?;
+        Ok(tasks
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut words = l.split_whitespace();
+                let (id, pid, status) = (words.next()?, words.next()?, words.next()?);
+                (sandbox_ids.contains(&id) && status == "RUNNING")
+                    .then(|| Some((id.to_owned(), pid.parse().ok()?)))
+                    .flatten()
+            })
+            .collect())
+    }
+
+    /// The addresses host-local holds for the primary network now.
+    pub fn primary_leases(&self) -> Vec<String> {
+        let dir = self.path("host-local/primary");
+        let mut leases: Vec<String> = fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        leases.sort();
+        leases
+    }
+
     /// The last lines of one of the node's logs.
     pub fn tail(&self, log: &str) -> String {
         let text = fs::read_to_string(self.path(log)).unwrap_or_default();

@@ -16,9 +16,9 @@ use sidelane_tests::{
 };
 
 #[test]
-fn a_real_kubelet_runs_a_busybox_pod_whose_eth0_multus_gives_from_the_primary_network() {
+fn a_real_kubelet_runs_a_busybox_pod_through_multus_and_remakes_a_killed_sandbox_without_a_leak() {
     if !privilege::require_privileges(
-        "a_real_kubelet_runs_a_busybox_pod_whose_eth0_multus_gives_from_the_primary_network",
+        "a_real_kubelet_runs_a_busybox_pod_through_multus_and_remakes_a_killed_sandbox_without_a_leak",
     ) {
         return;
     }
@@ -60,6 +60,38 @@ fn a_real_kubelet_runs_a_busybox_pod_whose_eth0_multus_gives_from_the_primary_ne
         "{status} vs {addr}"
     );
     // As a user deletes it: the kubelet stops the containers, runs CNI DEL and confirms.
+    // The sandbox dies (its pause process killed): the kubelet makes a new one, the runtime
+    // runs CNI DEL for the old (its namespace already gone) and ADD for the new; host-local
+    // holds one address, not two.
+    let sandboxes = node.sandboxes().expect("the sandboxes");
+    assert_eq!(sandboxes.len(), 1, "{sandboxes:?}");
+    let (old, pid) = sandboxes[0].clone();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(killed.success(), "killing the pause process {pid}");
+    eventually("a new sandbox", Duration::from_secs(90), || {
+        node.sandboxes()
+            .ok()
+            .filter(|s| s.len() == 1 && s[0].0 != old)
+    });
+    eventually("the pod Running again", Duration::from_secs(90), || {
+        api.get("v1", "Pod", "default", "shell")
+            .filter(|p| p["status"]["phase"] == "Running")
+            .filter(|p| p["status"]["podIP"].is_string())
+    });
+    let leases = eventually("one primary address", Duration::from_secs(30), || {
+        Some(node.primary_leases()).filter(|l| l.len() == 1)
+    });
+    let again = api
+        .plane()
+        .kubectl_run(&["exec", "shell", "--", "ip", "addr", "show", "eth0"], None)
+        .expect("kubectl exec after the new sandbox");
+    assert!(
+        again.contains(&format!("inet {}/", leases[0])),
+        "{again} vs {leases:?}"
+    );
     api.delete_gracefully("v1", "Pod", "default", "shell")
         .expect("deleting the pod");
     eventually("the pod gone", Duration::from_mins(1), || {
