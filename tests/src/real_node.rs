@@ -33,6 +33,8 @@ pub struct RealNode {
     /// The node's address: on an interface of its own (a kubelet refuses a loopback
     /// node IP, and the API server reaches the kubelet there).
     ip: String,
+    /// The network namespace containerd and the kubelet run in (`None`: the machine's).
+    netns: Option<PathBuf>,
     dir: tempfile::TempDir,
     kubelet: Option<Background>,
     containerd: Option<Background>,
@@ -42,48 +44,38 @@ impl RealNode {
     /// Starts containerd and a kubelet registered as node `name`, with the CNI plugins in
     /// `cni_bin` (`multus`, the reference plugins, ours), and waits until the node is Ready.
     pub fn start(plane: &ControlPlane, name: &str, cni_bin: &Path) -> anyhow::Result<Self> {
+        RealNode::start_in(plane, name, cni_bin, None)
+    }
+
+    /// As [`RealNode::start`], with containerd (so the CNI plugins, and the pods' host ends)
+    /// in the network namespace `netns` (a chassis: the node's `br-int` is there); only its
+    /// network namespace is entered, so the pods' namespaces it mounts are the machine's to
+    /// see. The API server is made reachable from there for Multus.
+    pub fn start_in(
+        plane: &ControlPlane,
+        name: &str,
+        cni_bin: &Path,
+        netns: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("sidelane-real-node-{name}-"))
             .tempdir()
             .context("a folder for the node")?;
-        let ip = node_ip(name);
-        let link = link_name(name);
-        let peer = format!("rp{}", &link[2..]);
-        let _ = Command::new("ip").args(["link", "del", &link]).status();
-        for args in [
-            // No dummy interfaces on this kernel: one end of a veth pair holds the address.
-            vec![
-                "link",
-                "add",
-                link.as_str(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                peer.as_str(),
-            ],
-            vec!["addr", "add", &format!("{ip}/32"), "dev", link.as_str()],
-            vec!["link", "set", peer.as_str(), "up"],
-            vec!["link", "set", link.as_str(), "up"],
-        ] {
-            process::run(
-                Command::new("ip").args(&args),
-                None,
-                Duration::from_secs(10),
-            )?
-            .checked()
-            .with_context(|| format!("giving node {name} its address {ip}"))?;
-        }
+        let ip = give_address(name, netns)?;
         let mut node = RealNode {
             name: name.to_owned(),
             ip,
+            netns: netns.map(Path::to_owned),
             dir,
             kubelet: None,
             containerd: None,
         };
         let multus = kubelet_standin::install_multus(plane)?;
+        if let Some(ns) = netns {
+            plane.reach_from(ns)?;
+        }
         node.write_cni_config(cni_bin, &multus)?;
-        node.start_containerd(cni_bin)?;
+        node.start_containerd(cni_bin, netns)?;
         node.import_images()?;
         node.start_kubelet(plane)?;
         node.wait_ready(plane)?;
@@ -141,7 +133,7 @@ impl RealNode {
         .context("writing the node's CNI configuration")
     }
 
-    fn start_containerd(&mut self, cni_bin: &Path) -> anyhow::Result<()> {
+    fn start_containerd(&mut self, cni_bin: &Path, netns: Option<&Path>) -> anyhow::Result<()> {
         let root = self.path("containerd");
         fs::create_dir_all(&root).context("containerd's folder")?;
         let config = format!(
@@ -187,7 +179,7 @@ state = "{root}/state"
             std::env::var("PATH").unwrap_or_default()
         );
         let log = fs::File::create(self.path("containerd.log")).context("containerd's log")?;
-        let mut cmd = Command::new(containerd);
+        let mut cmd = in_netns(netns, &containerd);
         cmd.arg("--config")
             .arg(&config_path)
             .env("PATH", path)
@@ -254,7 +246,9 @@ state = "{root}/state"
         fs::write(&config_path, serde_json::to_vec_pretty(&config)?)
             .context("writing the kubelet's configuration")?;
         let log = fs::File::create(self.path("kubelet.log")).context("the kubelet's log")?;
-        let mut cmd = Command::new(tools::binary("kubelet")?);
+        // Beside containerd: the kubelet proxies `kubectl exec` to containerd's streaming
+        // server on the loopback of the namespace they share.
+        let mut cmd = in_netns(self.netns.as_deref(), &tools::binary("kubelet")?);
         cmd.arg(format!("--config={}", config_path.display()))
             .arg(format!(
                 "--kubeconfig={}",
@@ -327,6 +321,37 @@ state = "{root}/state"
             .collect())
     }
 
+    /// Kills the pause process of the node's one sandbox, as a crash would, and waits until the
+    /// kubelet has made a new one; the new sandbox's ID.
+    pub fn remake_sandbox(&self) -> anyhow::Result<String> {
+        let sandboxes = self.sandboxes()?;
+        let [(old, pid)] = sandboxes.as_slice() else {
+            bail!("expected one sandbox on {}, found {sandboxes:?}", self.name);
+        };
+        process::run(
+            Command::new("kill").args(["-KILL", &pid.to_string()]),
+            None,
+            Duration::from_secs(10),
+        )?
+        .checked()
+        .with_context(|| format!("killing the pause process {pid}"))?;
+        let deadline = Instant::now() + Duration::from_mins(2);
+        loop {
+            if let [(new, _)] = self.sandboxes()?.as_slice()
+                && new != old
+            {
+                return Ok(new.clone());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the kubelet made no new sandbox within 2 min; its log: {}",
+                    self.tail("kubelet.log")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     /// The addresses host-local holds for the primary network now.
     pub fn primary_leases(&self) -> Vec<String> {
         let dir = self.path("host-local/primary");
@@ -376,7 +401,8 @@ impl Drop for RealNode {
                 let _ = Command::new("umount").args(["-l", m]).status();
             }
         }
-        for link in [format!("cni-{}", self.name), link_name(&self.name)] {
+        let peer = format!("rp{}", &link_name(&self.name)[2..]);
+        for link in [format!("cni-{}", self.name), link_name(&self.name), peer] {
             let _ = Command::new("ip").args(["link", "del", &link]).status();
         }
     }
@@ -389,13 +415,58 @@ fn link_name(node: &str) -> String {
     name
 }
 
-/// An address in 10.252.0.0/16 for node `name`, unlikely to be another running test's.
-fn node_ip(name: &str) -> String {
+/// `program`, in the network namespace `netns` only (its mounts stay the machine's).
+fn in_netns(netns: Option<&Path>, program: &Path) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net={}", ns.display())).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Gives node `name` an address of its own, which the API server reaches (a kubelet refuses a
+/// loopback node IP; this kernel has no dummy interfaces): one end of a veth pair, the other
+/// in the machine's namespace. In the node's namespace `netns`, the pair is a /31 link.
+fn give_address(name: &str, netns: Option<&Path>) -> anyhow::Result<String> {
     let mut h: u32 = std::process::id();
     for b in name.bytes() {
         h = h.wrapping_mul(31).wrapping_add(u32::from(b));
     }
-    format!("10.252.{}.{}", (h >> 8) % 256, h % 254 + 1)
+    // An even address and the next: unlikely to be another running test's.
+    let (third, fourth) = ((h >> 8) % 256, (h % 127) * 2);
+    let (host_ip, node_ip) = (
+        format!("10.252.{third}.{fourth}"),
+        format!("10.252.{third}.{}", fourth + 1),
+    );
+    let link = link_name(name);
+    let peer = format!("rp{}", &link[2..]);
+    let _ = Command::new("ip").args(["link", "del", &peer]).status();
+    let ip = |args: &[&str]| -> anyhow::Result<()> {
+        process::run(Command::new("ip").args(args), None, Duration::from_secs(10))?
+            .checked()
+            .map(drop)
+            .with_context(|| format!("giving node {name} its address {node_ip}"))
+    };
+    ip(&["link", "add", &link, "type", "veth", "peer", "name", &peer])?;
+    ip(&["link", "set", &peer, "up"])?;
+    let Some(ns) = netns else {
+        ip(&["addr", "add", &format!("{node_ip}/32"), "dev", &link])?;
+        ip(&["link", "set", &link, "up"])?;
+        return Ok(node_ip);
+    };
+    let ns_name = ns
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("a named network namespace")?;
+    let node_cidr = format!("{node_ip}/31");
+    ip(&["link", "set", &link, "netns", ns_name])?;
+    ip(&["addr", "add", &format!("{host_ip}/31"), "dev", &peer])?;
+    ip(&["-n", ns_name, "addr", "add", &node_cidr, "dev", &link])?;
+    ip(&["-n", ns_name, "link", "set", &link, "up"])?;
+    Ok(node_ip)
 }
 
 fn wait_for(within: Duration, what: &str, mut check: impl FnMut() -> bool) -> anyhow::Result<()> {

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sidelane_tests::{
+    cluster,
     control_plane::SidelaneCluster,
     macvlan_node::{Binaries, install_plugins},
+    node_rig::NodeRig,
     privilege,
     real_node::RealNode,
     tools,
@@ -63,19 +65,7 @@ fn a_real_kubelet_runs_a_busybox_pod_through_multus_and_remakes_a_killed_sandbox
     // The sandbox dies (its pause process killed): the kubelet makes a new one, the runtime
     // runs CNI DEL for the old (its namespace already gone) and ADD for the new; host-local
     // holds one address, not two.
-    let sandboxes = node.sandboxes().expect("the sandboxes");
-    assert_eq!(sandboxes.len(), 1, "{sandboxes:?}");
-    let (old, pid) = sandboxes[0].clone();
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .expect("running kill");
-    assert!(killed.success(), "killing the pause process {pid}");
-    eventually("a new sandbox", Duration::from_secs(90), || {
-        node.sandboxes()
-            .ok()
-            .filter(|s| s.len() == 1 && s[0].0 != old)
-    });
+    node.remake_sandbox().expect("a new sandbox");
     eventually("the pod Running again", Duration::from_secs(90), || {
         api.get("v1", "Pod", "default", "shell")
             .filter(|p| p["status"]["phase"] == "Running")
@@ -98,5 +88,126 @@ fn a_real_kubelet_runs_a_busybox_pod_through_multus_and_remakes_a_killed_sandbox
         api.get("v1", "Pod", "default", "shell")
             .is_none()
             .then_some(())
+    });
+}
+
+/// The attachnet seed's networks, its NAD pointing at the rig's agent socket.
+fn attachnet_for(rig: &NodeRig) -> Vec<Value> {
+    let mut docs = cluster::networks_of("attachnet.yaml");
+    for doc in &mut docs {
+        if doc["kind"] == "NetworkAttachmentDefinition" {
+            let mut config: Value =
+                serde_json::from_str(doc["spec"]["config"].as_str().expect("the NAD's config"))
+                    .expect("JSON");
+            config["server_socket"] = json!(rig.socket_on(0));
+            doc["spec"]["config"] = json!(config.to_string());
+        }
+    }
+    docs
+}
+
+#[test]
+fn a_pod_of_a_real_kubelet_gets_net1_through_ovn_keeps_it_across_a_new_sandbox_and_leaves_nothing()
+{
+    if !privilege::require_privileges(
+        "a_pod_of_a_real_kubelet_gets_net1_through_ovn_keeps_it_across_a_new_sandbox_and_leaves_nothing",
+    ) || !sidelane_tests::ovn::require_installed("a_pod_of_a_real_kubelet_gets_net1_through_ovn")
+    {
+        return;
+    }
+    let rig = NodeRig::start(false);
+    rig.api.apply(&attachnet_for(&rig));
+    let binaries = Binaries::from_workspace();
+    let cni_bin = tempfile::tempdir().expect("a plugin folder");
+    install_plugins(cni_bin.path(), &binaries, &[]).expect("the CNI plugins");
+    let node = RealNode::start_in(
+        rig.api.plane(),
+        "real-b",
+        cni_bin.path(),
+        Some(&rig.chassis().ns.path()),
+    )
+    .expect("a real node on the chassis");
+    let busybox = tools::image("busybox").expect("the busybox image");
+    rig.api.apply(&[json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "default",
+                     "annotations": {"k8s.v1.cni.cncf.io/networks": "attachnet"}},
+        "spec": {
+            "nodeName": node.name(),
+            "containers": [{"name": "c", "image": busybox, "command": ["sleep", "3600"]}],
+        },
+    })]);
+    eventually("the pod Running", Duration::from_mins(2), || {
+        rig.api
+            .get("v1", "Pod", "default", "web")
+            .filter(|p| p["status"]["phase"] == "Running")
+    });
+    let key = "attachnet.default.ovn.kubernetes.io/ip_address";
+    let address = |api: &SidelaneCluster| {
+        api.get("v1", "Pod", "default", "web")
+            .and_then(|p| {
+                p["metadata"]["annotations"][key]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .expect("the allocation")
+    };
+    let ip = address(&rig.api);
+    let net1 = || {
+        rig.api
+            .plane()
+            .kubectl_run(&["exec", "web", "--", "ip", "addr", "show", "net1"], None)
+            .unwrap_or_else(|e| panic!("kubectl exec: {e:#}"))
+    };
+    assert!(net1().contains(&format!("inet {ip}/")), "{}", net1());
+    let ports = || {
+        rig.chassis()
+            .vsctl(&["list-ports", "br-int"])
+            .expect("br-int's ports")
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ports().len(), 1, "{:?}", ports());
+    // A new sandbox: DEL of the old one (its namespace gone) and ADD of the new, same address.
+    let sandbox = node.remake_sandbox().expect("a new sandbox");
+    eventually("net1 again", Duration::from_mins(2), || {
+        rig.api
+            .plane()
+            .kubectl_run(&["exec", "web", "--", "ip", "addr", "show", "net1"], None)
+            .ok()
+            .filter(|out| out.contains(&format!("inet {ip}/")))
+    });
+    assert_eq!(address(&rig.api), ip, "the allocation stays");
+    let one_port = eventually("one port on br-int", Duration::from_secs(30), || {
+        Some(ports()).filter(|p| p.len() == 1)
+    });
+    assert!(
+        one_port[0].starts_with(&sandbox[..8]),
+        "{one_port:?} for {sandbox}"
+    );
+    rig.api
+        .delete_gracefully("v1", "Pod", "default", "web")
+        .expect("deleting the pod");
+    eventually("the pod gone", Duration::from_mins(1), || {
+        rig.api
+            .get("v1", "Pod", "default", "web")
+            .is_none()
+            .then_some(())
+    });
+    eventually("no port on br-int", Duration::from_secs(30), || {
+        ports().is_empty().then_some(())
+    });
+    eventually("no OVN port", Duration::from_secs(30), || {
+        rig.central
+            .nbctl(&[
+                "--bare",
+                "--columns=name",
+                "find",
+                "Logical_Switch_Port",
+                "type=\"\"",
+            ])
+            .ok()
+            .filter(|out| !out.contains("web.default"))
     });
 }
