@@ -38,6 +38,8 @@ pub struct RealNode {
     dir: tempfile::TempDir,
     kubelet: Option<Background>,
     containerd: Option<Background>,
+    /// The CNI plugins' folder.
+    cni_bin: PathBuf,
 }
 
 impl RealNode {
@@ -66,6 +68,7 @@ impl RealNode {
             name: name.to_owned(),
             ip,
             netns: netns.map(Path::to_owned),
+            cni_bin: cni_bin.to_owned(),
             dir,
             kubelet: None,
             containerd: None,
@@ -178,7 +181,9 @@ state = "{root}/state"
             bin_dir.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let log = fs::File::create(self.path("containerd.log")).context("containerd's log")?;
+        let log = append(&self.path("containerd.log"))?;
+        // A containerd killed before leaves its socket behind.
+        let _ = fs::remove_file(self.socket());
         let mut cmd = in_netns(netns, &containerd);
         cmd.arg("--config")
             .arg(&config_path)
@@ -245,7 +250,7 @@ state = "{root}/state"
         let config_path = self.path("kubelet.json");
         fs::write(&config_path, serde_json::to_vec_pretty(&config)?)
             .context("writing the kubelet's configuration")?;
-        let log = fs::File::create(self.path("kubelet.log")).context("the kubelet's log")?;
+        let log = append(&self.path("kubelet.log"))?;
         // Beside containerd: the kubelet proxies `kubectl exec` to containerd's streaming
         // server on the loopback of the namespace they share.
         let mut cmd = in_netns(self.netns.as_deref(), &tools::binary("kubelet")?);
@@ -319,6 +324,21 @@ state = "{root}/state"
                     .flatten()
             })
             .collect())
+    }
+
+    /// Kills the kubelet (as a crash does) and starts it again; waits until the node is Ready.
+    pub fn restart_kubelet(&mut self, plane: &ControlPlane) -> anyhow::Result<()> {
+        drop(self.kubelet.take());
+        self.start_kubelet(plane)?;
+        self.wait_ready(plane)
+    }
+
+    /// Kills containerd (as a crash does; the pods' shims and containers stay) and starts it
+    /// again.
+    pub fn restart_containerd(&mut self) -> anyhow::Result<()> {
+        drop(self.containerd.take());
+        let (cni_bin, netns) = (self.cni_bin.clone(), self.netns.clone());
+        self.start_containerd(&cni_bin, netns.as_deref())
     }
 
     /// Kills the pause process of the node's one sandbox, as a crash would, and waits until the
@@ -413,6 +433,15 @@ fn link_name(node: &str) -> String {
     let mut name = format!("rn-{node}");
     name.truncate(15);
     name
+}
+
+/// `path`, opened for appending (a restarted process logs after its predecessor).
+fn append(path: &Path) -> anyhow::Result<fs::File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
 }
 
 /// `program`, in the network namespace `netns` only (its mounts stay the machine's).

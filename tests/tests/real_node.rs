@@ -91,123 +91,186 @@ fn a_real_kubelet_runs_a_busybox_pod_through_multus_and_remakes_a_killed_sandbox
     });
 }
 
-/// The attachnet seed's networks, its NAD pointing at the rig's agent socket.
-fn attachnet_for(rig: &NodeRig) -> Vec<Value> {
-    let mut docs = cluster::networks_of("attachnet.yaml");
-    for doc in &mut docs {
-        if doc["kind"] == "NetworkAttachmentDefinition" {
-            let mut config: Value =
-                serde_json::from_str(doc["spec"]["config"].as_str().expect("the NAD's config"))
-                    .expect("JSON");
-            config["server_socket"] = json!(rig.socket_on(0));
-            doc["spec"]["config"] = json!(config.to_string());
+/// Real OVN, the controller and an agent (the node rig), and a real node on the rig's chassis
+/// running the pod `web` with the attachnet seed's NAD (its socket the rig's agent's).
+struct OvnPod {
+    rig: NodeRig,
+    node: RealNode,
+    _cni_bin: tempfile::TempDir,
+    /// `web`'s allocated address on net1.
+    ip: String,
+}
+
+impl OvnPod {
+    fn start(node_name: &str) -> OvnPod {
+        let rig = NodeRig::start(false);
+        let mut docs = cluster::networks_of("attachnet.yaml");
+        for doc in &mut docs {
+            if doc["kind"] == "NetworkAttachmentDefinition" {
+                let mut config: Value =
+                    serde_json::from_str(doc["spec"]["config"].as_str().expect("the NAD's config"))
+                        .expect("JSON");
+                config["server_socket"] = json!(rig.socket_on(0));
+                doc["spec"]["config"] = json!(config.to_string());
+            }
+        }
+        rig.api.apply(&docs);
+        let cni_bin = tempfile::tempdir().expect("a plugin folder");
+        install_plugins(cni_bin.path(), &Binaries::from_workspace(), &[]).expect("the CNI plugins");
+        let node = RealNode::start_in(
+            rig.api.plane(),
+            node_name,
+            cni_bin.path(),
+            Some(&rig.chassis().ns.path()),
+        )
+        .expect("a real node on the chassis");
+        let busybox = tools::image("busybox").expect("the busybox image");
+        rig.api.apply(&[json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "default",
+                         "annotations": {"k8s.v1.cni.cncf.io/networks": "attachnet"}},
+            "spec": {
+                "nodeName": node.name(),
+                "containers": [{"name": "c", "image": busybox, "command": ["sleep", "3600"]}],
+            },
+        })]);
+        eventually("the pod Running", Duration::from_mins(2), || {
+            rig.api
+                .get("v1", "Pod", "default", "web")
+                .filter(|p| p["status"]["phase"] == "Running")
+        });
+        let ip = allocation(&rig.api).expect("the allocation");
+        OvnPod {
+            rig,
+            node,
+            _cni_bin: cni_bin,
+            ip,
         }
     }
-    docs
+
+    /// `ip addr show net1` inside `web`, once it shows the allocated address.
+    fn net1_shows_its_address(&self) -> String {
+        eventually("net1 with its address", Duration::from_mins(2), || {
+            self.rig
+                .api
+                .plane()
+                .kubectl_run(&["exec", "web", "--", "ip", "addr", "show", "net1"], None)
+                .ok()
+                .filter(|out| out.contains(&format!("inet {}/", self.ip)))
+        })
+    }
+
+    /// The ports on the chassis' `br-int`.
+    fn ports(&self) -> Vec<String> {
+        self.rig
+            .chassis()
+            .vsctl(&["list-ports", "br-int"])
+            .expect("br-int's ports")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Deletes `web` as a user does, and checks nothing is left on `br-int` or in the NB.
+    fn delete_and_check_nothing_is_left(&self) {
+        self.rig
+            .api
+            .delete_gracefully("v1", "Pod", "default", "web")
+            .expect("deleting the pod");
+        eventually("the pod gone", Duration::from_mins(1), || {
+            self.rig
+                .api
+                .get("v1", "Pod", "default", "web")
+                .is_none()
+                .then_some(())
+        });
+        eventually("no port on br-int", Duration::from_secs(30), || {
+            self.ports().is_empty().then_some(())
+        });
+        eventually("no OVN port", Duration::from_secs(30), || {
+            self.rig
+                .central
+                .nbctl(&[
+                    "--bare",
+                    "--columns=name",
+                    "find",
+                    "Logical_Switch_Port",
+                    "type=\"\"",
+                ])
+                .ok()
+                .filter(|out| !out.contains("web.default"))
+        });
+    }
+}
+
+fn allocation(api: &SidelaneCluster) -> Option<String> {
+    api.get("v1", "Pod", "default", "web").and_then(|p| {
+        p["metadata"]["annotations"]["attachnet.default.ovn.kubernetes.io/ip_address"]
+            .as_str()
+            .map(str::to_owned)
+    })
+}
+
+fn ovn_ready(test: &str) -> bool {
+    privilege::require_privileges(test) && sidelane_tests::ovn::require_installed(test)
 }
 
 #[test]
 fn a_pod_of_a_real_kubelet_gets_net1_through_ovn_keeps_it_across_a_new_sandbox_and_leaves_nothing()
 {
-    if !privilege::require_privileges(
+    if !ovn_ready(
         "a_pod_of_a_real_kubelet_gets_net1_through_ovn_keeps_it_across_a_new_sandbox_and_leaves_nothing",
-    ) || !sidelane_tests::ovn::require_installed("a_pod_of_a_real_kubelet_gets_net1_through_ovn")
-    {
+    ) {
         return;
     }
-    let rig = NodeRig::start(false);
-    rig.api.apply(&attachnet_for(&rig));
-    let binaries = Binaries::from_workspace();
-    let cni_bin = tempfile::tempdir().expect("a plugin folder");
-    install_plugins(cni_bin.path(), &binaries, &[]).expect("the CNI plugins");
-    let node = RealNode::start_in(
-        rig.api.plane(),
-        "real-b",
-        cni_bin.path(),
-        Some(&rig.chassis().ns.path()),
-    )
-    .expect("a real node on the chassis");
-    let busybox = tools::image("busybox").expect("the busybox image");
-    rig.api.apply(&[json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "web", "namespace": "default",
-                     "annotations": {"k8s.v1.cni.cncf.io/networks": "attachnet"}},
-        "spec": {
-            "nodeName": node.name(),
-            "containers": [{"name": "c", "image": busybox, "command": ["sleep", "3600"]}],
-        },
-    })]);
-    eventually("the pod Running", Duration::from_mins(2), || {
-        rig.api
-            .get("v1", "Pod", "default", "web")
-            .filter(|p| p["status"]["phase"] == "Running")
-    });
-    let key = "attachnet.default.ovn.kubernetes.io/ip_address";
-    let address = |api: &SidelaneCluster| {
-        api.get("v1", "Pod", "default", "web")
-            .and_then(|p| {
-                p["metadata"]["annotations"][key]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-            .expect("the allocation")
-    };
-    let ip = address(&rig.api);
-    let net1 = || {
-        rig.api
-            .plane()
-            .kubectl_run(&["exec", "web", "--", "ip", "addr", "show", "net1"], None)
-            .unwrap_or_else(|e| panic!("kubectl exec: {e:#}"))
-    };
-    assert!(net1().contains(&format!("inet {ip}/")), "{}", net1());
-    let ports = || {
-        rig.chassis()
-            .vsctl(&["list-ports", "br-int"])
-            .expect("br-int's ports")
-            .lines()
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(ports().len(), 1, "{:?}", ports());
+    let pod = OvnPod::start("real-b");
+    pod.net1_shows_its_address();
+    assert_eq!(pod.ports().len(), 1, "{:?}", pod.ports());
     // A new sandbox: DEL of the old one (its namespace gone) and ADD of the new, same address.
-    let sandbox = node.remake_sandbox().expect("a new sandbox");
-    eventually("net1 again", Duration::from_mins(2), || {
-        rig.api
-            .plane()
-            .kubectl_run(&["exec", "web", "--", "ip", "addr", "show", "net1"], None)
-            .ok()
-            .filter(|out| out.contains(&format!("inet {ip}/")))
-    });
-    assert_eq!(address(&rig.api), ip, "the allocation stays");
+    let sandbox = pod.node.remake_sandbox().expect("a new sandbox");
+    pod.net1_shows_its_address();
+    assert_eq!(
+        allocation(&pod.rig.api),
+        Some(pod.ip.clone()),
+        "the allocation stays"
+    );
     let one_port = eventually("one port on br-int", Duration::from_secs(30), || {
-        Some(ports()).filter(|p| p.len() == 1)
+        Some(pod.ports()).filter(|p| p.len() == 1)
     });
     assert!(
         one_port[0].starts_with(&sandbox[..8]),
         "{one_port:?} for {sandbox}"
     );
-    rig.api
-        .delete_gracefully("v1", "Pod", "default", "web")
-        .expect("deleting the pod");
-    eventually("the pod gone", Duration::from_mins(1), || {
-        rig.api
+    pod.delete_and_check_nothing_is_left();
+}
+
+#[test]
+fn kubelet_containerd_and_agent_restarts_under_a_running_pod_leave_its_one_attachment_in_place() {
+    if !ovn_ready(
+        "kubelet_containerd_and_agent_restarts_under_a_running_pod_leave_its_one_attachment_in_place",
+    ) {
+        return;
+    }
+    let mut pod = OvnPod::start("real-c");
+    let sandbox = pod.node.sandboxes().expect("the sandbox");
+    let ports = pod.ports();
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    pod.node
+        .restart_kubelet(pod.rig.api.plane())
+        .expect("the kubelet back");
+    pod.node.restart_containerd().expect("containerd back");
+    pod.rig.stop_agent();
+    pod.rig.start_agent();
+    // Nothing was made again: the same sandbox, the same port, the same address.
+    pod.net1_shows_its_address();
+    assert_eq!(pod.node.sandboxes().expect("the sandbox"), sandbox);
+    assert_eq!(pod.ports(), ports);
+    assert_eq!(allocation(&pod.rig.api), Some(pod.ip.clone()));
+    assert!(
+        pod.rig
+            .api
             .get("v1", "Pod", "default", "web")
-            .is_none()
-            .then_some(())
-    });
-    eventually("no port on br-int", Duration::from_secs(30), || {
-        ports().is_empty().then_some(())
-    });
-    eventually("no OVN port", Duration::from_secs(30), || {
-        rig.central
-            .nbctl(&[
-                "--bare",
-                "--columns=name",
-                "find",
-                "Logical_Switch_Port",
-                "type=\"\"",
-            ])
-            .ok()
-            .filter(|out| !out.contains("web.default"))
-    });
+            .is_some_and(|p| p["status"]["phase"] == "Running")
+    );
+    pod.delete_and_check_nothing_is_left();
 }
