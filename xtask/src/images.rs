@@ -89,21 +89,7 @@ fn build(reference: &str, cmd: &[&str], out: &Path) -> anyhow::Result<()> {
     let blobs = layout.join("blobs/sha256");
     fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
     let layer = work.join("layer.tar");
-    exec(
-        Command::new("tar")
-            .args([
-                "--sort=name",
-                "--mtime=@0",
-                "--owner=0",
-                "--group=0",
-                "--numeric-owner",
-            ])
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&layer)
-            .arg("."),
-    )?;
+    tar(&rootfs, &layer, &["."])?;
     let layer_desc = blob(&blobs, &fs::read(&layer).context("reading the layer")?)?;
     let config = json!({
         "architecture": "amd64",
@@ -133,6 +119,15 @@ fn build(reference: &str, cmd: &[&str], out: &Path) -> anyhow::Result<()> {
     )
     .context("oci-layout")?;
     let partial = out.with_extension("tar.partial");
+    tar(&layout, &partial, &["oci-layout", "index.json", "blobs"])?;
+    fs::rename(&partial, out).with_context(|| format!("writing {}", out.display()))?;
+    let _ = fs::remove_dir_all(&work);
+    Ok(())
+}
+
+/// A tarball of `entries` of `dir`, the same bytes on every run (sorted, owned by root, dated
+/// 1970).
+fn tar(dir: &Path, out: &Path, entries: &[&str]) -> anyhow::Result<()> {
     exec(
         Command::new("tar")
             .args([
@@ -143,14 +138,11 @@ fn build(reference: &str, cmd: &[&str], out: &Path) -> anyhow::Result<()> {
                 "--numeric-owner",
             ])
             .arg("-C")
-            .arg(&layout)
+            .arg(dir)
             .arg("-cf")
-            .arg(&partial)
-            .args(["oci-layout", "index.json", "blobs"]),
-    )?;
-    fs::rename(&partial, out).with_context(|| format!("writing {}", out.display()))?;
-    let _ = fs::remove_dir_all(&work);
-    Ok(())
+            .arg(out)
+            .args(entries),
+    )
 }
 
 /// Writes `bytes` as a blob; its digest and size.
