@@ -38,8 +38,6 @@ pub struct RealNode {
     dir: tempfile::TempDir,
     kubelet: Option<Background>,
     containerd: Option<Background>,
-    /// The CNI plugins' folder.
-    cni_bin: PathBuf,
 }
 
 impl RealNode {
@@ -68,7 +66,6 @@ impl RealNode {
             name: name.to_owned(),
             ip,
             netns: netns.map(Path::to_owned),
-            cni_bin: cni_bin.to_owned(),
             dir,
             kubelet: None,
             containerd: None,
@@ -326,21 +323,6 @@ state = "{root}/state"
             .collect())
     }
 
-    /// Kills the kubelet (as a crash does) and starts it again; waits until the node is Ready.
-    pub fn restart_kubelet(&mut self, plane: &ControlPlane) -> anyhow::Result<()> {
-        drop(self.kubelet.take());
-        self.start_kubelet(plane)?;
-        self.wait_ready(plane)
-    }
-
-    /// Kills containerd (as a crash does; the pods' shims and containers stay) and starts it
-    /// again.
-    pub fn restart_containerd(&mut self) -> anyhow::Result<()> {
-        drop(self.containerd.take());
-        let (cni_bin, netns) = (self.cni_bin.clone(), self.netns.clone());
-        self.start_containerd(&cni_bin, netns.as_deref())
-    }
-
     /// Kills the pause process of the node's one sandbox, as a crash would, and waits until the
     /// kubelet has made a new one; the new sandbox's ID.
     pub fn remake_sandbox(&self) -> anyhow::Result<String> {
@@ -435,7 +417,7 @@ fn link_name(node: &str) -> String {
     name
 }
 
-/// `path`, opened for appending (a restarted process logs after its predecessor).
+/// `path`, opened for appending.
 fn append(path: &Path) -> anyhow::Result<fs::File> {
     fs::OpenOptions::new()
         .create(true)
