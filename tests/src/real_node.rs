@@ -405,7 +405,11 @@ impl Drop for RealNode {
         }
         let peer = format!("rp{}", &link_name(&self.name)[2..]);
         for link in [format!("cni-{}", self.name), link_name(&self.name), peer] {
-            let _ = Command::new("ip").args(["link", "del", &link]).status();
+            // Deleting one end of the pair deletes the other: quiet about the one gone.
+            let _ = Command::new("ip")
+                .args(["link", "del", &link])
+                .stderr(std::process::Stdio::null())
+                .status();
         }
     }
 }

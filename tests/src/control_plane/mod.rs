@@ -365,6 +365,36 @@ impl ControlPlane {
         process::run(self.kubectl().args(args), stdin, Duration::from_mins(2))?.checked()
     }
 
+    /// `kubectl exec <pod> -- <command>` in namespace `default`, repeated until its output
+    /// satisfies `accept` (a container just restarted, or a sandbox just re-created, answers
+    /// `container not found` or the old output for a moment); the last answer in the error if
+    /// it never does within `within`.
+    pub fn exec_until(
+        &self,
+        pod: &str,
+        command: &[&str],
+        within: Duration,
+        accept: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
+        let mut args = vec!["exec", pod, "--"];
+        args.extend_from_slice(command);
+        let deadline = Instant::now() + within;
+        loop {
+            let answer = self.kubectl_run(&args, None);
+            match &answer {
+                Ok(out) if accept(out) => return Ok(out.clone()),
+                _ if Instant::now() > deadline => {
+                    let last = answer.map_or_else(|e| format!("{e:#}"), |out| out);
+                    bail!(
+                        "`kubectl exec {pod} -- {}` gave no accepted answer within {within:?}; the last: {last}",
+                        command.join(" ")
+                    );
+                }
+                _ => std::thread::sleep(Duration::from_millis(300)),
+            }
+        }
+    }
+
     /// `kubectl apply --server-side` of these objects, as admin.
     pub fn apply(&self, objects: &[Value]) -> anyhow::Result<String> {
         let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
