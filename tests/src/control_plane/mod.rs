@@ -384,7 +384,7 @@ impl ControlPlane {
             match &answer {
                 Ok(out) if accept(out) => return Ok(out.clone()),
                 _ if Instant::now() > deadline => {
-                    let last = answer.map_or_else(|e| format!("{e:#}"), |out| out);
+                    let last = answer.unwrap_or_else(|e| format!("{e:#}"));
                     bail!(
                         "`kubectl exec {pod} -- {}` gave no accepted answer within {within:?}; the last: {last}",
                         command.join(" ")
