@@ -38,6 +38,7 @@ pub mod primary;
 pub mod privilege;
 pub mod process;
 pub mod real_node;
+pub mod registry;
 pub mod sidelane;
 pub mod tools;
 pub mod topology;

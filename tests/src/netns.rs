@@ -106,3 +106,21 @@ impl Drop for NetNs {
         }
     }
 }
+
+/// A TCP listener on `127.0.0.1:port` (`0`: any free port) inside the network namespace at
+/// `netns`: bound from a thread that enters it and ends there, so the caller stays where it is
+/// and the socket stays bound in the namespace.
+pub fn listen_in(netns: &std::path::Path, port: u16) -> anyhow::Result<std::net::TcpListener> {
+    use anyhow::Context as _;
+    let path = netns.to_owned();
+    std::thread::spawn(move || -> anyhow::Result<std::net::TcpListener> {
+        let file =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering {}", path.display()))?;
+        std::net::TcpListener::bind(("127.0.0.1", port))
+            .with_context(|| format!("binding 127.0.0.1:{port} in {}", path.display()))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread binding in {} panicked", netns.display()))?
+}

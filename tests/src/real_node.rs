@@ -24,8 +24,43 @@ use crate::{
     control_plane::ControlPlane,
     kubelet_standin,
     process::{self, Background},
+    registry::Registry,
     tools,
 };
+
+/// What a real node is made of.
+#[derive(Clone, Debug)]
+pub struct NodeSpec<'a> {
+    /// The node's name (its `Node` object).
+    pub name: &'a str,
+    /// The CNI plugins: `multus`, the reference plugins, ours (`kube-ovn`).
+    pub cni_bin: &'a Path,
+    /// The network namespace containerd and the kubelet run in (a chassis, where the node's
+    /// `br-int` is); `None`: this machine's. Only its network namespace is entered (unless
+    /// `run_dir` gives the node mounts of its own).
+    pub netns: Option<&'a Path>,
+    /// The folder the node sees at `/run/openvswitch` (where the NADs' `server_socket` and
+    /// the agent's socket are, as the DaemonSet's hostPath): when given, the node gets a mount
+    /// namespace of its own, which containerd, the kubelet, the CNI plugins, the pods and
+    /// whatever [`RealNode::command`] starts (the agent) share, as on a machine of its own.
+    /// Its pods' network namespaces are then mounted there, not in this machine's `/run/netns`.
+    pub run_dir: Option<&'a Path>,
+    /// The primary network's subnet (host-local's range for eth0).
+    pub pod_cidr: &'a str,
+}
+
+impl<'a> NodeSpec<'a> {
+    /// A node named `name` on this machine's network and mounts, eth0 from `10.251.0.0/24`.
+    pub fn new(name: &'a str, cni_bin: &'a Path) -> Self {
+        NodeSpec {
+            name,
+            cni_bin,
+            netns: None,
+            run_dir: None,
+            pod_cidr: "10.251.0.0/24",
+        }
+    }
+}
 
 /// One real node; stopped and cleaned up when dropped (its pods' containers included).
 pub struct RealNode {
@@ -35,16 +70,20 @@ pub struct RealNode {
     ip: String,
     /// The network namespace containerd and the kubelet run in (`None`: the machine's).
     netns: Option<PathBuf>,
+    /// The node's mount namespace (bound to a file in its folder), when it has its own.
+    mounts: Option<PathBuf>,
     dir: tempfile::TempDir,
     kubelet: Option<Background>,
     containerd: Option<Background>,
+    /// Serves the seeds' image names to containerd.
+    _registry: Registry,
 }
 
 impl RealNode {
     /// Starts containerd and a kubelet registered as node `name`, with the CNI plugins in
     /// `cni_bin` (`multus`, the reference plugins, ours), and waits until the node is Ready.
     pub fn start(plane: &ControlPlane, name: &str, cni_bin: &Path) -> anyhow::Result<Self> {
-        RealNode::start_in(plane, name, cni_bin, None)
+        RealNode::start_with(plane, &NodeSpec::new(name, cni_bin))
     }
 
     /// As [`RealNode::start`], with containerd (so the CNI plugins, and the pods' host ends)
@@ -57,25 +96,43 @@ impl RealNode {
         cni_bin: &Path,
         netns: Option<&Path>,
     ) -> anyhow::Result<Self> {
+        RealNode::start_with(
+            plane,
+            &NodeSpec {
+                netns,
+                ..NodeSpec::new(name, cni_bin)
+            },
+        )
+    }
+
+    /// Starts the node `spec` describes and waits until it is Ready.
+    pub fn start_with(plane: &ControlPlane, spec: &NodeSpec<'_>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
-            .prefix(&format!("sidelane-real-node-{name}-"))
+            .prefix(&format!("sidelane-real-node-{}-", spec.name))
             .tempdir()
             .context("a folder for the node")?;
-        let ip = give_address(name, netns)?;
+        let ip = give_address(spec.name, spec.netns)?;
+        let mounts = spec
+            .run_dir
+            .map(|run_dir| own_mounts(dir.path(), run_dir))
+            .transpose()?;
         let mut node = RealNode {
-            name: name.to_owned(),
+            name: spec.name.to_owned(),
             ip,
-            netns: netns.map(Path::to_owned),
+            netns: spec.netns.map(Path::to_owned),
+            mounts,
             dir,
             kubelet: None,
             containerd: None,
+            _registry: Registry::start(spec.netns)?,
         };
         let multus = kubelet_standin::install_multus(plane)?;
-        if let Some(ns) = netns {
+        if let Some(ns) = spec.netns {
             plane.reach_from(ns)?;
         }
-        node.write_cni_config(cni_bin, &multus)?;
-        node.start_containerd(cni_bin, netns)?;
+        node._registry.write_hosts(&node.path("certs.d"))?;
+        node.write_cni_config(spec.cni_bin, &multus, spec.pod_cidr)?;
+        node.start_containerd(spec.cni_bin)?;
         node.import_images()?;
         node.start_kubelet(plane)?;
         node.wait_ready(plane)?;
@@ -100,7 +157,12 @@ impl RealNode {
         self.path("containerd/containerd.sock")
     }
 
-    fn write_cni_config(&self, cni_bin: &Path, multus_kubeconfig: &Path) -> anyhow::Result<()> {
+    fn write_cni_config(
+        &self,
+        cni_bin: &Path,
+        multus_kubeconfig: &Path,
+        pod_cidr: &str,
+    ) -> anyhow::Result<()> {
         let conf_dir = self.path("net.d");
         fs::create_dir_all(&conf_dir).context("the node's CNI configuration directory")?;
         let config = json!({
@@ -121,7 +183,7 @@ impl RealNode {
                 "ipMasq": false,
                 "ipam": {
                     "type": "host-local",
-                    "subnet": "10.251.0.0/24",
+                    "subnet": pod_cidr,
                     "dataDir": self.path("host-local"),
                 }
             }]
@@ -133,7 +195,7 @@ impl RealNode {
         .context("writing the node's CNI configuration")
     }
 
-    fn start_containerd(&mut self, cni_bin: &Path, netns: Option<&Path>) -> anyhow::Result<()> {
+    fn start_containerd(&mut self, cni_bin: &Path) -> anyhow::Result<()> {
         let root = self.path("containerd");
         fs::create_dir_all(&root).context("containerd's folder")?;
         let config = format!(
@@ -161,12 +223,16 @@ state = "{root}/state"
 [plugins."io.containerd.cri.v1.images"]
   [plugins."io.containerd.cri.v1.images".pinned_images]
     sandbox = "{pause}"
+  # The seeds' images (docker.io) come from the node's registry (see `registry`).
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = "{certs_d}"
 "#,
             root = root.display(),
             socket = self.socket().display(),
             cni_bin = cni_bin.display(),
             conf_dir = self.path("net.d").display(),
             pause = tools::image("pause")?,
+            certs_d = self.path("certs.d").display(),
         );
         let config_path = root.join("config.toml");
         fs::write(&config_path, config).context("writing containerd's configuration")?;
@@ -181,7 +247,7 @@ state = "{root}/state"
         let log = append(&self.path("containerd.log"))?;
         // A containerd killed before leaves its socket behind.
         let _ = fs::remove_file(self.socket());
-        let mut cmd = in_netns(netns, &containerd);
+        let mut cmd = self.command(&containerd);
         cmd.arg("--config")
             .arg(&config_path)
             .env("PATH", path)
@@ -250,7 +316,7 @@ state = "{root}/state"
         let log = append(&self.path("kubelet.log"))?;
         // Beside containerd: the kubelet proxies `kubectl exec` to containerd's streaming
         // server on the loopback of the namespace they share.
-        let mut cmd = in_netns(self.netns.as_deref(), &tools::binary("kubelet")?);
+        let mut cmd = self.command(&tools::binary("kubelet")?);
         cmd.arg(format!("--config={}", config_path.display()))
             .arg(format!(
                 "--kubeconfig={}",
@@ -297,6 +363,40 @@ state = "{root}/state"
             }
             std::thread::sleep(Duration::from_millis(300));
         }
+    }
+
+    /// `program` as the node runs it: in the node's network namespace and, when it has them,
+    /// its own mounts.
+    pub fn command(&self, program: &Path) -> Command {
+        if self.netns.is_none() && self.mounts.is_none() {
+            return Command::new(program);
+        }
+        let mut cmd = Command::new("nsenter");
+        if let Some(ns) = &self.netns {
+            cmd.arg(format!("--net={}", ns.display()));
+        }
+        if let Some(mounts) = &self.mounts {
+            cmd.arg(format!("--mount={}", mounts.display()));
+        }
+        cmd.arg(program);
+        cmd
+    }
+
+    /// The running sandbox of pod `namespace/name`: its ID (the plugins' `CNI_CONTAINERID`)
+    /// and its pause process (whose `/proc/<pid>/ns/net` is the pod's network namespace).
+    pub fn sandbox_of(&self, namespace: &str, name: &str) -> anyhow::Result<Option<(String, u32)>> {
+        let ours = self.ctr(&[
+            "containers",
+            "ls",
+            "--quiet",
+            &format!("labels.\"io.kubernetes.pod.name\"=={name}"),
+            &format!("labels.\"io.kubernetes.pod.namespace\"=={namespace}"),
+        ])?;
+        let ours: Vec<&str> = ours.lines().map(str::trim).collect();
+        Ok(self
+            .sandboxes()?
+            .into_iter()
+            .find(|(id, _)| ours.contains(&id.as_str())))
     }
 
     /// The process of each running pod sandbox (its pause container), by sandbox ID.
@@ -403,6 +503,10 @@ impl Drop for RealNode {
                 let _ = Command::new("umount").args(["-l", m]).status();
             }
         }
+        if let Some(mounts) = &self.mounts {
+            // The namespace (and every mount in it) goes with its last process and this bind.
+            let _ = Command::new("umount").arg(mounts).status();
+        }
         let peer = format!("rp{}", &link_name(&self.name)[2..]);
         for link in [format!("cni-{}", self.name), link_name(&self.name), peer] {
             // Deleting one end of the pair deletes the other: quiet about the one gone.
@@ -430,16 +534,35 @@ fn append(path: &Path) -> anyhow::Result<fs::File> {
         .with_context(|| format!("opening {}", path.display()))
 }
 
-/// `program`, in the network namespace `netns` only (its mounts stay the machine's).
-fn in_netns(netns: Option<&Path>, program: &Path) -> Command {
-    match netns {
-        Some(ns) => {
-            let mut cmd = Command::new("nsenter");
-            cmd.arg(format!("--net={}", ns.display())).arg(program);
-            cmd
-        }
-        None => Command::new(program),
-    }
+/// Gives the node a mount namespace of its own, bound to `<dir>/mounts`, in which `run_dir` is
+/// `/run/openvswitch`; the file's path.
+fn own_mounts(dir: &Path, run_dir: &Path) -> anyhow::Result<PathBuf> {
+    let file = dir.join("mounts");
+    fs::write(&file, b"").context("a file to bind the node's mount namespace to")?;
+    let run = |cmd: &mut Command, what: &str| -> anyhow::Result<()> {
+        process::run(cmd, None, Duration::from_secs(10))?
+            .checked()
+            .map(drop)
+            .with_context(|| what.to_owned())
+    };
+    run(
+        Command::new("unshare")
+            .arg(format!("--mount={}", file.display()))
+            .args(["--propagation", "private", "true"]),
+        "making the node's mount namespace",
+    )?;
+    run(
+        Command::new("nsenter")
+            .arg(format!("--mount={}", file.display()))
+            .args([
+                "sh",
+                "-c",
+                "mkdir -p /run/openvswitch && mount --bind \"$0\" /run/openvswitch",
+            ])
+            .arg(run_dir),
+        "mounting the node's /run/openvswitch",
+    )?;
+    Ok(file)
 }
 
 /// Gives node `name` an address of its own, which the API server reaches (a kubelet refuses a

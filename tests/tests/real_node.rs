@@ -13,14 +13,13 @@ use sidelane_tests::{
     node_rig::NodeRig,
     privilege,
     real_node::RealNode,
-    tools,
     wait::eventually,
 };
 
 #[test]
-fn a_real_kubelet_runs_a_busybox_pod_through_multus_and_remakes_a_killed_sandbox_without_a_leak() {
+fn a_real_kubelet_runs_the_seeds_alpine_pod_through_multus_and_remakes_a_killed_sandbox_without_a_leak() {
     if !privilege::require_privileges(
-        "a_real_kubelet_runs_a_busybox_pod_through_multus_and_remakes_a_killed_sandbox_without_a_leak",
+        "a_real_kubelet_runs_the_seeds_alpine_pod_through_multus_and_remakes_a_killed_sandbox_without_a_leak",
     ) {
         return;
     }
@@ -29,13 +28,17 @@ fn a_real_kubelet_runs_a_busybox_pod_through_multus_and_remakes_a_killed_sandbox
     let cni_bin = tempfile::tempdir().expect("a plugin folder");
     install_plugins(cni_bin.path(), &binaries, &[]).expect("the CNI plugins");
     let node = RealNode::start(api.plane(), "real-a", cni_bin.path()).expect("a real node");
-    let busybox = tools::image("busybox").expect("the busybox image");
+    // The seeds' pod, image and command as written: `alpine` (untagged, so pulled every
+    // time) comes from the node's registry.
     api.apply(&[json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "shell", "namespace": "default"},
         "spec": {
             "nodeName": node.name(),
-            "containers": [{"name": "c", "image": busybox, "command": ["sleep", "3600"]}],
+            "containers": [{
+                "name": "c", "image": "alpine",
+                "command": ["/bin/ash", "-c", "trap : TERM INT; sleep infinity & wait"],
+            }],
         },
     })]);
     eventually("the pod Running", Duration::from_secs(90), || {
@@ -130,14 +133,16 @@ impl OvnPod {
             Some(&rig.chassis().ns.path()),
         )
         .expect("a real node on the chassis");
-        let busybox = tools::image("busybox").expect("the busybox image");
         rig.api.apply(&[json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "web", "namespace": "default",
                          "annotations": {"k8s.v1.cni.cncf.io/networks": "attachnet"}},
             "spec": {
                 "nodeName": node.name(),
-                "containers": [{"name": "c", "image": busybox, "command": ["sleep", "3600"]}],
+                "containers": [{
+                    "name": "c", "image": "docker.io/library/alpine:edge",
+                    "command": ["/bin/ash", "-c", "trap : TERM INT; sleep infinity & wait"],
+                }],
             },
         })]);
         eventually("the pod Running", Duration::from_mins(2), || {

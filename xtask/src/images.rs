@@ -1,6 +1,7 @@
 //! The images the real node's pods run, built here because none can be pulled: a workload image
-//! from Debian's `busybox-static` (so `ip`, `ping`, `nc` and `sleep` exist in a pod), and the
-//! sandbox ("pause") image, the same busybox sleeping. Each is an OCI image-layout tarball under
+//! from Debian's `busybox-static` (so `ip`, `ping`, `nc` and `sleep` exist in a pod), the same
+//! busybox serving HTTP (for the seeds' `nginx`), and the sandbox ("pause") image, the same
+//! busybox sleeping. Each is an OCI image-layout tarball under
 //! `<cache>/images/`, named after the busybox package's version, which the node imports into
 //! containerd (`ctr -n k8s.io images import`). Built byte for byte the same on every run.
 
@@ -15,13 +16,23 @@ use serde_json::{Value, json};
 
 use crate::cmd::{exec, output};
 
-/// The workload image and its sandbox image, by the reference pods name them.
-pub fn references() -> anyhow::Result<[(String, &'static [&'static str]); 2]> {
+/// The workload image, a web server image and the sandbox image, by the reference pods name
+/// them. The web server stands in for the seeds' `nginx`: busybox's `httpd` serving a page on
+/// port 80, as nginx's image does by default.
+pub fn references() -> anyhow::Result<[(String, &'static [&'static str]); 3]> {
     let version = busybox_version()?;
     Ok([
         (
             format!("sidelane.local/busybox:{version}"),
             &["/bin/sh"] as &[&str],
+        ),
+        (
+            format!("sidelane.local/httpd:{version}"),
+            &[
+                "/bin/sh",
+                "-c",
+                "mkdir -p /www && echo sidelane > /www/index.html && exec httpd -f -p 80 -h /www",
+            ],
         ),
         (
             format!("sidelane.local/pause:{version}"),

@@ -78,18 +78,7 @@ impl CutProxy {
     /// connections to the API server are still made from this namespace.
     pub fn listen_in(&self, netns: &std::path::Path) -> anyhow::Result<()> {
         let port = self.port;
-        let path = netns.to_owned();
-        let listener = thread::spawn(move || -> anyhow::Result<TcpListener> {
-            let file = std::fs::File::open(&path)
-                .with_context(|| format!("opening {}", path.display()))?;
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("entering {}", path.display()))?;
-            // This thread ends here, in the other namespace; the socket stays bound there.
-            TcpListener::bind(("127.0.0.1", port))
-                .with_context(|| format!("binding 127.0.0.1:{port} in {}", path.display()))
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the thread binding in {} panicked", netns.display()))??;
+        let listener = crate::netns::listen_in(netns, port)?;
         let target = self.target;
         let shared = Arc::clone(&self.connections);
         thread::Builder::new()
