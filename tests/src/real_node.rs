@@ -76,7 +76,7 @@ pub struct RealNode {
     kubelet: Option<Background>,
     containerd: Option<Background>,
     /// Serves the seeds' image names to containerd.
-    _registry: Registry,
+    registry: Registry,
 }
 
 impl RealNode {
@@ -124,13 +124,13 @@ impl RealNode {
             dir,
             kubelet: None,
             containerd: None,
-            _registry: Registry::start(spec.netns)?,
+            registry: Registry::start(spec.netns)?,
         };
         let multus = kubelet_standin::install_multus(plane)?;
         if let Some(ns) = spec.netns {
             plane.reach_from(ns)?;
         }
-        node._registry.write_hosts(&node.path("certs.d"))?;
+        node.registry.write_hosts(&node.path("certs.d"))?;
         node.write_cni_config(spec.cni_bin, &multus, spec.pod_cidr)?;
         node.start_containerd(spec.cni_bin)?;
         node.import_images()?;
