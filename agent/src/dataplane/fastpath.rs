@@ -223,7 +223,7 @@ impl FastpathDataplane {
         })?
         .map_err(|e| attach_error(boxed(e)))?;
         // Owned by the kernel from here on: the filter outlives this process.
-        drop(prog.take_link(link).map_err(|e| attach_error(boxed(e)))?);
+        super::leave_attached(prog.take_link(link).map_err(|e| attach_error(boxed(e)))?);
         Ok(())
     }
 

@@ -165,3 +165,11 @@ pub(crate) fn map_error<E: std::error::Error + Send + Sync + 'static>(
         source: boxed(e),
     }
 }
+
+/// Leaves a TC filter attached when the agent's handle on it goes. aya detaches a link when its
+/// handle is dropped, but these filters belong to the node: they outlive the agent, and a
+/// restarted agent adopts them. A netlink filter's handle holds no file descriptor, only the
+/// device, hook, priority and handle numbers, so forgetting it leaks nothing.
+fn leave_attached(link: aya::programs::tc::SchedClassifierLink) {
+    std::mem::forget(link);
+}

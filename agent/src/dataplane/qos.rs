@@ -554,9 +554,8 @@ impl QosDataplane {
                 )
             })?
             .map_err(|e| attach_error(boxed(e)))?;
-            // Owned by the kernel from here on: the filter outlives this process, and dropping
-            // the taken link does not detach it.
-            drop(
+            // Owned by the kernel from here on: the filter outlives this process.
+            super::leave_attached(
                 prog.take_link(link_id)
                     .map_err(|e| attach_error(boxed(e)))?,
             );
