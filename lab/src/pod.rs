@@ -1,6 +1,7 @@
 //! A lab pod as its node set it up: found through the scheduler's binding and the node's
-//! kubelet stand-in, read back from Multus' `network-status`, the controller's annotations
-//! and the pod's own network namespace.
+//! kubelet (its running sandbox on the real node, the stand-in's record on the other), read
+//! back from Multus' `network-status`, the controller's annotations and the pod's own network
+//! namespace.
 
 use std::{
     collections::BTreeMap,
@@ -11,12 +12,12 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use sidelane_api::network_selection::{self, NetworkSelection};
-use sidelane_tests::{kubelet_standin::Sandbox, netns::NetNs};
+use sidelane_tests::netns::NetNs;
 
 use crate::{
     check::{CheckKind, Checks},
     interrupt,
-    rig::Rig,
+    rig::{Kubelet, Rig},
 };
 
 /// The namespace the seeds' pods live in.
@@ -105,9 +106,68 @@ impl Pod {
     }
 }
 
-/// Waits until the scheduler has bound pod `name` and its node's kubelet stand-in has set it
-/// up through Multus; `(node, sandbox)`.
-fn sandbox_of(rig: &Rig, name: &str) -> anyhow::Result<(usize, Arc<Sandbox>)> {
+/// A pod's sandbox as its node set it up.
+struct SetUp {
+    /// The sandbox's container ID (`CNI_CONTAINERID`).
+    container_id: String,
+    netns: Arc<NetNs>,
+    /// Multus' error when the network was not set up.
+    result: Result<(), String>,
+}
+
+/// The sandbox of pod `name` on `kubelet`, once it is set up: on the real node, once the pod
+/// runs (its containers started, so its network is up); a name for its network namespace
+/// then, which the runtime mounted in the node's own mounts.
+fn set_up_on(rig: &Rig, kubelet: &Kubelet, name: &str) -> anyhow::Result<Option<SetUp>> {
+    match kubelet {
+        Kubelet::Standin(standin) => Ok(standin.sandbox(NAMESPACE, name).map(|s| SetUp {
+            container_id: s.container_id.clone(),
+            netns: Arc::clone(&s.netns),
+            result: s.result.as_ref().map(drop).map_err(Clone::clone),
+        })),
+        Kubelet::Real(node) => {
+            let running = rig
+                .api
+                .get("v1", "Pod", NAMESPACE, name)
+                .is_some_and(|p| p["status"]["phase"] == "Running");
+            if !running {
+                return Ok(None);
+            }
+            let Some((container_id, pid)) = node.sandbox_of(NAMESPACE, name)? else {
+                return Ok(None);
+            };
+            Ok(Some(SetUp {
+                container_id,
+                netns: Arc::new(NetNs::of_process(pid)?),
+                result: Ok(()),
+            }))
+        }
+    }
+}
+
+/// Why pod `name` is not running: its last Warning event (a failed sandbox shows Multus'
+/// error there).
+fn why_not_running(rig: &Rig, name: &str) -> String {
+    rig.api
+        .plane()
+        .kubectl_run(
+            &[
+                "get",
+                "events",
+                "-n",
+                NAMESPACE,
+                "--field-selector",
+                &format!("involvedObject.name={name},type=Warning"),
+                "-o",
+                "jsonpath={.items[-1:].message}",
+            ],
+            None,
+        )
+        .unwrap_or_default()
+}
+
+/// Waits until the scheduler has bound pod `name` and its node has set it up; `(node, sandbox)`.
+fn sandbox_of(rig: &Rig, name: &str) -> anyhow::Result<(usize, SetUp)> {
     let deadline = Instant::now() + Duration::from_mins(2);
     loop {
         interrupt::check()?;
@@ -115,13 +175,17 @@ fn sandbox_of(rig: &Rig, name: &str) -> anyhow::Result<(usize, Arc<Sandbox>)> {
             .api
             .get("v1", "Pod", NAMESPACE, name)
             .and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_owned));
-        if let Some(node) = bound.and_then(|bound| rig.nodes.iter().position(|n| n.name == bound))
-            && let Some(sandbox) = rig.nodes[node].kubelet.sandbox(NAMESPACE, name)
+        let node = bound.and_then(|bound| rig.nodes.iter().position(|n| n.name == bound));
+        if let Some(node) = node
+            && let Some(set_up) = set_up_on(rig, &rig.nodes[node].kubelet, name)?
         {
-            return Ok((node, sandbox));
+            return Ok((node, set_up));
         }
         if Instant::now() > deadline {
-            bail!("pod {name} was not bound and set up through Multus within 2 minutes");
+            bail!(
+                "pod {name} was not bound and set up through Multus within 2 minutes: {}",
+                why_not_running(rig, name)
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -129,7 +193,7 @@ fn sandbox_of(rig: &Rig, name: &str) -> anyhow::Result<(usize, Arc<Sandbox>)> {
 
 /// The pod as the API holds it once Multus has written `network-status` (right after the ADD),
 /// or after 20 s.
-fn after_network_status(rig: &Rig, name: &str, sandbox: &Sandbox) -> anyhow::Result<Value> {
+fn after_network_status(rig: &Rig, name: &str, sandbox: &SetUp) -> anyhow::Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let obj = rig

@@ -39,19 +39,20 @@ pub fn rig_lines(rig: &Rig) -> Vec<String> {
     let mut lines = vec![
         format!(
             "Kubernetes: kube-apiserver {} (etcd, kube-controller-manager, kube-scheduler; \
-             Node,RBAC); each node's pods set up by its kubelet stand-in through the real Multus",
+             Node,RBAC); node1's pods run by a real kubelet with containerd and runc, node2's \
+             set up by the kubelet stand-in, both through the real Multus",
             rig.api.plane().url()
         ),
         format!("OVN central: {}", rig.central.nb.unix_remote()),
     ];
     lines.extend(rig.nodes.iter().map(|n| {
         format!(
-            "{}: namespace {}, OVS {} ({} datapath), agent metrics http://127.0.0.1:{}/metrics",
+            "{}: namespace {}, OVS {} ({} datapath), agent metrics http://{}/metrics",
             n.name,
             n.chassis.ns.name(),
             n.chassis.db.unix_remote(),
             n.chassis.datapath,
-            n.metrics_port
+            n.metrics_addr
         )
     }));
     lines

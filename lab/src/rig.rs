@@ -1,7 +1,10 @@
 //! The lab's machinery, brought up once: a real Kubernetes control plane, OVN central, two
-//! simulated nodes (OVS, ovn-controller, `sidelane-agent`, a kubelet stand-in running the real
-//! Multus) joined by an underlay and a LAN, and two `sidelane-controller` replicas electing a
-//! leader. Everything stops, and its folders go, when the rig is dropped.
+//! nodes (each a network namespace with OVS, ovn-controller and `sidelane-agent`) joined by an
+//! underlay and a LAN, and two `sidelane-controller` replicas electing a leader. node1 is a
+//! real node: a kubelet with containerd and runc runs its pods' containers, in a mount
+//! namespace of the node's own where the agent runs as the DaemonSet does (the chart's flags
+//! and paths). node2 keeps the kubelet stand-in (a pod is a network namespace set up through
+//! the real Multus). Everything stops, and its folders go, when the rig is dropped.
 
 use std::{
     ffi::OsString,
@@ -18,6 +21,7 @@ use sidelane_tests::{
     netns::NetNs,
     ovn::{Central, Chassis},
     process::{self, Background},
+    real_node::{NodeSpec, RealNode},
     sidelane::PinRoot,
     tools,
 };
@@ -58,20 +62,32 @@ impl Spawn {
     }
 }
 
-/// One simulated node.
+/// Who runs a node's pods.
+pub enum Kubelet {
+    /// A real kubelet with containerd and runc: the pods run containers.
+    Real(RealNode),
+    /// The kubelet stand-in: a pod is a network namespace set up through the real Multus.
+    Standin(KubeletStandin),
+}
+
+/// One node.
 pub struct Node {
     pub name: String,
     pub chassis: Chassis,
-    /// Mounted at `/run/openvswitch` for the CNI plugins of this node: holds the agent socket.
+    /// The node's `/run/openvswitch` (for the CNI plugins and the agent): holds the agent's
+    /// socket.
     pub run_dir: PathBuf,
     /// The node's directory (agent log, records).
     pub dir: PathBuf,
-    pub metrics_port: u16,
+    /// The agent's attachment records (its `--state-dir`).
+    pub records: PathBuf,
+    /// Where the agent serves `/metrics` and `/interfaces`, reachable from this machine.
+    pub metrics_addr: String,
     pub agent: Background,
     pub agent_spawn: Spawn,
+    /// Runs the pods bound here (dropped before the pins, which a real node mounts).
+    pub kubelet: Kubelet,
     pub pins: PinRoot,
-    /// Plays the node's kubelet for the network: runs Multus for the pods bound here.
-    pub kubelet: KubeletStandin,
 }
 
 impl Node {
@@ -101,7 +117,7 @@ impl Node {
         use std::io::{Read as _, Write as _};
         let mut text = String::new();
         let fetched =
-            std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).and_then(|mut s| {
+            std::net::TcpStream::connect(self.metrics_addr.as_str()).and_then(|mut s| {
                 s.set_read_timeout(Some(Duration::from_secs(10)))?;
                 s.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")?;
                 s.read_to_string(&mut text)
@@ -187,7 +203,8 @@ impl Rig {
         lan.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
         lan.exec(&["ip", "link", "set", "br0", "up"])?;
         let nodes = phases.run(
-            "two nodes: OVS, ovn-controller, sidelane-agent, a kubelet stand-in running Multus",
+            "two nodes: OVS, ovn-controller, sidelane-agent; node1 a real kubelet with containerd \
+             and runc, node2 a kubelet stand-in running Multus",
             || start_nodes(dir.path(), &api, &central, &lan, &bins, &multus),
         )?;
         let controllers = phases
@@ -241,7 +258,7 @@ impl Rig {
              export KUBECONFIG={kubeconfig}\n  \
              {cli} subnets\n  \
              {cli} pod default/qos-pod\n  \
-             {cli} interfaces --agent 127.0.0.1:{port1}    (node1; node2: 127.0.0.1:{port2})\n  \
+             {cli} interfaces --agent {agent1}    (node1; node2: {agent2})\n  \
              ovn-nbctl --db={nb} show\n  \
              ip netns exec {ns1} ovs-vsctl --db={ovs1} show\n  \
              pods are network namespaces: {pods}\n  \
@@ -249,8 +266,8 @@ impl Rig {
             kubeconfig = self.api.plane().admin_kubeconfig().display(),
             cli = process::binary_beside_me("sidelane")
                 .map_or_else(|_| "sidelane".to_owned(), |p| p.display().to_string()),
-            port1 = self.nodes[0].metrics_port,
-            port2 = self.nodes.get(1).map_or(0, |n| n.metrics_port),
+            agent1 = self.nodes[0].metrics_addr,
+            agent2 = self.nodes.get(1).map_or("", |n| n.metrics_addr.as_str()),
             nb = self.central.nb.unix_remote(),
             ns1 = self.nodes[0].chassis.ns.name(),
             ovs1 = self.nodes[0].chassis.db.unix_remote(),
@@ -269,8 +286,8 @@ fn leader_of(api: &SidelaneCluster) -> Option<usize> {
         .checked_sub(1)
 }
 
-/// Two chassis joined by an underlay, each with its agent and kubelet stand-in, their `eth0`
-/// on the LAN.
+/// Two chassis joined by an underlay, their `eth0` on the LAN: node1 a real node, node2 with
+/// the kubelet stand-in; each with its agent.
 fn start_nodes(
     dir: &Path,
     api: &SidelaneCluster,
@@ -299,25 +316,110 @@ fn start_nodes(
         let port = format!("lan{i}");
         c.ns.veth_to("eth0", lan, &port)?;
         lan.exec(&["ip", "link", "set", &port, "master", "br0", "up"])?;
-        nodes.push(start_node(dir, api, c, name, i, bins, multus)?);
+        let node_dir = dir.join(&name);
+        let run_dir = node_dir.join("run");
+        std::fs::create_dir_all(&run_dir)?;
+        let node = if i == 0 {
+            start_real_node(api, c, name, node_dir, bins)?
+        } else {
+            start_standin_node(api, c, name, node_dir, i, bins, multus)?
+        };
+        node.wait_for_agent()?;
+        nodes.push(node);
     }
     Ok(nodes)
 }
 
-fn start_node(
-    dir: &Path,
+/// A real node on `chassis`: kubelet, containerd and runc in a mount namespace of the node's
+/// own, where the DaemonSet's hostPaths are at the chart's paths (`/run/openvswitch` with the
+/// node's OVS database socket, `/run/sidelane`, `/sys/fs/bpf/sidelane`), and the agent with
+/// the chart's flags, in the node's network namespace (`hostNetwork`).
+fn start_real_node(
     api: &SidelaneCluster,
     chassis: Chassis,
     name: String,
+    node_dir: PathBuf,
+    bins: &Binaries,
+) -> anyhow::Result<Node> {
+    let run_dir = node_dir.join("run");
+    let run_sidelane = node_dir.join("run-sidelane");
+    std::fs::create_dir_all(&run_sidelane)?;
+    let db = chassis.db.unix_remote();
+    std::os::unix::fs::symlink(db.trim_start_matches("unix:"), run_dir.join("db.sock"))
+        .context("the node's OVS database at /run/openvswitch/db.sock")?;
+    let pins = PinRoot::new(&format!("sidelane-lab-{name}"));
+    std::fs::create_dir_all(pins.path())
+        .with_context(|| format!("creating {}", pins.path().display()))?;
+    let netns = chassis.ns.path();
+    let real = RealNode::start_with(
+        api.plane(),
+        &NodeSpec {
+            netns: Some(&netns),
+            run_dir: Some(&run_dir),
+            pod_cidr: "10.244.1.0/24",
+            ..NodeSpec::new(&name, &bins.cni_bin)
+        },
+    )?;
+    real.mount_in_node(pins.path(), "/sys/fs/bpf/sidelane")?;
+    real.mount_in_node(&run_sidelane, "/run/sidelane")?;
+    let metrics_port = free_port()?;
+    let mut args = real.enter_args();
+    args.push(bins.agent.clone().into());
+    // deploy/helm/sidelane/templates/agent.yaml's arguments, with the chart's values.
+    args.extend(
+        [
+            "--socket=/run/openvswitch/kube-ovn-daemon.sock".to_owned(),
+            "--ovs-db=unix:/run/openvswitch/db.sock".to_owned(),
+            "--ovs-datapath=auto".to_owned(),
+            "--fastpath=true".to_owned(),
+            "--pin-root=/sys/fs/bpf/sidelane".to_owned(),
+            "--state-dir=/run/sidelane/attachments".to_owned(),
+            format!("--metrics-addr=0.0.0.0:{metrics_port}"),
+        ]
+        .map(OsString::from),
+    );
+    let agent_spawn = Spawn {
+        bin: PathBuf::from("nsenter"),
+        args,
+        log: node_dir.join("agent.log"),
+        kubeconfig: api.agent_kubeconfig().to_owned(),
+    };
+    let agent = agent_spawn.start()?;
+    eprintln!(
+        "    {name}: a real node in {} (kubelet and containerd in {}, agent log {})",
+        chassis.ns.name(),
+        real.dir().display(),
+        node_dir.join("agent.log").display()
+    );
+    Ok(Node {
+        metrics_addr: format!("{}:{metrics_port}", real.ip()),
+        name,
+        chassis,
+        run_dir,
+        records: run_sidelane.join("attachments"),
+        dir: node_dir,
+        agent,
+        agent_spawn,
+        kubelet: Kubelet::Real(real),
+        pins,
+    })
+}
+
+/// A node on `chassis` whose pods the kubelet stand-in sets up, its agent on this machine's
+/// mounts (`--host-netns`), the plugins seeing `run_dir` at `/run/openvswitch`.
+fn start_standin_node(
+    api: &SidelaneCluster,
+    chassis: Chassis,
+    name: String,
+    node_dir: PathBuf,
     index: usize,
     bins: &Binaries,
     multus: &Path,
 ) -> anyhow::Result<Node> {
-    let node_dir = dir.join(&name);
     let run_dir = node_dir.join("run");
-    std::fs::create_dir_all(&run_dir)?;
     let pins = PinRoot::new(&format!("sidelane-lab-{name}"));
     let metrics_port = free_port()?;
+    let records = node_dir.join("records");
     let args: Vec<OsString> = vec![
         "--host-netns".into(),
         chassis.ns.path().into(),
@@ -326,7 +428,7 @@ fn start_node(
         "--pin-root".into(),
         pins.path().into(),
         "--state-dir".into(),
-        node_dir.join("records").into(),
+        records.clone().into(),
         "--ovs-db".into(),
         chassis.db.unix_remote().into(),
         "--ovs-datapath".into(),
@@ -356,24 +458,23 @@ fn start_node(
         multus,
     )?;
     eprintln!(
-        "    {name}: {} (agent log {}, Multus log {})",
+        "    {name}: {} with the kubelet stand-in (agent log {}, Multus log {})",
         chassis.ns.name(),
         node_dir.join("agent.log").display(),
         node_dir.join("kubelet/multus.log").display()
     );
-    let node = Node {
+    Ok(Node {
         name,
         chassis,
         run_dir,
         dir: node_dir,
-        metrics_port,
+        records,
+        metrics_addr: format!("127.0.0.1:{metrics_port}"),
         agent,
         agent_spawn,
+        kubelet: Kubelet::Standin(kubelet),
         pins,
-        kubelet,
-    };
-    node.wait_for_agent()?;
-    Ok(node)
+    })
 }
 
 fn start_controllers(

@@ -50,7 +50,13 @@ pub fn pod_on(name: &str, node: &str, annotations: &Value) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "default", "annotations": annotations},
-        "spec": {"containers": [{"name": "c", "image": "alpine"}], "nodeName": node}
+        "spec": {
+            "containers": [{
+                "name": "c", "image": "alpine",
+                "command": ["/bin/ash", "-c", "trap : TERM INT; sleep infinity & wait"],
+            }],
+            "nodeName": node,
+        }
     })
 }
 

@@ -23,12 +23,7 @@ pub struct NetNs {
 impl NetNs {
     /// Creates a fresh namespace with `lo` up.
     pub fn new() -> anyhow::Result<NetNs> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "sl-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = fresh_name();
         process::run(
             &mut process::command(&["ip", "netns", "add", &name])?,
             None,
@@ -38,6 +33,20 @@ impl NetNs {
         let ns = NetNs { name };
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// Names the network namespace process `pid` is in (a pod sandbox's pause process, whose
+    /// namespace its runtime mounted where this machine may not see it): `ip netns attach`.
+    /// Dropping it removes the name, and keeps the namespace alive until then.
+    pub fn of_process(pid: u32) -> anyhow::Result<NetNs> {
+        let name = fresh_name();
+        process::run(
+            &mut process::command(&["ip", "netns", "attach", &name, &pid.to_string()])?,
+            None,
+            EXEC_TIMEOUT,
+        )?
+        .checked()?;
+        Ok(NetNs { name })
     }
 
     /// The name.
@@ -105,6 +114,16 @@ impl Drop for NetNs {
             eprintln!("warning: deleting network namespace {}: {e:#}", self.name);
         }
     }
+}
+
+/// `sl-<pid>-<n>`, unique to this process and call.
+fn fresh_name() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "sl-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A TCP listener on `127.0.0.1:port` (`0`: any free port) inside the network namespace at

@@ -75,6 +75,8 @@ pub struct RealNode {
     dir: tempfile::TempDir,
     kubelet: Option<Background>,
     containerd: Option<Background>,
+    /// The CNI plugins' folder.
+    cni_bin: PathBuf,
     /// Serves the seeds' image names to containerd.
     registry: Registry,
 }
@@ -124,6 +126,7 @@ impl RealNode {
             dir,
             kubelet: None,
             containerd: None,
+            cni_bin: spec.cni_bin.to_owned(),
             registry: Registry::start(spec.netns)?,
         };
         let multus = kubelet_standin::install_multus(plane)?;
@@ -132,7 +135,7 @@ impl RealNode {
         }
         node.registry.write_hosts(&node.path("certs.d"))?;
         node.write_cni_config(spec.cni_bin, &multus, spec.pod_cidr)?;
-        node.start_containerd(spec.cni_bin)?;
+        node.start_containerd()?;
         node.import_images()?;
         node.start_kubelet(plane)?;
         node.wait_ready(plane)?;
@@ -142,6 +145,23 @@ impl RealNode {
     /// The node's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The node's address (the kubelet's, and a `hostNetwork` pod's such as the agent's),
+    /// reachable from this machine.
+    pub fn ip(&self) -> &str {
+        &self.ip
+    }
+
+    /// Mounts `source` on `target` in the node's own mount namespace (a DaemonSet's hostPath
+    /// seen at the path the chart names); the target folder is made when missing.
+    pub fn mount_in_node(&self, source: &Path, target: &str) -> anyhow::Result<()> {
+        let mounts = self
+            .mounts
+            .as_ref()
+            .with_context(|| format!("node {} has no mounts of its own", self.name))?;
+        bind_in(mounts, source, target)
+            .with_context(|| format!("in node {}", self.name))
     }
 
     /// The node's folder.
@@ -195,7 +215,8 @@ impl RealNode {
         .context("writing the node's CNI configuration")
     }
 
-    fn start_containerd(&mut self, cni_bin: &Path) -> anyhow::Result<()> {
+    fn start_containerd(&mut self) -> anyhow::Result<()> {
+        let cni_bin = &self.cni_bin;
         let root = self.path("containerd");
         fs::create_dir_all(&root).context("containerd's folder")?;
         let config = format!(
@@ -368,18 +389,26 @@ state = "{root}/state"
     /// `program` as the node runs it: in the node's network namespace and, when it has them,
     /// its own mounts.
     pub fn command(&self, program: &Path) -> Command {
-        if self.netns.is_none() && self.mounts.is_none() {
+        let enter = self.enter_args();
+        if enter.is_empty() {
             return Command::new(program);
         }
         let mut cmd = Command::new("nsenter");
+        cmd.args(enter).arg(program);
+        cmd
+    }
+
+    /// `nsenter`'s arguments entering the node's network namespace and, when it has them, its
+    /// own mounts (empty: the node is this machine's).
+    pub fn enter_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
         if let Some(ns) = &self.netns {
-            cmd.arg(format!("--net={}", ns.display()));
+            args.push(format!("--net={}", ns.display()).into());
         }
         if let Some(mounts) = &self.mounts {
-            cmd.arg(format!("--mount={}", mounts.display()));
+            args.push(format!("--mount={}", mounts.display()).into());
         }
-        cmd.arg(program);
-        cmd
+        args
     }
 
     /// The running sandbox of pod `namespace/name`: its ID (the plugins' `CNI_CONTAINERID`)
@@ -389,8 +418,11 @@ state = "{root}/state"
             "containers",
             "ls",
             "--quiet",
-            &format!("labels.\"io.kubernetes.pod.name\"=={name}"),
-            &format!("labels.\"io.kubernetes.pod.namespace\"=={namespace}"),
+            // One filter, its terms joined by commas (separate filters are alternatives).
+            &format!(
+                "labels.\"io.kubernetes.pod.name\"=={name},\
+                 labels.\"io.kubernetes.pod.namespace\"=={namespace}"
+            ),
         ])?;
         let ours: Vec<&str> = ours.lines().map(str::trim).collect();
         Ok(self
@@ -421,6 +453,20 @@ state = "{root}/state"
                     .flatten()
             })
             .collect())
+    }
+
+    /// Kills the kubelet (as a crash does) and starts it again; waits until the node is Ready.
+    pub fn restart_kubelet(&mut self, plane: &ControlPlane) -> anyhow::Result<()> {
+        drop(self.kubelet.take());
+        self.start_kubelet(plane)?;
+        self.wait_ready(plane)
+    }
+
+    /// Kills containerd (as a crash does; the pods' shims and containers stay) and starts it
+    /// again.
+    pub fn restart_containerd(&mut self) -> anyhow::Result<()> {
+        drop(self.containerd.take());
+        self.start_containerd()
     }
 
     /// Kills the pause process of the node's one sandbox, as a crash would, and waits until the
@@ -539,30 +585,34 @@ fn append(path: &Path) -> anyhow::Result<fs::File> {
 fn own_mounts(dir: &Path, run_dir: &Path) -> anyhow::Result<PathBuf> {
     let file = dir.join("mounts");
     fs::write(&file, b"").context("a file to bind the node's mount namespace to")?;
-    let run = |cmd: &mut Command, what: &str| -> anyhow::Result<()> {
-        process::run(cmd, None, Duration::from_secs(10))?
-            .checked()
-            .map(drop)
-            .with_context(|| what.to_owned())
-    };
-    run(
+    process::run(
         Command::new("unshare")
             .arg(format!("--mount={}", file.display()))
             .args(["--propagation", "private", "true"]),
-        "making the node's mount namespace",
-    )?;
-    run(
-        Command::new("nsenter")
-            .arg(format!("--mount={}", file.display()))
-            .args([
-                "sh",
-                "-c",
-                "mkdir -p /run/openvswitch && mount --bind \"$0\" /run/openvswitch",
-            ])
-            .arg(run_dir),
-        "mounting the node's /run/openvswitch",
-    )?;
+        None,
+        Duration::from_secs(10),
+    )?
+    .checked()
+    .context("making the node's mount namespace")?;
+    bind_in(&file, run_dir, "/run/openvswitch")?;
     Ok(file)
+}
+
+/// Bind-mounts `source` on `target` (made when missing) in the mount namespace bound to
+/// `mounts`.
+fn bind_in(mounts: &Path, source: &Path, target: &str) -> anyhow::Result<()> {
+    process::run(
+        Command::new("nsenter")
+            .arg(format!("--mount={}", mounts.display()))
+            .args(["sh", "-c", "mkdir -p \"$1\" && mount --bind \"$0\" \"$1\""])
+            .arg(source)
+            .arg(target),
+        None,
+        Duration::from_secs(10),
+    )?
+    .checked()
+    .map(drop)
+    .with_context(|| format!("mounting {} on {target}", source.display()))
 }
 
 /// Gives node `name` an address of its own, which the API server reaches (a kubelet refuses a
@@ -581,7 +631,11 @@ fn give_address(name: &str, netns: Option<&Path>) -> anyhow::Result<String> {
     );
     let link = link_name(name);
     let peer = format!("rp{}", &link[2..]);
-    let _ = Command::new("ip").args(["link", "del", &peer]).status();
+    // Left by a node of this name that was killed.
+    let _ = Command::new("ip")
+        .args(["link", "del", &peer])
+        .stderr(std::process::Stdio::null())
+        .status();
     let ip = |args: &[&str]| -> anyhow::Result<()> {
         process::run(Command::new("ip").args(args), None, Duration::from_secs(10))?
             .checked()

@@ -211,7 +211,7 @@ fn node_leftovers(node: &Node, on_node: &[&Pod], a: &mut Audit) {
             node.name
         ),
     );
-    let records = std::fs::read_dir(node.dir.join("records")).map_or(0, |d| {
+    let records = std::fs::read_dir(&node.records).map_or(0, |d| {
         d.filter_map(Result::ok)
             .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
             .count()

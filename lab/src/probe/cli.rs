@@ -81,7 +81,7 @@ pub fn check(rig: &Rig, docs: &[Value], pods: &[Pod], checks: &mut Checks) -> Ve
             continue;
         };
         let target = format!("{NAMESPACE}/{}", pod.name);
-        let agent = format!("127.0.0.1:{}", rig.nodes[pod.node].metrics_port);
+        let agent = rig.nodes[pod.node].metrics_addr.clone();
         let args = ["interfaces", &target, &a.ifname, "--agent", &agent];
         if let Some(text) = run(rig, &args, checks, &mut views) {
             checks.record(
