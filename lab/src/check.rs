@@ -40,6 +40,10 @@ pub enum CheckKind {
     FastPath,
     /// The `sidelane` command line shows what the scenario made.
     Cli,
+    /// The seeds' debug commands (`kubectl exec <pod> -- ip addr show`, `ip route show`, a
+    /// ping over net1; `kubectl get pod -o yaml` for network-status), run against a pod a real
+    /// node runs, show what was allocated and what the pod has.
+    KubectlExec,
     /// A kind of check the scenario must show ran and held.
     Shown,
 }
@@ -64,6 +68,7 @@ impl CheckKind {
             Self::Qos => "qos",
             Self::FastPath => "fast-path",
             Self::Cli => "cli",
+            Self::KubectlExec => "kubectl-exec",
             Self::Shown => "shown",
         }
     }

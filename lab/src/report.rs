@@ -24,6 +24,8 @@ pub struct ScenarioReport {
     pub qos: Vec<Measured>,
     pub fastpath_hits: Vec<(String, u64)>,
     pub cli: Vec<View>,
+    /// The seeds' debug commands against a pod of the real node, and what they printed.
+    pub exec: Vec<View>,
     pub took: Duration,
 }
 
@@ -140,7 +142,7 @@ fn render_scenario(out: &mut String, sc: &ScenarioReport) {
             .collect();
         let _ = writeln!(out, "   fast-path hits: {}", shown.join(", "));
     }
-    for view in &sc.cli {
+    for view in sc.cli.iter().chain(&sc.exec) {
         let _ = writeln!(out, "   $ {}", view.command);
         for line in view.output.lines() {
             let _ = writeln!(out, "     {line}");

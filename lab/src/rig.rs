@@ -116,12 +116,11 @@ impl Node {
     pub fn metrics(&self) -> String {
         use std::io::{Read as _, Write as _};
         let mut text = String::new();
-        let fetched =
-            std::net::TcpStream::connect(self.metrics_addr.as_str()).and_then(|mut s| {
-                s.set_read_timeout(Some(Duration::from_secs(10)))?;
-                s.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")?;
-                s.read_to_string(&mut text)
-            });
+        let fetched = std::net::TcpStream::connect(self.metrics_addr.as_str()).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")?;
+            s.read_to_string(&mut text)
+        });
         if fetched.is_err() {
             text.clear();
         }

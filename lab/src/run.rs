@@ -9,7 +9,7 @@ use crate::{
     check::Checks,
     interrupt,
     pod::{self, NAMESPACE, Pod},
-    probe::{addressing, cli, fastpath, qos, reach},
+    probe::{addressing, cli, exec, fastpath, qos, reach},
     report::ScenarioReport,
     rig::Rig,
     scenario::{self, Scenario},
@@ -50,6 +50,7 @@ pub fn scenario(rig: &Rig, sc: &Scenario, keep_up: bool) -> anyhow::Result<Scena
     let qos = qos::check(&pods, &mut checks);
     let fastpath_hits = fastpath::check(rig, &pods, &matrix.endpoints, &mut checks);
     let cli = cli::check(rig, &docs, &pods, &mut checks);
+    let exec = exec::check(rig, &pods, &matrix, &mut checks);
     checks.require_shown(&sc.shows);
     if !keep_up {
         clean_up(rig, sc, &pods);
@@ -63,6 +64,7 @@ pub fn scenario(rig: &Rig, sc: &Scenario, keep_up: bool) -> anyhow::Result<Scena
         qos,
         fastpath_hits,
         cli,
+        exec,
         took: start.elapsed(),
     })
 }

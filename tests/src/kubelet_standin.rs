@@ -227,7 +227,14 @@ async fn register(client: &kube::Client, config: &NodeConfig) -> anyhow::Result<
     if nodes.get_opt(&config.name).await?.is_none() {
         nodes.create(&PostParams::default(), &node).await?;
     }
-    let capacity = json!({"cpu": "64", "memory": "256Gi", "pods": "10000"});
+    // This machine's processors and memory, as a real kubelet beside it reports them, so the
+    // scheduler weighs a stand-in node and a real one alike (a bigger stand-in would draw
+    // every pod); room for many pods, which benchmarks bind by the thousand.
+    let capacity = json!({
+        "cpu": std::thread::available_parallelism().map_or(2, std::num::NonZero::get).to_string(),
+        "memory": machine_memory(),
+        "pods": "10000",
+    });
     let status = json!({"status": {
         "capacity": capacity, "allocatable": capacity,
         "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
@@ -564,4 +571,16 @@ fn running_status(ip: &str, node: &str) -> Value {
         status["status"]["podIPs"] = json!([{"ip": ip}]);
     }
     status
+}
+
+/// This machine's memory as a quantity (`MemTotal` of `/proc/meminfo`, in Ki).
+fn machine_memory() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next().map(|kib| format!("{kib}Ki")))
+        })
+        .unwrap_or_else(|| "8Gi".to_owned())
 }

@@ -160,8 +160,7 @@ impl RealNode {
             .mounts
             .as_ref()
             .with_context(|| format!("node {} has no mounts of its own", self.name))?;
-        bind_in(mounts, source, target)
-            .with_context(|| format!("in node {}", self.name))
+        bind_in(mounts, source, target).with_context(|| format!("in node {}", self.name))
     }
 
     /// The node's folder.
@@ -370,7 +369,7 @@ state = "{root}/state"
                 )
                 .unwrap_or_default();
             if out.trim() == "True" {
-                return Ok(());
+                return self.lift_not_ready_taint(plane);
             }
             if self.kubelet.as_mut().is_some_and(|k| !k.is_running()) {
                 bail!("the kubelet exited; its log: {}", self.tail("kubelet.log"));
@@ -429,6 +428,38 @@ state = "{root}/state"
             .sandboxes()?
             .into_iter()
             .find(|(id, _)| ours.contains(&id.as_str())))
+    }
+
+    /// Lifts the `node.kubernetes.io/not-ready` taint admission puts on a new node, as the node
+    /// lifecycle controller does once the node is Ready: that controller is off here (the
+    /// kubelet stand-ins send no heartbeats it would accept), and the scheduler would send the
+    /// node nothing while the taint stays.
+    fn lift_not_ready_taint(&self, plane: &ControlPlane) -> anyhow::Result<()> {
+        let taints = plane.kubectl_run(
+            &[
+                "get",
+                "node",
+                &self.name,
+                "-o",
+                "jsonpath={.spec.taints[*].key}",
+            ],
+            None,
+        )?;
+        if !taints.contains("node.kubernetes.io/not-ready") {
+            return Ok(());
+        }
+        plane
+            .kubectl_run(
+                &[
+                    "taint",
+                    "node",
+                    &self.name,
+                    "node.kubernetes.io/not-ready:NoSchedule-",
+                ],
+                None,
+            )
+            .map(drop)
+            .with_context(|| format!("lifting node {}'s not-ready taint", self.name))
     }
 
     /// The process of each running pod sandbox (its pause container), by sandbox ID.

@@ -63,7 +63,11 @@ impl Layouts {
             let dir = root.join(name);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             process::run(
-                Command::new("tar").arg("-xf").arg(&tarball).arg("-C").arg(&dir),
+                Command::new("tar")
+                    .arg("-xf")
+                    .arg(&tarball)
+                    .arg("-C")
+                    .arg(&dir),
                 None,
                 Duration::from_mins(1),
             )?
@@ -92,11 +96,9 @@ impl Layouts {
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        SEED_IMAGES
-            .iter()
-            .find_map(|(_, _, local)| {
-                std::fs::read(self.root.join(local).join("blobs/sha256").join(hex)).ok()
-            })
+        SEED_IMAGES.iter().find_map(|(_, _, local)| {
+            std::fs::read(self.root.join(local).join("blobs/sha256").join(hex)).ok()
+        })
     }
 }
 
@@ -113,7 +115,10 @@ impl Registry {
             Some(ns) => crate::netns::listen_in(ns, 0)?,
             None => TcpListener::bind(("127.0.0.1", 0)).context("binding the registry")?,
         };
-        let port = listener.local_addr().context("the registry's address")?.port();
+        let port = listener
+            .local_addr()
+            .context("the registry's address")?
+            .port();
         listener
             .set_nonblocking(true)
             .context("a non-blocking listener")?;

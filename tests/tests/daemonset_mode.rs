@@ -33,8 +33,9 @@ fn filters(link: &PodLink) -> String {
 
 #[test]
 fn qos_programs_attached_in_the_agents_own_namespace_stay_attached() {
-    if !privilege::require_privileges("qos_programs_attached_in_the_agents_own_namespace_stay_attached")
-    {
+    if !privilege::require_privileges(
+        "qos_programs_attached_in_the_agents_own_namespace_stay_attached",
+    ) {
         return;
     }
     let link = PodLink::new().expect("a pod link");
@@ -53,7 +54,10 @@ fn qos_programs_attached_in_the_agents_own_namespace_stay_attached() {
     })
     .expect("entering the node's namespace");
     let filters = filters(&link);
-    assert!(filters.contains("sl_qos"), "no QoS filter left: {filters:?}");
+    assert!(
+        filters.contains("sl_qos"),
+        "no QoS filter left: {filters:?}"
+    );
 }
 
 #[test]

@@ -17,7 +17,8 @@ use sidelane_tests::{
 };
 
 #[test]
-fn a_real_kubelet_runs_the_seeds_alpine_pod_through_multus_and_remakes_a_killed_sandbox_without_a_leak() {
+fn a_real_kubelet_runs_the_seeds_alpine_pod_through_multus_and_remakes_a_killed_sandbox_without_a_leak()
+ {
     if !privilege::require_privileges(
         "a_real_kubelet_runs_the_seeds_alpine_pod_through_multus_and_remakes_a_killed_sandbox_without_a_leak",
     ) {

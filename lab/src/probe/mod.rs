@@ -3,6 +3,7 @@
 
 pub mod addressing;
 pub mod cli;
+pub mod exec;
 pub mod fastpath;
 pub mod qos;
 pub mod reach;
