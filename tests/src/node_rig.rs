@@ -155,6 +155,11 @@ impl NodeRig {
         rig
     }
 
+    /// Node `node`'s pin root (the agent's `--pin-root`).
+    pub fn pins_on(&self, node: usize) -> &std::path::Path {
+        self.nodes[node].pins.path()
+    }
+
     /// The first node's chassis.
     pub fn chassis(&self) -> &Chassis {
         &self.nodes[0].chassis

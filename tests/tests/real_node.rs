@@ -101,8 +101,9 @@ fn a_real_kubelet_runs_the_seeds_alpine_pod_through_multus_and_remakes_a_killed_
     });
 }
 
-/// Real OVN, the controller and an agent (the node rig), and a real node on the rig's chassis
-/// running the pod `web` with the attachnet seed's NAD (its socket the rig's agent's).
+/// Real OVN, the controller and an agent with the fast path (the node rig), and a real node on
+/// the rig's chassis running the pod `web` with the attachnet seed's NAD (its socket the rig's
+/// agent's) and a rate limit (so it has QoS pins).
 struct OvnPod {
     rig: NodeRig,
     node: RealNode,
@@ -111,9 +112,33 @@ struct OvnPod {
     ip: String,
 }
 
+/// What a node holds for its attachments.
+#[derive(Debug, PartialEq, Eq)]
+struct Held {
+    /// Ports on `br-int`.
+    ports: Vec<String>,
+    /// Host ends of pods' net1 veths.
+    veths: Vec<String>,
+    /// QoS pin folders (one per limited device).
+    qos_pins: Vec<String>,
+    /// Fast-path endpoint entries (one per address).
+    endpoints: usize,
+}
+
+impl Held {
+    fn nothing() -> Held {
+        Held {
+            ports: Vec::new(),
+            veths: Vec::new(),
+            qos_pins: Vec::new(),
+            endpoints: 0,
+        }
+    }
+}
+
 impl OvnPod {
     fn start(node_name: &str) -> OvnPod {
-        let rig = NodeRig::start(false);
+        let rig = NodeRig::start(true);
         let mut docs = cluster::networks_of("attachnet.yaml");
         for doc in &mut docs {
             if doc["kind"] == "NetworkAttachmentDefinition" {
@@ -137,7 +162,10 @@ impl OvnPod {
         rig.api.apply(&[json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "web", "namespace": "default",
-                         "annotations": {"k8s.v1.cni.cncf.io/networks": "attachnet"}},
+                         "annotations": {
+                             "k8s.v1.cni.cncf.io/networks": "attachnet",
+                             "attachnet.default.ovn.kubernetes.io/ingress_rate": "100",
+                         }},
             "spec": {
                 "nodeName": node.name(),
                 "containers": [{
@@ -182,6 +210,68 @@ impl OvnPod {
             })
     }
 
+    /// What the node holds for attachments now.
+    fn held(&self) -> Held {
+        let veths = self
+            .rig
+            .chassis()
+            .ns
+            .exec(&["ip", "-o", "link", "show"])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+            .filter(|name| name.ends_with("_net1_h"))
+            .collect();
+        let mut qos_pins: Vec<String> = std::fs::read_dir(self.rig.pins_on(0).join("qos"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        qos_pins.sort();
+        let endpoints = self
+            .rig
+            .fastpath()
+            .lock()
+            .expect("the fast path's lock")
+            .endpoints()
+            .len();
+        Held {
+            ports: self.ports(),
+            veths,
+            qos_pins,
+            endpoints,
+        }
+    }
+
+    /// Waits until the node holds one attachment, the one of `sandbox`: one port and one host
+    /// veth named after it, its QoS pins, one fast-path endpoint (one address); what it holds.
+    fn holds_only(&self, sandbox: &str) -> Held {
+        let prefix = &sandbox[..8];
+        let mut last = Held::nothing();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let held = self.held();
+            let only = held.ports.len() == 1
+                && held.ports[0].starts_with(prefix)
+                && held.veths.len() == 1
+                && held.veths[0].starts_with(prefix)
+                && !held.qos_pins.is_empty()
+                && held.endpoints == 1;
+            if only {
+                return held;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node does not hold only {sandbox}'s attachment: {held:?} (before: {last:?})"
+            );
+            last = held;
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     /// The ports on the chassis' `br-int`.
     fn ports(&self) -> Vec<String> {
         self.rig
@@ -206,8 +296,8 @@ impl OvnPod {
                 .is_none()
                 .then_some(())
         });
-        eventually("no port on br-int", Duration::from_secs(30), || {
-            self.ports().is_empty().then_some(())
+        eventually("nothing held on the node", Duration::from_secs(30), || {
+            (self.held() == Held::nothing()).then_some(())
         });
         eventually("no OVN port", Duration::from_secs(30), || {
             self.rig
@@ -238,30 +328,71 @@ fn ovn_ready(test: &str) -> bool {
 }
 
 #[test]
-fn a_pod_of_a_real_kubelet_gets_net1_through_ovn_keeps_it_across_a_new_sandbox_and_leaves_nothing()
+fn a_pods_whole_life_on_a_real_kubelet_moves_its_attachment_to_each_new_sandbox_and_leaves_nothing()
 {
     if !ovn_ready(
-        "a_pod_of_a_real_kubelet_gets_net1_through_ovn_keeps_it_across_a_new_sandbox_and_leaves_nothing",
+        "a_pods_whole_life_on_a_real_kubelet_moves_its_attachment_to_each_new_sandbox_and_leaves_nothing",
     ) {
         return;
     }
     let pod = OvnPod::start("real-b");
     pod.net1_shows_its_address();
-    assert_eq!(pod.ports().len(), 1, "{:?}", pod.ports());
-    // A new sandbox: DEL of the old one (its namespace gone) and ADD of the new, same address.
-    let sandbox = pod.node.remake_sandbox().expect("a new sandbox");
+    let (first, _) = pod
+        .node
+        .sandbox_of("default", "web")
+        .expect("asking containerd")
+        .expect("web's sandbox");
+    let before = pod.holds_only(&first);
+    // A new sandbox: DEL of the old one (its namespace gone) and ADD of the new, same address;
+    // the port, the veth, the QoS pins and the fast-path entry are the new sandbox's only.
+    let second = pod.node.remake_sandbox().expect("a new sandbox");
     pod.net1_shows_its_address();
     assert_eq!(
         allocation(&pod.rig.api),
         Some(pod.ip.clone()),
         "the allocation stays"
     );
-    let one_port = eventually("one port on br-int", Duration::from_secs(30), || {
-        Some(pod.ports()).filter(|p| p.len() == 1)
-    });
+    let after = pod.holds_only(&second);
     assert!(
-        one_port[0].starts_with(&sandbox[..8]),
-        "{one_port:?} for {sandbox}"
+        after.qos_pins.iter().all(|p| !before.qos_pins.contains(p)),
+        "the old sandbox's QoS pins are gone: {before:?} then {after:?}"
     );
+    pod.delete_and_check_nothing_is_left();
+}
+
+#[test]
+fn restarts_of_the_kubelet_containerd_and_the_agent_leave_a_running_pod_its_one_attachment() {
+    if !ovn_ready(
+        "restarts_of_the_kubelet_containerd_and_the_agent_leave_a_running_pod_its_one_attachment",
+    ) {
+        return;
+    }
+    let mut pod = OvnPod::start("real-c");
+    pod.net1_shows_its_address();
+    let (sandbox, _) = pod
+        .node
+        .sandbox_of("default", "web")
+        .expect("asking containerd")
+        .expect("web's sandbox");
+    let before = pod.holds_only(&sandbox);
+    pod.node
+        .restart_kubelet(pod.rig.api.plane())
+        .expect("restarting the kubelet");
+    pod.node
+        .restart_containerd()
+        .expect("restarting containerd");
+    pod.rig.stop_agent();
+    pod.rig.start_agent();
+    // The kubelet syncs the pod again (a CNI CHECK or STATUS at most, never a second ADD):
+    // the same sandbox, the same attachment.
+    pod.net1_shows_its_address();
+    let (still, _) = pod
+        .node
+        .sandbox_of("default", "web")
+        .expect("asking containerd")
+        .expect("web's sandbox");
+    assert_eq!(still, sandbox, "the sandbox survives the restarts");
+    assert_eq!(pod.holds_only(&sandbox), before);
+    assert_eq!(allocation(&pod.rig.api), Some(pod.ip.clone()));
     pod.delete_and_check_nothing_is_left();
 }
