@@ -486,10 +486,46 @@ state = "{root}/state"
             .collect())
     }
 
-    /// Kills the kubelet (as a crash does) and starts it again; waits until the node is Ready.
+    /// Kills the kubelet (as a crash does) and starts it again; waits until the new one is
+    /// up: it has renewed its node's Lease (a kubelet starting while the runtime is away exits,
+    /// which systemd would answer with another start; here the caller waits instead).
     pub fn restart_kubelet(&mut self, plane: &ControlPlane) -> anyhow::Result<()> {
+        let name = self.name.clone();
+        let renewed = || {
+            plane
+                .kubectl_run(
+                    &[
+                        "get",
+                        "lease",
+                        "-n",
+                        "kube-node-lease",
+                        &name,
+                        "-o",
+                        "jsonpath={.spec.renewTime}",
+                    ],
+                    None,
+                )
+                .unwrap_or_default()
+        };
+        let before = renewed();
         drop(self.kubelet.take());
         self.start_kubelet(plane)?;
+        let deadline = Instant::now() + Duration::from_mins(1);
+        while renewed() == before {
+            if self.kubelet.as_mut().is_some_and(|k| !k.is_running()) {
+                bail!(
+                    "the restarted kubelet exited; its log: {}",
+                    self.tail("kubelet.log")
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the restarted kubelet did not renew its Lease within a minute; its log: {}",
+                    self.tail("kubelet.log")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         self.wait_ready(plane)
     }
 
