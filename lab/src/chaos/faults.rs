@@ -5,7 +5,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use sidelane_tests::iperf::{self, IperfSpec};
 
-use crate::{pod::Pod, rig::Rig};
+use crate::{
+    pod::Pod,
+    rig::{Kubelet, Rig},
+};
 
 /// The kinds of fault, injected in turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -28,15 +31,21 @@ pub enum Fault {
     LspDeletedByHand,
     /// A pod's host veth deleted by hand.
     VethDeletedByHand,
+    /// node1's kubelet killed and started again (as systemd restarts it).
+    KubeletRestarted,
+    /// node1's containerd killed and started again (the pods' shims and containers stay).
+    ContainerdRestarted,
 }
 
 impl Fault {
     /// Every kind, in the order they are injected.
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 10] = [
         Fault::LeaderKilled,
         Fault::AgentRestarted,
+        Fault::KubeletRestarted,
         Fault::ApiserverRestarted,
         Fault::NorthboundRestarted,
+        Fault::ContainerdRestarted,
         Fault::WatchesCut,
         Fault::LspDeletedByHand,
         Fault::EtcdRestarted,
@@ -54,6 +63,8 @@ impl Fault {
             Fault::WatchesCut => "watches_cut",
             Fault::LspDeletedByHand => "lsp_deleted_by_hand",
             Fault::VethDeletedByHand => "veth_deleted_by_hand",
+            Fault::KubeletRestarted => "kubelet_restarted",
+            Fault::ContainerdRestarted => "containerd_restarted",
         }
     }
 }
@@ -108,6 +119,22 @@ impl Rig {
                 Err(_) => false,
             })
         })
+    }
+
+    /// The real node's kubelet, killed and started again.
+    pub fn restart_kubelet(&mut self) -> anyhow::Result<()> {
+        let Kubelet::Real(node) = &mut self.nodes[0].kubelet else {
+            bail!("node1 is not a real node");
+        };
+        node.restart_kubelet(self.api.plane())
+    }
+
+    /// The real node's containerd, killed and started again.
+    pub fn restart_containerd(&mut self) -> anyhow::Result<()> {
+        let Kubelet::Real(node) = &mut self.nodes[0].kubelet else {
+            bail!("node1 is not a real node");
+        };
+        node.restart_containerd()
     }
 
     pub fn restart_northbound(&mut self) -> anyhow::Result<()> {

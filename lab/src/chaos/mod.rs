@@ -3,11 +3,12 @@
 //!
 //! Pods with an OVN attachment (`chaosnet`) and an IPAM-only macvlan attachment (`chaosvlan`),
 //! some with static addresses and some with a rate limit, come and go on both nodes, each set
-//! up and torn down by its node's kubelet stand-in through the real Multus. Every few pods one
-//! fault, in turn ([`faults::Fault`]): the leading controller killed, an agent restarted (on
-//! node1 under a running flow), kube-apiserver restarted, the Northbound server restarted,
-//! every connection to kube-apiserver cut, a Logical_Switch_Port deleted by hand, etcd
-//! restarted, a host veth deleted by hand. Then, with the survivors running and again after
+//! up and torn down through the real Multus by its node's kubelet (node1's real, running the
+//! pods' containers; node2's the stand-in). Every few pods one fault, in turn
+//! ([`faults::Fault`]): the leading controller killed, an agent restarted (on node1 under a
+//! running flow), node1's kubelet restarted, kube-apiserver restarted, the Northbound server
+//! restarted, node1's containerd restarted, every connection to kube-apiserver cut, a
+//! Logical_Switch_Port deleted by hand, etcd restarted, a host veth deleted by hand. Then, with the survivors running and again after
 //! every pod is gone, the [`audit`].
 
 pub mod audit;
@@ -153,6 +154,8 @@ fn inject(
             }
         }
         Fault::AgentRestarted => rig.restart_agent(1)?,
+        Fault::KubeletRestarted => rig.restart_kubelet()?,
+        Fault::ContainerdRestarted => rig.restart_containerd()?,
         Fault::NorthboundRestarted => rig.restart_northbound()?,
         Fault::ApiserverRestarted => rig.restart_apiserver()?,
         Fault::EtcdRestarted => rig.restart_etcd()?,
