@@ -1,4 +1,4 @@
-//! A **kubelet stand-in** for the lab, chaos and most tests (the real node is `real_node`): it plays
+//! A **kubelet stand-in** for the lab's node2, chaos and most tests (the real node is `real_node`): it plays
 //! the part of the kubelet that matters to a network plugin, for one node:
 //!
 //! - it registers the node's `Node` object under the node's own identity (`system:node:<name>`,
