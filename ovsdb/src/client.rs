@@ -27,6 +27,7 @@ use crate::{
     operation::{Condition, Operation, OperationResult},
     remote::Remote,
     schema::Schema,
+    tls::Tls,
 };
 
 /// How the session behaves.
@@ -44,6 +45,8 @@ pub struct Options {
     pub probe_interval: Option<Duration>,
     /// How long a request waits for a connection and then for its reply.
     pub request_timeout: Duration,
+    /// The client's TLS set-up, for `ssl:` remotes.
+    pub tls: Option<Tls>,
 }
 
 impl Options {
@@ -56,7 +59,15 @@ impl Options {
             backoff_max: Duration::from_secs(8),
             probe_interval: Some(Duration::from_secs(10)),
             request_timeout: Duration::from_secs(30),
+            tls: None,
         }
+    }
+
+    /// With this TLS set-up for `ssl:` remotes.
+    #[must_use]
+    pub fn with_tls(mut self, tls: Tls) -> Options {
+        self.tls = Some(tls);
+        self
     }
 }
 
@@ -504,13 +515,24 @@ async fn await_reply(
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-async fn open(remote: &Remote) -> std::io::Result<Box<dyn Io>> {
+async fn open(remote: &Remote, tls: Option<&Tls>) -> std::io::Result<Box<dyn Io>> {
     Ok(match remote {
         Remote::Unix(path) => Box::new(UnixStream::connect(path).await?),
         Remote::Tcp { host, port } => {
             let s = TcpStream::connect((host.as_str(), *port)).await?;
             s.set_nodelay(true)?;
             Box::new(s)
+        }
+        Remote::Ssl { host, port } => {
+            let tls = tls.ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{remote} needs a private key, a certificate and a CA certificate"),
+                )
+            })?;
+            let s = TcpStream::connect((host.as_str(), *port)).await?;
+            s.set_nodelay(true)?;
+            Box::new(tls.connect(host, s).await?)
         }
     })
 }
@@ -541,7 +563,7 @@ async fn drive(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Comman
         while let Ok(cmd) = commands.try_recv() {
             register(&shared, cmd);
         }
-        match open(remote).await {
+        match open(remote, opts.tls.as_ref()).await {
             Ok(io) => {
                 generation += 1;
                 let served = serve(&shared, io, remote, generation, &mut commands).await;

@@ -9,7 +9,8 @@
 //! - [`datum`]: OVSDB values (uuid, named-uuid, set, map) built and read.
 //! - [`operation`]: typed `transact` operations and results.
 //! - [`schema`], [`replica`]: a local copy of monitored tables kept by `update2`.
-//! - [`remote`]: `unix:` and `tcp:` remotes (`ssl:` refused clearly).
+//! - [`remote`]: `unix:`, `tcp:` and `ssl:` remotes; [`tls`]: TLS with a client certificate, as
+//!   OVN's own `--private-key`, `--certificate` and `--ca-cert`.
 //! - [`client`]: the session (request ids, echo, monitors, reconnect with resync, leader only).
 
 pub mod client;
@@ -19,9 +20,11 @@ pub mod operation;
 pub mod remote;
 pub mod replica;
 pub mod schema;
+pub mod tls;
 
 pub use client::{Client, ClientError, Monitor, MonitorEvent, MonitorRequest, Options};
 pub use operation::{Condition, Mutation, Operation, OperationResult, Row};
 pub use remote::{Remote, RemoteError, parse_remotes};
 pub use replica::Replica;
 pub use schema::Schema;
+pub use tls::{Tls, TlsError, TlsFiles};

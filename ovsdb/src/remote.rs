@@ -1,5 +1,6 @@
-//! Where an OVSDB server listens: `unix:<path>`, `tcp:<host>:<port>` (IPv6 in brackets),
-//! several separated by commas as OVN writes them (a clustered database's members).
+//! Where an OVSDB server listens: `unix:<path>`, `tcp:<host>:<port>`, `ssl:<host>:<port>`
+//! (IPv6 in brackets), several separated by commas as OVN writes them (a clustered database's
+//! members). An `ssl:` remote needs the client's TLS files ([`crate::tls`]).
 
 use std::{fmt, path::PathBuf, str::FromStr};
 
@@ -17,17 +18,19 @@ pub enum Remote {
         /// Port.
         port: u16,
     },
+    /// A TCP host and port spoken to over TLS.
+    Ssl {
+        /// Host name or address (without brackets).
+        host: String,
+        /// Port.
+        port: u16,
+    },
 }
 
 /// A remote that cannot be used.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum RemoteError {
-    /// `ssl:` needs TLS, which this client does not speak yet.
-    #[error(
-        "remote {0:?}: ssl: remotes are not supported yet (TLS is not implemented); use unix: or tcp:"
-    )]
-    Ssl(String),
-    /// Not `unix:` or `tcp:` with a host and port.
+    /// Not `unix:`, or `tcp:` or `ssl:` with a host and port.
     #[error("remote {remote:?}: {reason}")]
     Invalid {
         /// The text given.
@@ -51,11 +54,14 @@ impl FromStr for Remote {
             }
             return Ok(Remote::Unix(PathBuf::from(path)));
         }
-        if s.starts_with("ssl:") {
-            return Err(RemoteError::Ssl(s.to_owned()));
-        }
-        let Some(rest) = s.strip_prefix("tcp:") else {
-            return Err(invalid("expected unix:<path> or tcp:<host>:<port>"));
+        let (tls, rest) = match (s.strip_prefix("tcp:"), s.strip_prefix("ssl:")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => {
+                return Err(invalid(
+                    "expected unix:<path>, tcp:<host>:<port> or ssl:<host>:<port>",
+                ));
+            }
         };
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
             let (host, after) = v6
@@ -63,22 +69,31 @@ impl FromStr for Remote {
                 .ok_or_else(|| invalid("an IPv6 host needs a closing ']'"))?;
             let port = after
                 .strip_prefix(':')
-                .ok_or_else(|| invalid("tcp: needs a port after the host"))?;
+                .ok_or_else(|| invalid("a port must follow the host"))?;
             (host, port)
         } else {
             rest.rsplit_once(':')
-                .ok_or_else(|| invalid("tcp: needs <host>:<port>"))?
+                .ok_or_else(|| invalid("expected <host>:<port>"))?
         };
         if host.is_empty() {
-            return Err(invalid("tcp: needs a host"));
+            return Err(invalid("the host is empty"));
         }
         let port = port
             .parse()
             .map_err(|_| invalid("the port is not a number from 0 to 65535"))?;
-        Ok(Remote::Tcp {
-            host: host.to_owned(),
-            port,
+        let host = host.to_owned();
+        Ok(if tls {
+            Remote::Ssl { host, port }
+        } else {
+            Remote::Tcp { host, port }
         })
+    }
+}
+
+impl Remote {
+    /// Whether the remote is spoken to over TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Remote::Ssl { .. })
     }
 }
 
@@ -88,6 +103,8 @@ impl fmt::Display for Remote {
             Remote::Unix(p) => write!(f, "unix:{}", p.display()),
             Remote::Tcp { host, port } if host.contains(':') => write!(f, "tcp:[{host}]:{port}"),
             Remote::Tcp { host, port } => write!(f, "tcp:{host}:{port}"),
+            Remote::Ssl { host, port } if host.contains(':') => write!(f, "ssl:[{host}]:{port}"),
+            Remote::Ssl { host, port } => write!(f, "ssl:{host}:{port}"),
         }
     }
 }
@@ -114,7 +131,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unix_tcp_and_clustered_lists_parse_and_ssl_is_refused_by_name() {
+    fn unix_tcp_ssl_and_clustered_lists_parse() {
         assert_eq!(
             parse_remotes("tcp:10.0.0.1:6641,tcp:[fd00::2]:6641,unix:/run/ovn/ovnnb_db.sock"),
             Ok(vec![
@@ -129,12 +146,29 @@ mod tests {
                 Remote::Unix("/run/ovn/ovnnb_db.sock".into()),
             ])
         );
-        let err = parse_remotes("ssl:10.0.0.1:6641").expect_err("ssl is refused");
-        assert!(
-            err.to_string()
-                .contains("ssl: remotes are not supported yet"),
-            "{err}"
+        assert_eq!(
+            parse_remotes("ssl:10.0.0.1:6641,ssl:[fd00::3]:6641"),
+            Ok(vec![
+                Remote::Ssl {
+                    host: "10.0.0.1".into(),
+                    port: 6641
+                },
+                Remote::Ssl {
+                    host: "fd00::3".into(),
+                    port: 6641
+                },
+            ])
         );
+        assert_eq!(
+            Remote::Ssl {
+                host: "fd00::3".into(),
+                port: 6641
+            }
+            .to_string(),
+            "ssl:[fd00::3]:6641"
+        );
+        let err = parse_remotes("ssl:10.0.0.1").expect_err("a port is needed");
+        assert!(err.to_string().contains("ssl:10.0.0.1"), "{err}");
         assert!(parse_remotes("tcp:host").is_err());
         assert!(parse_remotes("tcp:h:99999").is_err());
         assert!(parse_remotes("").is_err());

@@ -88,7 +88,19 @@ pub struct DbServer {
     pub socket: PathBuf,
     /// The loopback TCP port.
     pub port: u16,
+    /// Also listening on `pssl:` (a loopback port) with these files, once switched on.
+    ssl: Option<SslListener>,
     process: Option<Background>,
+}
+
+/// A database server's `pssl:` listener: its port and its key, certificate and CA (OVN's
+/// `--private-key`, `--certificate`, `--ca-cert`).
+#[derive(Debug, Clone)]
+struct SslListener {
+    port: u16,
+    key: PathBuf,
+    cert: PathBuf,
+    ca: PathBuf,
 }
 
 impl DbServer {
@@ -105,6 +117,7 @@ impl DbServer {
             socket: dir.join(format!("{name}.sock")),
             file,
             port: free_port()?,
+            ssl: None,
             process: None,
         };
         server.start()?;
@@ -148,6 +161,7 @@ impl DbServer {
             socket: dir.join(format!("{name}.sock")),
             file,
             port: free_port()?,
+            ssl: None,
             process: None,
         };
         server.start()?;
@@ -169,31 +183,65 @@ impl DbServer {
         format!("tcp:127.0.0.1:{}", self.port)
     }
 
+    /// Restarts the server also listening on `pssl:` with a serving certificate signed by
+    /// `pki`'s CA (named `ovsdb-server`, for no host: as `ovs-pki` makes them) and asking each
+    /// client for a certificate from that CA; returns its `ssl:` remote.
+    pub fn serve_tls(&mut self, pki: &crate::control_plane::Pki) -> anyhow::Result<String> {
+        let serving = pki.server(&format!("{}-server", self.name), "ovsdb-server", &[])?;
+        self.ssl = Some(SslListener {
+            port: free_port()?,
+            key: serving.key,
+            cert: serving.cert,
+            ca: pki.ca.clone(),
+        });
+        self.kill();
+        self.start()?;
+        self.ssl_remote()
+            .context("the server has a pssl: listener now")
+    }
+
+    /// `ssl:127.0.0.1:<port>`, once [`DbServer::serve_tls`] switched it on.
+    pub fn ssl_remote(&self) -> Option<String> {
+        self.ssl
+            .as_ref()
+            .map(|ssl| format!("ssl:127.0.0.1:{}", ssl.port))
+    }
+
     /// (Re)starts the server on the same file, socket and port.
     pub fn start(&mut self) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&self.socket);
         let mut cmd = Command::new("ovsdb-server");
         cmd.arg(&self.file)
             .arg(format!("--remote=punix:{}", self.socket.display()))
-            .arg(format!("--remote=ptcp:{}:127.0.0.1", self.port))
-            .arg(format!(
-                "--unixctl={}",
-                self.dir.join(format!("{}.ctl", self.name)).display()
-            ))
-            .arg(format!(
-                "--log-file={}",
-                self.dir.join(format!("{}.log", self.name)).display()
-            ))
-            .arg("-vconsole:off");
+            .arg(format!("--remote=ptcp:{}:127.0.0.1", self.port));
+        if let Some(ssl) = &self.ssl {
+            cmd.arg(format!("--remote=pssl:{}:127.0.0.1", ssl.port))
+                .arg(format!("--private-key={}", ssl.key.display()))
+                .arg(format!("--certificate={}", ssl.cert.display()))
+                .arg(format!("--ca-cert={}", ssl.ca.display()));
+        }
+        cmd.arg(format!(
+            "--unixctl={}",
+            self.dir.join(format!("{}.ctl", self.name)).display()
+        ))
+        .arg(format!(
+            "--log-file={}",
+            self.dir.join(format!("{}.log", self.name)).display()
+        ))
+        .arg("-vconsole:off");
         self.process = Some(daemon(&self.dir, cmd)?);
         let socket = self.socket.clone();
-        let port = self.port;
+        let ports: Vec<u16> = std::iter::once(self.port)
+            .chain(self.ssl.as_ref().map(|ssl| ssl.port))
+            .collect();
         wait_for(
             &format!("ovsdb-server {}", self.name),
             Duration::from_secs(10),
             || {
                 std::os::unix::net::UnixStream::connect(&socket).is_ok()
-                    && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                    && ports
+                        .iter()
+                        .all(|port| std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok())
             },
         )
     }

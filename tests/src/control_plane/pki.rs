@@ -104,6 +104,23 @@ impl Pki {
         Ok(pki)
     }
 
+    /// A serving certificate named `common_name`, valid for `names` (none: as `ovs-pki` makes
+    /// them for OVN's databases), in `<file>.crt` and `<file>.key`.
+    pub fn server(
+        &self,
+        file: &str,
+        common_name: &str,
+        names: &[&str],
+    ) -> anyhow::Result<CertFiles> {
+        self.sign(
+            file,
+            common_name,
+            &[],
+            names,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
     /// A client certificate for `user` in `groups` (files `<file>.crt` and `<file>.key`).
     pub fn client(&self, file: &str, user: &str, groups: &[&str]) -> anyhow::Result<CertFiles> {
         self.sign(file, user, groups, &[], ExtendedKeyUsagePurpose::ClientAuth)
