@@ -37,11 +37,15 @@ struct Args {
     /// How long an ADD waits for the controller's allocation, in seconds.
     #[arg(long, default_value_t = DEFAULT_ALLOCATION_TIMEOUT.as_secs())]
     allocation_timeout: u64,
-    /// The node's Open_vSwitch database (`unix:<path>` or `tcp:<host>:<port>`), where OVN-backed
+    /// The node's Open_vSwitch database (`unix:<path>`, `tcp:<host>:<port>` or
+    /// `ssl:<host>:<port>`), where OVN-backed
     /// attachments are plugged into the integration bridge. `none`: do not plug (a node
     /// without OVS serves IPAM-only attachments, and OVN-backed ones without OVN).
     #[arg(long, default_value = "unix:/run/openvswitch/db.sock")]
     ovs_db: String,
+    /// TLS for an `ssl:` Open_vSwitch database.
+    #[command(flatten)]
+    tls: sidelane_ovsdb::TlsArgs,
     /// The integration bridge.
     #[arg(long, default_value = "br-int")]
     ovs_bridge: String,
@@ -205,8 +209,13 @@ async fn connect_ovs(args: &Args) -> anyhow::Result<Option<OvsBridge>> {
         .ovs_db
         .parse()
         .with_context(|| format!("--ovs-db {:?}", args.ovs_db))?;
+    let tls = args
+        .tls
+        .for_remotes(std::slice::from_ref(&remote))
+        .with_context(|| format!("--ovs-db {:?}", args.ovs_db))?;
     let bridge = OvsBridge::connect(
         remote,
+        tls,
         &args.ovs_bridge,
         args.ovs_datapath,
         Duration::from_secs(args.ovn_install_timeout),

@@ -208,6 +208,7 @@ impl OvsBridge {
     /// `datapath` if not), and follows its interfaces' binding state.
     pub async fn connect(
         remote: Remote,
+        tls: Option<sidelane_ovsdb::Tls>,
         bridge: &str,
         datapath: Datapath,
         install_timeout: Duration,
@@ -222,6 +223,7 @@ impl OvsBridge {
         };
         let mut options = Options::new(vec![remote]);
         options.request_timeout = Duration::from_secs(10);
+        options.tls = tls;
         let client = Client::connect(options)
             .await
             .map_err(db_err("connecting for"))?;

@@ -40,10 +40,13 @@ struct Args {
     /// Lease duration, seconds (renewal deadline and retry period scale with it).
     #[arg(long, default_value_t = 15)]
     lease_duration: u64,
-    /// The OVN Northbound database (`tcp:<host>:6641`, `unix:<path>`, comma-separated for a
-    /// cluster; `ssl:` is not supported yet). Unset: IPAM only, no OVN topology.
+    /// The OVN Northbound database (`tcp:<host>:6641`, `ssl:<host>:6641`, `unix:<path>`,
+    /// comma-separated for a cluster). Unset: IPAM only, no OVN topology.
     #[arg(long, env = "OVN_NB_DB")]
     ovn_nb_addr: Option<String>,
+    /// TLS for `ssl:` Northbound remotes.
+    #[command(flatten)]
+    tls: sidelane_ovsdb::TlsArgs,
 }
 
 #[tokio::main]
@@ -100,7 +103,12 @@ async fn main() -> anyhow::Result<()> {
         Some(addr) => {
             let remotes = sidelane_ovsdb::parse_remotes(addr)
                 .with_context(|| format!("--ovn-nb-addr {addr:?}"))?;
+            let tls = args
+                .tls
+                .for_remotes(&remotes)
+                .with_context(|| format!("--ovn-nb-addr {addr:?}"))?;
             let mut nb = sidelane_ovsdb::Options::new(remotes);
+            nb.tls = tls;
             // Against a clustered Northbound database, write to its leader only.
             nb.leader_of = Some(sidelane_controller::nb::NB.to_owned());
             Some(nb)

@@ -27,4 +27,4 @@ pub use operation::{Condition, Mutation, Operation, OperationResult, Row};
 pub use remote::{Remote, RemoteError, parse_remotes};
 pub use replica::Replica;
 pub use schema::Schema;
-pub use tls::{Tls, TlsError, TlsFiles};
+pub use tls::{Tls, TlsArgs, TlsError, TlsFiles};

@@ -34,9 +34,69 @@ pub struct TlsFiles {
     pub ca_cert: PathBuf,
 }
 
+/// The TLS flags of the controller and the agent, for `ssl:` remotes: OVN's tools call them
+/// `--private-key`, `--certificate` and `--ca-cert`; Kube-OVN mounts them from the `kube-ovn-tls`
+/// Secret at `/var/run/tls/{key,cert,cacert}` when `ENABLE_SSL` is on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct TlsArgs {
+    /// The client's private key (PEM), for `ssl:` OVSDB remotes.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long = "ovsdb-private-key", env = "OVSDB_PRIVATE_KEY")
+    )]
+    pub private_key: Option<PathBuf>,
+    /// The client's certificate (PEM), for `ssl:` OVSDB remotes.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long = "ovsdb-certificate", env = "OVSDB_CERTIFICATE")
+    )]
+    pub certificate: Option<PathBuf>,
+    /// The CA certificate (PEM) that signed the OVSDB servers' certificates.
+    #[cfg_attr(feature = "clap", arg(long = "ovsdb-ca-cert", env = "OVSDB_CA_CERT"))]
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS set-up `remotes` need: loaded when one is `ssl:` (every flag is then required),
+    /// `None` otherwise.
+    pub fn for_remotes(&self, remotes: &[crate::Remote]) -> Result<Option<Tls>, TlsError> {
+        let Some(remote) = remotes.iter().find(|r| r.is_tls()) else {
+            return Ok(None);
+        };
+        let missing = |flag| TlsError::Missing {
+            remote: remote.to_string(),
+            flag,
+        };
+        let files = TlsFiles {
+            private_key: self
+                .private_key
+                .clone()
+                .ok_or_else(|| missing("--ovsdb-private-key"))?,
+            certificate: self
+                .certificate
+                .clone()
+                .ok_or_else(|| missing("--ovsdb-certificate"))?,
+            ca_cert: self
+                .ca_cert
+                .clone()
+                .ok_or_else(|| missing("--ovsdb-ca-cert"))?,
+        };
+        Tls::load(&files).map(Some)
+    }
+}
+
 /// The TLS files could not be used.
 #[derive(Debug, Error)]
 pub enum TlsError {
+    /// An `ssl:` remote was given without one of the TLS files.
+    #[error("{remote} needs {flag}")]
+    Missing {
+        /// The remote.
+        remote: String,
+        /// The flag not given.
+        flag: &'static str,
+    },
     /// A file could not be read as PEM.
     #[error("reading the {what} {path}")]
     Read {
@@ -76,7 +136,9 @@ pub struct Tls {
 
 impl fmt::Debug for Tls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tls").field("files", &self.files).finish()
+        f.debug_struct("Tls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
     }
 }
 
@@ -225,5 +287,31 @@ impl ServerCertVerifier for ChainOnly {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.webpki.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_remotes;
+
+    #[test]
+    fn tls_files_are_needed_only_for_ssl_remotes_and_a_missing_one_is_named() {
+        let none = TlsArgs::default();
+        let plain = parse_remotes("tcp:10.0.0.1:6641,unix:/run/ovn/nb.sock").expect("remotes");
+        assert!(none.for_remotes(&plain).expect("no TLS needed").is_none());
+        let ssl = parse_remotes("tcp:10.0.0.1:6641,ssl:10.0.0.2:6641").expect("remotes");
+        let err = none.for_remotes(&ssl).expect_err("TLS files are needed");
+        assert_eq!(
+            err.to_string(),
+            "ssl:10.0.0.2:6641 needs --ovsdb-private-key"
+        );
+        let partial = TlsArgs {
+            private_key: Some("/k".into()),
+            certificate: Some("/c".into()),
+            ca_cert: None,
+        };
+        let err = partial.for_remotes(&ssl).expect_err("the CA is needed");
+        assert!(err.to_string().ends_with("--ovsdb-ca-cert"), "{err}");
     }
 }

@@ -203,6 +203,7 @@ impl NodeRig {
             .runtime
             .block_on(OvsBridge::connect(
                 remote,
+                None,
                 "br-int",
                 Datapath::Netdev,
                 Duration::from_secs(30),
