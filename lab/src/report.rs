@@ -45,7 +45,11 @@ pub fn rig_lines(rig: &Rig) -> Vec<String> {
              set up by the kubelet stand-in, both through the real Multus",
             rig.api.plane().url()
         ),
-        format!("OVN central: {}", rig.central.nb.unix_remote()),
+        format!(
+            "OVN central: Northbound {} (TLS, client certificates), {}",
+            rig.nb_tls.remote,
+            rig.central.nb.unix_remote()
+        ),
     ];
     lines.extend(rig.nodes.iter().map(|n| {
         format!(

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use sidelane_tests::{
-    control_plane::{Options as PlaneOptions, SidelaneCluster},
+    control_plane::{Options as PlaneOptions, Pki, SidelaneCluster},
     kubelet_standin::{self, KubeletStandin, NodeConfig},
     netns::NetNs,
     ovn::{Central, Chassis},
@@ -164,6 +164,9 @@ pub struct Rig {
     pub dir: tempfile::TempDir,
     pub api: SidelaneCluster,
     pub central: Central,
+    /// How the controllers reach the Northbound database: its `ssl:` remote and their TLS
+    /// files.
+    pub nb_tls: NbTls,
     pub nodes: Vec<Node>,
     /// The LAN the nodes' `eth0` are bridged on (macvlan attachments' master).
     pub lan: NetNs,
@@ -194,9 +197,10 @@ impl Rig {
                 Ok((api, multus))
             },
         )?;
-        let central = phases.run(
-            "OVN central: Northbound, Southbound, ovn-northd",
-            Central::start,
+        let (central, nb_tls) = phases.run(
+            "OVN central: Northbound (on TLS, as with the chart's networking.ENABLE_SSL), \
+             Southbound, ovn-northd",
+            || start_central(dir.path()),
         )?;
         let lan = NetNs::new()?;
         lan.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
@@ -208,12 +212,13 @@ impl Rig {
         )?;
         let controllers = phases
             .run("two sidelane-controller replicas (leader election)", || {
-                start_controllers(dir.path(), &api, &central, &bins)
+                start_controllers(dir.path(), &api, &nb_tls, &bins)
             })?;
         Ok(Rig {
             dir,
             api,
             central,
+            nb_tls,
             nodes,
             lan,
             controllers,
@@ -476,10 +481,38 @@ fn start_standin_node(
     })
 }
 
+/// The Northbound database's `ssl:` remote and the controllers' TLS files (the chart's
+/// `kube-ovn-tls` Secret, made here by a CA of the lab's own).
+pub struct NbTls {
+    pub remote: String,
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// OVN central, its Northbound database also listening on `pssl:` with a certificate of the
+/// lab's CA (ovn-northd stays on the Unix socket, as in the chart).
+fn start_central(dir: &Path) -> anyhow::Result<(Central, NbTls)> {
+    let mut central = Central::start()?;
+    let pki = Pki::create(&dir.join("ovn-pki"))?;
+    let remote = central.nb.serve_tls(&pki)?;
+    let client = pki.client("sidelane-controller", "sidelane-controller", &[])?;
+    eprintln!("    Northbound on {remote} (CA {})", pki.ca.display());
+    Ok((
+        central,
+        NbTls {
+            remote,
+            key: client.key,
+            cert: client.cert,
+            ca: pki.ca.clone(),
+        },
+    ))
+}
+
 fn start_controllers(
     dir: &Path,
     api: &SidelaneCluster,
-    central: &Central,
+    nb: &NbTls,
     bins: &Binaries,
 ) -> anyhow::Result<Vec<(Background, Spawn)>> {
     let mut controllers = Vec::new();
@@ -492,7 +525,13 @@ fn start_controllers(
                 "--lease-namespace".into(),
                 LEASE.0.into(),
                 "--ovn-nb-addr".into(),
-                central.nb.unix_remote().into(),
+                nb.remote.clone().into(),
+                "--ovsdb-private-key".into(),
+                nb.key.clone().into(),
+                "--ovsdb-certificate".into(),
+                nb.cert.clone().into(),
+                "--ovsdb-ca-cert".into(),
+                nb.ca.clone().into(),
                 "--metrics-addr".into(),
                 format!("127.0.0.1:{}", free_port()?).into(),
                 "--gc-interval".into(),

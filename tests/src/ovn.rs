@@ -188,11 +188,17 @@ impl DbServer {
     /// client for a certificate from that CA; returns its `ssl:` remote.
     pub fn serve_tls(&mut self, pki: &crate::control_plane::Pki) -> anyhow::Result<String> {
         let serving = pki.server(&format!("{}-server", self.name), "ovsdb-server", &[])?;
+        self.serve_tls_with(&serving.key, &serving.cert, &pki.ca)
+    }
+
+    /// As [`DbServer::serve_tls`], with these files (`--private-key`, `--certificate`,
+    /// `--ca-cert`), made elsewhere (by `ovs-pki`, as Kube-OVN's generate-ssl.sh does).
+    pub fn serve_tls_with(&mut self, key: &Path, cert: &Path, ca: &Path) -> anyhow::Result<String> {
         self.ssl = Some(SslListener {
             port: free_port()?,
-            key: serving.key,
-            cert: serving.cert,
-            ca: pki.ca.clone(),
+            key: key.to_owned(),
+            cert: cert.to_owned(),
+            ca: ca.to_owned(),
         });
         self.kill();
         self.start()?;
