@@ -1,7 +1,10 @@
 //! Our OVSDB client over TLS against a real ovsdb-server listening on `pssl:` with OVN's own
 //! flags (`--private-key`, `--certificate`, `--ca-cert`): a client with a certificate from the
 //! server's CA transacts; a server whose certificate another CA signed is refused by the client;
-X
+//! a client speaking plain TCP to the TLS port is refused by the server; and the files Kube-OVN's
+//! generate-ssl.sh makes with `ovs-pki` (the `kube-ovn-tls` Secret) serve both ends. Server
+//! certificates name no host usable here, as `ovs-pki` makes them: like OVS, the client checks
+//! the chain, not the name.
 
 use std::time::Duration;
 
