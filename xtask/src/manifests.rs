@@ -3,8 +3,8 @@
 //! `deploy/manifests/sidelane.yaml` is the Helm chart in `deploy/helm/sidelane` rendered by the
 //! real `helm template` (the pinned Helm `cargo xtask setup` builds) with its default values into
 //! `kube-system`, for `kubectl apply` without Helm. `helm lint --strict` runs over the chart with
-//! the defaults, with each of the seeds' non-primary switches, and with OVN switched off, and
-//! each of those renders too.
+//! the defaults, with each of the seeds' non-primary switches, with OVN switched off and with
+//! TLS to OVN switched on, and each of those renders too.
 //!
 //! Validation (offline, with the PyPI packages `cargo xtask setup` installs): every built-in
 //! kind in the rendered manifests, the CRDs and the examples against the Kubernetes schemas of
@@ -42,8 +42,9 @@ fn rendered_path(root: &Path) -> PathBuf {
 }
 
 /// The value sets the chart is linted and rendered with: the defaults, the two switches of the
-/// seeds (Kube-OVN chart v2 and v1), and OVN switched off (an OVN the operator runs).
-const VALUE_SETS: [(&str, &[&str]); 4] = [
+/// seeds (Kube-OVN chart v2 and v1), OVN switched off (an OVN the operator runs), and TLS to
+/// OVN's databases (Kube-OVN's `networking.ENABLE_SSL`).
+const VALUE_SETS: [(&str, &[&str]); 5] = [
     ("the defaults", &[]),
     ("cni.nonPrimaryCNI=true", &["cni.nonPrimaryCNI=true"]),
     (
@@ -58,6 +59,7 @@ const VALUE_SETS: [(&str, &[&str]); 4] = [
             "ovn.nbAddr=tcp:192.0.2.10:6641",
         ],
     ),
+    ("networking.ENABLE_SSL=true", &["networking.ENABLE_SSL=true"]),
 ];
 
 fn helm() -> anyhow::Result<PathBuf> {
