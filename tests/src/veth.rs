@@ -113,3 +113,15 @@ pub fn link_info(ns: &NetNs, ifname: &str) -> anyhow::Result<LinkInfo> {
 pub fn ifindex(ns: &NetNs, ifname: &str) -> anyhow::Result<u32> {
     Ok(link_info(ns, ifname)?.ifindex)
 }
+
+/// The names of the links in `ns` ending with `suffix` (pods' host ends end with `_net1_h`),
+/// without their `@peer`; empty when `ns` cannot be read.
+pub fn links_ending(ns: &NetNs, suffix: &str) -> Vec<String> {
+    ns.exec(&["ip", "-o", "link", "show"])
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
+        .filter(|name| name.ends_with(suffix))
+        .collect()
+}

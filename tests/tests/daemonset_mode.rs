@@ -31,6 +31,18 @@ fn filters(link: &PodLink) -> String {
         .collect()
 }
 
+/// Runs `attach` (given the pin root and the host end's name) as the DaemonSet's agent would:
+/// from inside the node's namespace (the link's host side), naming no namespace; then the
+/// filters left on the host end.
+fn attached_in_the_node(attach: impl FnOnce(&std::path::Path, String) + Send) -> String {
+    let link = PodLink::new().expect("a pod link");
+    let pins = PinRoot::new("sidelane-test");
+    let ifname = link.host_if().to_owned();
+    netns::run_in(Some(&link.host().path()), || attach(pins.path(), ifname))
+        .expect("entering the node's namespace");
+    filters(&link)
+}
+
 #[test]
 fn qos_programs_attached_in_the_agents_own_namespace_stay_attached() {
     if !privilege::require_privileges(
@@ -38,12 +50,8 @@ fn qos_programs_attached_in_the_agents_own_namespace_stay_attached() {
     ) {
         return;
     }
-    let link = PodLink::new().expect("a pod link");
-    let pins = PinRoot::new("sidelane-test");
-    let host = link.host().path();
-    let ifname = link.host_if().to_owned();
-    netns::run_in(Some(&host), || {
-        let dp = QosDataplane::new(pins.path()).expect("opening the dataplane");
+    let filters = attached_in_the_node(|pins, ifname| {
+        let dp = QosDataplane::new(pins).expect("opening the dataplane");
         let target = QosTarget {
             netns: None,
             ifname,
@@ -51,9 +59,7 @@ fn qos_programs_attached_in_the_agents_own_namespace_stay_attached() {
         };
         dp.apply(&target, &spec(Direction::Egress, 30))
             .expect("applying QoS");
-    })
-    .expect("entering the node's namespace");
-    let filters = filters(&link);
+    });
     assert!(
         filters.contains("sl_qos"),
         "no QoS filter left: {filters:?}"
@@ -67,12 +73,8 @@ fn the_fast_path_program_attached_in_the_agents_own_namespace_stays_attached() {
     ) {
         return;
     }
-    let link = PodLink::new().expect("a pod link");
-    let pins = PinRoot::new("sidelane-test");
-    let host = link.host().path();
-    let ifname = link.host_if().to_owned();
-    netns::run_in(Some(&host), || {
-        let mut fp = FastpathDataplane::open(pins.path()).expect("opening the fast path");
+    let filters = attached_in_the_node(|pins, ifname| {
+        let mut fp = FastpathDataplane::open(pins).expect("opening the fast path");
         fp.attach(&FastpathPort {
             netns: None,
             host_ifname: ifname,
@@ -84,9 +86,7 @@ fn the_fast_path_program_attached_in_the_agents_own_namespace_stays_attached() {
             published: true,
         })
         .expect("putting the port on the fast path");
-    })
-    .expect("entering the node's namespace");
-    let filters = filters(&link);
+    });
     assert!(
         filters.contains("sl_fastpath"),
         "no fast-path filter left: {filters:?}"

@@ -13,6 +13,7 @@ use sidelane_tests::{
     node_rig::NodeRig,
     privilege,
     real_node::RealNode,
+    veth,
     wait::eventually,
 };
 
@@ -210,19 +211,18 @@ impl OvnPod {
             })
     }
 
+    /// `web`'s running sandbox.
+    fn sandbox(&self) -> String {
+        self.node
+            .sandbox_of("default", "web")
+            .expect("asking containerd")
+            .expect("web's sandbox")
+            .0
+    }
+
     /// What the node holds for attachments now.
     fn held(&self) -> Held {
-        let veths = self
-            .rig
-            .chassis()
-            .ns
-            .exec(&["ip", "-o", "link", "show"])
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|name| name.split('@').next().unwrap_or(name).to_owned())
-            .filter(|name| name.ends_with("_net1_h"))
-            .collect();
+        let veths = veth::links_ending(&self.rig.chassis().ns, "_net1_h");
         let mut qos_pins: Vec<String> = std::fs::read_dir(self.rig.pins_on(0).join("qos"))
             .map(|d| {
                 d.filter_map(Result::ok)
@@ -337,11 +337,7 @@ fn a_pods_whole_life_on_a_real_kubelet_moves_its_attachment_to_each_new_sandbox_
     }
     let pod = OvnPod::start("real-b");
     pod.net1_shows_its_address();
-    let (first, _) = pod
-        .node
-        .sandbox_of("default", "web")
-        .expect("asking containerd")
-        .expect("web's sandbox");
+    let first = pod.sandbox();
     let before = pod.holds_only(&first);
     // A new sandbox: DEL of the old one (its namespace gone) and ADD of the new, same address;
     // the port, the veth, the QoS pins and the fast-path entry are the new sandbox's only.
@@ -369,11 +365,7 @@ fn restarts_of_the_kubelet_containerd_and_the_agent_leave_a_running_pod_its_one_
     }
     let mut pod = OvnPod::start("real-c");
     pod.net1_shows_its_address();
-    let (sandbox, _) = pod
-        .node
-        .sandbox_of("default", "web")
-        .expect("asking containerd")
-        .expect("web's sandbox");
+    let sandbox = pod.sandbox();
     let before = pod.holds_only(&sandbox);
     pod.node
         .restart_kubelet(pod.rig.api.plane())
@@ -386,11 +378,7 @@ fn restarts_of_the_kubelet_containerd_and_the_agent_leave_a_running_pod_its_one_
     // The kubelet syncs the pod again (a CNI CHECK or STATUS at most, never a second ADD):
     // the same sandbox, the same attachment.
     pod.net1_shows_its_address();
-    let (still, _) = pod
-        .node
-        .sandbox_of("default", "web")
-        .expect("asking containerd")
-        .expect("web's sandbox");
+    let still = pod.sandbox();
     assert_eq!(still, sandbox, "the sandbox survives the restarts");
     assert_eq!(pod.holds_only(&sandbox), before);
     assert_eq!(allocation(&pod.rig.api), Some(pod.ip.clone()));

@@ -59,7 +59,10 @@ const VALUE_SETS: [(&str, &[&str]); 5] = [
             "ovn.nbAddr=tcp:192.0.2.10:6641",
         ],
     ),
-    ("networking.ENABLE_SSL=true", &["networking.ENABLE_SSL=true"]),
+    (
+        "networking.ENABLE_SSL=true",
+        &["networking.ENABLE_SSL=true"],
+    ),
 ];
 
 fn helm() -> anyhow::Result<PathBuf> {

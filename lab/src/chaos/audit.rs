@@ -9,6 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
+use sidelane_tests::veth;
 
 use super::{ChaosReport, IPAM_PROVIDER};
 use crate::{
@@ -156,15 +157,8 @@ fn addresses(rig: &Rig, live: &[&Pod], a: &mut Audit) {
 /// Host veths, fast-path endpoints, QoS pins and agent records without a pod on `node`.
 fn node_leftovers(node: &Node, on_node: &[&Pod], a: &mut Audit) {
     let expected_veths: BTreeSet<String> = on_node.iter().filter_map(|p| p.host_veth()).collect();
-    let veths: BTreeSet<String> = node
-        .chassis
-        .ns
-        .exec(&["ip", "-o", "link", "show"])
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|name| name.split('@').next().unwrap_or(name).to_owned())
-        .filter(|name| name.ends_with("_net1_h"))
+    let veths: BTreeSet<String> = veth::links_ending(&node.chassis.ns, "_net1_h")
+        .into_iter()
         .collect();
     // A veth deleted by hand is gone with its pod's interface: only leftovers count.
     let leaked: BTreeSet<&String> = veths.difference(&expected_veths).collect();
