@@ -265,7 +265,8 @@ impl Rig {
              {cli} interfaces --agent {agent1}    (node1; node2: {agent2})\n  \
              ovn-nbctl --db={nb} show\n  \
              ip netns exec {ns1} ovs-vsctl --db={ovs1} show\n  \
-             pods are network namespaces: {pods}\n  \
+             node1's pods run containers: kubectl exec <pod> -- ip addr show\n  \
+             every pod's network namespace: {pods}\n  \
              logs: {dir}/node1/agent.log, {dir}/controller-1.log\n",
             kubeconfig = self.api.plane().admin_kubeconfig().display(),
             cli = process::binary_beside_me("sidelane")
