@@ -14,3 +14,4 @@ pub mod network_selection;
 #[cfg(feature = "probes")]
 pub mod probes;
 pub mod qos;
+pub mod security_group;
