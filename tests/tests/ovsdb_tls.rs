@@ -9,7 +9,10 @@
 use std::time::Duration;
 
 use sidelane_ovsdb::{Client, ClientError, Operation, Options, Tls, TlsFiles, parse_remotes};
-use sidelane_tests::{control_plane::Pki, ovn::DbServer};
+use sidelane_tests::{
+    control_plane::Pki,
+    ovn::{self, DbServer},
+};
 
 /// A Northbound server also serving TLS with certificates from `pki`.
 struct TlsServer {
@@ -72,6 +75,10 @@ async fn list_switches(client: &Client) -> Result<usize, ClientError> {
 
 #[tokio::test]
 async fn a_client_with_a_certificate_from_the_servers_ca_transacts_over_ssl() {
+    if !ovn::require_installed("a_client_with_a_certificate_from_the_servers_ca_transacts_over_ssl")
+    {
+        return;
+    }
     let (_d, pki) = pki();
     let server = tls_server(&pki);
     let client = Client::connect(options(&server.remote, Some(&client_files(&pki))))
@@ -83,6 +90,9 @@ async fn a_client_with_a_certificate_from_the_servers_ca_transacts_over_ssl() {
 
 #[tokio::test]
 async fn the_client_refuses_a_server_whose_certificate_another_ca_signed() {
+    if !ovn::require_installed("the_client_refuses_a_server_whose_certificate_another_ca_signed") {
+        return;
+    }
     let (_d, servers_pki) = pki();
     let (_e, clients_pki) = pki();
     let server = tls_server(&servers_pki);
@@ -104,6 +114,9 @@ async fn the_client_refuses_a_server_whose_certificate_another_ca_signed() {
 
 #[tokio::test]
 async fn the_server_refuses_plain_tcp_on_its_tls_port() {
+    if !ovn::require_installed("the_server_refuses_plain_tcp_on_its_tls_port") {
+        return;
+    }
     let (_d, pki) = pki();
     let server = tls_server(&pki);
     let plain = server.remote.replace("ssl:", "tcp:");
@@ -162,6 +175,11 @@ fn kube_ovn_tls(dir: &std::path::Path) -> TlsFiles {
 
 #[tokio::test]
 async fn the_certificates_kube_ovns_generate_ssl_makes_with_ovs_pki_serve_both_ends() {
+    if !ovn::require_installed(
+        "the_certificates_kube_ovns_generate_ssl_makes_with_ovs_pki_serve_both_ends",
+    ) {
+        return;
+    }
     let dir = tempfile::tempdir().expect("a temporary directory");
     let files = kube_ovn_tls(dir.path());
     let mut server = DbServer::create(dir.path(), "nb", "/usr/share/ovn/ovn-nb.ovsschema")
