@@ -38,9 +38,9 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_ALLOCATION_TIMEOUT.as_secs())]
     allocation_timeout: u64,
     /// The node's Open_vSwitch database (`unix:<path>`, `tcp:<host>:<port>` or
-    /// `ssl:<host>:<port>`), where OVN-backed
-    /// attachments are plugged into the integration bridge. `none`: do not plug (a node
-    /// without OVS serves IPAM-only attachments, and OVN-backed ones without OVN).
+    /// `ssl:<host>:<port>`), where OVN-backed attachments are plugged into the integration
+    /// bridge. `none`: do not plug (a node without OVS serves IPAM-only attachments, and
+    /// OVN-backed ones without OVN).
     #[arg(long, default_value = "unix:/run/openvswitch/db.sock")]
     ovs_db: String,
     /// TLS for an `ssl:` Open_vSwitch database.
