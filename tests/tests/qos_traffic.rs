@@ -178,13 +178,16 @@ fn traffic_a_live_rate_change_takes_effect_within_one_second() {
         late <= 23.0,
         "after the change: {late:.1} Mbit/s; series {series:?}"
     );
-    let early = m
-        .receiver_rate_between(0.5, 2.0)
-        .expect("intervals before the change")
-        / 1e6;
+    // Before it, the old limit held: some half-second ran well above the new one. (Its mean
+    // is no measure: on a loaded machine TCP can stall a whole interval, which CI once saw.)
+    let early = series
+        .iter()
+        .filter(|(end, _)| *end <= 2.5)
+        .map(|(_, mbps)| *mbps)
+        .fold(0.0_f64, f64::max);
     assert!(
         early > 80.0,
-        "before the change: {early:.1} Mbit/s; series {series:?}"
+        "before the change, at best {early:.1} Mbit/s; series {series:?}"
     );
 }
 
