@@ -2,6 +2,7 @@
 //! agent and the controller all use. Pure: no I/O, except [`probes`] (feature `probes`), the
 //! one metrics and probe server both binaries run.
 
+pub mod acl;
 pub mod allocation;
 pub mod annotations;
 pub mod cni;
@@ -14,4 +15,5 @@ pub mod network_selection;
 #[cfg(feature = "probes")]
 pub mod probes;
 pub mod qos;
+#[cfg(feature = "crd")]
 pub mod security_group;

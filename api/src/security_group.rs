@@ -11,52 +11,99 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
-/// The spec's fields, as the YAML has them.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+use crate::crd::Condition;
+
+/// `SecurityGroup.spec`, as the YAML has it (`cargo xtask crds` makes its CRD).
+#[derive(
+    CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq,
+)]
+#[kube(
+    group = "kubeovn.io",
+    version = "v1",
+    kind = "SecurityGroup",
+    plural = "security-groups",
+    shortname = "sg",
+    status = "SecurityGroupStatus",
+    printcolumn = r#"{"name":"AllowSameGroup","type":"boolean","jsonPath":".spec.allowSameGroupTraffic"}"#,
+    printcolumn = r#"{"name":"PortGroup","type":"string","jsonPath":".status.portGroup"}"#
+)]
 #[serde(rename_all = "camelCase")]
+// Fields a later Kube-OVN adds are kept, not pruned, so its YAML applies unchanged.
+#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct SecurityGroupSpec {
     /// Rules for traffic into the group's pods.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingress_rules: Vec<RawRule>,
     /// Rules for traffic out of the group's pods.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress_rules: Vec<RawRule>,
-    /// Whether the group's pods reach each other whatever the rules say.
-    #[serde(default)]
+    /// Whether the group's pods reach each other (below every rule's priority).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_same_group_traffic: bool,
 }
 
+/// `SecurityGroup.status`: Kube-OVN's fields, and conditions naming what was refused.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityGroupStatus {
+    /// The OVN `Port_Group` of the group (`ovn.sg.<name>`, dashes as dots).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub port_group: String,
+    /// `allowSameGroupTraffic` as rendered.
+    #[serde(default)]
+    pub allow_same_group_traffic: bool,
+    /// Whether the ingress rules are rendered as written.
+    #[serde(default)]
+    pub ingress_last_sync_success: bool,
+    /// Whether the egress rules are rendered as written.
+    #[serde(default)]
+    pub egress_last_sync_success: bool,
+    /// `Validated` (the rules parse) and `Ready` (rendered).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
 /// One rule, as the YAML has it.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RawRule {
     /// `ipv4` or `ipv6`.
     #[serde(default)]
     pub ip_version: String,
     /// `all`, `icmp`, `tcp` or `udp`; `all` when absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
-    /// 1 to 200, higher first.
-    #[serde(default)]
+    /// 1 to 200: the lower, the earlier it applies.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub priority: i64,
     /// `address` or `securityGroup`.
     #[serde(default)]
     pub remote_type: String,
     /// An address or a CIDR (`remoteType: address`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_address: Option<String>,
     /// A group's name (`remoteType: securityGroup`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_security_group: Option<String>,
     /// First port (TCP and UDP).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub port_range_min: i64,
     /// Last port (TCP and UDP).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub port_range_max: i64,
     /// `allow`, `drop` or `pass`.
     #[serde(default)]
@@ -139,6 +186,53 @@ pub struct RuleError {
     pub value: String,
     /// What is wrong with it.
     pub reason: &'static str,
+}
+
+/// The `Port_Group` of every port in any group: it drops all IP traffic to and from its
+/// ports below the groups' own ACLs (Kube-OVN's `kubeovn_deny_all`).
+pub const DENY_ALL_PORT_GROUP: &str = "ovn.sg.kubeovn_deny_all";
+
+/// A group's OVN `Port_Group`, as Kube-OVN names it: `ovn.sg.<name>` with dashes as dots.
+pub fn port_group(group: &str) -> String {
+    format!("ovn.sg.{}", group.replace('-', "."))
+}
+
+/// The `Address_Set` of a group's members' addresses of one family, as Kube-OVN names it:
+/// `ovn.sg.<name>.associated.v4` (or `.v6`), dashes as dots.
+pub fn address_set(group: &str, v: IpVersion) -> String {
+    let family = match v {
+        IpVersion::V4 => "v4",
+        IpVersion::V6 => "v6",
+    };
+    format!("ovn.sg.{}.associated.{family}", group.replace('-', "."))
+}
+
+/// The groups a pod's attachment joins: `<prefix>.kubernetes.io/security_groups`, or the
+/// pod-wide `ovn.kubernetes.io/security_groups`; a comma list, sorted, without repeats.
+pub fn membership(
+    annotations: &std::collections::BTreeMap<String, String>,
+    prefix: &str,
+) -> Vec<String> {
+    let value = annotations
+        .get(&crate::annotations::key(prefix, "security_groups"))
+        .or_else(|| {
+            annotations.get(&crate::annotations::key(
+                crate::annotations::DEFAULT_PROVIDER,
+                "security_groups",
+            ))
+        });
+    let mut groups: Vec<String> = value
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    groups.sort();
+    groups.dedup();
+    groups
 }
 
 /// The checked rules of a group, ingress first.

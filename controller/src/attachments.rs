@@ -96,6 +96,8 @@ pub struct Wanted {
     pub already_allocated: bool,
     /// The pod asked for port security on its OVN port (`port_security: "true"`).
     pub port_security: bool,
+    /// The security groups its OVN port joins (`security_groups`), sorted.
+    pub security_groups: Vec<String>,
 }
 
 /// An attachment (or the whole selection) the controller refuses, and why.
@@ -366,6 +368,7 @@ fn wanted(
         pool_names,
         already_allocated,
         port_security: get("port_security").is_some_and(|(_, v)| v == "true"),
+        security_groups: sidelane_api::security_group::membership(&pod.annotations, prefix),
     })
 }
 

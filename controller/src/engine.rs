@@ -32,7 +32,7 @@ pub struct Event {
 }
 
 impl Event {
-    fn warning(reason: &'static str, message: String) -> Event {
+    pub(crate) fn warning(reason: &'static str, message: String) -> Event {
         Event {
             warning: true,
             reason,
@@ -163,6 +163,8 @@ pub struct Engine {
     ip_names: HashMap<AttachmentKey, String>,
     /// Attachments whose pod asked for port security (`port_security: "true"`).
     secured: BTreeSet<AttachmentKey>,
+    /// The security groups of each attachment that joins any.
+    groups: BTreeMap<AttachmentKey, Vec<String>>,
 }
 
 impl Engine {
@@ -177,11 +179,16 @@ impl Engine {
     }
 
     /// The OVN topology for the Subnets and the OVN attachments held now (ports named as
-    /// their IP resources are).
-    pub fn topology(&self, vpcs: &BTreeMap<String, ovn::VpcInput>) -> ovn::Topology {
+    /// their IP resources are), isolated as `isolation` says.
+    pub fn topology(
+        &self,
+        vpcs: &BTreeMap<String, ovn::VpcInput>,
+        isolation: &ovn::Isolation,
+    ) -> ovn::Topology {
         let ports = self.ipam.attachments().filter_map(|(key, pod, alloc)| {
             Some(ovn::PortInput {
                 port_security: self.secured.contains(key),
+                security_groups: self.groups.get(key).cloned().unwrap_or_default(),
                 name: self.port_name(key, pod),
                 subnet: alloc.subnet.clone(),
                 mac: alloc.mac?,
@@ -190,7 +197,7 @@ impl Engine {
                 provider: key.provider.clone(),
             })
         });
-        ovn::build(self.ipam.subnets(), vpcs, ports)
+        ovn::build(self.ipam.subnets(), vpcs, ports, isolation)
     }
 
     /// Every OVN-backed attachment held now: its pod, its annotation prefix and its port name.
@@ -199,6 +206,31 @@ impl Engine {
             .attachments()
             .filter(|(_, _, alloc)| alloc.mac.is_some())
             .map(|(key, pod, _)| (pod, key.provider.as_str(), self.port_name(key, pod)))
+    }
+
+    /// The security groups each attachment of pod `uid` joins, by provider.
+    pub fn groups_of(&self, uid: &str) -> Vec<(&str, &[String])> {
+        self.ipam
+            .attachments()
+            .filter(|(_, pod, _)| pod.uid == uid)
+            .filter_map(|(key, _, _)| {
+                self.groups
+                    .get(key)
+                    .map(|g| (key.provider.as_str(), g.as_slice()))
+            })
+            .collect()
+    }
+
+    /// The pods (with the attachment's provider) whose OVN port joins security group `group`.
+    pub fn members_of<'e>(&'e self, group: &'e str) -> impl Iterator<Item = (&'e PodRef, &'e str)> {
+        self.ipam
+            .attachments()
+            .filter(move |(key, _, _)| {
+                self.groups
+                    .get(*key)
+                    .is_some_and(|g| g.iter().any(|n| n == group))
+            })
+            .map(|(key, pod, _)| (pod, key.provider.as_str()))
     }
 
     /// The port of an attachment, named as its IP resource is.
@@ -425,6 +457,12 @@ impl Engine {
             } else {
                 self.secured.remove(&w.request.key);
             }
+            if w.security_groups.is_empty() {
+                self.groups.remove(&w.request.key);
+            } else {
+                self.groups
+                    .insert(w.request.key.clone(), w.security_groups.clone());
+            }
             let before = self.ipam.get(&w.request.key).cloned();
             match self.ipam.allocate(&w.request) {
                 Ok(alloc) => {
@@ -533,6 +571,7 @@ impl Engine {
     pub fn collect_garbage(&mut self, live_pods: &BTreeSet<String>) -> PodOutcome {
         let ipam = &self.ipam;
         self.secured.retain(|k| ipam.get(k).is_some());
+        self.groups.retain(|k, _| ipam.get(k).is_some());
         let gone: Vec<(AttachmentKey, PodRef)> = self
             .ipam
             .attachments()

@@ -22,6 +22,7 @@ pub mod attachments;
 pub mod engine;
 pub mod held;
 pub mod ipam;
+pub mod isolation;
 pub mod leader;
 pub mod metrics;
 pub mod nb;

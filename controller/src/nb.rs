@@ -28,7 +28,10 @@ fn columns(table: &str) -> Vec<String> {
         "Logical_Router" => &["name", "ports", "static_routes", "external_ids"],
         "Logical_Router_Port" => &["name", "mac", "networks", "external_ids"],
         "Logical_Router_Static_Route" => &["ip_prefix", "nexthop", "policy", "external_ids"],
-        "Logical_Switch" => &["name", "ports", "other_config", "external_ids"],
+        "Logical_Switch" => &["name", "ports", "other_config", "external_ids", "acls"],
+        "Port_Group" => &["name", "ports", "acls", "external_ids"],
+        "Address_Set" => &["name", "addresses", "external_ids"],
+        "ACL" => &["direction", "priority", "match", "action", "external_ids"],
         _ => &[
             "name",
             "type",

@@ -44,6 +44,14 @@ pub fn ip_pool_resource() -> ApiResource {
     )
 }
 
+/// `kubeovn.io/v1` `SecurityGroup`.
+pub fn security_group_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kubeovn.io", "v1", "SecurityGroup"),
+        "security-groups",
+    )
+}
+
 /// `kubeovn.io/v1` `Vpc`.
 pub fn vpc_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("kubeovn.io", "v1", "Vpc"), "vpcs")

@@ -37,8 +37,8 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    engine::{Engine, PodOutcome, SubnetOutcome},
-    held,
+    engine::{Engine, Event, PodOutcome, SubnetOutcome},
+    held, isolation,
     metrics::{Metrics, ReasonLabels, SubnetLabels},
     nb,
     objects::{self, POD_UID_ANNOTATION},
@@ -100,6 +100,7 @@ enum Change {
     Subnet(watcher::Event<DynamicObject>),
     IpPool(watcher::Event<DynamicObject>),
     Vpc(watcher::Event<DynamicObject>),
+    SecurityGroup(watcher::Event<DynamicObject>),
 }
 
 /// Follows leadership forever: works while this replica leads, stops when it does not.
@@ -161,6 +162,10 @@ struct Leader {
     relists: Relists,
     /// Vpcs' parts in the OVN topology.
     vpcs: BTreeMap<String, ovn::VpcInput>,
+    /// Security groups and Subnets' isolation, as accepted.
+    isolation: isolation::Store,
+    /// Each `SecurityGroup`'s status as the API server last showed it.
+    group_statuses: HashMap<String, Value>,
     /// Pods with a refused attachment, by UID, to try again.
     waiting: HashMap<String, Pod>,
     /// The wanted OVN topology, for the Northbound reconciler.
@@ -192,6 +197,7 @@ impl Leader {
             recorder: Recorder::new(client.clone(), reporter),
             ips: Api::all_with(client.clone(), &objects::ip_resource()),
             subnets: Api::all_with(client.clone(), &objects::subnet_resource()),
+            security_groups: Api::all_with(client.clone(), &objects::security_group_resource()),
             permits: Arc::new(Semaphore::new(opts.write_concurrency.max(1))),
             chains: std::sync::Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
@@ -211,6 +217,8 @@ impl Leader {
             refusals: Refusals::default(),
             relists: Relists::default(),
             vpcs: BTreeMap::new(),
+            isolation: isolation::Store::default(),
+            group_statuses: HashMap::new(),
             waiting: HashMap::new(),
             topology: watch::channel(Arc::new(ovn::Topology::default())).0,
             topology_dirty: false,
@@ -292,23 +300,15 @@ impl Leader {
             .marks
             .on_held_changed(self.engine.ports(), &held.held_ports)
         {
-            let object = Pod {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(pod.name.clone()),
-                    namespace: Some(pod.namespace.clone()),
-                    uid: Some(pod.uid.clone()),
-                    ..kube::api::ObjectMeta::default()
-                },
-                ..Pod::default()
-            };
-            self.writer.submit(Some(&object), String::new(), outcome);
+            self.writer
+                .submit(Some(&pod_object(&pod)), String::new(), outcome);
         }
     }
 
     /// Publishes the wanted OVN topology to the Northbound reconciler.
     fn publish_topology(&mut self) {
         self.topology_dirty = false;
-        let t = self.engine.topology(&self.vpcs);
+        let t = self.engine.topology(&self.vpcs, &self.isolation.wanted);
         self.topology.send_if_modified(|old| {
             if **old == t {
                 false
@@ -344,6 +344,16 @@ impl Leader {
         let vpcs: Api<DynamicObject> = Api::all_with(self.client.clone(), &objects::vpc_resource());
         for v in vpcs.list(&lp).await.map_err(list_err("Vpcs"))? {
             self.vpc(&v);
+        }
+        // Before the first topology: the groups' port groups must not blink out on a restart.
+        for g in self
+            .writer
+            .security_groups
+            .list(&lp)
+            .await
+            .map_err(list_err("SecurityGroups"))?
+        {
+            self.security_group(&g);
         }
         for s in self
             .writer
@@ -497,7 +507,14 @@ impl Leader {
         )
         .default_backoff()
         .map(|e| e.map(Change::Vpc));
+        let groups = watcher(
+            self.writer.security_groups.clone(),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .map(|e| e.map(Change::SecurityGroup));
         futures::stream::select_all([
+            groups.boxed(),
             vpcs.boxed(),
             sts.boxed(),
             nads.boxed(),
@@ -539,6 +556,7 @@ impl Leader {
                 l.vpc(v);
                 false
             }),
+            Change::SecurityGroup(e) => self.take(SECURITY_GROUP, e, Self::security_group),
         }
     }
 
@@ -583,10 +601,19 @@ impl Leader {
         match kind {
             STATEFULSET => self.engine.set_statefulset(ns, name, None),
             NAD => self.engine.remove_nad(ns, name),
-            SUBNET => self.subnet_gone(name),
+            SUBNET => {
+                self.isolation.subnet_gone(name);
+                self.subnet_gone(name);
+            }
             IPPOOL => self.engine.set_ip_pool(name, Vec::new()),
             VPC => {
                 self.vpcs.remove(name);
+            }
+            SECURITY_GROUP => {
+                self.isolation.group_gone(name);
+                self.group_statuses.remove(name);
+                self.group_gone_events(name);
+                self.flush_group_statuses();
             }
             _ => {}
         }
@@ -603,6 +630,13 @@ impl Leader {
         // when NADs, Subnets or IPPools change, and at every garbage collection; the same
         // refusal is reported once (and again only after a while).
         let uid = pod.uid().unwrap_or_default();
+        if !objects::is_gone(pod) {
+            for (provider, groups) in self.engine.groups_of(&uid) {
+                for g in groups.iter().filter(|g| !self.isolation.has_group(g)) {
+                    outcome.events.push(missing_group_event(provider, g));
+                }
+            }
+        }
         if outcome.events.is_empty() || objects::is_gone(pod) {
             self.waiting.remove(&uid);
         } else {
@@ -686,6 +720,77 @@ impl Leader {
         }
     }
 
+    /// Takes in a `SecurityGroup`; whether its rendering changed. A refusal is a Warning event
+    /// on the group (its status says it too).
+    fn security_group(&mut self, obj: &DynamicObject) -> bool {
+        let name = obj.name_any();
+        match obj.data.get("status") {
+            Some(current) => self.group_statuses.insert(name.clone(), current.clone()),
+            None => self.group_statuses.remove(&name),
+        };
+        let newly_seen = !self.isolation.has_group(&name);
+        if !self
+            .specs
+            .changed(&key_of(SECURITY_GROUP, obj), &spec_of(obj))
+        {
+            self.flush_group_statuses();
+            return false;
+        }
+        let (changed, refusal) = self.isolation.group(&name, &obj.data);
+        if let Some(why) = refusal {
+            warn!(security_group = %name, error = %why, "refusing the security group's rules");
+            let reference = obj.object_ref(&objects::security_group_resource());
+            let writer = Arc::clone(&self.writer);
+            let events = vec![Event::warning("InvalidSecurityGroupRule", why)];
+            tokio::spawn(async move { writer.publish(&events, &reference).await });
+        }
+        self.flush_group_statuses();
+        // A pod that named it before it existed is tried again (its event goes).
+        changed || newly_seen
+    }
+
+    /// Every `SecurityGroup`'s status, written where it says something new.
+    fn flush_group_statuses(&mut self) {
+        let now = Timestamp::now().to_string();
+        let names: Vec<String> = self
+            .group_statuses
+            .keys()
+            .cloned()
+            .chain(self.isolation.wanted.groups.keys().cloned())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for name in names {
+            if !self.isolation.has_group(&name) {
+                continue;
+            }
+            let wanted = self.isolation.group_status(&name, &now);
+            let Some(status) = status::status_change(self.group_statuses.get(&name), wanted) else {
+                continue;
+            };
+            self.group_statuses.insert(name.clone(), status.clone());
+            let writer = Arc::clone(&self.writer);
+            tokio::spawn(async move { writer.security_group_status(&name, status).await });
+        }
+    }
+
+    /// Group `name` is gone: each member pod hears that its attachment is denied all traffic.
+    fn group_gone_events(&self, name: &str) {
+        let members: Vec<(crate::ipam::PodRef, String)> = self
+            .engine
+            .members_of(name)
+            .map(|(p, provider)| (p.clone(), provider.to_owned()))
+            .collect();
+        for (pod, provider) in members {
+            let outcome = PodOutcome {
+                events: vec![missing_group_event(&provider, name)],
+                ..PodOutcome::default()
+            };
+            self.writer
+                .submit(Some(&pod_object(&pod)), String::new(), outcome);
+        }
+    }
+
     /// Tries the waiting pods again.
     fn retry_waiting(&mut self) {
         let pods: Vec<Pod> = self.waiting.values().cloned().collect();
@@ -743,6 +848,7 @@ impl Leader {
         if !self.specs.changed(&key, &spec) {
             return false;
         }
+        self.subnet_isolation(obj);
         let outcome = match objects::subnet_input(obj) {
             Ok(input) => self.engine.set_subnet(&input),
             Err(e) => SubnetOutcome::Invalid(e.into()),
@@ -777,6 +883,24 @@ impl Leader {
         }
         self.pending_status.insert(name);
         true
+    }
+
+    /// Takes in a Subnet's `private`, `allowSubnets` and `acls`; a refusal is a Warning event
+    /// on the Subnet and its `IsolationValidated` condition, and what was accepted before stays.
+    fn subnet_isolation(&mut self, obj: &DynamicObject) {
+        let name = obj.name_any();
+        let Ok(spec) = SubnetSpec::from_value(obj.data.get("spec").unwrap_or(&Value::Null)) else {
+            return;
+        };
+        let (changed, refusal) = self.isolation.subnet(&name, &spec);
+        self.topology_dirty |= changed;
+        if let Some(why) = refusal {
+            warn!(subnet = %name, error = %why, "refusing the subnet's isolation");
+            let reference = obj.object_ref(&objects::subnet_resource());
+            let writer = Arc::clone(&self.writer);
+            let events = vec![Event::warning("InvalidSubnetACL", why)];
+            tokio::spawn(async move { writer.publish(&events, &reference).await });
+        }
     }
 
     /// Acts on Subnet `name`'s finalizer as [`switch_finalizer::step`] says, once per step.
@@ -866,11 +990,14 @@ impl Leader {
                         .set(i64::try_from(available).unwrap_or(i64::MAX));
                 }
             }
-            let wanted = status::subnet_status(
+            let mut wanted = status::subnet_status(
                 usage,
                 validation.as_ref().copied().map_err(String::as_str),
                 &now,
             );
+            if self.isolation.subnet_isolated(&name) {
+                status::with_isolation(&mut wanted, self.isolation.subnet_error(&name), &now);
+            }
             // Written only when it says something new (the times alone are not).
             let Some(status) = status::status_change(self.statuses.get(&name), wanted) else {
                 continue;
@@ -946,6 +1073,7 @@ const NAD: &str = "NetworkAttachmentDefinition";
 const SUBNET: &str = "Subnet";
 const IPPOOL: &str = "IPPool";
 const VPC: &str = "Vpc";
+const SECURITY_GROUP: &str = "SecurityGroup";
 
 /// The key an object is remembered under in [`Specs`]: `kind/namespace/name`.
 fn key_of<K: Resource>(kind: &str, obj: &K) -> String {
@@ -953,6 +1081,30 @@ fn key_of<K: Resource>(kind: &str, obj: &K) -> String {
         "{kind}/{}/{}",
         obj.meta().namespace.as_deref().unwrap_or_default(),
         obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// A pod object carrying only what an event needs (name, namespace, UID).
+fn pod_object(pod: &crate::ipam::PodRef) -> Pod {
+    Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some(pod.name.clone()),
+            namespace: Some(pod.namespace.clone()),
+            uid: Some(pod.uid.clone()),
+            ..kube::api::ObjectMeta::default()
+        },
+        ..Pod::default()
+    }
+}
+
+/// The Warning for an attachment (annotation prefix `prefix`) naming a group that does not exist.
+fn missing_group_event(prefix: &str, group: &str) -> Event {
+    Event::warning(
+        "SecurityGroupNotFound",
+        format!(
+            "{}: {group:?} names no SecurityGroup; the attachment is denied all IP traffic until it exists",
+            sidelane_api::annotations::key(prefix, "security_groups")
+        ),
     )
 }
 

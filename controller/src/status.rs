@@ -101,6 +101,18 @@ fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// Adds the `IsolationValidated` condition of a Subnet with `private`, `allowSubnets` or
+/// `acls`: `False` naming the field and value when they are refused.
+pub fn with_isolation(status: &mut Value, refusal: Option<&str>, now: &str) {
+    let c = match refusal {
+        None => condition("IsolationValidated", true, "ValidatedIsolation", "", now),
+        Some(m) => condition("IsolationValidated", false, "InvalidSubnetACL", m, now),
+    };
+    if let Some(conditions) = status["conditions"].as_array_mut() {
+        conditions.push(c);
+    }
+}
+
 /// The status to write over `current` (the Subnet's, as the API server has it): `None` when
 /// `wanted` says nothing new; otherwise `wanted`, each condition keeping its times where its
 /// status (for `lastTransitionTime`) or its whole content (for `lastUpdateTime`) is unchanged.

@@ -62,6 +62,7 @@ pub(crate) struct Writer {
     pub(crate) recorder: Recorder,
     pub(crate) ips: Api<DynamicObject>,
     pub(crate) subnets: Api<DynamicObject>,
+    pub(crate) security_groups: Api<DynamicObject>,
     pub(crate) permits: Arc<Semaphore>,
     /// The completion of each pod's last queued write (by UID), so that its writes stay in
     /// order; the number tells whose it is.
@@ -292,10 +293,19 @@ impl Writer {
     }
 
     pub(crate) async fn subnet_status(&self, name: &str, status: Value) {
+        self.status(&self.subnets, "Subnet", name, status).await;
+    }
+
+    pub(crate) async fn security_group_status(&self, name: &str, status: Value) {
+        self.status(&self.security_groups, "SecurityGroup", name, status)
+            .await;
+    }
+
+    async fn status(&self, api: &Api<DynamicObject>, kind: &str, name: &str, status: Value) {
         let patch = Patch::Merge(json!({ "status": status }));
         let params = PatchParams::default();
-        let what = format!("writing the status of Subnet {name}");
-        self.until_done(&what, || self.subnets.patch_status(name, &params, &patch))
+        let what = format!("writing the status of {kind} {name}");
+        self.until_done(&what, || api.patch_status(name, &params, &patch))
             .await;
     }
 }

@@ -131,15 +131,27 @@ fn fresh_name() -> String {
 /// and the socket stays bound in the namespace.
 pub fn listen_in(netns: &std::path::Path, port: u16) -> anyhow::Result<std::net::TcpListener> {
     use anyhow::Context as _;
+    in_netns(netns, move || {
+        std::net::TcpListener::bind(("127.0.0.1", port))
+            .with_context(|| format!("binding 127.0.0.1:{port}"))
+    })
+}
+
+/// `f`'s result, run on a thread inside the network namespace at `netns` (sockets it makes
+/// stay there; the caller stays where it is).
+pub fn in_netns<T: Send + 'static>(
+    netns: &std::path::Path,
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    use anyhow::Context as _;
     let path = netns.to_owned();
-    std::thread::spawn(move || -> anyhow::Result<std::net::TcpListener> {
+    std::thread::spawn(move || -> anyhow::Result<T> {
         let file =
             std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
             .with_context(|| format!("entering {}", path.display()))?;
-        std::net::TcpListener::bind(("127.0.0.1", port))
-            .with_context(|| format!("binding 127.0.0.1:{port} in {}", path.display()))
+        f().with_context(|| format!("in {}", path.display()))
     })
     .join()
-    .map_err(|_| anyhow::anyhow!("the thread binding in {} panicked", netns.display()))?
+    .map_err(|_| anyhow::anyhow!("the thread in {} panicked", netns.display()))?
 }

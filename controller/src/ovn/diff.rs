@@ -11,8 +11,10 @@ use sidelane_ovsdb::{Condition, Mutation, Operation, Row, datum};
 
 use super::{
     RouterPort, StaticRoute, SwitchPort, Topology,
-    observed::{LR, LRP, LRSR, LS, LSP, Observed},
+    observed::{ACL, LR, LRP, LRSR, LS, LSP, Observed},
 };
+
+mod isolation;
 
 /// What one reconcile would do.
 #[derive(Clone, Debug, Default)]
@@ -51,6 +53,14 @@ fn foreign_children(observed: &Observed) -> HashMap<&str, Vec<String>> {
         out.entry(f.value.switch.as_str())
             .or_default()
             .push(format!("{LSP} {name}"));
+    }
+    for (parent, acls) in &observed.acls {
+        for f in acls.iter().filter(|f| !f.owned) {
+            out.entry(parent.as_str()).or_default().push(format!(
+                "{ACL} {} {} {:?}",
+                f.value.direction, f.value.priority, f.value.r#match
+            ));
+        }
     }
     out
 }
@@ -206,13 +216,19 @@ pub fn diff(desired: &Topology, observed: &Observed) -> Plan {
         new_router_routes: BTreeMap::new(),
         new_switch_ports: BTreeMap::new(),
         deleted_parents: BTreeSet::new(),
+        lsp_refs: BTreeMap::new(),
+        acl_changes: BTreeMap::new(),
+        new_switch_acls: BTreeMap::new(),
     };
     // One pass per table, in dependency order.
     d.routers();
     d.switches();
     d.router_ports();
     d.switch_ports();
+    d.port_groups();
+    d.address_sets();
     d.retire_unwanted();
+    d.retire_isolation();
     d.release_unwanted_ports();
     d.insert_new_parents();
     d.mutate_parents();
@@ -242,6 +258,12 @@ struct Diff<'a> {
     new_switch_ports: BTreeMap<&'a str, Vec<Value>>,
     /// Parents deleted: their ports go with them.
     deleted_parents: BTreeSet<String>,
+    /// Each wanted switch port's reference (its UUID, or its name in this transaction).
+    lsp_refs: BTreeMap<&'a str, Value>,
+    /// ACLs to add to and remove from existing switches and port groups, by (table, UUID).
+    acl_changes: BTreeMap<(&'static str, String), Children>,
+    /// The ACLs of switches inserted now.
+    new_switch_acls: BTreeMap<&'a str, Vec<Value>>,
 }
 
 impl<'a> Diff<'a> {
@@ -336,12 +358,20 @@ impl<'a> Diff<'a> {
                     ]);
                     self.b.update(LS, &first.uuid, row);
                 }
+                let acls = self.acl_children(&first.uuid, name, &want.acls);
+                self.acl_changes.insert((LS, first.uuid.clone()), acls);
             } else if !rows.is_empty() {
                 self.b.plan.conflicts.push(format!(
                     "{LS} {name}: a switch of this name exists without Sidelane's marker"
                 ));
             } else {
                 self.new_switches.insert(name);
+                let acls = want
+                    .acls
+                    .iter()
+                    .map(|a| self.b.insert_child(ACL, isolation::acl_row(a, name), "acl"))
+                    .collect();
+                self.new_switch_acls.insert(name, acls);
             }
         }
     }
@@ -439,6 +469,7 @@ impl<'a> Diff<'a> {
                     }
                 }
                 Some(f) => {
+                    self.lsp_refs.insert(name, datum::uuid(&f.uuid));
                     if f.value.kind != want.kind
                         || f.value.addresses != want.addresses
                         || f.value.port_security != want.port_security
@@ -457,6 +488,7 @@ impl<'a> Diff<'a> {
                 }
                 None => {
                     let r = self.b.insert_child(LSP, switch_port_row(name, want), "lsp");
+                    self.lsp_refs.insert(name, r.clone());
                     match existing_parent {
                         Some(uuid) => self
                             .switch_children
@@ -592,6 +624,10 @@ impl<'a> Diff<'a> {
                     ),
                     ("other_config", datum::string_map(&want.other_config)),
                     ("external_ids", datum::string_map(&want.external_ids)),
+                    (
+                        "acls",
+                        datum::set(self.new_switch_acls.remove(name).unwrap_or_default()),
+                    ),
                 ]),
                 uuid_name: None,
             });
@@ -609,6 +645,11 @@ impl<'a> Diff<'a> {
         }
         for (uuid, c) in std::mem::take(&mut self.switch_children) {
             self.b.mutate(LS, &uuid, "ports", c);
+        }
+        for ((table, uuid), c) in std::mem::take(&mut self.acl_changes) {
+            if !self.deleted_parents.contains(&uuid) {
+                self.b.mutate(table, &uuid, "acls", c);
+            }
         }
     }
 }

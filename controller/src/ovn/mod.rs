@@ -3,14 +3,15 @@
 //! that turn what the database holds ([`Observed`]) into it ([`diff`]). Pure: the `nb` module talks to the
 //! database.
 //!
-//! Kube-OVN's shapes and names: a Subnet is a Logical_Switch of its name (other_config
+//! Kube-OVN's shapes and names: a Subnet is a `Logical_Switch` of its name (other_config
 //! `subnet`, `exclude_ips`, `ipv6_prefix`); a Vpc is a Logical_Router of its name, and Subnets
 //! without one belong to `ovn-cluster`; each Subnet of a router gets a router port
 //! `<vpc>-<subnet>` holding the gateway address and a switch port `<subnet>-<vpc>` of type
-//! `router`; each OVN attachment is a Logical_Switch_Port `<pod>.<namespace>.<provider>` with
+//! `router`; each OVN attachment is a `Logical_Switch_Port` `<pod>.<namespace>.<provider>` with
 //! "MAC IP[ IP]" as addresses, and as port security when the pod asks for it.
 
 pub mod diff;
+pub mod isolation;
 pub mod observed;
 
 use std::{
@@ -21,6 +22,7 @@ use std::{
 use crate::subnet::SubnetConfig;
 
 pub use diff::{Plan, diff};
+pub use isolation::{GroupInput, Isolation, SubnetIsolation};
 pub use observed::{Observed, TABLES};
 
 /// The `external_ids` key marking rows Sidelane created; rows without it are never touched.
@@ -50,16 +52,51 @@ pub struct StaticRoute {
     pub policy: String,
 }
 
-/// A Logical_Switch.
+/// A `Logical_Switch`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Switch {
     /// `other_config` (`subnet`, `exclude_ips`, `ipv6_prefix`).
     pub other_config: BTreeMap<String, String>,
     /// `external_ids` (the marker included).
     pub external_ids: BTreeMap<String, String>,
+    /// ACLs (a private Subnet's, and the Subnet's `acls`).
+    pub acls: BTreeSet<Acl>,
 }
 
-/// A Logical_Switch_Port.
+/// An ACL (of a switch or a port group). Its `external_ids` are the marker and `parent`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Acl {
+    /// `from-lport` or `to-lport`.
+    pub direction: String,
+    /// 0 to 32767.
+    pub priority: u16,
+    /// The OVN match.
+    pub r#match: String,
+    /// `allow-related`, `drop`...
+    pub action: String,
+}
+
+/// A `Port_Group`: a security group's ports and ACLs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortGroup {
+    /// Its switch ports, by name.
+    pub ports: BTreeSet<String>,
+    /// Its ACLs.
+    pub acls: BTreeSet<Acl>,
+    /// `external_ids` (the marker included).
+    pub external_ids: BTreeMap<String, String>,
+}
+
+/// An `Address_Set`: the addresses of a security group's members, of one family.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddressSet {
+    /// The addresses.
+    pub addresses: BTreeSet<String>,
+    /// `external_ids` (the marker included).
+    pub external_ids: BTreeMap<String, String>,
+}
+
+/// A `Logical_Switch_Port`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SwitchPort {
     /// The switch it belongs to.
@@ -100,6 +137,10 @@ pub struct Topology {
     pub router_ports: BTreeMap<String, RouterPort>,
     /// Switch ports (attachments and routers' ports).
     pub switch_ports: BTreeMap<String, SwitchPort>,
+    /// Port groups (security groups, and the one every member of any is in).
+    pub port_groups: BTreeMap<String, PortGroup>,
+    /// Address sets of security groups' members.
+    pub address_sets: BTreeMap<String, AddressSet>,
 }
 
 /// A Vpc's part in the topology.
@@ -126,6 +167,8 @@ pub struct PortInput {
     pub provider: String,
     /// The pod asked for port security (`<provider>.kubernetes.io/port_security: "true"`).
     pub port_security: bool,
+    /// The security groups it joins (`security_groups`), sorted.
+    pub security_groups: Vec<String>,
 }
 
 /// `external_ids` with the marker and `pairs`.
@@ -167,12 +210,13 @@ pub fn router_port_mac(name: &str) -> String {
     mac_text([0x0a, b[3], b[4], b[5], b[6], b[7]])
 }
 
-/// The topology for these Subnets (OVN ones only), Vpcs and attachments. Attachments whose
-/// Subnet is not an OVN Subnet here get no port.
+/// The topology for these Subnets (OVN ones only), Vpcs and attachments, isolated as
+/// `isolation` says. Attachments whose Subnet is not an OVN Subnet here get no port.
 pub fn build<'a>(
     subnets: impl IntoIterator<Item = &'a SubnetConfig>,
     vpcs: &BTreeMap<String, VpcInput>,
     ports: impl IntoIterator<Item = PortInput>,
+    isolation: &Isolation,
 ) -> Topology {
     let mut t = Topology::default();
     for (name, vpc) in vpcs {
@@ -186,12 +230,20 @@ pub fn build<'a>(
     }
     for s in subnets.into_iter().filter(|s| s.is_ovn()) {
         t.add_subnet(s);
+        if let Some(i) = isolation.subnets.get(&s.name) {
+            t.isolate_subnet(s, i);
+        }
     }
+    let mut members = Vec::new();
     for p in ports {
         if t.switches.contains_key(&p.subnet) {
             t.add_port(&p);
+            if !p.security_groups.is_empty() {
+                members.push(p);
+            }
         }
     }
+    t.add_security_groups(&isolation.groups, &members);
     t
 }
 
@@ -208,6 +260,7 @@ impl Topology {
             Switch {
                 other_config: switch_config(s),
                 external_ids: owned_ids([("subnet", &s.name), ("logical_router", &vpc)]),
+                acls: BTreeSet::new(),
             },
         );
         let lrp = format!("{vpc}-{}", s.name);

@@ -5,10 +5,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use sidelane_ovsdb::{Replica, Row, datum};
 
-use super::{OWNER, OWNER_KEY, Router, RouterPort, StaticRoute, Switch, SwitchPort};
+use super::{
+    Acl, AddressSet, OWNER, OWNER_KEY, PortGroup, Router, RouterPort, StaticRoute, Switch,
+    SwitchPort,
+};
 
 /// The Northbound tables Sidelane writes.
-pub const TABLES: [&str; 5] = [LR, LRP, LRSR, LS, LSP];
+pub const TABLES: [&str; 8] = [LR, LRP, LRSR, LS, LSP, PG, AS, ACL];
+pub(super) const PG: &str = "Port_Group";
+pub(super) const AS: &str = "Address_Set";
+pub(super) const ACL: &str = "ACL";
 pub(super) const LR: &str = "Logical_Router";
 pub(super) const LRP: &str = "Logical_Router_Port";
 pub(super) const LRSR: &str = "Logical_Router_Static_Route";
@@ -42,6 +48,12 @@ pub struct Observed {
     /// Static routes of other owners, described, by router UUID: a router holding one is not
     /// Sidelane's alone to delete.
     pub foreign_routes: HashMap<String, Vec<String>>,
+    /// Port groups by name, their ports by name and their owned ACLs.
+    pub port_groups: BTreeMap<String, Vec<Found<PortGroup>>>,
+    /// Address sets by name.
+    pub address_sets: BTreeMap<String, Vec<Found<AddressSet>>>,
+    /// The ACLs of each switch and port group, by its UUID.
+    pub acls: HashMap<String, Vec<Found<Acl>>>,
 }
 
 fn owned(ids: &BTreeMap<String, String>) -> bool {
@@ -103,7 +115,89 @@ impl Observed {
         let port_switch = o.read_switches(r);
         o.read_router_ports(r, &port_router);
         o.read_switch_ports(r, &port_switch);
+        o.read_port_groups(r);
+        o.read_address_sets(r);
         o
+    }
+
+    /// The ACLs `parent` names, remembered by its UUID; returns the owned ones.
+    fn read_acls(&mut self, r: &Replica, parent_uuid: &str, parent: &Row) -> BTreeSet<Acl> {
+        let mut found = Vec::new();
+        for id in uuids(parent, "acls") {
+            let Some(row) = r.row(ACL, &id) else {
+                continue;
+            };
+            found.push(Found {
+                uuid: id,
+                owned: owned(&string_map(row, "external_ids")),
+                value: Acl {
+                    direction: string(row, "direction"),
+                    priority: row
+                        .get("priority")
+                        .and_then(serde_json::Value::as_u64)
+                        .and_then(|p| u16::try_from(p).ok())
+                        .unwrap_or_default(),
+                    r#match: string(row, "match"),
+                    action: string(row, "action"),
+                },
+            });
+        }
+        let mine = found
+            .iter()
+            .filter(|f| f.owned)
+            .map(|f| f.value.clone())
+            .collect();
+        if !found.is_empty() {
+            self.acls.insert(parent_uuid.to_owned(), found);
+        }
+        mine
+    }
+
+    fn read_port_groups(&mut self, r: &Replica) {
+        let port_names: HashMap<String, String> = self
+            .switch_ports
+            .iter()
+            .map(|(name, f)| (f.uuid.clone(), name.clone()))
+            .collect();
+        let mut groups = BTreeMap::new();
+        for (uuid, row) in r.rows(PG) {
+            let external_ids = string_map(row, "external_ids");
+            let ports = uuids(row, "ports")
+                .iter()
+                .filter_map(|p| port_names.get(p).cloned())
+                .collect();
+            let acls = self.read_acls(r, uuid, row);
+            groups
+                .entry(string(row, "name"))
+                .or_insert_with(Vec::new)
+                .push(Found {
+                    uuid: uuid.clone(),
+                    owned: owned(&external_ids),
+                    value: PortGroup {
+                        ports,
+                        acls,
+                        external_ids,
+                    },
+                });
+        }
+        self.port_groups = groups;
+    }
+
+    fn read_address_sets(&mut self, r: &Replica) {
+        for (uuid, row) in r.rows(AS) {
+            let external_ids = string_map(row, "external_ids");
+            self.address_sets
+                .entry(string(row, "name"))
+                .or_default()
+                .push(Found {
+                    uuid: uuid.clone(),
+                    owned: owned(&external_ids),
+                    value: AddressSet {
+                        addresses: string_set(row, "addresses"),
+                        external_ids,
+                    },
+                });
+        }
     }
 
     /// Routers and their static routes; returns each router port's router.
@@ -158,6 +252,7 @@ impl Observed {
                     port_switch.insert(p, uuid);
                 }
             }
+            let acls = self.read_acls(r, uuid, row);
             self.switches
                 .entry(string(row, "name"))
                 .or_default()
@@ -167,6 +262,7 @@ impl Observed {
                     value: Switch {
                         other_config: string_map(row, "other_config"),
                         external_ids,
+                        acls,
                     },
                 });
         }

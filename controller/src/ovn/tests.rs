@@ -1,9 +1,11 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::json;
 use sidelane_ovsdb::Operation;
 
 use super::{observed::Found, *};
+
+mod isolation;
 use crate::subnet::{SubnetConfig, SubnetInput};
 
 fn subnet(name: &str, cidr: &str, provider: &str, vpc: &str) -> SubnetConfig {
@@ -31,6 +33,7 @@ fn port(name: &str, subnet: &str, ip: &str) -> PortInput {
         pod: "default/samplepod".to_owned(),
         provider: "attachnet.default.ovn".to_owned(),
         port_security: false,
+        security_groups: Vec::new(),
     }
 }
 
@@ -88,6 +91,36 @@ fn observed_from(t: &Topology) -> Observed {
             },
         );
     }
+    let acls = |parent: &str, acls: &BTreeSet<Acl>| -> Vec<Found<Acl>> {
+        acls.iter()
+            .enumerate()
+            .map(|(i, a)| Found {
+                uuid: format!("{parent}-acl{i}"),
+                owned: true,
+                value: a.clone(),
+            })
+            .collect()
+    };
+    for (name, s) in &t.switches {
+        let uuid = format!("ls-{name}");
+        o.acls.insert(uuid.clone(), acls(&uuid, &s.acls));
+    }
+    for (name, g) in &t.port_groups {
+        let uuid = format!("pg-{name}");
+        o.acls.insert(uuid.clone(), acls(&uuid, &g.acls));
+        o.port_groups.entry(name.clone()).or_default().push(Found {
+            uuid,
+            owned: true,
+            value: g.clone(),
+        });
+    }
+    for (name, a) in &t.address_sets {
+        o.address_sets.entry(name.clone()).or_default().push(Found {
+            uuid: format!("as-{name}"),
+            owned: true,
+            value: a.clone(),
+        });
+    }
     o
 }
 
@@ -101,6 +134,7 @@ fn the_seeds_attachnet_subnet_becomes_a_switch_on_the_default_router_with_kube_o
             "attachnet",
             "172.17.0.11",
         )],
+        &Isolation::default(),
     );
     let ls = &t.switches["attachnet"];
     assert_eq!(ls.other_config["subnet"], "172.17.0.0/16");
@@ -136,7 +170,12 @@ fn a_pod_that_asks_for_port_security_gets_it_on_its_port() {
             "172.17.0.12",
         )
     };
-    let t = build([&attachnet()], &BTreeMap::new(), [secured]);
+    let t = build(
+        [&attachnet()],
+        &BTreeMap::new(),
+        [secured],
+        &Isolation::default(),
+    );
     let lsp = &t.switch_ports["secured.default.attachnet.default.ovn"];
     assert_eq!(
         lsp.port_security.iter().collect::<Vec<_>>(),
@@ -151,6 +190,7 @@ fn ipam_only_subnets_and_their_attachments_get_no_ovn_rows() {
         [&macvlan],
         &BTreeMap::new(),
         [port("p.default.macvlan.default", "macvlan", "172.18.0.11")],
+        &Isolation::default(),
     );
     assert_eq!(t, Topology::default());
 }
@@ -169,7 +209,7 @@ fn a_vpc_with_two_subnets_is_one_router_with_two_ports_and_its_static_routes() {
             }],
         },
     )]);
-    let t = build([&a, &b], &vpcs, []);
+    let t = build([&a, &b], &vpcs, [], &Isolation::default());
     assert_eq!(t.routers.keys().collect::<Vec<_>>(), ["vpc1"]);
     assert_eq!(
         t.router_ports.keys().collect::<Vec<_>>(),
@@ -192,6 +232,7 @@ fn an_empty_database_gets_every_row_in_one_transaction_children_before_parents()
             "attachnet",
             "172.17.0.11",
         )],
+        &Isolation::default(),
     );
     let p = diff(&t, &Observed::default());
     assert!(p.conflicts.is_empty());
@@ -231,6 +272,7 @@ fn a_database_that_matches_needs_no_operation() {
             "attachnet",
             "172.17.0.11",
         )],
+        &Isolation::default(),
     );
     let p = diff(&t, &observed_from(&t));
     assert!(p.ops.is_empty(), "{:?}", p.ops);
@@ -253,6 +295,7 @@ fn a_stale_owned_port_is_released_and_a_changed_one_updated() {
                 "172.17.0.12",
             ),
         ],
+        &Isolation::default(),
     );
     let after = build(
         [&attachnet()],
@@ -262,6 +305,7 @@ fn a_stale_owned_port_is_released_and_a_changed_one_updated() {
             "attachnet",
             "172.17.0.13",
         )],
+        &Isolation::default(),
     );
     let p = diff(&after, &observed_from(&before));
     assert_eq!((p.inserted, p.updated, p.deleted), (0, 1, 1), "{:?}", p.ops);
@@ -271,7 +315,7 @@ fn a_stale_owned_port_is_released_and_a_changed_one_updated() {
 
 #[test]
 fn rows_without_the_marker_are_never_touched_and_a_name_clash_is_reported() {
-    let t = build([&attachnet()], &BTreeMap::new(), []);
+    let t = build([&attachnet()], &BTreeMap::new(), [], &Isolation::default());
     let mut o = observed_from(&t);
     // Someone else's switch of the same name, and their own port elsewhere.
     o.switches.get_mut("attachnet").expect("switch")[0].owned = false;
@@ -301,7 +345,7 @@ fn rows_without_the_marker_are_never_touched_and_a_name_clash_is_reported() {
 
 #[test]
 fn owned_duplicates_of_a_switch_are_deleted_keeping_one() {
-    let t = build([&attachnet()], &BTreeMap::new(), []);
+    let t = build([&attachnet()], &BTreeMap::new(), [], &Isolation::default());
     let mut o = observed_from(&t);
     let dup = Found {
         uuid: "ls-dup".into(),
@@ -340,6 +384,7 @@ fn a_switch_nothing_wants_that_holds_another_owners_port_is_left_in_place_and_re
             "attachnet",
             "172.17.0.11",
         )],
+        &Isolation::default(),
     );
     let o = with_foreign_port(observed_from(&was), "attachnet");
     // The Subnet is deleted: nothing wants the switch, its router or its ports.
@@ -374,7 +419,7 @@ fn a_switch_nothing_wants_that_holds_another_owners_port_is_left_in_place_and_re
 
 #[test]
 fn a_router_nothing_wants_that_holds_another_owners_port_or_route_is_left_in_place() {
-    let was = build([&attachnet()], &BTreeMap::new(), []);
+    let was = build([&attachnet()], &BTreeMap::new(), [], &Isolation::default());
     let mut o = observed_from(&was);
     o.router_ports.insert(
         "their-lrp".into(),

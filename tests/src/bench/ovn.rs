@@ -93,6 +93,7 @@ fn ports(subnets: &[SubnetConfig], count: u32) -> Vec<PortInput> {
                 provider: "bench.default.ovn".to_owned(),
                 // The heavier row (as the benchmark has always written it).
                 port_security: true,
+                security_groups: Vec::new(),
             }
         })
         .collect()
@@ -215,8 +216,18 @@ fn nbctl(switches: &[SubnetConfig], ports: &[PortInput]) -> anyhow::Result<f64> 
 pub fn run(lsp_count: u32, switches: u32) -> anyhow::Result<OvnReport> {
     let subnets = subnets(switches)?;
     let ports = ports(&subnets, lsp_count);
-    let base = ovn::build(&subnets, &BTreeMap::new(), std::iter::empty());
-    let full = ovn::build(&subnets, &BTreeMap::new(), ports.clone());
+    let base = ovn::build(
+        &subnets,
+        &BTreeMap::new(),
+        std::iter::empty(),
+        &ovn::Isolation::default(),
+    );
+    let full = ovn::build(
+        &subnets,
+        &BTreeMap::new(),
+        ports.clone(),
+        &ovn::Isolation::default(),
+    );
     // Each switch also has its router's port.
     let expected = ports.len() + subnets.len();
     eprintln!("sidelane: {lsp_count} ports over {switches} switches...");
