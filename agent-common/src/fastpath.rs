@@ -12,6 +12,9 @@
 //! - [`TO_POD_MAP`]: on nodes whose OVS runs the userspace datapath, by the ifindex of the
 //!   device OVS writes to, the host end to deliver to.
 //! - [`COUNTERS_MAP`]: per-CPU [`FastpathCounters`] by the attachment's slot.
+//! - [`PAIRS_MAP`]: the pairs of attachments, one of them in a security group, whose traffic
+//!   OVN passes whole both ways ([`PairKey`]); between an isolated attachment and any other,
+//!   only these are fast-pathed.
 //!
 //! Addresses are 16 bytes: IPv6 as is, IPv4 mapped (`::ffff:a.b.c.d`).
 
@@ -28,13 +31,16 @@ pub const ENDPOINTS_MAP: &str = "SL_FP_ENDPOINTS";
 pub const TO_POD_MAP: &str = "SL_FP_TO_POD";
 /// Per-CPU array of [`FastpathCounters`] by slot.
 pub const COUNTERS_MAP: &str = "SL_FP_COUNTERS";
+/// Hash of `1` by [`PairKey`].
+pub const PAIRS_MAP: &str = "SL_FP_PAIRS";
 /// Every map of the fast-path object, for pinning.
-pub const MAPS: [&str; 5] = [
+pub const MAPS: [&str; 6] = [
     SOURCES_MAP,
     SOURCES_DIRECT_MAP,
     ENDPOINTS_MAP,
     TO_POD_MAP,
     COUNTERS_MAP,
+    PAIRS_MAP,
 ];
 
 /// Host-end ifindexes below this are looked up in [`SOURCES_DIRECT_MAP`].
@@ -50,6 +56,8 @@ pub const PROG_TO_POD: &str = "sl_fastpath_to_pod";
 pub const MAX_ATTACHMENTS: u32 = 4096;
 /// Addresses a node's endpoints can hold (two per dual-stack attachment).
 pub const MAX_ENDPOINTS: u32 = 2 * MAX_ATTACHMENTS;
+/// Allowed pairs a node can hold (each direction and family is one entry).
+pub const MAX_PAIRS: u32 = 65536;
 
 /// [`Source::flags`]: `ip4` is the attachment's IPv4 address.
 pub const SOURCE_HAS_V4: u32 = 1;
@@ -57,10 +65,28 @@ pub const SOURCE_HAS_V4: u32 = 1;
 pub const SOURCE_HAS_V6: u32 = 2;
 /// [`Source::flags`]: the entry is in use (entries of [`SOURCES_DIRECT_MAP`] start zeroed).
 pub const SOURCE_IN_USE: u32 = 4;
+/// [`Source::flags`]: the attachment is in a security group: its frames take the fast path
+/// only to peers in [`PAIRS_MAP`].
+pub const SOURCE_ISOLATED: u32 = 8;
 /// [`Endpoint::flags`]: the pod has an `ingress_rate`: deliver through its host end's egress
 /// hook (`bpf_redirect`), where its policer runs, rather than straight into the pod
 /// (`bpf_redirect_peer`), which would pass it by.
 pub const ENDPOINT_POLICED: u32 = 1;
+/// [`Endpoint::flags`]: the pod is in a security group: frames reach it on the fast path only
+/// from peers in [`PAIRS_MAP`].
+pub const ENDPOINT_ISOLATED: u32 = 2;
+
+/// One direction of one family between two attachments, by their host ends' ifindexes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PairKey {
+    /// The sender's host end.
+    pub src: u32,
+    /// The receiver's host end.
+    pub dst: u32,
+    /// 4 or 6.
+    pub family: u32,
+}
 
 /// What may leave one attachment on the fast path.
 #[repr(C)]
@@ -139,6 +165,9 @@ pub struct FastpathCounters {
     /// Frames for a local endpoint whose source MAC or IP is not the sender's own: never
     /// fast-pathed, handed to OVS (whose port security drops them).
     pub spoofed: u64,
+    /// Frames between an isolated attachment and a local peer whose traffic OVN does not pass
+    /// whole: handed to OVS, whose ACLs decide.
+    pub isolated: u64,
 }
 
 impl FastpathCounters {
@@ -150,13 +179,14 @@ impl FastpathCounters {
             hit_bytes: self.hit_bytes + other.hit_bytes,
             misses: self.misses + other.misses,
             spoofed: self.spoofed + other.spoofed,
+            isolated: self.isolated + other.isolated,
         }
     }
 }
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{Endpoint, EndpointKey, FastpathCounters, Source};
+    use super::{Endpoint, EndpointKey, FastpathCounters, PairKey, Source};
 
     // SAFETY: `#[repr(C)]`, `Copy`, only integer fields and explicit padding: every bit pattern
     // is a valid value and there are no implicit padding bytes.
@@ -167,6 +197,8 @@ mod user {
     unsafe impl aya::Pod for Endpoint {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FastpathCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PairKey {}
 }
 
 #[cfg(test)]
@@ -178,7 +210,8 @@ mod tests {
         assert_eq!(size_of::<Source>(), 4 * 4 + 8 + 4 + 16);
         assert_eq!(size_of::<EndpointKey>(), 20);
         assert_eq!(size_of::<Endpoint>(), 16);
-        assert_eq!(size_of::<FastpathCounters>(), 32);
+        assert_eq!(size_of::<FastpathCounters>(), 40);
+        assert_eq!(size_of::<PairKey>(), 12);
     }
 
     #[test]

@@ -254,6 +254,7 @@ mod tests {
             pod_name: "p".to_owned(),
             provider: "macvlan.default".to_owned(),
             kind: AttachmentKind::Ipam,
+            security_groups: Vec::new(),
         };
         let twice = annotations(&[("macvlan.default.net2.kubernetes.io/allocated", "true")]);
         assert_eq!(prefix_of(&record, &twice), "macvlan.default.net2");

@@ -13,4 +13,5 @@ pub mod netns;
 pub mod ovs;
 pub mod pods;
 pub mod records;
+pub mod security_groups;
 pub mod subnets;

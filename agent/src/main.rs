@@ -144,6 +144,11 @@ async fn main() -> anyhow::Result<()> {
             .context("sweeping fast-path entries of vanished interfaces")?;
         let fastpath = Arc::new(std::sync::Mutex::new(fastpath));
         attacher = attacher.with_fastpath(Arc::clone(&fastpath));
+        // Pairs of pods in security groups take the fast path only as the groups allow.
+        tokio::spawn(sidelane_agent::security_groups::follow_forever(
+            client.clone(),
+            Arc::clone(&fastpath) as Arc<dyn sidelane_agent::dataplane::ports::FastpathPorts>,
+        ));
         collector = collector.with_fastpath(fastpath);
     }
     let registry = Arc::new(metrics::registry(Some(collector)));

@@ -51,6 +51,9 @@ pub struct AttachmentRecord {
     pub provider: String,
     /// OVN-backed or IPAM-only.
     pub kind: AttachmentKind,
+    /// The security groups it joined (a restarted agent's fast path learns them again here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
 }
 
 impl AttachmentRecord {
@@ -268,6 +271,7 @@ mod tests {
             kind: AttachmentKind::Ovn {
                 host_ifname: "5e7b41aa_net1_h".to_owned(),
             },
+            security_groups: vec!["web".to_owned()],
         }
     }
 

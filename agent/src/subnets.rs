@@ -22,8 +22,9 @@ pub struct SubnetInfo {
     /// `spec.mtu`, when set.
     pub mtu: Option<u32>,
     /// Whether same-node traffic of its pods may take the fast path: yes unless the Subnet
-    /// says `sidelane.io/fastpath: "false"` (annotation), or has ACLs (`spec.acls`) or is
-    /// private (`spec.private`), which the fast path cannot enforce.
+    /// says `sidelane.io/fastpath: "false"` (annotation), or has ACLs (`spec.acls`), whose
+    /// matches the fast path cannot prove. A private Subnet keeps it: same-switch traffic is
+    /// what a private Subnet always admits.
     pub fastpath: bool,
 }
 
@@ -105,7 +106,7 @@ pub fn info_of(obj: &DynamicObject) -> Option<SubnetInfo> {
             spec.provider.clone()
         },
         mtu: spec.mtu.filter(|m| *m > 0),
-        fastpath: !(opted_out || spec.has_acls() || spec.private.unwrap_or(false)),
+        fastpath: !(opted_out || spec.has_acls()),
     })
 }
 
@@ -138,7 +139,7 @@ mod tests {
     }
 
     #[test]
-    fn the_fast_path_is_on_unless_the_subnet_opts_out_or_has_acls_or_is_private() {
+    fn the_fast_path_is_on_unless_the_subnet_opts_out_or_has_acls_and_a_private_subnet_keeps_it() {
         assert!(fastpath(&subnet_object(&json!({}), &json!({}))));
         assert!(!fastpath(&subnet_object(
             &json!({"sidelane.io/fastpath": "false"}),
@@ -152,7 +153,7 @@ mod tests {
             &json!({}),
             &json!({"acls": [{"action": "drop"}]})
         )));
-        assert!(!fastpath(&subnet_object(
+        assert!(fastpath(&subnet_object(
             &json!({}),
             &json!({"private": true})
         )));

@@ -9,6 +9,8 @@ pub mod cni;
 #[cfg(feature = "crd")]
 pub mod crd;
 pub mod daemon;
+#[cfg(feature = "crd")]
+pub mod flow_verdict;
 pub mod mac;
 pub mod nad;
 pub mod network_selection;

@@ -188,6 +188,26 @@ pub struct RuleError {
     pub reason: &'static str,
 }
 
+/// A group's checked spec: what the controller renders and the agent's fast path honours.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Group {
+    /// `allowSameGroupTraffic`.
+    pub allow_same_group_traffic: bool,
+    /// Its rules, checked.
+    pub rules: Vec<Rule>,
+}
+
+impl Group {
+    /// A group's checked spec out of its object's JSON.
+    pub fn of(object: &Value) -> Result<Group, RuleError> {
+        let spec = spec_of(object)?;
+        Ok(Group {
+            allow_same_group_traffic: spec.allow_same_group_traffic,
+            rules: rules(&spec)?,
+        })
+    }
+}
+
 /// The `Port_Group` of every port in any group: it drops all IP traffic to and from its
 /// ports below the groups' own ACLs (Kube-OVN's `kubeovn_deny_all`).
 pub const DENY_ALL_PORT_GROUP: &str = "ovn.sg.kubeovn_deny_all";

@@ -15,7 +15,7 @@ use sidelane_api::{
     security_group::{self as sg, Remote},
 };
 
-use crate::ovn::{GroupInput, Isolation, SubnetIsolation};
+use crate::ovn::{Isolation, SubnetIsolation};
 
 /// The isolation inputs and what was refused.
 #[derive(Default)]
@@ -35,13 +35,7 @@ impl Store {
     /// the refusal if the spec does not check.
     pub fn group(&mut self, name: &str, object: &Value) -> (bool, Option<String>) {
         self.groups_seen.insert(name.to_owned());
-        let checked = sg::spec_of(object).and_then(|spec| {
-            sg::rules(&spec).map(|rules| GroupInput {
-                allow_same_group_traffic: spec.allow_same_group_traffic,
-                rules,
-            })
-        });
-        match checked {
+        match sg::Group::of(object) {
             Ok(input) => {
                 self.group_errors.remove(name);
                 let changed = self.wanted.groups.get(name) != Some(&input);

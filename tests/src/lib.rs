@@ -36,6 +36,7 @@ pub mod ovn;
 pub mod ping;
 pub mod primary;
 pub mod privilege;
+pub mod probe_pod;
 pub mod process;
 pub mod real_node;
 pub mod registry;

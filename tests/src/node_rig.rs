@@ -46,6 +46,8 @@ pub struct Node {
     dir: tempfile::TempDir,
     pins: PinRoot,
     agent: Option<JoinHandle<()>>,
+    /// The agent's follower of the security groups (with the fast path).
+    groups: Option<JoinHandle<()>>,
     /// The agent's fast path (while the agent runs with one).
     pub fastpath: Option<Arc<Mutex<FastpathDataplane>>>,
 }
@@ -141,6 +143,7 @@ impl NodeRig {
                     dir: tempfile::tempdir().expect("a temporary directory"),
                     pins: PinRoot::new("sidelane-node-rig"),
                     agent: None,
+                    groups: None,
                     fastpath: None,
                 })
                 .collect(),
@@ -211,15 +214,26 @@ impl NodeRig {
             .expect("the agent opens the chassis' Open_vSwitch database");
         let qos = QosDataplane::new(n.pins.path()).expect("the QoS dataplane");
         let client = self.runtime.block_on(self.api.agent_client());
-        let mut attacher =
-            Attacher::new(KubePods::new(client), qos, records, Duration::from_secs(20))
-                .with_host_netns(n.chassis.ns.path())
-                .with_ovs(Arc::new(bridge));
+        let mut attacher = Attacher::new(
+            KubePods::new(client.clone()),
+            qos,
+            records,
+            Duration::from_secs(20),
+        )
+        .with_host_netns(n.chassis.ns.path())
+        .with_ovs(Arc::new(bridge));
         if with_fastpath {
             let mut fp = FastpathDataplane::open(n.pins.path()).expect("the fast path");
             fp.sweep(Some(&n.chassis.ns.path())).expect("sweep");
             let fp = Arc::new(Mutex::new(fp));
             attacher = attacher.with_fastpath(Arc::clone(&fp));
+            n.groups = Some(
+                self.runtime
+                    .spawn(sidelane_agent::security_groups::follow_forever(
+                        client,
+                        Arc::clone(&fp) as Arc<dyn sidelane_agent::dataplane::ports::FastpathPorts>,
+                    )),
+            );
             n.fastpath = Some(fp);
         }
         let attacher = Arc::new(attacher);
@@ -245,6 +259,9 @@ impl NodeRig {
         let n = &mut self.nodes[node];
         if let Some(agent) = n.agent.take() {
             agent.abort();
+        }
+        if let Some(groups) = n.groups.take() {
+            groups.abort();
         }
         n.fastpath = None;
         // Let the aborted server drop the attacher (and with it the maps' descriptors).

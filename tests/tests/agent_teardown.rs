@@ -67,6 +67,7 @@ fn record(container_id: &str, node: &NetNs) -> AttachmentRecord {
         pod_name: format!("pod-{container_id}"),
         provider: "attachnet.default.ovn".to_owned(),
         kind: AttachmentKind::Ovn { host_ifname: host },
+        security_groups: Vec::new(),
     }
 }
 

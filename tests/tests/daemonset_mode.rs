@@ -84,6 +84,7 @@ fn the_fast_path_program_attached_in_the_agents_own_namespace_stays_attached() {
             ips: vec!["10.0.0.1".parse().expect("an address")],
             policed: false,
             published: true,
+            groups: Vec::new(),
         })
         .expect("putting the port on the fast path");
     });

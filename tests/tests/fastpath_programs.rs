@@ -9,8 +9,8 @@ use sidelane_agent::dataplane::{
     test_run::{self, SkBuffCtx},
 };
 use sidelane_agent_common::fastpath::{
-    ENDPOINT_POLICED, Endpoint, EndpointKey, FastpathCounters, PROG_FORWARD, PROG_TO_POD,
-    SOURCE_HAS_V4, SOURCE_HAS_V6, Source,
+    ENDPOINT_ISOLATED, ENDPOINT_POLICED, Endpoint, EndpointKey, FastpathCounters, PROG_FORWARD,
+    PROG_TO_POD, PairKey, SOURCE_HAS_V4, SOURCE_HAS_V6, SOURCE_ISOLATED, Source,
 };
 use sidelane_tests::privilege;
 
@@ -25,6 +25,10 @@ const RECEIVER_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2
 /// A fast path where the sender is the loopback device (ifindex 1, which a test run's frame
 /// arrives on) with `10.0.0.1` and `fd00::1`, and `10.0.0.2` / `fd00::2` belong to a local endpoint.
 fn rig(miss_ifindex: u32, receiver_flags: u32) -> FastpathUnderTest {
+    rig_with(miss_ifindex, 0, receiver_flags)
+}
+
+fn rig_with(miss_ifindex: u32, sender_flags: u32, receiver_flags: u32) -> FastpathUnderTest {
     let mut fp = FastpathUnderTest::load().expect("the fast path loads");
     fp.dataplane
         .put_source(
@@ -33,7 +37,7 @@ fn rig(miss_ifindex: u32, receiver_flags: u32) -> FastpathUnderTest {
                 switch: SWITCH,
                 slot: 3,
                 miss_ifindex,
-                flags: SOURCE_HAS_V4 | SOURCE_HAS_V6,
+                flags: SOURCE_HAS_V4 | SOURCE_HAS_V6 | sender_flags,
                 mac: SENDER_MAC,
                 ip4: [10, 0, 0, 1],
                 ip6: SENDER_V6,
@@ -192,4 +196,42 @@ fn with_a_userspace_datapath_misses_are_redirected_to_the_device_ovs_reads() {
         .expect("run")
         .verdict;
     assert_eq!(verdict, TC_ACT_UNSPEC);
+}
+
+#[test]
+fn between_isolated_pods_only_an_allowed_pair_of_its_family_is_fast_pathed() {
+    if !privilege::require_privileges(
+        "between_isolated_pods_only_an_allowed_pair_of_its_family_is_fast_pathed",
+    ) {
+        return;
+    }
+    let v4 = v4_frame(SENDER_MAC, RECEIVER_MAC, [10, 0, 0, 1], [10, 0, 0, 2]);
+    let v6 = v6_frame(SENDER_V6, RECEIVER_V6);
+    // Either end isolated, no pair: both families go to OVS, counted as isolated.
+    for (sender, receiver) in [(SOURCE_ISOLATED, 0), (0, ENDPOINT_ISOLATED)] {
+        let fp = rig_with(0, sender, receiver);
+        assert_eq!(run(&fp, &v4), TC_ACT_UNSPEC);
+        assert_eq!(run(&fp, &v6), TC_ACT_UNSPEC);
+        let c = counters(&fp);
+        assert_eq!((c.hits, c.misses, c.spoofed, c.isolated), (0, 0, 0, 2));
+    }
+    // The IPv4 pair allowed: IPv4 is fast-pathed, IPv6 still goes to OVS.
+    let mut fp = rig_with(0, SOURCE_ISOLATED, ENDPOINT_ISOLATED);
+    fp.dataplane
+        .put_pair(PairKey {
+            src: 1,
+            dst: 42,
+            family: 4,
+        })
+        .expect("pair");
+    assert_eq!(run(&fp, &v4), TC_ACT_REDIRECT);
+    assert_eq!(run(&fp, &v6), TC_ACT_UNSPEC);
+    // The reverse direction is its own entry.
+    assert!(fp.dataplane.pairs().iter().all(|p| p.src == 1));
+    let c = counters(&fp);
+    assert_eq!((c.hits, c.isolated), (1, 1));
+    // A spoofed frame between isolated pods is spoofed first, never fast-pathed.
+    let spoofed = v4_frame(SENDER_MAC, RECEIVER_MAC, [10, 0, 0, 9], [10, 0, 0, 2]);
+    assert_eq!(run(&fp, &spoofed), TC_ACT_UNSPEC);
+    assert_eq!(counters(&fp).spoofed, 1);
 }

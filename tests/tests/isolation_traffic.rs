@@ -3,166 +3,19 @@
 //! `ovn-trace` and by real packets between pod namespaces; a live change applies to a running
 //! flow; what cannot be rendered is refused on the object, naming the field.
 
-use std::{
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sidelane_tests::{
     cluster,
-    netns::{NetNs, in_netns},
+    netns::NetNs,
     node_rig::NodeRig,
     ovn, privilege,
+    probe_pod::{
+        attachnet_rig, eventually, from_group, from_net, ovn_delivers_tcp, pings, pod, ports,
+        reachable, rule, security_group, serve, tcp_opens, udp_arrives,
+    },
 };
-
-const PROVIDER: &str = "attachnet.default.ovn";
-
-fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < timeout, "{what} within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One pod: its namespace, address, MAC and OVN port.
-struct Pod {
-    ns: NetNs,
-    ip: String,
-    mac: String,
-    port: String,
-}
-
-fn rule(policy: &str, priority: u32, protocol: &str, remote: &Value) -> Value {
-    let mut r =
-        json!({"ipVersion": "ipv4", "policy": policy, "priority": priority, "protocol": protocol});
-    for (k, v) in remote.as_object().into_iter().flatten() {
-        r[k] = v.clone();
-    }
-    r
-}
-
-fn from_group(g: &str) -> Value {
-    json!({"remoteType": "securityGroup", "remoteSecurityGroup": g})
-}
-
-fn from_net(n: &str) -> Value {
-    json!({"remoteType": "address", "remoteAddress": n})
-}
-
-fn ports(mut r: Value, min: u16, max: u16) -> Value {
-    r["portRangeMin"] = json!(min);
-    r["portRangeMax"] = json!(max);
-    r
-}
-
-fn security_group(name: &str, same: bool, ingress: &[Value], egress: &[Value]) -> Value {
-    json!({
-        "apiVersion": "kubeovn.io/v1", "kind": "SecurityGroup", "metadata": {"name": name},
-        "spec": {"allowSameGroupTraffic": same, "ingressRules": ingress, "egressRules": egress},
-    })
-}
-
-fn start_rig() -> NodeRig {
-    let rig = NodeRig::start(false);
-    for doc in cluster::example("attachnet.yaml")
-        .into_iter()
-        .filter(|d| d["kind"] != "Deployment" && d["kind"] != "Pod")
-    {
-        rig.api.apply(&[doc]);
-    }
-    rig
-}
-
-fn pod(rig: &NodeRig, name: &str, groups: &str) -> Pod {
-    let mut annotations = json!({"k8s.v1.cni.cncf.io/networks": "default/attachnet"});
-    if !groups.is_empty() {
-        annotations[format!("{PROVIDER}.kubernetes.io/security_groups")] = json!(groups);
-        annotations[format!("{PROVIDER}.kubernetes.io/port_security")] = json!("true");
-    }
-    rig.api
-        .seed(cluster::pod(name, &annotations))
-        .expect("the pod is stored");
-    let ns = NetNs::new().expect("a netns");
-    let ip = rig.attach(name, &ns, "attachnet");
-    let stored = rig.api.get("v1", "Pod", "default", name).expect("the pod");
-    let mac = stored["metadata"]["annotations"][format!("{PROVIDER}.kubernetes.io/mac_address")]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    Pod {
-        ns,
-        ip,
-        mac,
-        port: format!("{name}.default.{PROVIDER}"),
-    }
-}
-
-/// Listens on TCP and UDP `port` in `p`'s namespace (the kernel answers a SYN without
-/// `accept`).
-fn serve(p: &Pod, port: u16) -> (TcpListener, UdpSocket) {
-    in_netns(&p.ns.path(), move || {
-        Ok((
-            TcpListener::bind(("0.0.0.0", port))?,
-            UdpSocket::bind(("0.0.0.0", port))?,
-        ))
-    })
-    .expect("listening")
-}
-
-/// Whether a TCP connection from `from` to `to:port` is established within 700 ms.
-fn tcp_opens(from: &Pod, to: &Pod, port: u16) -> bool {
-    let addr: SocketAddr = format!("{}:{port}", to.ip).parse().expect("an address");
-    in_netns(&from.ns.path(), move || {
-        Ok(TcpStream::connect_timeout(&addr, Duration::from_millis(700)).is_ok())
-    })
-    .expect("connecting")
-}
-
-/// Whether a UDP datagram from `from` reaches `server` (bound in `to`) within 700 ms.
-fn udp_arrives(from: &Pod, to: &Pod, server: &UdpSocket, port: u16) -> bool {
-    let addr: SocketAddr = format!("{}:{port}", to.ip).parse().expect("an address");
-    let sent = in_netns(&from.ns.path(), move || {
-        let s = UdpSocket::bind(("0.0.0.0", 0))?;
-        s.send_to(b"probe", addr)?;
-        Ok(())
-    });
-    sent.expect("sending");
-    server
-        .set_read_timeout(Some(Duration::from_millis(700)))
-        .expect("a timeout");
-    let mut buf = [0u8; 16];
-    server.recv_from(&mut buf).is_ok()
-}
-
-fn pings(from: &Pod, to: &Pod) -> bool {
-    from.ns
-        .exec(&["ping", "-c", "1", "-W", "1", &to.ip])
-        .is_ok()
-}
-
-/// `ovn-trace` of a TCP SYN from `from` to `to:port`: whether OVN delivers it.
-fn ovn_delivers_tcp(rig: &NodeRig, from: &Pod, to: &Pod, port: u16) -> bool {
-    let flow = format!(
-        r#"inport == "{}" && eth.src == {} && eth.dst == {} && ip4.src == {} && ip4.dst == {} && ip.ttl == 64 && tcp && tcp.dst == {port} && tcp.src == 40000"#,
-        from.port, from.mac, to.mac, from.ip, to.ip
-    );
-    let trace = rig
-        .central
-        .trace("attachnet", &flow)
-        .expect("ovn-trace runs");
-    trace.contains(&format!("output(\"{}\");", to.port))
-}
-
-/// Pings until the first reply: ports are bound and flows installed.
-fn reachable(from: &Pod, to: &Pod) {
-    eventually(
-        &format!("{} answers {}", to.ip, from.ip),
-        Duration::from_secs(20),
-        || pings(from, to),
-    );
-}
 
 #[test]
 fn security_group_rules_allow_and_deny_what_they_say_by_ovn_trace_and_by_packets_traffic() {
@@ -171,7 +24,7 @@ fn security_group_rules_allow_and_deny_what_they_say_by_ovn_trace_and_by_packets
     if !privilege::require_privileges(name) || !ovn::require_installed(name) {
         return;
     }
-    let rig = start_rig();
+    let rig = attachnet_rig(1, false);
     // web: drop TCP 8081 from clients (priority 5 beats 10), TCP 8080-8081 from the Subnet,
     // ICMP from clients only, UDP 5353 from the Subnet; anything out to the Subnet.
     let subnet = from_net("172.17.0.0/16");
@@ -253,7 +106,7 @@ fn members_of_a_group_that_allows_same_group_traffic_reach_each_other_and_no_one
     if !privilege::require_privileges(name) || !ovn::require_installed(name) {
         return;
     }
-    let rig = start_rig();
+    let rig = attachnet_rig(1, false);
     rig.api
         .seed(security_group("peers", true, &[], &[]))
         .expect("peers");
@@ -283,7 +136,7 @@ fn a_live_rule_change_applies_to_a_running_flow_without_recreating_pods_traffic(
     if !privilege::require_privileges(name) || !ovn::require_installed(name) {
         return;
     }
-    let rig = start_rig();
+    let rig = attachnet_rig(1, false);
     let allow_icmp = |on: bool| {
         let ingress = if on {
             vec![rule("allow", 1, "icmp", &from_net("172.17.0.0/16"))]
@@ -449,7 +302,7 @@ fn refusals_are_events_and_conditions_naming_the_field_and_the_previous_rules_st
     if !privilege::require_privileges(name) || !ovn::require_installed(name) {
         return;
     }
-    let rig = start_rig();
+    let rig = attachnet_rig(1, false);
     rig.api
         .seed(security_group(
             "guarded",
@@ -532,7 +385,7 @@ fn a_subnet_acl_drops_what_it_says_and_one_that_does_not_parse_is_refused_on_the
     if !privilege::require_privileges(name) || !ovn::require_installed(name) {
         return;
     }
-    let rig = start_rig();
+    let rig = attachnet_rig(1, false);
     let a = pod(&rig, "acl-a", "");
     let b = pod(&rig, "acl-b", "");
     let c = pod(&rig, "acl-c", "");

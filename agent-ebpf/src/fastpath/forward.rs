@@ -8,8 +8,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use sidelane_agent_common::fastpath::{
-    DIRECT_IFINDEXES, ENDPOINT_POLICED, Endpoint, EndpointKey, FastpathCounters, MAX_ATTACHMENTS,
-    MAX_ENDPOINTS, SOURCE_HAS_V4, SOURCE_HAS_V6, SOURCE_IN_USE, Source,
+    DIRECT_IFINDEXES, ENDPOINT_ISOLATED, ENDPOINT_POLICED, Endpoint, EndpointKey, FastpathCounters,
+    MAX_ATTACHMENTS, MAX_ENDPOINTS, MAX_PAIRS, PairKey, SOURCE_HAS_V4, SOURCE_HAS_V6,
+    SOURCE_IN_USE, SOURCE_ISOLATED, Source,
 };
 
 #[map(name = "SL_FP_SOURCES")]
@@ -27,6 +28,9 @@ static TO_POD: HashMap<u32, u32> = HashMap::pinned(MAX_ATTACHMENTS, 0);
 #[map(name = "SL_FP_COUNTERS")]
 static COUNTERS: PerCpuArray<FastpathCounters> = PerCpuArray::pinned(MAX_ATTACHMENTS, 0);
 
+#[map(name = "SL_FP_PAIRS")]
+static PAIRS: HashMap<PairKey, u32> = HashMap::pinned(MAX_PAIRS, 0);
+
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
@@ -40,6 +44,8 @@ enum Decision {
     Miss,
     /// For a local endpoint, but not from the sender's own MAC and address.
     Spoofed,
+    /// Between an isolated attachment and a local peer OVN does not pass whole.
+    Isolated,
 }
 
 #[inline(always)]
@@ -64,7 +70,7 @@ fn decide(ctx: &TcContext, src: &Source, ifindex: u32) -> Decision {
     // SAFETY: within the Ethernet header checked above.
     let ethertype = u16::from_be(unsafe { core::ptr::read_unaligned((data + 12) as *const u16) });
     let l3 = data + ETH_HLEN;
-    let (key, source_ok) = match ethertype {
+    let (key, source_ok, family) = match ethertype {
         ETH_P_IP => {
             if l3 + IPV4_MIN_HLEN > end {
                 return Decision::Miss;
@@ -79,6 +85,7 @@ fn decide(ctx: &TcContext, src: &Source, ifindex: u32) -> Decision {
             (
                 EndpointKey::v4(src.switch, daddr),
                 src.flags & SOURCE_HAS_V4 != 0 && saddr == src.ip4,
+                4,
             )
         }
         ETH_P_IPV6 => {
@@ -98,6 +105,7 @@ fn decide(ctx: &TcContext, src: &Source, ifindex: u32) -> Decision {
             (
                 EndpointKey::v6(src.switch, daddr),
                 src.flags & SOURCE_HAS_V6 != 0 && saddr == src.ip6,
+                6,
             )
         }
         // ARP, ND's link layer and everything else: OVS.
@@ -112,6 +120,17 @@ fn decide(ctx: &TcContext, src: &Source, ifindex: u32) -> Decision {
     }
     if src_mac != src.mac || !source_ok {
         return Decision::Spoofed;
+    }
+    if (src.flags & SOURCE_ISOLATED != 0 || ep.flags & ENDPOINT_ISOLATED != 0) && {
+        let pair = PairKey {
+            src: ifindex,
+            dst: ep.ifindex,
+            family,
+        };
+        // SAFETY: a lookup in a live map; only presence is read.
+        unsafe { PAIRS.get(&pair) }.is_none()
+    } {
+        return Decision::Isolated;
     }
     Decision::Hit(ep)
 }
@@ -171,6 +190,13 @@ pub fn forward(ctx: &TcContext) -> i32 {
             if let Some(c) = counters {
                 // SAFETY: as above.
                 unsafe { (*c).spoofed += 1 };
+            }
+            hand_to_ovs(&src)
+        }
+        Decision::Isolated => {
+            if let Some(c) = counters {
+                // SAFETY: as above.
+                unsafe { (*c).isolated += 1 };
             }
             hand_to_ovs(&src)
         }

@@ -114,11 +114,12 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
         undo: &mut Undo,
     ) -> Result<CniResponse, AttachError> {
         let req = cx.req;
-        let record = record_of(req, kind).map_err(|source| AttachError::Link {
-            pod: req.pod_key(),
-            ifname: req.if_name.clone(),
-            source: Box::new(source),
-        })?;
+        let record =
+            record_of(req, kind, &cx.fastpath.groups).map_err(|source| AttachError::Link {
+                pod: req.pod_key(),
+                ifname: req.if_name.clone(),
+                source: Box::new(source),
+            })?;
         {
             let (records, cid, ifname) = (
                 self.records.clone(),
@@ -251,8 +252,8 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
     }
 }
 
-/// Whether the attachment takes the fast path: its Subnet allows it and the pod has no security
-/// groups (which the fast path cannot enforce yet).
+/// Whether the attachment takes the fast path (its Subnet allows it), and the security groups
+/// that decide which of its peers it reaches there.
 fn fastpath_wish(
     subnets: &[SubnetInfo],
     serving: Option<&SubnetInfo>,
@@ -269,18 +270,20 @@ fn fastpath_wish(
         .iter()
         .find(|s| s.name == switch)
         .is_none_or(|s| s.fastpath);
-    let security_groups = annotations
-        .get(&key(&alloc.prefix, "security_groups"))
-        .is_some_and(|v| !v.trim().is_empty());
     FastpathWish {
-        on: subnet_allows && !security_groups && !switch.is_empty(),
+        on: subnet_allows && !switch.is_empty(),
+        groups: sidelane_api::security_group::membership(annotations, &alloc.prefix),
         switch,
         policed: spec.get(Direction::Ingress).rate_mbps > 0,
     }
 }
 
 /// What the agent records of an attachment it is about to make.
-fn record_of(req: &CniRequest, kind: Kind) -> Result<AttachmentRecord, crate::link::LinkError> {
+fn record_of(
+    req: &CniRequest,
+    kind: Kind,
+    security_groups: &[String],
+) -> Result<AttachmentRecord, crate::link::LinkError> {
     Ok(AttachmentRecord {
         container_id: req.container_id.clone(),
         ifname: req.if_name.clone(),
@@ -289,5 +292,6 @@ fn record_of(req: &CniRequest, kind: Kind) -> Result<AttachmentRecord, crate::li
         pod_name: req.pod_name.clone(),
         provider: req.provider_or_default().to_owned(),
         kind: kind.recorded(&req.container_id, &req.if_name)?,
+        security_groups: security_groups.to_vec(),
     })
 }

@@ -220,6 +220,25 @@ impl FastpathPorts for FakeNode {
     ) -> Result<usize, DataplaneError> {
         Ok(0)
     }
+
+    fn set_groups(
+        &self,
+        _groups: BTreeMap<String, sidelane_api::security_group::Group>,
+    ) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
+    fn set_member_groups(
+        &self,
+        _netns: Option<&Path>,
+        host_ifname: &str,
+        groups: Vec<String>,
+    ) -> Result<(), DataplaneError> {
+        self.call("fastpath.set_member_groups", host_ifname)
+            .map_err(|()| dataplane_failure(host_ifname))?;
+        let _ = groups;
+        Ok(())
+    }
 }
 
 impl PortPlug for FakeNode {

@@ -89,6 +89,7 @@ impl<P, Q: QosPort> Attacher<P, Q> {
                 Kind::IpamOnly => self.ipam_only().in_place(record).await,
             };
             if in_place {
+                self.rejoin_groups(record).await;
                 report.kept.push(id);
                 continue;
             }
@@ -106,6 +107,31 @@ impl<P, Q: QosPort> Attacher<P, Q> {
             }
         }
         Ok(report)
+    }
+
+    /// Tells the fast path the security groups of a recorded attachment still in place (its
+    /// entries survived the restart in pinned maps; its groups live only in the record). A
+    /// failure leaves its isolated pairs on OVS, which is safe, and is logged.
+    async fn rejoin_groups(&self, record: &AttachmentRecord) {
+        let (Some(fastpath), crate::records::AttachmentKind::Ovn { host_ifname }) =
+            (self.node.fastpath.clone(), &record.kind)
+        else {
+            return;
+        };
+        if record.security_groups.is_empty() {
+            return;
+        }
+        let (host, ifname, groups) = (
+            self.node.host_netns.clone(),
+            host_ifname.clone(),
+            record.security_groups.clone(),
+        );
+        if let Err(e) =
+            blocking(move || fastpath.set_member_groups(host.as_deref(), &ifname, groups)).await
+        {
+            warn!(pod = %record.pod_key(), ifname = %record.ifname, error = %e,
+                  "restoring the security groups of a fast-path attachment; its isolated traffic stays on OVS");
+        }
     }
 
     /// Removes the fast-path entries and QoS programs of interfaces that vanished without a

@@ -58,8 +58,10 @@ impl Kind {
 
 /// What the fast path should do for one attachment.
 pub(crate) struct FastpathWish {
-    /// Its Subnet allows the fast path and the pod has no security groups.
+    /// Its Subnet allows the fast path.
     pub(crate) on: bool,
+    /// The security groups it joins (the fast path carries only what OVN passes whole).
+    pub(crate) groups: Vec<String>,
     /// The logical switch.
     pub(crate) switch: String,
     /// The pod has an ingress limit.

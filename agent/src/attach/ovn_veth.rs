@@ -154,6 +154,7 @@ impl<Q: QosPort> OvnVeth<'_, Q> {
             ips: cx.alloc.ips.iter().map(|ip| ip.address).collect(),
             policed: wish.policed,
             published: wish.on,
+            groups: wish.groups.clone(),
         };
         {
             let (fastpath, ns, host) = (

@@ -13,7 +13,7 @@
 //! Everything is keyed by ifindex in the namespace that holds the host ends.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     fs,
     net::IpAddr,
     path::{Path, PathBuf},
@@ -30,10 +30,12 @@ use aya::{
     util::nr_cpus,
 };
 use sidelane_agent_common::fastpath::{
-    COUNTERS_MAP, DIRECT_IFINDEXES, ENDPOINT_POLICED, ENDPOINTS_MAP, Endpoint, EndpointKey,
-    FastpathCounters, MAX_ATTACHMENTS, PROG_FORWARD, PROG_TO_POD, SOURCE_HAS_V4, SOURCE_HAS_V6,
-    SOURCE_IN_USE, SOURCES_DIRECT_MAP, SOURCES_MAP, Source, TO_POD_MAP,
+    COUNTERS_MAP, DIRECT_IFINDEXES, ENDPOINT_ISOLATED, ENDPOINT_POLICED, ENDPOINTS_MAP, Endpoint,
+    EndpointKey, FastpathCounters, MAX_ATTACHMENTS, PAIRS_MAP, PROG_FORWARD, PROG_TO_POD,
+    SOURCE_HAS_V4, SOURCE_HAS_V6, SOURCE_IN_USE, SOURCE_ISOLATED, SOURCES_DIRECT_MAP, SOURCES_MAP,
+    Source, TO_POD_MAP,
 };
+use sidelane_api::security_group::Group;
 use tracing::{debug, info};
 
 use super::{
@@ -79,6 +81,9 @@ pub struct FastpathPort {
     pub policed: bool,
     /// Whether other pods may reach it on the fast path.
     pub published: bool,
+    /// The security groups it joins: with any, it reaches and is reached on the fast path only
+    /// by peers whose traffic with it OVN passes whole.
+    pub groups: Vec<String>,
 }
 
 /// The node's fast-path object and maps.
@@ -89,6 +94,12 @@ pub struct FastpathDataplane {
     endpoints: HashMap<MapData, EndpointKey, Endpoint>,
     to_pod: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, FastpathCounters>,
+    pub(super) pairs: HashMap<MapData, sidelane_agent_common::fastpath::PairKey, u32>,
+    /// Each attachment on the fast path, by host-end ifindex (kept in memory: an agent that
+    /// restarts learns the groups again from its records).
+    pub(super) members: BTreeMap<u32, super::pairs::Member>,
+    /// The security groups as last read (`None`: not read yet, so no isolated pair passes).
+    pub(super) groups: Option<BTreeMap<String, Group>>,
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
@@ -100,7 +111,10 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> 
     })
 }
 
-fn ifindex_in(netns: Option<&Path>, ifname: &str) -> Result<Option<u32>, DataplaneError> {
+pub(super) fn ifindex_in(
+    netns: Option<&Path>,
+    ifname: &str,
+) -> Result<Option<u32>, DataplaneError> {
     let name = ifname.to_owned();
     Ok(netns::run_in(netns, move || {
         nix::net::if_::if_nametoindex(name.as_str()).ok()
@@ -152,15 +166,22 @@ impl FastpathDataplane {
             .map_err(|e| map_error("opening", TO_POD_MAP, "the fast path", e))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)
             .map_err(|e| map_error("opening", COUNTERS_MAP, "the fast path", e))?;
+        let pairs = HashMap::try_from(take_map(&mut ebpf, PAIRS_MAP)?)
+            .map_err(|e| map_error("opening", PAIRS_MAP, "the fast path", e))?;
         info!(pins = %dir.display(), "loaded the fast path");
-        Ok(FastpathDataplane {
+        let mut dp = FastpathDataplane {
             ebpf,
             sources,
             sources_direct,
             endpoints,
             to_pod,
             counters,
-        })
+            pairs,
+            members: BTreeMap::new(),
+            groups: None,
+        };
+        dp.members = FastpathDataplane::members_of_sources(dp.all_sources()?);
+        Ok(dp)
     }
 
     fn free_slot(&self, reuse_for: u32) -> Result<u32, DataplaneError> {
@@ -270,12 +291,13 @@ impl FastpathDataplane {
                 .set(slot, zero, 0)
                 .map_err(|e| map_error("resetting", COUNTERS_MAP, &target, e))?;
         }
+        let isolated = !port.groups.is_empty();
         let mut src = Source {
             switch: port.switch,
             slot,
             miss_ifindex: ovs.unwrap_or(0),
             mac: port.mac,
-            flags: SOURCE_IN_USE,
+            flags: SOURCE_IN_USE | if isolated { SOURCE_ISOLATED } else { 0 },
             ..Source::default()
         };
         for ip in &port.ips {
@@ -294,7 +316,8 @@ impl FastpathDataplane {
         if port.published && port.switch != SWITCH_OFF {
             let ep = Endpoint {
                 ifindex: host,
-                flags: if port.policed { ENDPOINT_POLICED } else { 0 },
+                flags: if port.policed { ENDPOINT_POLICED } else { 0 }
+                    | if isolated { ENDPOINT_ISOLATED } else { 0 },
                 mac: port.mac,
                 pad: [0; 2],
             };
@@ -305,6 +328,7 @@ impl FastpathDataplane {
             }
         }
         self.put_source(host, src)?;
+        self.join(host, port, &target)?;
         if let (Some(ovs), Some(name)) = (ovs, &port.ovs_ifname) {
             self.to_pod
                 .insert(ovs, host, 0)
@@ -349,6 +373,7 @@ impl FastpathDataplane {
 
     fn forget(&mut self, host: u32, target: &str) -> Result<(), DataplaneError> {
         self.remove_endpoints_of(host, target)?;
+        self.leave(host, target)?;
         let ovs: Vec<u32> = self
             .to_pod
             .iter()

@@ -10,6 +10,7 @@
 mod bpffs;
 pub mod fastpath;
 mod object;
+pub mod pairs;
 pub mod ports;
 pub mod qdisc;
 pub mod qos;

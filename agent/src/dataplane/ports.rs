@@ -72,6 +72,19 @@ pub trait FastpathPorts: Send + Sync {
         host_ifname: &str,
         policed: bool,
     ) -> Result<usize, DataplaneError>;
+    /// The security groups as now read: the allowed pairs of isolated attachments follow.
+    fn set_groups(
+        &self,
+        groups: std::collections::BTreeMap<String, sidelane_api::security_group::Group>,
+    ) -> Result<(), DataplaneError>;
+    /// The security groups of the attachment whose host end is `host_ifname` (a restarted
+    /// agent, from its records).
+    fn set_member_groups(
+        &self,
+        netns: Option<&Path>,
+        host_ifname: &str,
+        groups: Vec<String>,
+    ) -> Result<(), DataplaneError>;
 }
 
 impl FastpathPorts for Mutex<FastpathDataplane> {
@@ -94,6 +107,22 @@ impl FastpathPorts for Mutex<FastpathDataplane> {
         policed: bool,
     ) -> Result<usize, DataplaneError> {
         locked(self).set_policed(netns, host_ifname, policed)
+    }
+
+    fn set_groups(
+        &self,
+        groups: std::collections::BTreeMap<String, sidelane_api::security_group::Group>,
+    ) -> Result<(), DataplaneError> {
+        locked(self).set_groups(groups)
+    }
+
+    fn set_member_groups(
+        &self,
+        netns: Option<&Path>,
+        host_ifname: &str,
+        groups: Vec<String>,
+    ) -> Result<(), DataplaneError> {
+        locked(self).set_member_groups_of(netns, host_ifname, groups)
     }
 }
 

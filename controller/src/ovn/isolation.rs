@@ -35,13 +35,7 @@ pub struct Isolation {
 }
 
 /// A security group's checked spec.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct GroupInput {
-    /// `allowSameGroupTraffic`.
-    pub allow_same_group_traffic: bool,
-    /// Its rules, checked.
-    pub rules: Vec<Rule>,
-}
+pub use sg::Group as GroupInput;
 
 /// A Subnet's isolation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
