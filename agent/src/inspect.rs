@@ -415,8 +415,8 @@ pub fn interface_detail(v: &AttachmentView) -> String {
         Some(c) => {
             let _ = writeln!(
                 out,
-                "  fast path: {} frames / {} B forwarded, {} handed to OVS, {} spoofed (never fast-pathed)",
-                c.hits, c.hit_bytes, c.misses, c.spoofed
+                "  fast path: {} frames / {} B forwarded, {} handed to OVS, {} spoofed (never fast-pathed), {} isolated (security groups: to OVS's ACLs)",
+                c.hits, c.hit_bytes, c.misses, c.spoofed, c.isolated
             );
         }
     }
@@ -629,6 +629,7 @@ mod tests {
                 hit_bytes: 13_500_000,
                 misses: 12,
                 spoofed: 0,
+                isolated: 0,
             }),
             qos: Some(QosView {
                 ingress: dir(1000, 500, 7),

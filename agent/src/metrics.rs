@@ -5,8 +5,10 @@
 //! end of an OVN-backed veth, empty for an IPAM-only interface), read from the per-CPU maps at
 //! each scrape:
 //! - the fast path (OVN-backed attachments, when it runs): `sidelane_agent_fastpath_hits_total`,
-//!   `..._hit_bytes_total`, `..._misses_total` (handed to OVS) and `..._spoofed_total` (for a
-//!   local pod but not from the sender's own MAC and address: never fast-pathed);
+//!   `..._hit_bytes_total`, `..._misses_total` (handed to OVS), `..._spoofed_total` (for a
+//!   local pod but not from the sender's own MAC and address: never fast-pathed) and
+//!   `..._isolated_total` (between pods in security groups whose traffic OVN does not pass
+//!   whole: handed to OVS, whose ACLs decide);
 //! - QoS (attachments with a limit), with a `direction` label (`ingress`: into the pod):
 //!   `sidelane_agent_qos_limit_bits_per_second` (0: unlimited, counted only),
 //!   `..._passed_packets_total`, `..._passed_bytes_total`, `..._dropped_packets_total`,
@@ -66,6 +68,9 @@ pub struct FastpathView {
     pub misses: u64,
     /// Frames whose source MAC or IP was not the sender's own.
     pub spoofed: u64,
+    /// Frames to or from a pod in a security group that OVN does not pass whole.
+    #[serde(default)]
+    pub isolated: u64,
 }
 
 /// One direction of an attachment's QoS.
@@ -231,6 +236,7 @@ impl AttachmentCollector {
                     hit_bytes: c.hit_bytes,
                     misses: c.misses,
                     spoofed: c.spoofed,
+                    isolated: c.isolated,
                 }),
             _ => None,
         };
@@ -279,7 +285,7 @@ impl Collector for AttachmentCollector {
         type QosField = fn(&QosDirectionView) -> u64;
         let views = self.snapshot();
         if self.fastpath.is_some() {
-            let families: [(&str, &str, Field); 4] = [
+            let families: [(&str, &str, Field); 5] = [
                 ("fastpath_hits", "Frames forwarded on the fast path", |c| {
                     c.hits
                 }),
@@ -293,6 +299,11 @@ impl Collector for AttachmentCollector {
                     "fastpath_spoofed",
                     "Frames for a local pod whose source MAC or IP was not the sender's own (never fast-pathed)",
                     |c| c.spoofed,
+                ),
+                (
+                    "fastpath_isolated",
+                    "Frames to or from a pod in a security group whose traffic OVN does not pass whole (handed to OVS)",
+                    |c| c.isolated,
                 ),
             ];
             for (name, help, field) in families {

@@ -7,6 +7,8 @@
 //!   agent on one node of real OVN (userspace datapath), fast path on.
 //! - `ovs`: two pods on a second switch whose Subnet says `sidelane.io/fastpath: "false"`, on
 //!   the same node: every frame crosses OVS.
+//! - `fastpath-sg`: two pods on `fast` in a security group that allows same-group traffic: the
+//!   agent proves OVN passes all their traffic, so they keep the fast path.
 //!
 //! Each case: iperf3 TCP, one stream, receiver's rate (rounds interleaved, median); then ping
 //! RTTs on the idle link. And the forwarding program's own cost per packet with
@@ -31,7 +33,7 @@ use crate::{
 /// One path's figures.
 #[derive(Debug, Serialize)]
 pub struct Case {
-    /// `fastpath`, `ovs` or `veth`.
+    /// `fastpath`, `fastpath-sg`, `ovs` or `veth`.
     pub path: &'static str,
     /// TCP throughput, Gbit/s.
     pub gbps: f64,
@@ -95,8 +97,13 @@ fn pod_pair(
     rig: &NodeRig,
     nad: &str,
     names: (&str, &str),
+    group: Option<&str>,
 ) -> anyhow::Result<(NetNs, NetNs, String)> {
-    let networks = json!({"k8s.v1.cni.cncf.io/networks": format!("default/{nad}")});
+    let mut networks = json!({"k8s.v1.cni.cncf.io/networks": format!("default/{nad}")});
+    if let Some(g) = group {
+        networks[format!("{nad}.default.ovn.kubernetes.io/security_groups")] = json!(g);
+        networks[format!("{nad}.default.ovn.kubernetes.io/port_security")] = json!("true");
+    }
     rig.api.seed(cluster::pod(names.0, &networks))?;
     rig.api.seed(cluster::pod(names.1, &networks))?;
     let (a, b) = (NetNs::new()?, NetNs::new()?);
@@ -105,7 +112,7 @@ fn pod_pair(
     Ok((a, b, ip_b))
 }
 
-/// Runs the three cases, interleaved over several rounds so that the machine's background
+/// Runs the four cases, interleaved over several rounds so that the machine's background
 /// load falls on all of them alike; each figure is the median of its rounds (`quick`: 3 rounds
 /// of 2 s and 100 pings; otherwise 5 rounds of 5 s and 1,000 pings).
 pub fn run(quick: bool) -> anyhow::Result<FastpathReport> {
@@ -132,10 +139,16 @@ pub fn run(quick: bool) -> anyhow::Result<FastpathReport> {
     let mut slow = cluster::ovn_subnet("slow", "slow", "10.81.0.0/24", "");
     slow["metadata"]["annotations"] = json!({"sidelane.io/fastpath": "false"});
     rig.api.seed(slow)?;
-    let (fa, fb, fast_ip) = pod_pair(&rig, "fast", ("bench-fa", "bench-fb"))?;
-    let (sa, sb, slow_ip) = pod_pair(&rig, "slow", ("bench-sa", "bench-sb"))?;
-    let paths: [(&'static str, &NetNs, &NetNs, &str); 3] = [
+    rig.api.seed(json!({
+        "apiVersion": "kubeovn.io/v1", "kind": "SecurityGroup", "metadata": {"name": "bench-peers"},
+        "spec": {"allowSameGroupTraffic": true},
+    }))?;
+    let (fa, fb, fast_ip) = pod_pair(&rig, "fast", ("bench-fa", "bench-fb"), None)?;
+    let (ga, gb, sg_ip) = pod_pair(&rig, "fast", ("bench-ga", "bench-gb"), Some("bench-peers"))?;
+    let (sa, sb, slow_ip) = pod_pair(&rig, "slow", ("bench-sa", "bench-sb"), None)?;
+    let paths: [(&'static str, &NetNs, &NetNs, &str); 4] = [
         ("fastpath", &fa, &fb, fast_ip.as_str()),
+        ("fastpath-sg", &ga, &gb, sg_ip.as_str()),
         ("ovs", &sa, &sb, slow_ip.as_str()),
         ("veth", veth_tx, veth_rx, veth_ip),
     ];
@@ -143,7 +156,7 @@ pub fn run(quick: bool) -> anyhow::Result<FastpathReport> {
         // ARP and OVN's flows in place before anything is timed.
         let _ = ping::ping(tx, ip, 3, Duration::from_millis(50), Duration::from_secs(2));
     }
-    let mut gbps: [Vec<f64>; 3] = Default::default();
+    let mut gbps: [Vec<f64>; 4] = Default::default();
     for round in 0..o.rounds {
         eprintln!("round {} of {}...", round + 1, o.rounds);
         for (i, (path, tx, rx, ip)) in paths.iter().enumerate() {
@@ -164,6 +177,11 @@ pub fn run(quick: bool) -> anyhow::Result<FastpathReport> {
     anyhow::ensure!(
         hits > 1000,
         "the fast-path case took the fast path ({hits} hits)"
+    );
+    let sg_hits = rig.counters("bench-ga").hits;
+    anyhow::ensure!(
+        sg_hits > 1000,
+        "the security-group case took the fast path ({sg_hits} hits)"
     );
     let slow_hits = rig.counters("bench-sa").hits;
     anyhow::ensure!(
@@ -192,13 +210,13 @@ pub fn table(r: &FastpathReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<10} {:>8} {:>12} {:>12}",
+        "{:<12} {:>8} {:>12} {:>12}",
         "path", "Gbit/s", "RTT p50 µs", "RTT p99 µs"
     );
     for c in &r.cases {
         let _ = writeln!(
             out,
-            "{:<10} {:>8.2} {:>12.1} {:>12.1}",
+            "{:<12} {:>8.2} {:>12.1} {:>12.1}",
             c.path, c.gbps, c.rtt_us_p50, c.rtt_us_p99
         );
     }
@@ -219,6 +237,13 @@ pub fn table(r: &FastpathReport) -> String {
             "fastpath / veth RTT p50      {:>6.2}  (<= 1.3)",
             f.rtt_us_p50 / v.rtt_us_p50
         );
+        if let Some(g) = get("fastpath-sg") {
+            let _ = writeln!(
+                out,
+                "fastpath-sg / fastpath       {:>6.2}  (>= 0.9: isolation keeps the fast path)",
+                g.gbps / f.gbps
+            );
+        }
     }
     let _ = writeln!(
         out,
