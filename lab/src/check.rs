@@ -34,6 +34,8 @@ pub enum CheckKind {
     RoutedAcrossSubnets,
     /// Pods of different Vpcs do not reach each other.
     VpcIsolation,
+    /// The scenario's allowed/denied matrix (security groups, private Subnets) holds.
+    Isolation,
     /// A rate limit holds, measured with iperf3.
     Qos,
     /// Same-node traffic of one switch took the eBPF fast path.
@@ -65,6 +67,7 @@ impl CheckKind {
             Self::ReachAcrossNodes => "reach-across-nodes",
             Self::RoutedAcrossSubnets => "routed-across-subnets",
             Self::VpcIsolation => "vpc-isolation",
+            Self::Isolation => "isolation",
             Self::Qos => "qos",
             Self::FastPath => "fast-path",
             Self::Cli => "cli",

@@ -21,6 +21,8 @@ pub struct ScenarioReport {
     pub pods: Vec<Pod>,
     pub checks: Checks,
     pub matrix: Matrix,
+    /// The declared allowed/denied matrix, as measured.
+    pub isolation: Vec<crate::probe::isolation::Row>,
     pub qos: Vec<Measured>,
     pub fastpath_hits: Vec<(String, u64)>,
     pub cli: Vec<View>,
@@ -120,12 +122,14 @@ fn render_scenario(out: &mut String, sc: &ScenarioReport) {
                 | CheckKind::ReachAcrossNodes
                 | CheckKind::RoutedAcrossSubnets
                 | CheckKind::VpcIsolation
+                | CheckKind::Isolation
         )
     };
     for c in sc.checks.iter().filter(listed) {
         let _ = writeln!(out, "   {}  {}", if c.ok { "ok  " } else { "FAIL" }, c.what);
     }
     render_matrix(out, &sc.matrix);
+    render_isolation(out, &sc.isolation);
     for m in &sc.qos {
         let _ = writeln!(
             out,
@@ -174,6 +178,27 @@ fn render_pod(out: &mut String, pod: &Pod) {
         pod.node + 1,
         ifs.join("  ")
     );
+}
+
+fn render_isolation(out: &mut String, rows: &[crate::probe::isolation::Row]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "   isolation matrix (security groups, private Subnets): what arrived, against what must"
+    );
+    for r in rows {
+        let e = &r.expect;
+        let seen = if r.arrived { "arrived" } else { "denied" };
+        let want = if e.reach { "allowed" } else { "denied" };
+        let mark = if r.arrived == e.reach { "ok  " } else { "FAIL" };
+        let _ = writeln!(
+            out,
+            "   {mark}  {:<14} → {:<14} {:<9} {:<8} (must be {want}: {})  {} → {}",
+            e.from, e.to, e.probe, seen, e.why, r.from_ip, r.to_ip
+        );
+    }
 }
 
 fn cell_char(cell: Cell) -> char {
@@ -230,6 +255,7 @@ mod tests {
             nad: "attachnet".to_owned(),
             switch: "attachnet".to_owned(),
             ip: ip.to_owned(),
+            isolated: false,
         }
     }
 

@@ -9,7 +9,7 @@ use crate::{
     check::Checks,
     interrupt,
     pod::{self, NAMESPACE, Pod},
-    probe::{addressing, cli, exec, fastpath, qos, reach},
+    probe::{addressing, cli, exec, fastpath, isolation, qos, reach},
     report::ScenarioReport,
     rig::Rig,
     scenario::{self, Scenario},
@@ -47,6 +47,7 @@ pub fn scenario(rig: &Rig, sc: &Scenario, keep_up: bool) -> anyhow::Result<Scena
     }
     addressing::check(&pods, &docs, &mut checks);
     let matrix = reach::check(&rig.api, &pods, &mut checks);
+    let isolation = isolation::check(&pods, &sc.matrix, &mut checks);
     let qos = qos::check(&pods, &mut checks);
     let fastpath_hits = fastpath::check(rig, &pods, &matrix.endpoints, &mut checks);
     let cli = cli::check(rig, &docs, &pods, &mut checks);
@@ -61,6 +62,7 @@ pub fn scenario(rig: &Rig, sc: &Scenario, keep_up: bool) -> anyhow::Result<Scena
         pods,
         checks,
         matrix,
+        isolation,
         qos,
         fastpath_hits,
         cli,

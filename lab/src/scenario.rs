@@ -21,6 +21,9 @@ pub struct Scenario {
     pub extra: Option<String>,
     /// The kinds of check that must run and hold.
     pub shows: Vec<CheckKind>,
+    /// The allowed/denied matrix its isolation must show.
+    #[serde(default)]
+    pub matrix: Vec<crate::probe::isolation::Expect>,
 }
 
 /// What went wrong reading the scenarios.
@@ -135,7 +138,7 @@ mod tests {
     #[test]
     fn every_scenario_names_files_that_exist_and_parse() {
         let scenarios = load().expect("lab/scenarios.yaml reads");
-        assert_eq!(scenarios.len(), 5);
+        assert_eq!(scenarios.len(), 6);
         for scenario in &scenarios {
             let objects = scenario.objects().expect("the scenario's files parse");
             assert!(pods_made_by(&objects) > 0, "{} makes no pod", scenario.name);

@@ -52,6 +52,8 @@ pub fn check(
     let same_node_ovn = endpoints.iter().any(|a| {
         endpoints.iter().any(|b| {
             a.pod != b.pod
+                && !a.isolated
+                && !b.isolated
                 && a.node == b.node
                 && a.switch == b.switch
                 && !a.switch.is_empty()

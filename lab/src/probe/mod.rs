@@ -5,5 +5,6 @@ pub mod addressing;
 pub mod cli;
 pub mod exec;
 pub mod fastpath;
+pub mod isolation;
 pub mod qos;
 pub mod reach;

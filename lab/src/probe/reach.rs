@@ -21,6 +21,9 @@ pub struct Endpoint {
     /// Empty for attachments without a switch.
     pub switch: String,
     pub ip: String,
+    /// The attachment joins a security group: what reaches it is the scenario's isolation
+    /// matrix to say, not the topology.
+    pub isolated: bool,
 }
 
 /// A cell of the matrix: what the row's ping to the column showed.
@@ -77,6 +80,11 @@ pub fn endpoints(pods: &[Pod]) -> Vec<Endpoint> {
                     nad: a.nad.clone(),
                     switch: a.switch.clone(),
                     ip: ip.clone(),
+                    isolated: !sidelane_api::security_group::membership(
+                        &pod.annotations,
+                        &a.provider,
+                    )
+                    .is_empty(),
                 })
             })
         })
@@ -95,6 +103,9 @@ fn expectation(
             .and_then(|s| s["spec"]["vpc"].as_str().map(str::to_owned))
             .unwrap_or_default()
     };
+    if a.isolated || b.isolated {
+        return None;
+    }
     let same_switch = a.switch == b.switch && !a.switch.is_empty();
     if same_switch || (a.nad == b.nad && a.switch.is_empty()) {
         return Some(if a.node == b.node {
