@@ -48,9 +48,11 @@ pub fn rig_lines(rig: &Rig) -> Vec<String> {
             rig.api.plane().url()
         ),
         format!(
-            "OVN central: Northbound {} (TLS, client certificates), {}",
+            "OVN central: Northbound {} (TLS, client certificates), {}; Southbound {} (TLS, \
+             each chassis' ovn-controller with its own client certificate)",
             rig.nb_tls.remote,
-            rig.central.nb.unix_remote()
+            rig.central.nb.unix_remote(),
+            rig.nb_tls.sb_remote
         ),
     ];
     lines.extend(rig.nodes.iter().map(|n| {

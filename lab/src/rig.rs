@@ -197,18 +197,18 @@ impl Rig {
                 Ok((api, multus))
             },
         )?;
-        let (central, nb_tls) = phases.run(
-            "OVN central: Northbound (on TLS, as with the chart's networking.ENABLE_SSL), \
-             Southbound, ovn-northd",
-            || start_central(dir.path()),
-        )?;
         let lan = NetNs::new()?;
         lan.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
         lan.exec(&["ip", "link", "set", "br0", "up"])?;
+        let (central, nb_tls) = phases.run(
+            "OVN central: Northbound and Southbound on TLS (as with the chart's \
+             networking.ENABLE_SSL; the Southbound on the nodes' LAN), ovn-northd",
+            || start_central(dir.path(), &lan),
+        )?;
         let nodes = phases.run(
-            "two nodes: OVS, ovn-controller, sidelane-agent; node1 a real kubelet with containerd \
-             and runc, node2 a kubelet stand-in running Multus",
-            || start_nodes(dir.path(), &api, &central, &lan, &bins, &multus),
+            "two nodes: OVS, ovn-controller (to the Southbound over TLS), sidelane-agent; node1 a \
+             real kubelet with containerd and runc, node2 a kubelet stand-in running Multus",
+            || start_nodes(dir.path(), &api, &central, &nb_tls, &lan, &bins, &multus),
         )?;
         let controllers = phases
             .run("two sidelane-controller replicas (leader election)", || {
@@ -297,6 +297,7 @@ fn start_nodes(
     dir: &Path,
     api: &SidelaneCluster,
     central: &Central,
+    tls: &NbTls,
     lan: &NetNs,
     bins: &Binaries,
     multus: &Path,
@@ -321,6 +322,20 @@ fn start_nodes(
         let port = format!("lan{i}");
         c.ns.veth_to("eth0", lan, &port)?;
         lan.exec(&["ip", "link", "set", &port, "master", "br0", "up"])?;
+        // ovn-controller reaches the Southbound over TLS on the LAN, with its own certificate.
+        c.ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("192.168.201.{}/24", i + 1),
+            "dev",
+            "eth0",
+        ])?;
+        c.ns.exec(&["ip", "link", "set", "eth0", "up"])?;
+        let cert = tls
+            .pki
+            .client(&format!("ovn-controller-{name}"), &name, &[])?;
+        c.use_southbound_tls(&tls.sb_remote, &cert.key, &cert.cert, &tls.ca)?;
         let node_dir = dir.join(&name);
         let run_dir = node_dir.join("run");
         std::fs::create_dir_all(&run_dir)?;
@@ -489,16 +504,56 @@ pub struct NbTls {
     pub key: PathBuf,
     pub cert: PathBuf,
     pub ca: PathBuf,
+    /// The Southbound's `ssl:` remote on the nodes' LAN.
+    pub sb_remote: String,
+    /// The lab's OVN CA, which signs each chassis' client certificate.
+    pub pki: Pki,
 }
 
+/// Central's address on the nodes' LAN (a veth from this namespace into the LAN's bridge).
+const CENTRAL_LAN_IP: &str = "192.168.201.254";
+
 /// OVN central, its Northbound database also listening on `pssl:` with a certificate of the
-/// lab's CA (ovn-northd stays on the Unix socket, as in the chart).
-fn start_central(dir: &Path) -> anyhow::Result<(Central, NbTls)> {
+/// lab's CA (ovn-northd stays on the Unix socket, as in the chart), and its Southbound on
+/// `pssl:` on the nodes' LAN, where each chassis' ovn-controller reaches it.
+fn start_central(dir: &Path, lan: &NetNs) -> anyhow::Result<(Central, NbTls)> {
     let mut central = Central::start()?;
     let pki = Pki::create(&dir.join("ovn-pki"))?;
     let remote = central.nb.serve_tls(&pki)?;
     let client = pki.client("sidelane-controller", "sidelane-controller", &[])?;
     eprintln!("    Northbound on {remote} (CA {})", pki.ca.display());
+    // The host's end stays in this namespace; deleting the LAN's namespace deletes both ends.
+    let host_end = format!("sl-sb-{}", std::process::id() % 100_000);
+    let address = format!("{CENTRAL_LAN_IP}/24");
+    for args in [
+        &[
+            "ip",
+            "link",
+            "add",
+            &host_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "central",
+            "netns",
+            lan.name(),
+        ][..],
+        &["ip", "addr", "add", &address, "dev", &host_end],
+        &["ip", "link", "set", &host_end, "up"],
+    ] {
+        process::command(args)
+            .and_then(|mut c| process::run(&mut c, None, Duration::from_secs(10)))
+            .and_then(process::Finished::checked)
+            .with_context(|| format!("joining central to the nodes' LAN: {}", args.join(" ")))?;
+    }
+    lan.exec(&["ip", "link", "set", "central", "master", "br0", "up"])?;
+    let serving = pki.server("sb-server", "ovsdb-server", &[])?;
+    let sb_remote =
+        central
+            .sb
+            .serve_tls_at(CENTRAL_LAN_IP, &serving.key, &serving.cert, &pki.ca)?;
+    eprintln!("    Southbound on {sb_remote}");
     Ok((
         central,
         NbTls {
@@ -506,6 +561,8 @@ fn start_central(dir: &Path) -> anyhow::Result<(Central, NbTls)> {
             key: client.key,
             cert: client.cert,
             ca: pki.ca.clone(),
+            sb_remote,
+            pki,
         },
     ))
 }

@@ -97,6 +97,8 @@ pub struct DbServer {
 /// `--private-key`, `--certificate`, `--ca-cert`).
 #[derive(Debug, Clone)]
 struct SslListener {
+    /// The address it listens on.
+    address: String,
     port: u16,
     key: PathBuf,
     cert: PathBuf,
@@ -194,7 +196,20 @@ impl DbServer {
     /// As [`DbServer::serve_tls`], with these files (`--private-key`, `--certificate`,
     /// `--ca-cert`), made elsewhere (by `ovs-pki`, as Kube-OVN's generate-ssl.sh does).
     pub fn serve_tls_with(&mut self, key: &Path, cert: &Path, ca: &Path) -> anyhow::Result<String> {
+        self.serve_tls_at("127.0.0.1", key, cert, ca)
+    }
+
+    /// As [`DbServer::serve_tls_with`], listening on `address` (one of this namespace's) rather
+    /// than on the loopback: for clients in other network namespaces.
+    pub fn serve_tls_at(
+        &mut self,
+        address: &str,
+        key: &Path,
+        cert: &Path,
+        ca: &Path,
+    ) -> anyhow::Result<String> {
         self.ssl = Some(SslListener {
+            address: address.to_owned(),
             port: free_port()?,
             key: key.to_owned(),
             cert: cert.to_owned(),
@@ -206,11 +221,11 @@ impl DbServer {
             .context("the server has a pssl: listener now")
     }
 
-    /// `ssl:127.0.0.1:<port>`, once [`DbServer::serve_tls`] switched it on.
+    /// `ssl:<address>:<port>`, once [`DbServer::serve_tls`] switched it on.
     pub fn ssl_remote(&self) -> Option<String> {
         self.ssl
             .as_ref()
-            .map(|ssl| format!("ssl:127.0.0.1:{}", ssl.port))
+            .map(|ssl| format!("ssl:{}:{}", ssl.address, ssl.port))
     }
 
     /// (Re)starts the server on the same file, socket and port.
@@ -221,7 +236,7 @@ impl DbServer {
             .arg(format!("--remote=punix:{}", self.socket.display()))
             .arg(format!("--remote=ptcp:{}:127.0.0.1", self.port));
         if let Some(ssl) = &self.ssl {
-            cmd.arg(format!("--remote=pssl:{}:127.0.0.1", ssl.port))
+            cmd.arg(format!("--remote=pssl:{}:{}", ssl.port, ssl.address))
                 .arg(format!("--private-key={}", ssl.key.display()))
                 .arg(format!("--certificate={}", ssl.cert.display()))
                 .arg(format!("--ca-cert={}", ssl.ca.display()));
@@ -237,17 +252,17 @@ impl DbServer {
         .arg("-vconsole:off");
         self.process = Some(daemon(&self.dir, cmd)?);
         let socket = self.socket.clone();
-        let ports: Vec<u16> = std::iter::once(self.port)
-            .chain(self.ssl.as_ref().map(|ssl| ssl.port))
+        let listeners: Vec<(String, u16)> = std::iter::once(("127.0.0.1".to_owned(), self.port))
+            .chain(self.ssl.as_ref().map(|ssl| (ssl.address.clone(), ssl.port)))
             .collect();
         wait_for(
             &format!("ovsdb-server {}", self.name),
             Duration::from_secs(10),
             || {
                 std::os::unix::net::UnixStream::connect(&socket).is_ok()
-                    && ports
-                        .iter()
-                        .all(|port| std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok())
+                    && listeners.iter().all(|(address, port)| {
+                        std::net::TcpStream::connect((address.as_str(), *port)).is_ok()
+                    })
             },
         )
     }
@@ -497,6 +512,63 @@ impl Chassis {
             self.dir.path().join("ovs-vswitchd.ctl").display()
         ))
         .args(args);
+        with_env(&mut cmd, self.dir.path());
+        process::run(&mut cmd, None, TOOL_TIMEOUT)?.checked()
+    }
+
+    /// Points ovn-controller at the Southbound database's `remote` over TLS: the client key,
+    /// certificate and CA go in the chassis' `SSL` table (`ovs-vsctl set-ssl`, which
+    /// ovn-controller reads), `external_ids:ovn-remote` names the `ssl:` remote; waits until
+    /// ovn-controller is connected again.
+    pub fn use_southbound_tls(
+        &self,
+        remote: &str,
+        key: &Path,
+        cert: &Path,
+        ca: &Path,
+    ) -> anyhow::Result<()> {
+        let db = format!("--db={}", self.db.unix_remote());
+        tool(
+            self.dir.path(),
+            &[
+                "ovs-vsctl",
+                &db,
+                "set-ssl",
+                &key.display().to_string(),
+                &cert.display().to_string(),
+                &ca.display().to_string(),
+                "--",
+                "set",
+                "Open_vSwitch",
+                ".",
+                &format!("external_ids:ovn-remote={remote}"),
+            ],
+        )?;
+        wait_for(
+            &format!("{}'s ovn-controller connected to {remote}", self.name),
+            Duration::from_secs(30),
+            || {
+                self.controller_status()
+                    .is_ok_and(|s| s.trim() == "connected")
+            },
+        )
+    }
+
+    /// `ovn-appctl connection-status` of the chassis' ovn-controller.
+    pub fn controller_status(&self) -> anyhow::Result<String> {
+        let ctl = std::fs::read_dir(self.dir.path())?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.extension().is_some_and(|e| e == "ctl")
+                    && p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("ovn-controller."))
+            })
+            .context("ovn-controller's control socket")?;
+        let mut cmd = Command::new("ovn-appctl");
+        cmd.arg(format!("--target={}", ctl.display()))
+            .arg("connection-status");
         with_env(&mut cmd, self.dir.path());
         process::run(&mut cmd, None, TOOL_TIMEOUT)?.checked()
     }

@@ -193,8 +193,22 @@ pub fn pings(from: &Pod, to: &Pod) -> bool {
 /// # Panics
 /// When the probe cannot run.
 pub fn ovn_delivers_tcp(rig: &NodeRig, from: &Pod, to: &Pod, port: u16) -> bool {
+    ovn_delivers(
+        rig,
+        from,
+        to,
+        &format!("tcp && tcp.dst == {port} && tcp.src == 40000"),
+    )
+}
+
+/// `ovn-trace` of an IPv4 packet from `from` to `to` matching `l4` (`udp && udp.dst == 53`,
+/// `icmp4 && icmp4.type == 8`): whether OVN delivers it.
+///
+/// # Panics
+/// When `ovn-trace` cannot run.
+pub fn ovn_delivers(rig: &NodeRig, from: &Pod, to: &Pod, l4: &str) -> bool {
     let flow = format!(
-        r#"inport == "{}" && eth.src == {} && eth.dst == {} && ip4.src == {} && ip4.dst == {} && ip.ttl == 64 && tcp && tcp.dst == {port} && tcp.src == 40000"#,
+        r#"inport == "{}" && eth.src == {} && eth.dst == {} && ip4.src == {} && ip4.dst == {} && ip.ttl == 64 && {l4}"#,
         from.port, from.mac, to.mac, from.ip, to.ip
     );
     let trace = rig

@@ -12,8 +12,8 @@ use sidelane_tests::{
     node_rig::NodeRig,
     ovn, privilege,
     probe_pod::{
-        attachnet_rig, eventually, from_group, from_net, ovn_delivers_tcp, pings, pod, ports,
-        reachable, rule, security_group, serve, tcp_opens, udp_arrives,
+        attachnet_rig, eventually, from_group, from_net, ovn_delivers, ovn_delivers_tcp, pings,
+        pod, ports, reachable, rule, security_group, serve, tcp_opens, udp_arrives,
     },
 };
 
@@ -98,6 +98,22 @@ fn security_group_rules_allow_and_deny_what_they_say_by_ovn_trace_and_by_packets
     assert!(!ovn_delivers_tcp(&rig, &client, &server, 8081));
     assert!(!ovn_delivers_tcp(&rig, &client, &server, 9090));
     assert!(ovn_delivers_tcp(&rig, &other, &server, 8081));
+    let icmp = "icmp4 && icmp4.type == 8 && icmp4.code == 0";
+    assert!(
+        ovn_delivers(&rig, &client, &server, icmp),
+        "ICMP from a client"
+    );
+    assert!(
+        !ovn_delivers(&rig, &other, &server, icmp),
+        "ICMP from outside the client group"
+    );
+    let udp = |port: u16| format!("udp && udp.dst == {port} && udp.src == 40000");
+    assert!(ovn_delivers(&rig, &other, &server, &udp(5353)));
+    assert!(!ovn_delivers(&rig, &other, &server, &udp(5354)));
+    assert!(
+        !ovn_delivers(&rig, &server, &client, icmp),
+        "nothing into a client"
+    );
 }
 
 #[test]

@@ -50,6 +50,12 @@ fn example() -> Isolation {
 }
 
 fn topology(isolation: &Isolation) -> Topology {
+    topology_with(isolation, &[])
+}
+
+/// Members a (`sg-example`), b (`sg-example`, `web`), c (`ghost`, which does not exist) and
+/// `open` in `open_groups`.
+fn topology_with(isolation: &Isolation, open_groups: &[&str]) -> Topology {
     build(
         [&attachnet()],
         &BTreeMap::new(),
@@ -65,10 +71,10 @@ fn topology(isolation: &Isolation) -> Topology {
                 &["sg-example", "web"],
             ),
             member("c.default.attachnet.default.ovn", "172.17.0.13", &["ghost"]),
-            port(
+            member(
                 "open.default.attachnet.default.ovn",
-                "attachnet",
                 "172.17.0.14",
+                open_groups,
             ),
         ],
         isolation,
@@ -311,29 +317,7 @@ fn a_changed_rule_replaces_only_its_acl_and_a_new_member_updates_the_group_and_i
     let mut i = example();
     i.groups.get_mut("sg-example").expect("a group").rules[1].protocol =
         sg::Protocol::Tcp { min: 22, max: 22 };
-    let after = build(
-        [&attachnet()],
-        &BTreeMap::new(),
-        [
-            member(
-                "a.default.attachnet.default.ovn",
-                "172.17.0.11",
-                &["sg-example"],
-            ),
-            member(
-                "b.default.attachnet.default.ovn",
-                "172.17.0.12",
-                &["sg-example", "web"],
-            ),
-            member("c.default.attachnet.default.ovn", "172.17.0.13", &["ghost"]),
-            member(
-                "open.default.attachnet.default.ovn",
-                "172.17.0.14",
-                &["sg-example"],
-            ),
-        ],
-        &i,
-    );
+    let after = topology_with(&i, &["sg-example"]);
     let p = diff(&after, &observed_from(&before));
     assert!(p.conflicts.is_empty());
     // One ACL in, one out; the group's ports, the deny-all's ports and the v4 set updated.
