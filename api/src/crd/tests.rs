@@ -39,7 +39,11 @@ fn every_seed_subnet_parses_and_round_trips_without_gaining_fields() {
             assert_eq!(subnet.spec.exclude_ips.len(), 1);
         } else {
             // The segmentation and multi-tenancy example's networks.
-            assert!(subnet.spec.cidr_block.starts_with("10.11"), "{:?}", subnet.spec);
+            assert!(
+                subnet.spec.cidr_block.starts_with("10.11"),
+                "{:?}",
+                subnet.spec
+            );
             assert_eq!(subnet.spec.protocol, "IPv4");
         }
         let back = serde_json::to_value(&subnet).expect("serialises");
