@@ -19,12 +19,14 @@ use crate::{
     subnets::SubnetSource,
 };
 
-/// The annotation fields that make up an attachment's QoS.
-const QOS_FIELDS: [&str; 4] = [
+/// The annotation fields followed live: an attachment's QoS, and the security groups that
+/// decide which of its peers it reaches on the fast path.
+const QOS_FIELDS: [&str; 5] = [
     "ingress_rate",
     "egress_rate",
     "ingress_burst",
     "egress_burst",
+    "security_groups",
 ];
 
 /// The QoS annotations of each pod last seen, by `namespace/name`: only a change of them is
@@ -120,6 +122,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
                 .in_flight
                 .lock(&record.container_id, &record.ifname)
                 .await;
+            self.follow_groups(&record, annotations).await;
             let result = self.follow_one(&record, annotations).await;
             match &result {
                 Ok(spec) => info!(pod = %record.pod_key(), ifname = %record.ifname,
@@ -133,6 +136,43 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
             });
         }
         out
+    }
+
+    /// A changed `security_groups` of an OVN attachment on the fast path: its record and its
+    /// allowed pairs follow at once (a pod leaving a group must not keep its fast-path pairs).
+    async fn follow_groups(&self, record: &AttachmentRecord, annotations: &Annotations) {
+        let (Some(fastpath), AttachmentKind::Ovn { host_ifname }) =
+            (&self.node.fastpath, &record.kind)
+        else {
+            return;
+        };
+        let groups =
+            sidelane_api::security_group::membership(annotations, &prefix_of(record, annotations));
+        if groups == record.security_groups {
+            return;
+        }
+        let updated = AttachmentRecord {
+            security_groups: groups.clone(),
+            ..record.clone()
+        };
+        if let Err(e) = self.records().put(&updated) {
+            warn!(pod = %record.pod_key(), ifname = %record.ifname, error = %e,
+                  "recording the attachment's new security groups");
+        }
+        let fastpath = std::sync::Arc::clone(fastpath);
+        let (host_netns, host) = (self.node.host_netns.clone(), host_ifname.clone());
+        let set = tokio::task::spawn_blocking(move || {
+            fastpath.set_member_groups(host_netns.as_deref(), &host, groups)
+        })
+        .await;
+        match set {
+            Ok(Ok(())) => info!(pod = %record.pod_key(), ifname = %record.ifname,
+                                "the fast path follows the attachment's new security groups"),
+            Ok(Err(e)) => warn!(pod = %record.pod_key(), ifname = %record.ifname, error = %e,
+                                "applying the attachment's new security groups to the fast path"),
+            Err(e) => warn!(pod = %record.pod_key(), ifname = %record.ifname, error = %e,
+                            "applying the attachment's new security groups to the fast path"),
+        }
     }
 
     async fn follow_one(

@@ -46,8 +46,9 @@ pub struct Node {
     dir: tempfile::TempDir,
     pins: PinRoot,
     agent: Option<JoinHandle<()>>,
-    /// The agent's follower of the security groups (with the fast path).
-    groups: Option<JoinHandle<()>>,
+    /// The agent's followers: of the security groups (with the fast path) and of its pods'
+    /// annotations (rates and groups changed live).
+    followers: Vec<JoinHandle<()>>,
     /// The agent's fast path (while the agent runs with one).
     pub fastpath: Option<Arc<Mutex<FastpathDataplane>>>,
 }
@@ -143,7 +144,7 @@ impl NodeRig {
                     dir: tempfile::tempdir().expect("a temporary directory"),
                     pins: PinRoot::new("sidelane-node-rig"),
                     agent: None,
-                    groups: None,
+                    followers: Vec::new(),
                     fastpath: None,
                 })
                 .collect(),
@@ -227,10 +228,10 @@ impl NodeRig {
             fp.sweep(Some(&n.chassis.ns.path())).expect("sweep");
             let fp = Arc::new(Mutex::new(fp));
             attacher = attacher.with_fastpath(Arc::clone(&fp));
-            n.groups = Some(
+            n.followers.push(
                 self.runtime
                     .spawn(sidelane_agent::security_groups::follow_forever(
-                        client,
+                        client.clone(),
                         Arc::clone(&fp) as Arc<dyn sidelane_agent::dataplane::ports::FastpathPorts>,
                     )),
             );
@@ -240,6 +241,12 @@ impl NodeRig {
         self.runtime
             .block_on(attacher.recover())
             .expect("the agent takes back its attachments");
+        n.followers
+            .push(self.runtime.spawn(sidelane_agent::follow::follow_forever(
+                Arc::clone(&attacher),
+                client,
+                Some(n.chassis.name.clone()),
+            )));
         let _ = std::fs::remove_file(&socket);
         let listener = self
             .runtime
@@ -260,8 +267,8 @@ impl NodeRig {
         if let Some(agent) = n.agent.take() {
             agent.abort();
         }
-        if let Some(groups) = n.groups.take() {
-            groups.abort();
+        for follower in n.followers.drain(..) {
+            follower.abort();
         }
         n.fastpath = None;
         // Let the aborted server drop the attacher (and with it the maps' descriptors).

@@ -37,6 +37,7 @@ fn forbidden_traffic_never_arrives_on_or_across_nodes_and_allowed_traffic_keeps_
     let p1 = pod_on(&rig, 0, "peer-1", "peers");
     let p2 = pod_on(&rig, 0, "peer-2", "peers");
     let p3 = pod_on(&rig, 1, "peer-3", "peers");
+    let p4 = pod_on(&rig, 0, "peer-4", "peers");
     let web = pod_on(&rig, 0, "web", "web");
     let open = pod_on(&rig, 0, "open", "");
     let remote = pod_on(&rig, 1, "remote", "");
@@ -78,11 +79,23 @@ fn forbidden_traffic_never_arrives_on_or_across_nodes_and_allowed_traffic_keeps_
     assert!(!tcp_opens(&open, &web, 9090), "TCP 9090 is not");
     assert!(!udp_arrives(&open, &web, &udp_web, 8080), "UDP 8080 is not");
     assert!(!pings(&open, &web), "ICMP is not");
-    // A live change: the group stops allowing its members; the pair leaves the fast path and
-    // OVN drops it.
-    rig.api.apply(&[security_group("peers", false, &[], &[])]);
+    // A pod leaves the group by its annotation, live: its pairs go at once, and OVN keeps it
+    // out of the group's members.
+    reachable(&p4, &p1);
+    rig.api
+        .plane()
+        .kubectl_run(
+            &[
+                "annotate",
+                "pod",
+                "peer-2",
+                "attachnet.default.ovn.kubernetes.io/security_groups-",
+            ],
+            None,
+        )
+        .expect("the annotation is removed");
     eventually(
-        "peer-2 no longer reaches peer-1",
+        "peer-2, out of the group, no longer reaches peer-1",
         Duration::from_secs(10),
         || !udp_arrives(&p2, &p1, &udp_p1, 5000),
     );
@@ -90,6 +103,22 @@ fn forbidden_traffic_never_arrives_on_or_across_nodes_and_allowed_traffic_keeps_
     assert!(!pings(&p2, &p1));
     assert_eq!(
         rig.counters_on(0, "peer-2").hits,
+        hits,
+        "a pod that left the group is not fast-pathed to its members"
+    );
+    // A live change of the group: it stops allowing its members; the pair leaves the fast
+    // path and OVN drops it.
+    assert!(pings(&p4, &p1), "peer-4 still reaches peer-1");
+    rig.api.apply(&[security_group("peers", false, &[], &[])]);
+    eventually(
+        "peer-4 no longer reaches peer-1",
+        Duration::from_secs(10),
+        || !udp_arrives(&p4, &p1, &udp_p1, 5000),
+    );
+    let hits = rig.counters_on(0, "peer-4").hits;
+    assert!(!pings(&p4, &p1));
+    assert_eq!(
+        rig.counters_on(0, "peer-4").hits,
         hits,
         "a pair the groups no longer pass is not fast-pathed"
     );

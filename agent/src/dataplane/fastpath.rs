@@ -483,6 +483,36 @@ impl FastpathDataplane {
         Ok(changed.len())
     }
 
+    /// Marks the source and endpoints of the attachment at `host` as isolated (in a security
+    /// group: fast-pathed only with allowed pairs) or not.
+    pub(super) fn set_isolated(
+        &mut self,
+        host: u32,
+        isolated: bool,
+        target: &str,
+    ) -> Result<(), DataplaneError> {
+        if let Some(mut src) = self.source(host)? {
+            src.flags = (src.flags & !SOURCE_ISOLATED) | if isolated { SOURCE_ISOLATED } else { 0 };
+            self.put_source(host, src)?;
+        }
+        let flag = if isolated { ENDPOINT_ISOLATED } else { 0 };
+        let changed: Vec<(EndpointKey, Endpoint)> = self
+            .endpoints()
+            .into_iter()
+            .filter(|(_, ep)| ep.ifindex == host && ep.flags & ENDPOINT_ISOLATED != flag)
+            .collect();
+        for (key, ep) in changed {
+            let ep = Endpoint {
+                flags: (ep.flags & !ENDPOINT_ISOLATED) | flag,
+                ..ep
+            };
+            self.endpoints
+                .insert(key, ep, 0)
+                .map_err(|e| map_error("writing", ENDPOINTS_MAP, target, e))?;
+        }
+        Ok(())
+    }
+
     /// Every endpoint (switch, address) and the host end it leads to.
     pub fn endpoints(&self) -> Vec<(EndpointKey, Endpoint)> {
         self.endpoints.iter().filter_map(Result::ok).collect()

@@ -99,17 +99,27 @@ impl FastpathDataplane {
     }
 
     /// The groups of the attachment at `host` (an agent that restarted learns them again from
-    /// its records): the pairs follow.
+    /// its records; a pod's annotation changed): its isolation flags and the pairs follow. An
+    /// attachment joining its first group is marked isolated before anything else (its frames
+    /// go to OVS until its pairs are written); one leaving its last loses its pairs first.
     pub fn set_member_groups(
         &mut self,
         host: u32,
         groups: Vec<String>,
         target: &str,
     ) -> Result<(), DataplaneError> {
+        let isolated = !groups.is_empty();
+        if isolated {
+            self.set_isolated(host, true, target)?;
+        }
         if let Some(m) = self.members.get_mut(&host) {
             m.groups = Some(groups);
         }
-        self.refresh_pairs(target)
+        self.refresh_pairs(target)?;
+        if !isolated {
+            self.set_isolated(host, false, target)?;
+        }
+        Ok(())
     }
 
     /// [`Self::set_member_groups`] by host-end name; nothing if it is not there.
