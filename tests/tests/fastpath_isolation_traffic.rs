@@ -123,3 +123,38 @@ fn forbidden_traffic_never_arrives_on_or_across_nodes_and_allowed_traffic_keeps_
         "a pair the groups no longer pass is not fast-pathed"
     );
 }
+
+#[test]
+fn after_an_agent_restart_members_keep_the_fast_path_and_outsiders_stay_out_traffic() {
+    let name = "after_an_agent_restart_members_keep_the_fast_path_and_outsiders_stay_out_traffic";
+    if !privilege::require_privileges(name) || !ovn::require_installed(name) {
+        return;
+    }
+    let mut rig = attachnet_rig(1, true);
+    rig.api
+        .seed(security_group("peers", true, &[], &[]))
+        .expect("peers");
+    let p1 = pod_on(&rig, 0, "peer-1", "peers");
+    let p2 = pod_on(&rig, 0, "peer-2", "peers");
+    let open = pod_on(&rig, 0, "open", "");
+    let (_, udp_p1) = serve(&p1, 5000);
+    reachable(&p2, &p1);
+    rig.stop_agent();
+    rig.start_agent();
+    // The restarted agent finds its attachments in the pinned maps, their groups in its
+    // records and the groups' rules over the API: the pair is fast-pathed again.
+    eventually(
+        "peer-2's frames to peer-1 are fast-pathed again",
+        Duration::from_secs(10),
+        || {
+            let before = rig.counters_on(0, "peer-2").hits;
+            pings(&p2, &p1) && rig.counters_on(0, "peer-2").hits > before
+        },
+    );
+    for _ in 0..3 {
+        assert!(
+            !udp_arrives(&open, &p1, &udp_p1, 5000),
+            "a pod outside the group never reaches a member after the restart"
+        );
+    }
+}
