@@ -15,7 +15,10 @@ use sidelane_api::{
     security_group::{self as sg, Remote},
 };
 
-use crate::ovn::{Isolation, SubnetIsolation};
+use crate::{
+    ovn::{Isolation, SubnetIsolation},
+    status::condition,
+};
 
 /// The isolation inputs and what was refused.
 #[derive(Default)]
@@ -117,10 +120,8 @@ impl Store {
             })
             .unwrap_or_default();
         let validated = match error {
-            None => json!({"type": "Validated", "status": "True", "reason": "ValidatedRules",
-                           "message": "", "lastUpdateTime": now, "lastTransitionTime": now}),
-            Some(e) => json!({"type": "Validated", "status": "False", "reason": "InvalidRule",
-                              "message": e, "lastUpdateTime": now, "lastTransitionTime": now}),
+            None => condition("Validated", true, "ValidatedRules", "", now),
+            Some(e) => condition("Validated", false, "InvalidRule", e, now),
         };
         let (ready, reason, message) = match (rendered, error, missing.is_empty()) {
             (None, _, _) => (
@@ -148,11 +149,7 @@ impl Store {
             "allowSameGroupTraffic": rendered.is_some_and(|g| g.allow_same_group_traffic),
             "ingressLastSyncSuccess": rendered.is_some() && error.is_none(),
             "egressLastSyncSuccess": rendered.is_some() && error.is_none(),
-            "conditions": [validated, {
-                "type": "Ready", "status": if ready { "True" } else { "False" },
-                "reason": reason, "message": message,
-                "lastUpdateTime": now, "lastTransitionTime": now,
-            }],
+            "conditions": [validated, condition("Ready", ready, reason, &message, now)],
         })
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::ipam::Usage;
 
 /// A condition as Kube-OVN writes them.
-fn condition(kind: &str, ok: bool, reason: &str, message: &str, now: &str) -> Value {
+pub(crate) fn condition(kind: &str, ok: bool, reason: &str, message: &str, now: &str) -> Value {
     json!({
         "type": kind,
         "status": if ok { "True" } else { "False" },
