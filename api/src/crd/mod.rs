@@ -391,54 +391,6 @@ pub struct VpcStatus {
     pub subnets: Vec<String>,
 }
 
-/// `VpcNatGateway.spec` (the schema only: Sidelane does not run NAT gateways yet).
-#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "kubeovn.io",
-    version = "v1",
-    kind = "VpcNatGateway",
-    plural = "vpc-nat-gateways",
-    printcolumn = r#"{"name":"Vpc","type":"string","jsonPath":".spec.vpc"}"#,
-    printcolumn = r#"{"name":"Subnet","type":"string","jsonPath":".spec.subnet"}"#,
-    printcolumn = r#"{"name":"LanIP","type":"string","jsonPath":".spec.lanIp"}"#
-)]
-#[serde(rename_all = "camelCase")]
-pub struct VpcNatGatewaySpec {
-    /// The VPC.
-    #[serde(default)]
-    pub vpc: String,
-    /// The Subnet its LAN side sits in.
-    #[serde(default)]
-    pub subnet: String,
-    /// Its LAN address.
-    #[serde(default)]
-    pub lan_ip: String,
-    /// External Subnets.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub external_subnets: Vec<String>,
-    /// Node selector terms.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub selector: Vec<String>,
-    /// Pod tolerations, as written.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "objects_as_written")]
-    pub tolerations: Vec<serde_json::Value>,
-    /// A QoS policy.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub qos_policy: String,
-    /// Routes, as written.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "objects_as_written")]
-    pub routes: Vec<serde_json::Value>,
-    /// Whether no default EIP is made.
-    #[serde(
-        default,
-        rename = "noDefaultEIP",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub no_default_eip: Option<bool>,
-}
-
 /// `IPPool.spec`: addresses a Subnet reserves for the pods that name the pool.
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
@@ -464,7 +416,7 @@ pub struct IpPoolSpec {
 
 /// A list of objects kept as written: the API server requires every schema node to name its
 /// type (a structural schema), and keeps their fields rather than pruning them.
-fn objects_as_written(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub(crate) fn objects_as_written(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "array",
         "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
@@ -482,5 +434,8 @@ fn mtu_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+mod nat;
 #[cfg(test)]
 mod tests;
+
+pub use nat::*;

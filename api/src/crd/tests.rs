@@ -72,7 +72,11 @@ fn the_crds_are_cluster_scoped_with_status_and_printer_columns() {
         (Subnet::crd(), "subnets", true),
         (IP::crd(), "ips", false),
         (Vpc::crd(), "vpcs", true),
-        (VpcNatGateway::crd(), "vpc-nat-gateways", false),
+        (VpcNatGateway::crd(), "vpc-nat-gateways", true),
+        (IptablesEIP::crd(), "iptables-eips", true),
+        (IptablesSnatRule::crd(), "iptables-snat-rules", true),
+        (IptablesDnatRule::crd(), "iptables-dnat-rules", true),
+        (IptablesFIPRule::crd(), "iptables-fip-rules", true),
         (IPPool::crd(), "ippools", false),
     ] {
         assert_eq!(crd.spec.group, "kubeovn.io");
@@ -176,6 +180,10 @@ fn every_crd_schema_is_structural_as_the_api_server_requires() {
         IP::crd(),
         IPPool::crd(),
         VpcNatGateway::crd(),
+        IptablesEIP::crd(),
+        IptablesSnatRule::crd(),
+        IptablesDnatRule::crd(),
+        IptablesFIPRule::crd(),
     ] {
         let crd = serde_json::to_value(crd).expect("a CRD serialises");
         let name = crd["metadata"]["name"]
