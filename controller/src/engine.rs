@@ -186,6 +186,9 @@ impl Engine {
         isolation: &ovn::Isolation,
     ) -> ovn::Topology {
         let ports = self.ipam.attachments().filter_map(|(key, pod, alloc)| {
+            if matches!(key.holder, Holder::Nat { .. }) {
+                return None;
+            }
             Some(ovn::PortInput {
                 port_security: self.secured.contains(key),
                 security_groups: self.groups.get(key).cloned().unwrap_or_default(),
@@ -204,7 +207,7 @@ impl Engine {
     pub fn ports(&self) -> impl Iterator<Item = (&PodRef, &str, String)> {
         self.ipam
             .attachments()
-            .filter(|(_, _, alloc)| alloc.mac.is_some())
+            .filter(|(k, _, alloc)| alloc.mac.is_some() && !matches!(k.holder, Holder::Nat { .. }))
             .map(|(key, pod, _)| (pod, key.provider.as_str(), self.port_name(key, pod)))
     }
 
@@ -575,7 +578,9 @@ impl Engine {
         let gone: Vec<(AttachmentKey, PodRef)> = self
             .ipam
             .attachments()
-            .filter(|(_, p, _)| !live_pods.contains(&p.uid))
+            .filter(|(k, p, _)| {
+                !live_pods.contains(&p.uid) && !matches!(k.holder, Holder::Nat { .. })
+            })
             .map(|(k, p, _)| (k.clone(), p.clone()))
             .collect();
         let mut out = PodOutcome::default();
@@ -606,6 +611,45 @@ impl Engine {
             }
         }
         out
+    }
+}
+
+impl crate::nat::Addresses for Engine {
+    fn hold(&mut self, holder: &str, subnet: &str, ip: Option<IpAddr>) -> Result<IpAddr, String> {
+        let key = nat_key(holder);
+        let pod = PodRef {
+            namespace: String::new(),
+            name: holder.to_owned(),
+            uid: format!("nat:{holder}"),
+        };
+        self.ipam
+            .hold(&key, &pod, subnet, ip)
+            .map_err(|e| e.to_string())
+    }
+
+    fn release_others(&mut self, keep: &BTreeSet<String>) {
+        let gone: Vec<AttachmentKey> = self
+            .ipam
+            .attachments()
+            .filter(
+                |(k, _, _)| matches!(&k.holder, Holder::Nat { object } if !keep.contains(object)),
+            )
+            .map(|(k, _, _)| k.clone())
+            .collect();
+        for key in gone {
+            self.ipam.release(&key);
+        }
+    }
+}
+
+/// The IPAM key of a NAT object's address.
+fn nat_key(holder: &str) -> AttachmentKey {
+    AttachmentKey {
+        holder: Holder::Nat {
+            object: holder.to_owned(),
+        },
+        provider: "nat".to_owned(),
+        ifname: String::new(),
     }
 }
 

@@ -16,6 +16,7 @@
 //! - [`held`]: pods whose OVN port name another owner's row holds.
 //! - [`ovn`]: the wanted OVN topology, what the Northbound holds, and the diff between them.
 //! - [`nb`]: the Northbound reconciler around [`ovn`].
+//! - [`nat`]: NAT gateways, EIPs and rules checked and resolved into the topology.
 //! - [`switch_finalizer`]: a deleted Subnet stays while its switch holds another owner's rows.
 
 pub mod attachments;
@@ -25,6 +26,7 @@ pub mod ipam;
 pub mod isolation;
 pub mod leader;
 pub mod metrics;
+pub mod nat;
 pub mod nb;
 pub mod objects;
 pub mod ovn;

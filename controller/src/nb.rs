@@ -25,8 +25,18 @@ pub const NB: &str = "OVN_Northbound";
 /// The columns Sidelane reads of each table it writes.
 fn columns(table: &str) -> Vec<String> {
     let c: &[&str] = match table {
-        "Logical_Router" => &["name", "ports", "static_routes", "external_ids"],
-        "Logical_Router_Port" => &["name", "mac", "networks", "external_ids"],
+        "Logical_Router" => &[
+            "name",
+            "ports",
+            "static_routes",
+            "nat",
+            "load_balancer",
+            "external_ids",
+        ],
+        "Logical_Router_Port" => &["name", "mac", "networks", "gateway_chassis", "external_ids"],
+        "NAT" => &["type", "external_ip", "logical_ip", "external_ids"],
+        "Load_Balancer" => &["name", "protocol", "vips", "external_ids"],
+        "Gateway_Chassis" => &["name", "chassis_name", "priority"],
         "Logical_Router_Static_Route" => &["ip_prefix", "nexthop", "policy", "external_ids"],
         "Logical_Switch" => &["name", "ports", "other_config", "external_ids", "acls"],
         "Port_Group" => &["name", "ports", "acls", "external_ids"],

@@ -101,7 +101,11 @@ enum Change {
     IpPool(watcher::Event<DynamicObject>),
     Vpc(watcher::Event<DynamicObject>),
     SecurityGroup(watcher::Event<DynamicObject>),
+    Nat(&'static str, watcher::Event<DynamicObject>),
+    Node(watcher::Event<k8s_openapi::api::core::v1::Node>),
 }
+
+mod nat;
 
 /// Follows leadership forever: works while this replica leads, stops when it does not.
 pub async fn lead(
@@ -183,6 +187,8 @@ struct Leader {
     finalizing: HashMap<String, (Vec<String>, bool, bool)>,
     /// The finalizer step last acted on per Subnet, so each is done once.
     finalizer_steps: HashMap<String, switch_finalizer::Step>,
+    /// NAT gateways, EIPs and rules.
+    nat: nat::NatState,
 }
 
 impl Leader {
@@ -228,6 +234,7 @@ impl Leader {
             nb_seen: false,
             finalizing: HashMap::new(),
             finalizer_steps: HashMap::new(),
+            nat: nat::NatState::default(),
         }
     }
 
@@ -266,6 +273,9 @@ impl Leader {
                     };
                     self.apply(change);
                     self.topology_dirty = true;
+                    if self.nat.dirty {
+                        self.resolve_nat();
+                    }
                 }
                 _ = topology.tick(), if self.topology_dirty && nb_task.is_some() => self.publish_topology(),
                 still = self.held.changed(), if held_open => {
@@ -277,6 +287,7 @@ impl Leader {
                         warn!(error = %e, "garbage collection");
                     }
                     self.retry_waiting();
+                    self.resolve_nat();
                 }
                 _ = status.tick() => self.flush_status(),
             }
@@ -308,7 +319,8 @@ impl Leader {
     /// Publishes the wanted OVN topology to the Northbound reconciler.
     fn publish_topology(&mut self) {
         self.topology_dirty = false;
-        let t = self.engine.topology(&self.vpcs, &self.isolation.wanted);
+        let mut t = self.engine.topology(&self.vpcs, &self.isolation.wanted);
+        t.add_gateways(&self.nat.resolved.gateways);
         self.topology.send_if_modified(|old| {
             if **old == t {
                 false
@@ -385,6 +397,8 @@ impl Leader {
         }
         let pods: Api<Pod> = Api::all(self.client.clone());
         let pods = pods.list(&lp).await.map_err(list_err("Pods"))?;
+        // NAT objects' addresses after the recorded ones, before any new pod gets one.
+        self.load_nat().await?;
         // IP resources Sidelane did not write hold their addresses for their live pods.
         let uids: HashMap<(String, String), String> = pods
             .items
@@ -513,7 +527,7 @@ impl Leader {
         )
         .default_backoff()
         .map(|e| e.map(Change::SecurityGroup));
-        futures::stream::select_all([
+        let mut streams = vec![
             groups.boxed(),
             vpcs.boxed(),
             sts.boxed(),
@@ -521,21 +535,28 @@ impl Leader {
             pools.boxed(),
             subnets.boxed(),
             pods.boxed(),
-        ])
-        .filter_map(|e| async move {
-            match e {
-                Ok(c) => Some(c),
-                Err(err) => {
-                    warn!(error = %err, "a watch failed; it retries with backoff");
-                    None
+        ];
+        streams.extend(self.nat_watches());
+        futures::stream::select_all(streams)
+            .filter_map(|e| async move {
+                match e {
+                    Ok(c) => Some(c),
+                    Err(err) => {
+                        warn!(error = %err, "a watch failed; it retries with backoff");
+                        None
+                    }
                 }
-            }
-        })
-        .boxed()
+            })
+            .boxed()
     }
 
     fn apply(&mut self, change: Change) {
         use watcher::Event::{Apply, Delete, Init, InitApply, InitDone};
+        let change_kind = if matches!(change, Change::Pod(Apply(_) | InitApply(_))) {
+            ChangeKind::Pod
+        } else {
+            ChangeKind::Other
+        };
         match change {
             Change::Pod(Apply(p) | InitApply(p)) => self.pod(&p),
             Change::Pod(Delete(p)) => {
@@ -557,6 +578,11 @@ impl Leader {
                 false
             }),
             Change::SecurityGroup(e) => self.take(SECURITY_GROUP, e, Self::security_group),
+            Change::Nat(kind, e) => self.take(kind, e, |l, o| l.nat_object(kind, o)),
+            Change::Node(e) => self.take(nat::NODE, e, Self::node),
+        }
+        if !matches!(change_kind, ChangeKind::Pod) {
+            self.nat.dirty = true;
         }
     }
 
@@ -609,6 +635,12 @@ impl Leader {
             VPC => {
                 self.vpcs.remove(name);
             }
+            nat::NODE
+            | crate::nat::GATEWAY
+            | crate::nat::EIP
+            | crate::nat::SNAT
+            | crate::nat::DNAT
+            | crate::nat::FIP => self.nat_gone(kind, name),
             SECURITY_GROUP => {
                 self.isolation.group_gone(name);
                 self.group_statuses.remove(name);
@@ -1074,6 +1106,12 @@ const SUBNET: &str = "Subnet";
 const IPPOOL: &str = "IPPool";
 const VPC: &str = "Vpc";
 const SECURITY_GROUP: &str = "SecurityGroup";
+
+/// Whether a change is a pod's add or update (NAT does not depend on those).
+enum ChangeKind {
+    Pod,
+    Other,
+}
 
 /// The key an object is remembered under in [`Specs`]: `kind/namespace/name`.
 fn key_of<K: Resource>(kind: &str, obj: &K) -> String {

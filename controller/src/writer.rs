@@ -262,30 +262,46 @@ impl Writer {
             .await;
     }
 
-    /// Puts Sidelane's finalizer on Subnet `name` (`add`) or takes it off; read afresh on each
-    /// attempt and written with its resourceVersion, so another writer's finalizers stay.
+    /// Puts Sidelane's finalizer on Subnet `name` (`add`) or takes it off.
     pub(crate) async fn subnet_finalizer(&self, name: &str, add: bool) {
+        self.finalizer(&self.subnets, "Subnet", name, FINALIZER, add)
+            .await;
+    }
+
+    /// Puts `finalizer` on the object `kind`/`name` of `api` (`add`) or takes it off; read
+    /// afresh on each attempt and written with its resourceVersion, so another writer's
+    /// finalizers stay.
+    pub(crate) async fn finalizer(
+        &self,
+        api: &Api<DynamicObject>,
+        kind: &str,
+        name: &str,
+        finalizer: &str,
+        add: bool,
+    ) {
         let what = format!(
-            "{} the finalizer {FINALIZER} of Subnet {name}",
+            "{} the finalizer {finalizer} of {kind} {name}",
             if add { "adding" } else { "removing" }
         );
         self.until_done(&what, || async {
-            let obj = self.subnets.get(name).await?;
+            let obj = api.get(name).await?;
             let mut finalizers = obj.metadata.finalizers.clone().unwrap_or_default();
-            if finalizers.iter().any(|f| f == FINALIZER) == add {
+            if finalizers.iter().any(|f| f == finalizer) == add {
                 return Ok(());
             }
             if add {
-                finalizers.push(FINALIZER.to_owned());
+                if obj.metadata.deletion_timestamp.is_some() {
+                    return Ok(());
+                }
+                finalizers.push(finalizer.to_owned());
             } else {
-                finalizers.retain(|f| f != FINALIZER);
+                finalizers.retain(|f| f != finalizer);
             }
             let patch = json!({"metadata": {
                 "finalizers": finalizers,
                 "resourceVersion": obj.metadata.resource_version,
             }});
-            self.subnets
-                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map(drop)
         })
@@ -301,7 +317,13 @@ impl Writer {
             .await;
     }
 
-    async fn status(&self, api: &Api<DynamicObject>, kind: &str, name: &str, status: Value) {
+    pub(crate) async fn status(
+        &self,
+        api: &Api<DynamicObject>,
+        kind: &str,
+        name: &str,
+        status: Value,
+    ) {
         let patch = Patch::Merge(json!({ "status": status }));
         let params = PatchParams::default();
         let what = format!("writing the status of {kind} {name}");

@@ -51,6 +51,12 @@ pub enum Holder {
         /// The IP resource's name.
         ip: String,
     },
+    /// A NAT object (`IptablesEIP/<name>`, `VpcNatGateway/<name>`, its `lanIp`): an address
+    /// no pod may take. Released only when the NAT objects no longer want it.
+    Nat {
+        /// `<kind>/<name>[/<what>]`.
+        object: String,
+    },
 }
 
 /// One attachment's identity.
@@ -524,6 +530,7 @@ impl Ipam {
                 Holder::Foreign { ip } => {
                     format!("{} (IP resource {ip}, not written by Sidelane)", r.pod)
                 }
+                Holder::Nat { object } => object.clone(),
                 _ => r.pod.to_string(),
             },
         )
@@ -549,6 +556,7 @@ impl Ipam {
                     Holder::Pod { uid: u } => u == uid,
                     Holder::StatefulSetSlot { .. } => with_slots && r.pod.uid == uid,
                     Holder::Foreign { .. } => r.pod.uid == uid,
+                    Holder::Nat { .. } => false,
                 };
                 mine.then(|| OwnerId(u32::try_from(i).unwrap_or(u32::MAX)))
             })
@@ -585,6 +593,53 @@ impl Ipam {
                 Some(mac) => self.claim_mac(id, &held.subnet, mac),
                 None => Ok(()),
             });
+        if result.is_err() {
+            self.remove_owner(id);
+        }
+        result
+    }
+
+    /// Holds one address of `subnet` for a holder that is not a pod (a NAT object): `ip`, or
+    /// the next free IPv4 address (else IPv6); no MAC. What `key` holds already is kept when
+    /// it still answers.
+    ///
+    /// # Errors
+    /// The Subnet is unknown or full, or `ip` is outside it or held by another.
+    pub fn hold(
+        &mut self,
+        key: &AttachmentKey,
+        pod: &PodRef,
+        subnet: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<IpAddr, AllocError> {
+        if let Some(current) = self.get(key)
+            && current.subnet == subnet
+            && let Some(&have) = current.ips.first()
+            && ip.is_none_or(|want| want == have)
+        {
+            return Ok(have);
+        }
+        self.release(key);
+        let Some(state) = self.subnets.get(subnet) else {
+            return Err(AllocError::UnknownSubnet(subnet.to_owned()));
+        };
+        let family = state.families().first().copied().unwrap_or(Family::V4);
+        let id = self.new_owner(key, pod, subnet);
+        let result = match ip {
+            Some(ip) => self.claim_all(id, subnet, &[ip], false).map(|()| ip),
+            None => self
+                .subnets
+                .get_mut(subnet)
+                .and_then(|s| s.pool(family))
+                .ok_or_else(|| AllocError::UnknownSubnet(subnet.to_owned()))
+                .and_then(|pool| {
+                    pool.allocate(id).map_err(|_| AllocError::Exhausted {
+                        subnet: subnet.to_owned(),
+                        family,
+                    })
+                })
+                .inspect(|&ip| self.push_ip(id, ip)),
+        };
         if result.is_err() {
             self.remove_owner(id);
         }

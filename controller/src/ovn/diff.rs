@@ -15,6 +15,7 @@ use super::{
 };
 
 mod isolation;
+mod nat;
 
 /// What one reconcile would do.
 #[derive(Clone, Debug, Default)]
@@ -219,8 +220,12 @@ pub fn diff(desired: &Topology, observed: &Observed) -> Plan {
         lsp_refs: BTreeMap::new(),
         acl_changes: BTreeMap::new(),
         new_switch_acls: BTreeMap::new(),
+        nat_changes: BTreeMap::new(),
+        new_router_nats: BTreeMap::new(),
+        lb_refs: BTreeMap::new(),
     };
     // One pass per table, in dependency order.
+    d.load_balancers();
     d.routers();
     d.switches();
     d.router_ports();
@@ -228,6 +233,7 @@ pub fn diff(desired: &Topology, observed: &Observed) -> Plan {
     d.port_groups();
     d.address_sets();
     d.retire_unwanted();
+    d.retire_load_balancers();
     d.retire_isolation();
     d.release_unwanted_ports();
     d.insert_new_parents();
@@ -264,6 +270,12 @@ struct Diff<'a> {
     acl_changes: BTreeMap<(&'static str, String), Children>,
     /// The ACLs of switches inserted now.
     new_switch_acls: BTreeMap<&'a str, Vec<Value>>,
+    /// NAT rows to add to and remove from existing routers, by router UUID.
+    nat_changes: BTreeMap<String, Children>,
+    /// The NAT rows of routers inserted now.
+    new_router_nats: BTreeMap<&'a str, Vec<Value>>,
+    /// Each wanted load balancer's reference (its UUID, or its name in this transaction).
+    lb_refs: BTreeMap<&'a str, Value>,
 }
 
 impl<'a> Diff<'a> {
@@ -311,6 +323,8 @@ impl<'a> Diff<'a> {
                 }
                 self.static_route_changes
                     .insert(first.uuid.clone(), children);
+                self.router_nats(&first.uuid, want);
+                self.router_load_balancers(&first.uuid, want);
             } else if !rows.is_empty() {
                 self.b.plan.conflicts.push(format!(
                     "{LR} {name}: a router of this name exists without Sidelane's marker"
@@ -323,6 +337,12 @@ impl<'a> Diff<'a> {
                     .map(|r| self.b.insert_child(LRSR, route_row(r), "route"))
                     .collect();
                 self.new_router_routes.insert(name, routes);
+                let nats = want
+                    .nats
+                    .iter()
+                    .map(|n| self.b.insert_child(nat::NAT, nat::nat_row(n), "nat"))
+                    .collect();
+                self.new_router_nats.insert(name, nats);
             }
         }
     }
@@ -381,7 +401,8 @@ impl<'a> Diff<'a> {
         let desired: &'a Topology = self.desired;
         let observed: &'a Observed = self.observed;
         for (name, want) in &desired.router_ports {
-            let existing_parent = self.router_uuid.get(want.router.as_str());
+            let existing_parent = self.router_uuid.get(want.router.as_str()).cloned();
+            let existing_parent = existing_parent.as_ref();
             let is_new_parent = self.new_routers.contains(want.router.as_str());
             if existing_parent.is_none() && !is_new_parent {
                 continue;
@@ -406,6 +427,11 @@ impl<'a> Diff<'a> {
                     }
                 }
                 Some(f) => {
+                    if f.value.gateway_chassis != want.gateway_chassis {
+                        let refs = self.gateway_chassis_refs(name, want, Some(&f.uuid));
+                        self.b
+                            .update(LRP, &f.uuid, cols(vec![("gateway_chassis", refs)]));
+                    }
                     if f.value.mac != want.mac
                         || f.value.networks != want.networks
                         || !subset(&want.external_ids, &f.value.external_ids)
@@ -422,7 +448,12 @@ impl<'a> Diff<'a> {
                     }
                 }
                 None => {
-                    let r = self.b.insert_child(LRP, router_port_row(name, want), "lrp");
+                    let mut row = router_port_row(name, want);
+                    if !want.gateway_chassis.is_empty() {
+                        let refs = self.gateway_chassis_refs(name, want, None);
+                        row.insert("gateway_chassis".to_owned(), refs);
+                    }
+                    let r = self.b.insert_child(LRP, row, "lrp");
                     match existing_parent {
                         Some(uuid) => self
                             .router_children
@@ -605,6 +636,11 @@ impl<'a> Diff<'a> {
                         "static_routes",
                         datum::set(self.new_router_routes.remove(name).unwrap_or_default()),
                     ),
+                    (
+                        "nat",
+                        datum::set(self.new_router_nats.remove(name).unwrap_or_default()),
+                    ),
+                    ("load_balancer", datum::set(self.lb_refs_of(want))),
                     ("external_ids", datum::string_map(&want.external_ids)),
                 ]),
                 uuid_name: None,
@@ -642,6 +678,9 @@ impl<'a> Diff<'a> {
         }
         for (uuid, c) in std::mem::take(&mut self.router_children) {
             self.b.mutate(LR, &uuid, "ports", c);
+        }
+        for (uuid, c) in std::mem::take(&mut self.nat_changes) {
+            self.b.mutate(LR, &uuid, "nat", c);
         }
         for (uuid, c) in std::mem::take(&mut self.switch_children) {
             self.b.mutate(LS, &uuid, "ports", c);

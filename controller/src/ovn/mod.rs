@@ -12,6 +12,7 @@
 
 pub mod diff;
 pub mod isolation;
+pub mod nat;
 pub mod observed;
 
 use std::{
@@ -23,6 +24,7 @@ use crate::subnet::SubnetConfig;
 
 pub use diff::{Plan, diff};
 pub use isolation::{GroupInput, Isolation, SubnetIsolation};
+pub use nat::{Dnat, GatewayInput};
 pub use observed::{Observed, TABLES};
 
 /// The `external_ids` key marking rows Sidelane created; rows without it are never touched.
@@ -37,6 +39,33 @@ pub const DEFAULT_VPC: &str = "ovn-cluster";
 pub struct Router {
     /// Its static routes.
     pub static_routes: BTreeSet<StaticRoute>,
+    /// Its NAT rows (a NAT gateway's SNAT and FIP).
+    pub nats: BTreeSet<Nat>,
+    /// The load balancers it applies (a NAT gateway's port forwarding), by name.
+    pub load_balancers: BTreeSet<String>,
+    /// `external_ids` (the marker included).
+    pub external_ids: BTreeMap<String, String>,
+}
+
+/// A NAT row of a router.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Nat {
+    /// `snat` or `dnat_and_snat`.
+    pub kind: String,
+    /// The external address (an EIP).
+    pub external_ip: String,
+    /// The internal address or CIDR.
+    pub logical_ip: String,
+}
+
+/// A `Load_Balancer` (a NAT gateway's port forwarding): `vips` maps `EIP:port` to
+/// `address:port`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadBalancer {
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    /// `EIP:port` → `address:port`.
+    pub vips: BTreeMap<String, String>,
     /// `external_ids` (the marker included).
     pub external_ids: BTreeMap<String, String>,
 }
@@ -122,6 +151,8 @@ pub struct RouterPort {
     pub mac: String,
     /// `networks`: gateway/prefix of each family.
     pub networks: BTreeSet<String>,
+    /// Its gateway chassis (a NAT gateway's port): chassis name → priority.
+    pub gateway_chassis: BTreeMap<String, u16>,
     /// `external_ids` (the marker included).
     pub external_ids: BTreeMap<String, String>,
 }
@@ -141,6 +172,8 @@ pub struct Topology {
     pub port_groups: BTreeMap<String, PortGroup>,
     /// Address sets of security groups' members.
     pub address_sets: BTreeMap<String, AddressSet>,
+    /// Load balancers (NAT gateways' port forwarding).
+    pub load_balancers: BTreeMap<String, LoadBalancer>,
 }
 
 /// A Vpc's part in the topology.
@@ -225,6 +258,7 @@ pub fn build<'a>(
             Router {
                 static_routes: vpc.static_routes.iter().cloned().collect(),
                 external_ids: owned_ids([("vpc", name)]),
+                ..Router::default()
             },
         );
     }
@@ -252,8 +286,8 @@ impl Topology {
     fn add_subnet(&mut self, s: &SubnetConfig) {
         let vpc = s.vpc_or_default().to_owned();
         self.routers.entry(vpc.clone()).or_insert_with(|| Router {
-            static_routes: BTreeSet::new(),
             external_ids: owned_ids([("vpc", &vpc)]),
+            ..Router::default()
         });
         self.switches.insert(
             s.name.clone(),
@@ -276,6 +310,7 @@ impl Topology {
                     .zip(&s.gateways)
                     .map(|(c, g)| format!("{g}/{}", c.prefix_len()))
                     .collect(),
+                gateway_chassis: BTreeMap::new(),
                 external_ids: owned_ids([("subnet", &s.name), ("vpc", &vpc)]),
             },
         );

@@ -6,12 +6,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use sidelane_ovsdb::{Replica, Row, datum};
 
 use super::{
-    Acl, AddressSet, OWNER, OWNER_KEY, PortGroup, Router, RouterPort, StaticRoute, Switch,
-    SwitchPort,
+    Acl, AddressSet, LoadBalancer, Nat, OWNER, OWNER_KEY, PortGroup, Router, RouterPort,
+    StaticRoute, Switch, SwitchPort,
 };
 
 /// The Northbound tables Sidelane writes.
-pub const TABLES: [&str; 8] = [LR, LRP, LRSR, LS, LSP, PG, AS, ACL];
+pub const TABLES: [&str; 11] = [LR, LRP, LRSR, LS, LSP, PG, AS, ACL, NAT, LB, GC];
+pub(super) const NAT: &str = "NAT";
+pub(super) const LB: &str = "Load_Balancer";
+pub(super) const GC: &str = "Gateway_Chassis";
 pub(super) const PG: &str = "Port_Group";
 pub(super) const AS: &str = "Address_Set";
 pub(super) const ACL: &str = "ACL";
@@ -54,6 +57,14 @@ pub struct Observed {
     pub address_sets: BTreeMap<String, Vec<Found<AddressSet>>>,
     /// The ACLs of each switch and port group, by its UUID.
     pub acls: HashMap<String, Vec<Found<Acl>>>,
+    /// Owned NAT rows of each router, by router UUID.
+    pub nats: HashMap<String, Vec<Found<Nat>>>,
+    /// Load balancers by name.
+    pub load_balancers: BTreeMap<String, Vec<Found<LoadBalancer>>>,
+    /// The owned load balancers each router applies, by router UUID: their UUIDs.
+    pub router_lbs: HashMap<String, BTreeSet<String>>,
+    /// The gateway chassis rows of each router port, by port UUID: name → UUID.
+    pub gateway_chassis: HashMap<String, BTreeMap<String, String>>,
 }
 
 fn owned(ids: &BTreeMap<String, String>) -> bool {
@@ -111,6 +122,7 @@ impl Observed {
     /// Reads the tables from a replica of the Northbound database.
     pub fn from_replica(r: &Replica) -> Observed {
         let mut o = Observed::default();
+        o.read_load_balancers(r);
         let port_router = o.read_routers(r);
         let port_switch = o.read_switches(r);
         o.read_router_ports(r, &port_router);
@@ -206,6 +218,17 @@ impl Observed {
         for (uuid, row) in r.rows(LR) {
             let external_ids = string_map(row, "external_ids");
             let routes = read_routes(r, row);
+            let nats = read_nats(r, row);
+            let lbs: BTreeSet<String> = uuids(row, "load_balancer")
+                .into_iter()
+                .filter(|id| {
+                    r.row(LB, id)
+                        .is_some_and(|lb| owned(&string_map(lb, "external_ids")))
+                })
+                .collect();
+            if !lbs.is_empty() {
+                self.router_lbs.insert(uuid.clone(), lbs);
+            }
             for p in row.get("ports").map(datum::as_set).unwrap_or_default() {
                 if let Some(p) = datum::as_uuid(p) {
                     port_router.insert(p, uuid);
@@ -223,6 +246,12 @@ impl Observed {
                             .filter(|f| f.owned)
                             .map(|f| f.value.clone())
                             .collect(),
+                        nats: nats
+                            .iter()
+                            .filter(|f| f.owned)
+                            .map(|f| f.value.clone())
+                            .collect(),
+                        load_balancers: BTreeSet::new(),
                         external_ids,
                     },
                 });
@@ -230,6 +259,12 @@ impl Observed {
                 .iter()
                 .filter(|f| !f.owned)
                 .map(|f| format!("{LRSR} {} via {}", f.value.ip_prefix, f.value.nexthop))
+                .chain(nats.iter().filter(|f| !f.owned).map(|f| {
+                    format!(
+                        "{NAT} {} {} {}",
+                        f.value.kind, f.value.external_ip, f.value.logical_ip
+                    )
+                }))
                 .collect();
             if !foreign.is_empty() {
                 self.foreign_routes.insert(uuid.clone(), foreign);
@@ -238,6 +273,8 @@ impl Observed {
                 uuid.clone(),
                 routes.into_iter().filter(|f| f.owned).collect(),
             );
+            self.nats
+                .insert(uuid.clone(), nats.into_iter().filter(|f| f.owned).collect());
         }
         port_router
     }
@@ -272,6 +309,22 @@ impl Observed {
     fn read_router_ports(&mut self, r: &Replica, port_router: &HashMap<&str, &str>) {
         for (uuid, row) in r.rows(LRP) {
             let external_ids = string_map(row, "external_ids");
+            let mut gateway_chassis = BTreeMap::new();
+            let mut gc_rows = BTreeMap::new();
+            for id in uuids(row, "gateway_chassis") {
+                if let Some(gc) = r.row(GC, &id) {
+                    let priority = gc
+                        .get("priority")
+                        .and_then(serde_json::Value::as_u64)
+                        .and_then(|p| u16::try_from(p).ok())
+                        .unwrap_or_default();
+                    gateway_chassis.insert(string(gc, "chassis_name"), priority);
+                    gc_rows.insert(string(gc, "name"), id);
+                }
+            }
+            if !gc_rows.is_empty() {
+                self.gateway_chassis.insert(uuid.clone(), gc_rows);
+            }
             self.router_ports.insert(
                 string(row, "name"),
                 Found {
@@ -284,6 +337,7 @@ impl Observed {
                             .unwrap_or_default(),
                         mac: string(row, "mac"),
                         networks: string_set(row, "networks"),
+                        gateway_chassis,
                         external_ids,
                     },
                 },
@@ -314,6 +368,45 @@ impl Observed {
             );
         }
     }
+}
+
+impl Observed {
+    fn read_load_balancers(&mut self, r: &Replica) {
+        for (uuid, row) in r.rows(LB) {
+            let external_ids = string_map(row, "external_ids");
+            self.load_balancers
+                .entry(string(row, "name"))
+                .or_default()
+                .push(Found {
+                    uuid: uuid.clone(),
+                    owned: owned(&external_ids),
+                    value: LoadBalancer {
+                        protocol: string(row, "protocol"),
+                        vips: string_map(row, "vips"),
+                        external_ids,
+                    },
+                });
+        }
+    }
+}
+
+/// The NAT rows a router row names, each with whether it is Sidelane's.
+fn read_nats(r: &Replica, lr: &Row) -> Vec<Found<Nat>> {
+    uuids(lr, "nat")
+        .into_iter()
+        .filter_map(|id| {
+            let row = r.row(NAT, &id)?;
+            Some(Found {
+                owned: owned(&string_map(row, "external_ids")),
+                value: Nat {
+                    kind: string(row, "type"),
+                    external_ip: string(row, "external_ip"),
+                    logical_ip: string(row, "logical_ip"),
+                },
+                uuid: id,
+            })
+        })
+        .collect()
 }
 
 /// The static routes a router row names, each with whether it is Sidelane's.

@@ -6,6 +6,7 @@ use sidelane_ovsdb::Operation;
 use super::{observed::Found, *};
 
 mod isolation;
+mod nat;
 use crate::subnet::{SubnetConfig, SubnetInput};
 
 fn subnet(name: &str, cidr: &str, provider: &str, vpc: &str) -> SubnetConfig {
@@ -54,6 +55,7 @@ fn observed_from(t: &Topology) -> Observed {
                 })
                 .collect(),
         );
+        observe_nat(&mut o, &uuid, r);
         o.routers.entry(name.clone()).or_default().push(Found {
             uuid,
             owned: true,
@@ -70,6 +72,15 @@ fn observed_from(t: &Topology) -> Observed {
     for (name, p) in &t.router_ports {
         let mut v = p.clone();
         v.router = format!("lr-{}", p.router);
+        if !p.gateway_chassis.is_empty() {
+            o.gateway_chassis.insert(
+                format!("lrp-{name}"),
+                p.gateway_chassis
+                    .keys()
+                    .map(|c| (format!("{name}-{c}"), format!("gc-{name}-{c}")))
+                    .collect(),
+            );
+        }
         o.router_ports.insert(
             name.clone(),
             Found {
@@ -121,7 +132,44 @@ fn observed_from(t: &Topology) -> Observed {
             value: a.clone(),
         });
     }
+    observe_load_balancers(&mut o, t);
     o
+}
+
+/// A router's NAT rows and load balancers, as the database would hold them.
+fn observe_nat(o: &mut Observed, uuid: &str, r: &Router) {
+    o.nats.insert(
+        uuid.to_owned(),
+        r.nats
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Found {
+                uuid: format!("{uuid}-nat{i}"),
+                owned: true,
+                value: n.clone(),
+            })
+            .collect(),
+    );
+    if !r.load_balancers.is_empty() {
+        o.router_lbs.insert(
+            uuid.to_owned(),
+            r.load_balancers.iter().map(|n| format!("lb-{n}")).collect(),
+        );
+    }
+}
+
+/// The load balancers of `t`, as the database would hold them.
+fn observe_load_balancers(o: &mut Observed, t: &Topology) {
+    for (name, lb) in &t.load_balancers {
+        o.load_balancers
+            .entry(name.clone())
+            .or_default()
+            .push(Found {
+                uuid: format!("lb-{name}"),
+                owned: true,
+                value: lb.clone(),
+            });
+    }
 }
 
 #[test]
