@@ -74,6 +74,17 @@ struct Args {
     /// annotations of the pods bound here. Unset: of every pod it attached.
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
+    /// This node's NIC on the external network of NAT gateways (docs/nat.md): set on gateway
+    /// nodes, it is put in `--external-bridge`, mapped in `ovn-bridge-mappings` to
+    /// `--external-network`. Unset: this node carries no gateway traffic.
+    #[arg(long, env = "SIDELANE_EXTERNAL_NIC")]
+    external_nic: Option<String>,
+    /// The external network's name: the external Subnet's (Kube-OVN's convention).
+    #[arg(long, default_value = "ovn-vpc-external-network")]
+    external_network: String,
+    /// The provider bridge of the external network.
+    #[arg(long, default_value = "br-external")]
+    external_bridge: String,
 }
 
 /// How often the agent removes the fast-path entries and QoS programs of vanished interfaces.
@@ -227,6 +238,12 @@ async fn connect_ovs(args: &Args) -> anyhow::Result<Option<OvsBridge>> {
     )
     .await
     .with_context(|| format!("opening the Open_vSwitch database at {}", args.ovs_db))?;
+    if let Some(nic) = &args.external_nic {
+        bridge
+            .provide_external(&args.external_network, &args.external_bridge, nic)
+            .await
+            .with_context(|| format!("--external-nic {nic:?}"))?;
+    }
     Ok(Some(bridge))
 }
 

@@ -21,6 +21,10 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+mod external;
+
+pub use external::with_mapping;
+
 /// The `Open_vSwitch` database.
 pub const OVS_DB: &str = "Open_vSwitch";
 /// Kube-OVN's default: how long an ADD waits for ovn-controller to bind the port.
