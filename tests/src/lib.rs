@@ -32,6 +32,7 @@ pub mod kubelet_standin;
 pub mod macvlan_node;
 pub mod netns;
 pub mod node_rig;
+pub mod outside;
 pub mod ovn;
 pub mod ping;
 pub mod primary;

@@ -255,6 +255,33 @@ impl NodeRig {
         n.agent = Some(self.runtime.spawn(cni_server::serve(listener, attacher)));
     }
 
+    /// Makes node `node` a gateway node as its agent does with `--external-nic <nic>`: the
+    /// default external network mapped to `br-external` holding `nic`.
+    ///
+    /// # Panics
+    /// When the chassis' database refuses.
+    pub fn provide_external_on(&self, node: usize, nic: &str) {
+        let n = &self.nodes[node];
+        let remote = parse_remotes(&n.chassis.db.unix_remote())
+            .expect("remote")
+            .remove(0);
+        self.runtime
+            .block_on(async {
+                let bridge = OvsBridge::connect(
+                    remote,
+                    None,
+                    "br-int",
+                    Datapath::Netdev,
+                    Duration::from_secs(30),
+                )
+                .await?;
+                bridge
+                    .provide_external("ovn-vpc-external-network", "br-external", nic)
+                    .await
+            })
+            .expect("the node carries the external network");
+    }
+
     /// Stops the first node's agent (what is pinned and attached stays, as when the process
     /// exits).
     pub fn stop_agent(&mut self) {

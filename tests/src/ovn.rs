@@ -348,9 +348,19 @@ impl Central {
 
     /// Runs `ovn-trace` (which reads the Southbound database) on one logical datapath.
     pub fn trace(&self, datapath: &str, microflow: &str) -> anyhow::Result<String> {
+        self.trace_with(&["--minimal"], datapath, microflow)
+    }
+
+    /// Runs `ovn-trace` with `options` (an output format, `--ct=new`...).
+    pub fn trace_with(
+        &self,
+        options: &[&str],
+        datapath: &str,
+        microflow: &str,
+    ) -> anyhow::Result<String> {
         let mut cmd = Command::new("ovn-trace");
         cmd.arg(format!("--db={}", self.sb.unix_remote()))
-            .arg("--minimal")
+            .args(options)
             .arg(datapath)
             .arg(microflow);
         with_env(&mut cmd, self.dir.path());

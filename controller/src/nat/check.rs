@@ -174,6 +174,13 @@ impl<'a> Resolver<'a> {
             fip: BTreeSet::new(),
             dnat: BTreeSet::new(),
             routes,
+            internal_cidrs: self
+                .world
+                .subnets
+                .values()
+                .filter(|s| s.is_ovn() && s.vpc_or_default() == spec.vpc)
+                .flat_map(|s| s.cidrs.iter().copied())
+                .collect(),
         })
     }
 

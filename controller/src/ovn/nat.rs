@@ -12,7 +12,7 @@ use std::{
 use ipnet::IpNet;
 
 use super::{
-    LoadBalancer, Nat, RouterPort, StaticRoute, Switch, SwitchPort, Topology, owned_ids,
+    Acl, LoadBalancer, Nat, RouterPort, StaticRoute, Switch, SwitchPort, Topology, owned_ids,
     router_port_mac,
 };
 
@@ -61,6 +61,8 @@ pub struct GatewayInput {
     pub dnat: BTreeSet<Dnat>,
     /// Extra routes (`routes`: CIDR → next hop on the external Subnet).
     pub routes: BTreeSet<(IpNet, IpAddr)>,
+    /// The CIDRs of the Vpc's Subnets: the outside never reaches them but through an EIP.
+    pub internal_cidrs: BTreeSet<IpNet>,
 }
 
 impl GatewayInput {
@@ -69,6 +71,10 @@ impl GatewayInput {
         format!("{}-external", self.vpc)
     }
 }
+
+/// The priority of the external switch's ACL dropping what comes from outside addressed to a
+/// Vpc's own CIDRs.
+pub const OUTSIDE_IN_PRIORITY: u16 = 1000;
 
 /// The priority of the first gateway chassis; each next one is one lower.
 pub const FIRST_CHASSIS_PRIORITY: u16 = 100;
@@ -89,18 +95,37 @@ impl Topology {
         }
     }
 
-    /// The external Subnet's switch, reaching the physical network through `localnet`.
+    /// The external Subnet's switch, reaching the physical network through `localnet`; what
+    /// comes from outside addressed to the Vpc's own CIDRs is dropped there (only EIPs lead
+    /// in).
     fn add_external_switch(&mut self, g: &GatewayInput) {
         let name = &g.external_subnet;
         let mut other_config = BTreeMap::new();
         if g.external_cidr.addr().is_ipv4() {
             other_config.insert("subnet".to_owned(), g.external_cidr.to_string());
         }
-        self.switches.entry(name.clone()).or_insert_with(|| Switch {
+        let switch = self.switches.entry(name.clone()).or_insert_with(|| Switch {
             other_config,
             external_ids: owned_ids([("subnet", name), ("external", "true")]),
             acls: BTreeSet::new(),
         });
+        let v4: Vec<String> = g
+            .internal_cidrs
+            .iter()
+            .filter(|c| c.addr().is_ipv4())
+            .map(ToString::to_string)
+            .collect();
+        if !v4.is_empty() {
+            switch.acls.insert(Acl {
+                direction: "from-lport".to_owned(),
+                priority: OUTSIDE_IN_PRIORITY,
+                r#match: format!(
+                    "inport == \"ln-{name}\" && ip4.dst == {{{}}}",
+                    v4.join(", ")
+                ),
+                action: "drop".to_owned(),
+            });
+        }
         self.switch_ports
             .entry(format!("ln-{name}"))
             .or_insert_with(|| SwitchPort {

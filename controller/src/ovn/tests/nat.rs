@@ -34,6 +34,7 @@ fn gateway() -> GatewayInput {
         }]
         .into(),
         routes: BTreeSet::new(),
+        internal_cidrs: ["10.100.0.0/16".parse().expect("a CIDR")].into(),
     }
 }
 
@@ -57,6 +58,17 @@ fn a_gateway_is_a_gateway_port_on_the_external_switch_bound_to_its_chassis_by_pr
     let t = with_gateway(&gateway(), vec![to_lan_ip()]);
     let ext = &t.switches["ovn-vpc-external-network"];
     assert_eq!(ext.other_config["subnet"], "172.20.0.0/24");
+    // From outside, the Vpc's own addresses are not reachable: only EIPs lead in.
+    assert_eq!(
+        ext.acls
+            .iter()
+            .map(|a| (a.r#match.as_str(), a.action.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(
+            r#"inport == "ln-ovn-vpc-external-network" && ip4.dst == {10.100.0.0/16}"#,
+            "drop"
+        )]
+    );
     let ln = &t.switch_ports["ln-ovn-vpc-external-network"];
     assert_eq!(ln.kind, "localnet");
     assert_eq!(ln.options["network_name"], "ovn-vpc-external-network");
