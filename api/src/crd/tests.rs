@@ -37,6 +37,10 @@ fn every_seed_subnet_parses_and_round_trips_without_gaining_fields() {
             assert_eq!(subnet.spec.gateway, "172.17.0.1");
             assert_eq!(subnet.spec.protocol, "IPv4");
             assert_eq!(subnet.spec.exclude_ips.len(), 1);
+        } else if subnet.spec.provider == "ovn-vpc-external-network.kube-system" {
+            // The NAT gateway example's external network, as Kube-OVN's documents write it.
+            assert_eq!(subnet.spec.cidr_block, "172.20.0.0/24");
+            assert_eq!(subnet.spec.gateway, "172.20.0.1");
         } else {
             // The segmentation and multi-tenancy example's networks.
             assert!(
