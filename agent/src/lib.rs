@@ -6,6 +6,7 @@ pub mod attach;
 pub mod cni_server;
 pub mod dataplane;
 pub mod follow;
+pub mod gateway_node;
 pub mod inspect;
 pub mod link;
 pub mod metrics;

@@ -169,6 +169,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(sidelane_api::probes::serve(listener, registry));
     if let Some(bridge) = connect_ovs(&args).await? {
         attacher = attacher.with_ovs(Arc::new(bridge));
+        if args.external_nic.is_some() {
+            announce_gateway(&args, client.clone()).await?;
+        }
     }
     let attacher = Arc::new(attacher);
     recover(&attacher).await?;
@@ -245,6 +248,19 @@ async fn connect_ovs(args: &Args) -> anyhow::Result<Option<OvsBridge>> {
             .with_context(|| format!("--external-nic {nic:?}"))?;
     }
     Ok(Some(bridge))
+}
+
+/// Labels this node as carrying the external network, so NAT gateways may use it.
+async fn announce_gateway(args: &Args, client: kube::Client) -> anyhow::Result<()> {
+    let Some(node) = &args.node_name else {
+        tracing::warn!(
+            "--external-nic without --node-name: NAT gateways cannot pick this node (its Node is not labelled)"
+        );
+        return Ok(());
+    };
+    sidelane_agent::gateway_node::announce(client, node, &args.external_network)
+        .await
+        .with_context(|| format!("labelling Node {node} as a gateway node"))
 }
 
 /// Every [`SWEEP_INTERVAL`], the fast-path entries and QoS programs of vanished interfaces go.

@@ -14,6 +14,10 @@ pub fn key(provider: &str, field: &str) -> String {
     format!("{provider}.kubernetes.io/{field}")
 }
 
+/// The label a gateway node's agent puts on its Node (value: the external network it carries,
+/// the external Subnet's name): NAT gateways take their gateway chassis among these nodes.
+pub const EXTERNAL_NETWORK_LABEL: &str = "sidelane.io/external-network";
+
 /// Sidelane's mark on a pod whose OVN port name is held by a row of another owner: a JSON
 /// object from annotation prefix (`<provider>`) to a description of that row. The controller
 /// writes and clears it; the agent refuses to plug such an attachment.

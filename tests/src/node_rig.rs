@@ -65,6 +65,8 @@ pub struct NodeRig {
     pub runtime: tokio::runtime::Runtime,
     with_fastpath: bool,
     _leading: watch::Sender<bool>,
+    /// The underlay's bridge namespace (three nodes).
+    _underlay: Option<NetNs>,
 }
 
 /// A container ID unique per pod name (the host-end names take its first characters).
@@ -101,12 +103,12 @@ impl NodeRig {
         NodeRig::start_nodes(1, fastpath)
     }
 
-    /// `count` nodes (one or two; two are joined by an underlay).
+    /// `count` nodes (one to three; two are joined by a veth, three by a bridge).
     ///
     /// # Panics
-    /// When a part does not start, or for more than two nodes.
+    /// When a part does not start, or for more than three nodes.
     pub fn start_nodes(count: usize, fastpath: bool) -> NodeRig {
-        assert!((1..=2).contains(&count), "the rig has one or two nodes");
+        assert!((1..=3).contains(&count), "the rig has one to three nodes");
         let central = Central::start().expect("OVN central starts");
         let mut chassis = Vec::new();
         for i in 0..count {
@@ -120,8 +122,13 @@ impl NodeRig {
                     .expect("the chassis starts"),
             );
         }
+        let mut hub = None;
         if count == 2 {
             Chassis::connect(&chassis[0], &chassis[1]).expect("the underlay");
+        } else if count == 3 {
+            let ns = NetNs::new().expect("the underlay's namespace");
+            Chassis::join_hub(&ns, &chassis.iter().collect::<Vec<_>>()).expect("the underlay");
+            hub = Some(ns);
         }
         let api = SidelaneCluster::start();
         let runtime = tokio::runtime::Runtime::new().expect("a runtime");
@@ -152,6 +159,7 @@ impl NodeRig {
             runtime,
             with_fastpath: fastpath,
             _leading: leading,
+            _underlay: hub,
         };
         for i in 0..count {
             rig.start_agent_on(i);
@@ -256,7 +264,7 @@ impl NodeRig {
     }
 
     /// Makes node `node` a gateway node as its agent does with `--external-nic <nic>`: the
-    /// default external network mapped to `br-external` holding `nic`.
+    /// default external network mapped to `br-external` holding `nic`, and its Node labelled.
     ///
     /// # Panics
     /// When the chassis' database refuses.
@@ -280,6 +288,17 @@ impl NodeRig {
                     .await
             })
             .expect("the node carries the external network");
+        self.runtime
+            .block_on(async {
+                let client = self.api.agent_client().await;
+                sidelane_agent::gateway_node::announce(
+                    client,
+                    &n.chassis.name,
+                    "ovn-vpc-external-network",
+                )
+                .await
+            })
+            .expect("the agent labels its Node");
     }
 
     /// Stops the first node's agent (what is pinned and attached stays, as when the process

@@ -603,50 +603,96 @@ impl Chassis {
         ])
         .context("creating the underlay veth")?;
         for c in [a, b] {
-            c.ns.exec(&["ip", "link", "set", "ul0", "up"])?;
-            if c.datapath == "system" {
-                // Kernel tunnels route through the namespace's own stack.
-                c.ns.exec(&[
-                    "ip",
-                    "addr",
-                    "add",
-                    &format!("{}/24", c.encap_ip),
-                    "dev",
-                    "ul0",
-                ])?;
-                continue;
-            }
-            c.vsctl(&[
-                "--may-exist",
-                "add-br",
-                "br-phy",
-                "--",
-                "set",
-                "Bridge",
-                "br-phy",
-                "datapath_type=netdev",
-                "--",
-                "--may-exist",
-                "add-port",
-                "br-phy",
+            c.underlay_end("ul0")?;
+        }
+        Ok(())
+    }
+
+    /// Joins three or more chassis by an underlay: a bridge in `hub` (a namespace of its own)
+    /// with a veth `ul0` from each chassis.
+    ///
+    /// # Errors
+    /// A link cannot be made.
+    pub fn join_hub(hub: &NetNs, chassis: &[&Chassis]) -> anyhow::Result<()> {
+        hub.exec(&["ip", "link", "add", "br-ul", "type", "bridge"])?;
+        hub.exec(&["ip", "link", "set", "br-ul", "up"])?;
+        for (i, c) in chassis.iter().enumerate() {
+            let port = format!("ul{i}");
+            hub.exec(&[
+                "ip",
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
                 "ul0",
-            ])?;
-            c.ns.exec(&[
+                "netns",
+                c.ns.name(),
+            ])
+            .context("creating an underlay veth")?;
+            hub.exec(&["ip", "link", "set", &port, "master", "br-ul", "up"])?;
+            c.underlay_end("ul0")?;
+        }
+        Ok(())
+    }
+
+    /// This chassis' end of the underlay, `dev`: up, and holding the tunnel endpoint (on the
+    /// userspace datapath through a `br-phy` bridge).
+    fn underlay_end(&self, dev: &str) -> anyhow::Result<()> {
+        self.ns.exec(&["ip", "link", "set", dev, "up"])?;
+        if self.datapath == "system" {
+            // Kernel tunnels route through the namespace's own stack.
+            self.ns.exec(&[
                 "ip",
                 "addr",
                 "add",
-                &format!("{}/24", c.encap_ip),
+                &format!("{}/24", self.encap_ip),
                 "dev",
-                "br-phy",
+                dev,
             ])?;
-            c.ns.exec(&["ip", "link", "set", "br-phy", "up"])?;
+            return Ok(());
         }
+        self.vsctl(&[
+            "--may-exist",
+            "add-br",
+            "br-phy",
+            "--",
+            "set",
+            "Bridge",
+            "br-phy",
+            "datapath_type=netdev",
+            "--",
+            "--may-exist",
+            "add-port",
+            "br-phy",
+            dev,
+        ])?;
+        self.ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", self.encap_ip),
+            "dev",
+            "br-phy",
+        ])?;
+        self.ns.exec(&["ip", "link", "set", "br-phy", "up"])?;
         Ok(())
     }
 
     /// Whether ovs-vswitchd and ovn-controller still run.
     pub fn running(&mut self) -> bool {
         self.vswitchd.is_running() && self.controller.is_running()
+    }
+
+    /// The node goes down as far as OVN can tell: ovn-controller and ovs-vswitchd are killed
+    /// (SIGKILL), so its datapath, its tunnels' BFD sessions and its gateway ports stop.
+    pub fn power_off(&mut self) {
+        for p in [&mut self.controller, &mut self.vswitchd] {
+            let _ = p.child_mut().kill();
+            let _ = p.child_mut().wait();
+        }
     }
 }
 

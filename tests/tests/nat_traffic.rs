@@ -20,9 +20,9 @@ const NAD: &str = "kube-ovn-vpc-network";
 const EXTERNAL: &str = "172.20.0.1/24";
 const KUBEOVN: &str = "kubeovn.io/v1";
 
-/// A rig of `nodes` nodes, each a gateway node joined to the outside host, with the seed's
-/// Vpc and Subnet and Kube-OVN's external network objects (but no gateway yet).
-fn nat_rig(nodes: usize) -> (NodeRig, Outside) {
+/// A rig of `nodes` nodes, the first `gateways` of them gateway nodes joined to the outside
+/// host, with the seed's Vpc and Subnet (but no gateway yet).
+fn nat_rig(nodes: usize, gateways: usize) -> (NodeRig, Outside) {
     let rig = NodeRig::start_nodes(nodes, false);
     let outside = Outside::start(EXTERNAL).expect("the outside host");
     for i in 0..nodes {
@@ -36,10 +36,12 @@ fn nat_rig(nodes: usize) -> (NodeRig, Outside) {
                 }},
             }))
             .expect("the node");
-        outside
-            .join(&rig.nodes[i].chassis, "eth1", EXTERNAL)
-            .expect("the node's external NIC");
-        rig.provide_external_on(i, "eth1");
+        if i < gateways {
+            outside
+                .join(&rig.nodes[i].chassis, "eth1", EXTERNAL)
+                .expect("the node's external NIC");
+            rig.provide_external_on(i, "eth1");
+        }
     }
     for doc in cluster::example("non-primary-vpc.yaml")
         .into_iter()
@@ -180,7 +182,7 @@ fn snat_dnat_and_fip_work_as_the_outside_host_sees_them_and_follow_live_changes_
     if !privilege::require_privileges(name) || !ovn::require_installed(name) {
         return;
     }
-    let (rig, outside) = nat_rig(1);
+    let (rig, outside) = nat_rig(1, 1);
     apply_gateway(&rig);
     let eip = status_of(&rig, "IptablesEIP", "eip-secondary", "ip");
     let fip = status_of(&rig, "IptablesEIP", "eip-fip", "ip");
@@ -393,7 +395,7 @@ fn bad_nat_input_is_refused_on_the_object_naming_the_field_and_nothing_else_is_d
     if !privilege::require_privileges(name) || !ovn::require_installed(name) {
         return;
     }
-    let (rig, outside) = nat_rig(1);
+    let (rig, outside) = nat_rig(1, 1);
     apply_gateway(&rig);
     let eip = status_of(&rig, "IptablesEIP", "eip-secondary", "ip");
     let client = vpc_pod(&rig, 0, "client", None);
@@ -468,7 +470,7 @@ fn two_vpcs_with_one_cidr_each_go_out_through_their_own_eip_traffic() {
     if !privilege::require_privileges(name) || !ovn::require_installed(name) {
         return;
     }
-    let (rig, outside) = nat_rig(1);
+    let (rig, outside) = nat_rig(1, 1);
     apply_gateway(&rig);
     // A second Vpc with the same CIDR, its own NAD, gateway, EIP and SNAT.
     rig.api.apply(&[
@@ -525,4 +527,138 @@ fn two_vpcs_with_one_cidr_each_go_out_through_their_own_eip_traffic() {
     );
     assert_eq!(seen_from(&a, &outside, &peers, 9000), Some(eip_a));
     assert_eq!(seen_from(&b, &outside, &peers, 9000), Some(eip_b));
+}
+
+/// Echoes every byte it reads, on each connection `listener` accepts.
+fn echo(listener: std::net::TcpListener) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { break };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                while let Ok(n) = std::io::Read::read(&mut conn, &mut buf) {
+                    if n == 0 || std::io::Write::write_all(&mut conn, &buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Which chassis holds the gateway port now (by name), per the Southbound database.
+fn active_gateway(rig: &NodeRig) -> String {
+    let uuid = rig
+        .central
+        .sbctl(&[
+            "--bare",
+            "--columns=chassis",
+            "find",
+            "Port_Binding",
+            "logical_port=cr-vpc-secondary-external",
+        ])
+        .unwrap_or_default();
+    let uuid = uuid.trim();
+    if uuid.is_empty() {
+        return String::new();
+    }
+    rig.central
+        .sbctl(&["--bare", "--columns=name", "list", "Chassis", uuid])
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn the_gateway_fails_over_to_the_next_chassis_when_its_node_goes_under_a_running_dnat_flow_traffic()
+{
+    let name = "the_gateway_fails_over_to_the_next_chassis_when_its_node_goes_under_a_running_dnat_flow_traffic";
+    if !privilege::require_privileges(name) || !ovn::require_installed(name) {
+        return;
+    }
+    // Three nodes: two gateway nodes, and node3 with the pod. A standby takes over only when
+    // it still reaches some chassis (BFD) and not the active one: with two nodes alone it
+    // could not tell a dead peer from its own isolation.
+    let (mut rig, outside) = nat_rig(3, 2);
+    apply_gateway(&rig);
+    let eip = status_of(&rig, "IptablesEIP", "eip-secondary", "ip");
+    eventually(
+        "the gateway on node1 (priority 100), node2 standing by",
+        Duration::from_secs(30),
+        || active_gateway(&rig) == "node1",
+    );
+    assert_eq!(
+        rig.api
+            .get(KUBEOVN, "VpcNatGateway", "", "vpc-nat-gw")
+            .map(|g| g["status"]["chassis"].clone()),
+        Some(json!(["node1", "node2"]))
+    );
+    let web = vpc_pod(&rig, 2, "web", Some("10.100.0.20"));
+    let (listener, _) = serve(&web, 80);
+    echo(listener);
+    eventually("DNAT leads in", Duration::from_secs(30), || {
+        outside.tcp_opens(&eip, 8080).unwrap_or(false)
+    });
+    // A running flow: one connection, a byte each way every 20 ms.
+    let addr: std::net::SocketAddr = format!("{eip}:8080").parse().expect("an address");
+    let mut flow = sidelane_tests::netns::in_netns(&outside.ns.path(), move || {
+        Ok(std::net::TcpStream::connect_timeout(
+            &addr,
+            Duration::from_secs(1),
+        )?)
+    })
+    .expect("the flow opens");
+    flow.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("a timeout");
+    let round_trip = |flow: &mut std::net::TcpStream| {
+        let mut b = [0u8; 1];
+        std::io::Write::write_all(flow, b"x").is_ok()
+            && std::io::Read::read_exact(flow, &mut b).is_ok()
+    };
+    for _ in 0..10 {
+        assert!(round_trip(&mut flow), "the flow runs before the failure");
+    }
+    let failed = std::time::Instant::now();
+    rig.nodes[0].chassis.power_off();
+    // New connections through DNAT come back once node2 takes the gateway port over.
+    let mut recovered = None;
+    while failed.elapsed() < Duration::from_mins(1) {
+        if outside.tcp_opens(&eip, 8080).unwrap_or(false) {
+            recovered = Some(failed.elapsed());
+            break;
+        }
+    }
+    if recovered.is_none() {
+        eprintln!("active: {:?}", active_gateway(&rig));
+        eprintln!("bfd: {:?}", rig.nodes[1].chassis.appctl(&["bfd/show"]));
+        eprintln!(
+            "ifaces: {:?}",
+            rig.nodes[1].chassis.vsctl(&[
+                "--columns=name,type,options,bfd,bfd_status",
+                "list",
+                "Interface"
+            ])
+        );
+        eprintln!("ha: {:?}", rig.central.sbctl(&["list", "HA_Chassis_Group"]));
+        eprintln!("ha: {:?}", rig.central.sbctl(&["list", "HA_Chassis"]));
+    }
+    let recovered = recovered.expect("DNAT recovers on node2 within 60 s");
+    let mut flow_back = None;
+    let flow_start = std::time::Instant::now();
+    while flow_start.elapsed() < Duration::from_secs(5) {
+        if round_trip(&mut flow) {
+            flow_back = Some(failed.elapsed());
+            break;
+        }
+    }
+    println!(
+        "gateway failover: new DNAT connections after {:.2} s; the running connection {}",
+        recovered.as_secs_f64(),
+        flow_back.map_or_else(
+            || "was lost (its conntrack state stayed on node1)".to_owned(),
+            |t| format!("resumed after {:.2} s", t.as_secs_f64())
+        )
+    );
+    assert_eq!(active_gateway(&rig), "node2");
+    assert!(outside.tcp_opens(&eip, 8080).expect("a probe"));
 }

@@ -7,7 +7,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use sidelane_api::crd::VpcNatGatewaySpec;
+use sidelane_api::{annotations::EXTERNAL_NETWORK_LABEL, crd::VpcNatGatewaySpec};
 
 use super::{
     Addresses, DEFAULT_EXTERNAL_SUBNET, DNAT, EIP, FIP, GATEWAY, Resolved, SNAT, Shown, Store,
@@ -144,7 +144,7 @@ impl<'a> Resolver<'a> {
         let lan = self.lan_subnet(spec)?;
         let lan_ip = lan_ip(spec, lan)?;
         let external = self.external_subnet(spec)?;
-        let chassis = self.chassis(spec)?;
+        let chassis = self.chassis(spec, &external.name)?;
         let routes = routes(spec)?;
         let lan_holder = format!("{GATEWAY}/{name}/lanIp");
         self.hold(lan_holder, &lan.name, Some(lan_ip.addr()))
@@ -206,8 +206,9 @@ impl<'a> Resolver<'a> {
         Ok(s)
     }
 
-    /// The nodes `selector` matches (every `key: value` term), by name.
-    fn chassis(&self, spec: &VpcNatGatewaySpec) -> Result<Vec<String>, Verdict> {
+    /// The nodes that carry `network` (their agent labelled them) and that `selector`
+    /// matches (every `key: value` term), by name.
+    fn chassis(&self, spec: &VpcNatGatewaySpec, network: &str) -> Result<Vec<String>, Verdict> {
         let mut terms = Vec::new();
         for t in &spec.selector {
             let Some((k, v)) = t.split_once(':').or_else(|| t.split_once('=')) else {
@@ -223,9 +224,12 @@ impl<'a> Resolver<'a> {
             .nodes
             .iter()
             .filter(|(_, labels)| {
-                terms
-                    .iter()
-                    .all(|(k, v)| labels.get(*k).is_some_and(|l| l == v))
+                labels
+                    .get(EXTERNAL_NETWORK_LABEL)
+                    .is_some_and(|n| n == network)
+                    && terms
+                        .iter()
+                        .all(|(k, v)| labels.get(*k).is_some_and(|l| l == v))
             })
             .map(|(n, _)| n.clone())
             .collect();
@@ -233,7 +237,9 @@ impl<'a> Resolver<'a> {
             return Err(refuse(
                 "selector",
                 format!(
-                    "no node matches spec.selector {:?}; the gateway waits for one",
+                    "no node carrying the external network {network:?} (label \
+                     {EXTERNAL_NETWORK_LABEL}, set by the agent's --external-nic) matches \
+                     spec.selector {:?}; the gateway waits for one",
                     spec.selector
                 ),
             ));

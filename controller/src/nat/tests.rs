@@ -5,6 +5,8 @@ use sidelane_api::crd::{
     VpcNatGatewaySpec,
 };
 
+use sidelane_api::annotations::EXTERNAL_NETWORK_LABEL;
+
 use super::*;
 use crate::subnet::{SubnetConfig, SubnetInput};
 
@@ -76,15 +78,24 @@ fn world(subnets: &[SubnetConfig]) -> World<'_> {
 /// The seed's VpcNatGateway, an EIP, and an SNAT, a DNAT and a FIP on two EIPs.
 fn seed() -> Store {
     let mut s = Store::default();
+    let carries = (
+        EXTERNAL_NETWORK_LABEL.to_owned(),
+        DEFAULT_EXTERNAL_SUBNET.to_owned(),
+    );
     s.nodes.insert(
         "node1".to_owned(),
-        [(
-            "ovn.kubernetes.io/external-gw".to_owned(),
-            "true".to_owned(),
-        )]
+        [
+            (
+                "ovn.kubernetes.io/external-gw".to_owned(),
+                "true".to_owned(),
+            ),
+            carries.clone(),
+        ]
         .into(),
     );
-    s.nodes.insert("node2".to_owned(), BTreeMap::new());
+    s.nodes.insert("node2".to_owned(), [carries].into());
+    // A node without the external network is never a gateway chassis.
+    s.nodes.insert("node3".to_owned(), BTreeMap::new());
     s.gateways.insert(
         "vpc-nat-gw".to_owned(),
         VpcNatGatewaySpec {
@@ -146,7 +157,7 @@ fn the_seeds_gateway_with_an_eip_and_each_rule_resolves_into_one_gateway() {
     let subnets = subnets();
     let mut a = FakeAddresses::default();
     let r = seed().resolve(&world(&subnets), &mut a);
-    assert_eq!(r.gateways.len(), 1);
+    assert_eq!(r.gateways.len(), 1, "{:?}", r.verdicts);
     let g = &r.gateways[0];
     assert_eq!(g.vpc, "vpc-secondary");
     assert_eq!(g.lan_ip.to_string(), "10.100.0.254/16");
