@@ -36,6 +36,9 @@ pub enum CheckKind {
     VpcIsolation,
     /// The scenario's allowed/denied matrix (security groups, private Subnets) holds.
     Isolation,
+    /// The outside world sees what the scenario's NAT gateway promises (SNAT, DNAT, FIP) and
+    /// nothing else.
+    Outside,
     /// A rate limit holds, measured with iperf3.
     Qos,
     /// Same-node traffic of one switch took the eBPF fast path.
@@ -68,6 +71,7 @@ impl CheckKind {
             Self::RoutedAcrossSubnets => "routed-across-subnets",
             Self::VpcIsolation => "vpc-isolation",
             Self::Isolation => "isolation",
+            Self::Outside => "outside",
             Self::Qos => "qos",
             Self::FastPath => "fast-path",
             Self::Cli => "cli",

@@ -13,6 +13,7 @@
 //!   the primary network (Debian's `bridge` and `host-local`, standing in for Cilium, Calico or
 //!   Flannel), net1..netN delegated to our `kube-ovn` binary and Debian's `macvlan` with the
 //!   NAD's configuration unchanged; two `sidelane-controller` replicas electing a leader.
+//! - [`outside`]: the outside world (a router and a host) behind the nodes' external network.
 //! - [`scenario`]: the scenarios as data (`lab/scenarios.yaml`): seed files, the lab's own
 //!   objects, what each must show.
 //! - [`run`]: one scenario applied with `kubectl apply --validate=strict`, its pods observed
@@ -27,6 +28,7 @@
 pub mod chaos;
 pub mod check;
 pub mod interrupt;
+pub mod outside;
 pub mod phases;
 pub mod pod;
 pub mod probe;

@@ -25,6 +25,9 @@ struct Args {
     /// Where `--chaos` writes its JSON report.
     #[arg(long, default_value = "target/bench/chaos.json")]
     report: PathBuf,
+    /// Only the scenarios whose name contains this (the whole lab otherwise).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,7 +40,7 @@ fn main() -> anyhow::Result<()> {
             run_chaos(pods, &args.report)?;
             true
         }
-        None => run_scenarios(args.keep)?,
+        None => run_scenarios(args.keep, args.only.as_deref())?,
     };
     println!("\nlab finished in {:.0} s", start.elapsed().as_secs_f64());
     if !ok {
@@ -59,8 +62,12 @@ fn run_chaos(pods: usize, path: &Path) -> anyhow::Result<()> {
 
 /// Every scenario on one rig, then the report; `Ok(true)` when every check held. With `keep`,
 /// the first (richest) scenario runs last and stays up for the user to explore.
-fn run_scenarios(keep: bool) -> anyhow::Result<bool> {
+fn run_scenarios(keep: bool, only: Option<&str>) -> anyhow::Result<bool> {
     let mut scenarios = scenario::load()?;
+    if let Some(only) = only {
+        scenarios.retain(|s| s.name.contains(only));
+        anyhow::ensure!(!scenarios.is_empty(), "--only {only:?} names no scenario");
+    }
     let mut rig = Rig::start()?;
     if keep {
         scenarios.rotate_left(1);

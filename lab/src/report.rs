@@ -23,6 +23,8 @@ pub struct ScenarioReport {
     pub matrix: Matrix,
     /// The declared allowed/denied matrix, as measured.
     pub isolation: Vec<crate::probe::isolation::Row>,
+    /// What the outside world saw of the scenario's NAT gateway.
+    pub outside: Option<crate::probe::outside::Seen>,
     pub qos: Vec<Measured>,
     pub fastpath_hits: Vec<(String, u64)>,
     pub cli: Vec<View>,
@@ -125,6 +127,7 @@ fn render_scenario(out: &mut String, sc: &ScenarioReport) {
                 | CheckKind::RoutedAcrossSubnets
                 | CheckKind::VpcIsolation
                 | CheckKind::Isolation
+                | CheckKind::Outside
         )
     };
     for c in sc.checks.iter().filter(listed) {
@@ -132,6 +135,9 @@ fn render_scenario(out: &mut String, sc: &ScenarioReport) {
     }
     render_matrix(out, &sc.matrix);
     render_isolation(out, &sc.isolation);
+    if let Some(seen) = &sc.outside {
+        render_outside(out, seen);
+    }
     for m in &sc.qos {
         let _ = writeln!(
             out,
@@ -200,6 +206,18 @@ fn render_isolation(out: &mut String, rows: &[crate::probe::isolation::Row]) {
             "   {mark}  {:<14} → {:<14} {:<9} {:<8} (must be {want}: {})  {} → {}",
             e.from, e.to, e.probe, seen, e.why, r.from_ip, r.to_ip
         );
+    }
+}
+
+fn render_outside(out: &mut String, seen: &crate::probe::outside::Seen) {
+    let _ = writeln!(
+        out,
+        "   outside world (router 172.20.0.1, host {}) through {}",
+        crate::outside::HOST,
+        seen.gateway
+    );
+    for r in &seen.rows {
+        let _ = writeln!(out, "   {}  {}", if r.ok { "ok  " } else { "FAIL" }, r.line);
     }
 }
 

@@ -26,7 +26,7 @@ use sidelane_tests::{
     tools,
 };
 
-use crate::phases::Phases;
+use crate::{outside::OutsideWorld, phases::Phases};
 
 /// The Lease the controller replicas elect their leader through.
 const LEASE: (&str, &str) = ("kube-system", "sidelane-controller");
@@ -170,6 +170,8 @@ pub struct Rig {
     pub nodes: Vec<Node>,
     /// The LAN the nodes' `eth0` are bridged on (macvlan attachments' master).
     pub lan: NetNs,
+    /// The outside world behind the nodes' external network (`eth1`).
+    pub outside: OutsideWorld,
     pub controllers: Vec<(Background, Spawn)>,
     pub phases: Phases,
 }
@@ -205,10 +207,22 @@ impl Rig {
              networking.ENABLE_SSL; the Southbound on the nodes' LAN), ovn-northd",
             || start_central(dir.path(), &lan),
         )?;
+        let outside = OutsideWorld::start()?;
         let nodes = phases.run(
-            "two nodes: OVS, ovn-controller (to the Southbound over TLS), sidelane-agent; node1 a \
-             real kubelet with containerd and runc, node2 a kubelet stand-in running Multus",
-            || start_nodes(dir.path(), &api, &central, &nb_tls, &lan, &bins, &multus),
+            "two nodes: OVS, ovn-controller (to the Southbound over TLS), sidelane-agent (both \
+             gateway nodes: eth1 on the external network to the outside world's router); node1 \
+             a real kubelet with containerd and runc, node2 a kubelet stand-in running Multus",
+            || {
+                start_nodes(
+                    dir.path(),
+                    &api,
+                    &central,
+                    &nb_tls,
+                    (&lan, &outside),
+                    &bins,
+                    &multus,
+                )
+            },
         )?;
         let controllers = phases
             .run("two sidelane-controller replicas (leader election)", || {
@@ -221,6 +235,7 @@ impl Rig {
             nb_tls,
             nodes,
             lan,
+            outside,
             controllers,
             phases,
         })
@@ -298,7 +313,7 @@ fn start_nodes(
     api: &SidelaneCluster,
     central: &Central,
     tls: &NbTls,
-    lan: &NetNs,
+    (lan, outside): (&NetNs, &OutsideWorld),
     bins: &Binaries,
     multus: &Path,
 ) -> anyhow::Result<Vec<Node>> {
@@ -332,6 +347,8 @@ fn start_nodes(
             "eth0",
         ])?;
         c.ns.exec(&["ip", "link", "set", "eth0", "up"])?;
+        // Its NIC on the external network (NAT gateways' way out).
+        outside.join(&c.ns, i)?;
         let cert = tls
             .pki
             .client(&format!("ovn-controller-{name}"), &name, &[])?;
@@ -395,6 +412,9 @@ fn start_real_node(
             "--pin-root=/sys/fs/bpf/sidelane".to_owned(),
             "--state-dir=/run/sidelane/attachments".to_owned(),
             format!("--metrics-addr=0.0.0.0:{metrics_port}"),
+            // The chart's NODE_NAME, and agent.externalNic=eth1.
+            format!("--node-name={name}"),
+            "--external-nic=eth1".to_owned(),
         ]
         .map(OsString::from),
     );
@@ -455,6 +475,10 @@ fn start_standin_node(
         "auto".into(),
         "--metrics-addr".into(),
         format!("127.0.0.1:{metrics_port}").into(),
+        "--node-name".into(),
+        name.clone().into(),
+        "--external-nic".into(),
+        "eth1".into(),
     ];
     let agent_spawn = Spawn {
         bin: bins.agent.clone(),

@@ -9,7 +9,7 @@ use crate::{
     check::Checks,
     interrupt,
     pod::{self, NAMESPACE, Pod},
-    probe::{addressing, cli, exec, fastpath, isolation, qos, reach},
+    probe::{addressing, cli, exec, fastpath, isolation, outside, qos, reach},
     report::ScenarioReport,
     rig::Rig,
     scenario::{self, Scenario},
@@ -48,6 +48,10 @@ pub fn scenario(rig: &Rig, sc: &Scenario, keep_up: bool) -> anyhow::Result<Scena
     addressing::check(&pods, &docs, &mut checks);
     let matrix = reach::check(&rig.api, &pods, &mut checks);
     let isolation = isolation::check(&pods, &sc.matrix, &mut checks);
+    let outside = sc
+        .outside
+        .as_ref()
+        .map(|o| outside::check(&rig.api, &rig.outside, &pods, o, &mut checks));
     let qos = qos::check(&pods, &mut checks);
     let fastpath_hits = fastpath::check(rig, &pods, &matrix.endpoints, &mut checks);
     let cli = cli::check(rig, &docs, &pods, &mut checks);
@@ -63,6 +67,7 @@ pub fn scenario(rig: &Rig, sc: &Scenario, keep_up: bool) -> anyhow::Result<Scena
         checks,
         matrix,
         isolation,
+        outside,
         qos,
         fastpath_hits,
         cli,

@@ -24,6 +24,9 @@ pub struct Scenario {
     /// The allowed/denied matrix its isolation must show.
     #[serde(default)]
     pub matrix: Vec<crate::probe::isolation::Expect>,
+    /// What the outside world must see of its NAT gateway.
+    #[serde(default)]
+    pub outside: Option<crate::probe::outside::Outside>,
 }
 
 /// What went wrong reading the scenarios.
@@ -138,7 +141,7 @@ mod tests {
     #[test]
     fn every_scenario_names_files_that_exist_and_parse() {
         let scenarios = load().expect("lab/scenarios.yaml reads");
-        assert_eq!(scenarios.len(), 6);
+        assert_eq!(scenarios.len(), 7);
         for scenario in &scenarios {
             let objects = scenario.objects().expect("the scenario's files parse");
             assert!(pods_made_by(&objects) > 0, "{} makes no pod", scenario.name);

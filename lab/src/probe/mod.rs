@@ -6,5 +6,6 @@ pub mod cli;
 pub mod exec;
 pub mod fastpath;
 pub mod isolation;
+pub mod outside;
 pub mod qos;
 pub mod reach;
