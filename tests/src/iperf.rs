@@ -236,10 +236,22 @@ pub fn measure(
     client_ns: &NetNs,
     spec: &IperfSpec,
 ) -> anyhow::Result<IperfReport> {
+    measure_via(server_ns, server_addr, client_ns, server_addr, spec)
+}
+
+/// As [`measure`], the server bound to `bind` and the client connecting to `target` (an
+/// address translated to `bind` on the way, as a DNAT'd one).
+pub fn measure_via(
+    server_ns: &NetNs,
+    bind: &str,
+    client_ns: &NetNs,
+    target: &str,
+    spec: &IperfSpec,
+) -> anyhow::Result<IperfReport> {
     let mut last_error = None;
     for _ in 0..3 {
-        let _server = IperfServer::start(server_ns, server_addr, spec.port, spec.interval)?;
-        match run_client(client_ns, server_addr, spec) {
+        let _server = IperfServer::start(server_ns, bind, spec.port, spec.interval)?;
+        match run_client(client_ns, target, spec) {
             Ok(report) => return Ok(report),
             // A refused or reset control connection: start afresh, a couple of times.
             Err(e) if is_connect_error(&e) => last_error = Some(e),

@@ -28,54 +28,57 @@ pub struct Outside {
 pub type Peers = Arc<Mutex<Vec<SocketAddr>>>;
 
 impl Outside {
-    /// An outside host that will hold `cidr` (`172.20.0.1/24`) once joined to a node.
+    /// An outside host holding `cidr` (`172.20.0.1/24`) on a bridge that nodes join.
     ///
     /// # Errors
-    /// A link or address cannot be made.
+    /// A namespace, link or address cannot be made.
     pub fn start(cidr: &str) -> anyhow::Result<Outside> {
         let ns = NetNs::new()?;
         let ip = cidr.split('/').next().unwrap_or_default().to_owned();
         ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        ns.exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
+        ns.exec(&["ip", "addr", "add", cidr, "dev", "br0"])?;
+        ns.exec(&["ip", "link", "set", "br0", "up"])?;
+        ns.exec(&["ethtool", "-K", "br0", "tx", "off"])?;
         Ok(Outside { ns, ip })
     }
 
-    /// Joins the outside host to `chassis`: a veth `eth<index>` here, `nic` there (TX
-    /// checksum offload off on both ends, as the userspace datapath needs), `cidr` on the
-    /// first one only (further ones join the same L2 through a bridge).
+    /// Joins `chassis` to the outside host's network: a veth whose chassis end is `nic` (the
+    /// node's external NIC, for the agent's `--external-nic`).
     ///
     /// # Errors
-    /// A link or address cannot be made.
-    pub fn join(&self, chassis: &Chassis, nic: &str, cidr: &str) -> anyhow::Result<()> {
-        let exists = self.ns.exec(&["ip", "link", "show", "br0"]).is_ok();
-        if !exists {
-            self.ns
-                .exec(&["ip", "link", "add", "br0", "type", "bridge"])?;
-            self.ns.exec(&["ip", "addr", "add", cidr, "dev", "br0"])?;
-            self.ns.exec(&["ip", "link", "set", "br0", "up"])?;
-        }
-        let here = format!("to-{}", chassis.name);
-        self.ns
-            .exec(&[
-                "ip",
-                "link",
-                "add",
-                &here,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                nic,
-                "netns",
-                chassis.ns.name(),
-            ])
-            .with_context(|| format!("joining the outside host to {}", chassis.name))?;
+    /// A link cannot be made.
+    pub fn join(&self, chassis: &Chassis, nic: &str) -> anyhow::Result<()> {
+        self.join_ns(&chassis.ns, nic)
+            .with_context(|| format!("joining the outside host to {}", chassis.name))
+    }
+
+    /// Joins namespace `other` to the outside host's network by a veth whose end there is
+    /// `nic` (TX checksum offload off on both ends, as the userspace datapath needs).
+    ///
+    /// # Errors
+    /// A link cannot be made.
+    pub fn join_ns(&self, other: &NetNs, nic: &str) -> anyhow::Result<()> {
+        let here = format!("to-{}", other.name());
+        let here: String = here.chars().take(15).collect();
+        self.ns.exec(&[
+            "ip",
+            "link",
+            "add",
+            &here,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            nic,
+            "netns",
+            other.name(),
+        ])?;
         self.ns
             .exec(&["ip", "link", "set", &here, "master", "br0", "up"])?;
-        chassis.ns.exec(&["ip", "link", "set", nic, "up"])?;
-        for (ns, dev) in [(&self.ns, here.as_str()), (&chassis.ns, nic)] {
-            ns.exec(&["ethtool", "-K", dev, "tx", "off"])?;
-        }
-        self.ns.exec(&["ethtool", "-K", "br0", "tx", "off"])?;
+        other.exec(&["ip", "link", "set", nic, "up"])?;
+        self.ns.exec(&["ethtool", "-K", &here, "tx", "off"])?;
+        other.exec(&["ethtool", "-K", nic, "tx", "off"])?;
         Ok(())
     }
 

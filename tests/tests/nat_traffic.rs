@@ -38,7 +38,7 @@ fn nat_rig(nodes: usize, gateways: usize) -> (NodeRig, Outside) {
             .expect("the node");
         if i < gateways {
             outside
-                .join(&rig.nodes[i].chassis, "eth1", EXTERNAL)
+                .join(&rig.nodes[i].chassis, "eth1")
                 .expect("the node's external NIC");
             rig.provide_external_on(i, "eth1");
         }

@@ -19,6 +19,8 @@ pub enum Name {
     Ovn,
     /// eBPF fast path (fast-path issue).
     Fastpath,
+    /// NAT gateways: SNAT and DNAT against no NAT and Kube-OVN's gateway pod.
+    Nat,
 }
 
 pub fn run(name: Name, quick: bool) -> anyhow::Result<()> {
@@ -55,6 +57,7 @@ pub fn run(name: Name, quick: bool) -> anyhow::Result<()> {
         }
         Name::Ovn => "ovn",
         Name::Fastpath => "fastpath",
+        Name::Nat => "nat",
     };
     let mut cmd = Command::new("cargo");
     cmd.args([

@@ -9,6 +9,8 @@
 //!   whereabouts.
 //! - [`fastpath`]: the same-node fast path against a bare veth pair and against OVS.
 //! - [`ovn`]: Northbound programming, Sidelane's reconciler against one ovn-nbctl call per port.
+//! - [`nat`]: TCP throughput and connection rate through SNAT and DNAT, against no NAT and
+//!   Kube-OVN's gateway pod (iptables MASQUERADE).
 //! - [`memory`]: live heap bytes, counted by the benchmark binary's allocator.
 //!
 //! Reports go to `target/bench/<name>.json` under the workspace root, and a table to stdout.
@@ -17,6 +19,7 @@ pub mod cni;
 pub mod fastpath;
 pub mod ipam;
 pub mod memory;
+pub mod nat;
 pub mod ovn;
 pub mod qos;
 pub mod real_burst;
