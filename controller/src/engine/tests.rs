@@ -503,3 +503,40 @@ fn a_malformed_rate_is_refused_before_anything_is_allocated_naming_key_and_value
     }
     assert_eq!(e.usage("attachnet").map(|u| u.v4_used), Some(0));
 }
+
+#[test]
+fn an_address_a_nat_object_holds_is_never_handed_to_a_pod_and_the_refusal_names_it() {
+    use crate::nat::Addresses as _;
+    let mut e = seeded();
+    let eip: IpAddr = "172.17.0.100".parse().expect("an address");
+    assert_eq!(e.hold("IptablesEIP/eip-out", "macvlan", Some(eip)), Ok(eip));
+    // Held again: the same answer, nothing moves.
+    assert_eq!(e.hold("IptablesEIP/eip-out", "macvlan", None), Ok(eip));
+    let out = e.on_pod(&pod(
+        "b",
+        "ub",
+        &[
+            ("k8s.v1.cni.cncf.io/networks", "default/macvlan"),
+            ("macvlan.default.kubernetes.io/ip_address", "172.17.0.100"),
+        ],
+    ));
+    assert_eq!(
+        out.events[0].message,
+        "default/macvlan (net1): 172.17.0.100 in subnet macvlan is already held by IptablesEIP/eip-out"
+    );
+    // A NAT object's address is not a pod's: collection keeps it, and it has no OVN port.
+    e.collect_garbage(&BTreeSet::new());
+    assert_eq!(e.hold("IptablesEIP/eip-out", "macvlan", None), Ok(eip));
+    assert_eq!(e.ports().count(), 0);
+    // Released when nothing wants it; then a pod may have it.
+    e.release_others(&BTreeSet::new());
+    let out = e.on_pod(&pod(
+        "c",
+        "uc",
+        &[
+            ("k8s.v1.cni.cncf.io/networks", "default/macvlan"),
+            ("macvlan.default.kubernetes.io/ip_address", "172.17.0.100"),
+        ],
+    ));
+    assert!(out.events.is_empty(), "{:?}", out.events);
+}

@@ -182,7 +182,7 @@ pub enum AllocError {
         subnet: String,
     },
     /// Another attachment holds the address.
-    #[error("{ip} in subnet {subnet} is already held by pod {holder}")]
+    #[error("{ip} in subnet {subnet} is already held by {holder}")]
     Conflict {
         /// The address.
         ip: IpAddr,
@@ -222,7 +222,7 @@ pub enum AllocError {
         family: Family,
     },
     /// Another attachment has the MAC.
-    #[error("mac {mac} in subnet {subnet} is already held by pod {holder}")]
+    #[error("mac {mac} in subnet {subnet} is already held by {holder}")]
     MacConflict {
         /// The MAC.
         mac: String,
@@ -528,10 +528,10 @@ impl Ipam {
             || "(unknown)".to_owned(),
             |r| match &r.key.holder {
                 Holder::Foreign { ip } => {
-                    format!("{} (IP resource {ip}, not written by Sidelane)", r.pod)
+                    format!("pod {} (IP resource {ip}, not written by Sidelane)", r.pod)
                 }
                 Holder::Nat { object } => object.clone(),
-                _ => r.pod.to_string(),
+                _ => format!("pod {}", r.pod),
             },
         )
     }
