@@ -87,20 +87,7 @@ impl Outside {
     /// # Errors
     /// The listener cannot be bound.
     pub fn record_peers(&self, port: u16) -> anyhow::Result<Peers> {
-        let listener = in_netns(&self.ns.path(), move || {
-            Ok(TcpListener::bind(("0.0.0.0", port))?)
-        })?;
-        let peers: Peers = Arc::default();
-        let seen = Arc::clone(&peers);
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { break };
-                if let (Ok(peer), Ok(mut list)) = (conn.peer_addr(), seen.lock()) {
-                    list.push(peer);
-                }
-            }
-        });
-        Ok(peers)
+        record_peers_in(&self.ns, port)
     }
 
     /// Whether a TCP connection from the outside host to `ip:port` is established within
@@ -119,6 +106,27 @@ impl Outside {
     pub fn pings(&self, ip: &str) -> bool {
         self.ns.exec(&["ping", "-c", "1", "-W", "1", ip]).is_ok()
     }
+}
+
+/// Listens on TCP `port` in `ns`; every accepted connection's peer is recorded.
+///
+/// # Errors
+/// The listener cannot be bound.
+pub fn record_peers_in(ns: &NetNs, port: u16) -> anyhow::Result<Peers> {
+    let listener = in_netns(&ns.path(), move || {
+        Ok(TcpListener::bind(("0.0.0.0", port))?)
+    })?;
+    let peers: Peers = Arc::default();
+    let seen = Arc::clone(&peers);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { break };
+            if let (Ok(peer), Ok(mut list)) = (conn.peer_addr(), seen.lock()) {
+                list.push(peer);
+            }
+        }
+    });
+    Ok(peers)
 }
 
 /// The last peer address `peers` recorded.

@@ -229,3 +229,30 @@ pub fn reachable(from: &Pod, to: &Pod) {
         || pings(from, to),
     );
 }
+
+/// Events about `kind`/`name`, each as "reason note".
+pub fn events_of(rig: &NodeRig, kind: &str, name: &str) -> Vec<String> {
+    rig.api
+        .list("events.k8s.io/v1", "Event", None)
+        .iter()
+        .filter(|e| e["regarding"]["kind"] == kind && e["regarding"]["name"] == name)
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["reason"].as_str().unwrap_or_default(),
+                e["note"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// Whether `object` has condition `kind` with `status` whose message contains `message`.
+pub fn has_condition(object: &Value, kind: &str, status: &str, message: &str) -> bool {
+    object["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter().any(|c| {
+            c["type"] == kind
+                && c["status"] == status
+                && c["message"].as_str().is_some_and(|m| m.contains(message))
+        })
+    })
+}

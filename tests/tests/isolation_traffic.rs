@@ -5,15 +5,16 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sidelane_tests::{
     cluster,
     netns::NetNs,
     node_rig::NodeRig,
     ovn, privilege,
     probe_pod::{
-        attachnet_rig, eventually, from_group, from_net, ovn_delivers, ovn_delivers_tcp, pings,
-        pod, ports, reachable, rule, security_group, serve, tcp_opens, udp_arrives,
+        attachnet_rig, events_of, eventually, from_group, from_net, has_condition, ovn_delivers,
+        ovn_delivers_tcp, pings, pod, ports, reachable, rule, security_group, serve, tcp_opens,
+        udp_arrives,
     },
 };
 
@@ -297,21 +298,6 @@ fn a_private_subnet_admits_only_itself_and_its_allowed_subnets_traffic() {
     );
 }
 
-fn events_of(rig: &NodeRig, kind: &str, name: &str) -> Vec<String> {
-    rig.api
-        .list("events.k8s.io/v1", "Event", None)
-        .iter()
-        .filter(|e| e["regarding"]["kind"] == kind && e["regarding"]["name"] == name)
-        .map(|e| {
-            format!(
-                "{} {}",
-                e["reason"].as_str().unwrap_or_default(),
-                e["note"].as_str().unwrap_or_default()
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn refusals_are_events_and_conditions_naming_the_field_and_the_previous_rules_stay() {
     let name = "refusals_are_events_and_conditions_naming_the_field_and_the_previous_rules_stay";
@@ -385,15 +371,6 @@ fn refusals_are_events_and_conditions_naming_the_field_and_the_previous_rules_st
 }
 
 /// Whether `object`'s status has condition `kind` at `status` with `message` in its message.
-fn has_condition(object: &Value, kind: &str, status: &str, message: &str) -> bool {
-    object["status"]["conditions"].as_array().is_some_and(|c| {
-        c.iter().any(|c| {
-            c["type"] == kind
-                && c["status"] == status
-                && c["message"].as_str().is_some_and(|m| m.contains(message))
-        })
-    })
-}
 
 #[test]
 fn a_subnet_acl_drops_what_it_says_and_one_that_does_not_parse_is_refused_on_the_subnet_traffic() {

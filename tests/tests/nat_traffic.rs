@@ -13,7 +13,7 @@ use sidelane_tests::{
     node_rig::NodeRig,
     outside::{Outside, Peers, last_peer},
     ovn, privilege,
-    probe_pod::{Pod, eventually, serve},
+    probe_pod::{Pod, events_of, eventually, serve},
 };
 
 const NAD: &str = "kube-ovn-vpc-network";
@@ -124,21 +124,6 @@ fn condition(rig: &NodeRig, kind: &str, name: &str, kind_of: &str) -> Option<(St
                 c["message"].as_str().unwrap_or_default().to_owned(),
             )
         })
-}
-
-fn events_of(rig: &NodeRig, kind: &str, name: &str) -> Vec<String> {
-    rig.api
-        .list("events.k8s.io/v1", "Event", None)
-        .iter()
-        .filter(|e| e["regarding"]["kind"] == kind && e["regarding"]["name"] == name)
-        .map(|e| {
-            format!(
-                "{} {}",
-                e["reason"].as_str().unwrap_or_default(),
-                e["note"].as_str().unwrap_or_default()
-            )
-        })
-        .collect()
 }
 
 /// The source the outside host sees for a connection from `pod` (None: it does not get

@@ -11,7 +11,7 @@ use sidelane_ovsdb::{Condition, Mutation, Operation, Row, datum};
 
 use super::{
     RouterPort, StaticRoute, SwitchPort, Topology,
-    observed::{ACL, LR, LRP, LRSR, LS, LSP, Observed},
+    observed::{ACL, Found, LR, LRP, LRSR, LS, LSP, Observed},
 };
 
 mod isolation;
@@ -100,6 +100,9 @@ struct Children {
     remove: Vec<Value>,
 }
 
+/// A wanted name that only rows of another owner hold.
+struct Theirs;
+
 struct Builder {
     plan: Plan,
     next: usize,
@@ -111,6 +114,33 @@ struct Builder {
 }
 
 impl Builder {
+    /// The owned row named `name` among `rows`: `Ok(Some(row))` (owned copies beyond the
+    /// first are deleted), `Ok(None)` when no row has the name, `Err(Theirs)` when only rows
+    /// of others have it (a conflict, recorded; `what` names the kind: "a router").
+    fn claim<'r, T>(
+        &mut self,
+        table: &str,
+        what: &str,
+        name: &str,
+        rows: Option<&'r Vec<Found<T>>>,
+    ) -> Result<Option<&'r Found<T>>, Theirs> {
+        let rows = rows.map(Vec::as_slice).unwrap_or_default();
+        let mut mine = rows.iter().filter(|f| f.owned);
+        if let Some(first) = mine.next() {
+            for extra in mine {
+                self.delete(table, &extra.uuid);
+            }
+            Ok(Some(first))
+        } else if rows.is_empty() {
+            Ok(None)
+        } else {
+            self.plan.conflicts.push(format!(
+                "{table} {name}: {what} of this name exists without Sidelane's marker"
+            ));
+            Err(Theirs)
+        }
+    }
+
     fn name(&mut self, prefix: &str) -> String {
         self.next += 1;
         format!("{prefix}{}", self.next)
@@ -284,17 +314,14 @@ impl<'a> Diff<'a> {
         let desired: &'a Topology = self.desired;
         let observed: &'a Observed = self.observed;
         for (name, want) in &desired.routers {
-            let rows = observed
-                .routers
-                .get(name)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let mut mine = rows.iter().filter(|f| f.owned);
-            if let Some(first) = mine.next() {
+            let Ok(claim) = self
+                .b
+                .claim(LR, "a router", name, observed.routers.get(name))
+            else {
+                continue;
+            };
+            if let Some(first) = claim {
                 self.router_uuid.insert(name, first.uuid.clone());
-                for extra in mine {
-                    self.b.delete(LR, &extra.uuid);
-                }
                 if !subset(&want.external_ids, &first.value.external_ids) {
                     let row = cols(vec![(
                         "external_ids",
@@ -325,10 +352,6 @@ impl<'a> Diff<'a> {
                     .insert(first.uuid.clone(), children);
                 self.router_nats(&first.uuid, want);
                 self.router_load_balancers(&first.uuid, want);
-            } else if !rows.is_empty() {
-                self.b.plan.conflicts.push(format!(
-                    "{LR} {name}: a router of this name exists without Sidelane's marker"
-                ));
             } else {
                 self.new_routers.insert(name);
                 let routes: Vec<Value> = want
@@ -352,17 +375,14 @@ impl<'a> Diff<'a> {
         let desired: &'a Topology = self.desired;
         let observed: &'a Observed = self.observed;
         for (name, want) in &desired.switches {
-            let rows = observed
-                .switches
-                .get(name)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let mut mine = rows.iter().filter(|f| f.owned);
-            if let Some(first) = mine.next() {
+            let Ok(claim) = self
+                .b
+                .claim(LS, "a switch", name, observed.switches.get(name))
+            else {
+                continue;
+            };
+            if let Some(first) = claim {
                 self.switch_uuid.insert(name, first.uuid.clone());
-                for extra in mine {
-                    self.b.delete(LS, &extra.uuid);
-                }
                 if !subset(&want.other_config, &first.value.other_config)
                     || !subset(&want.external_ids, &first.value.external_ids)
                 {
@@ -380,10 +400,6 @@ impl<'a> Diff<'a> {
                 }
                 let acls = self.acl_children(&first.uuid, name, &want.acls);
                 self.acl_changes.insert((LS, first.uuid.clone()), acls);
-            } else if !rows.is_empty() {
-                self.b.plan.conflicts.push(format!(
-                    "{LS} {name}: a switch of this name exists without Sidelane's marker"
-                ));
             } else {
                 self.new_switches.insert(name);
                 let acls = want

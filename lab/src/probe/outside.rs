@@ -6,13 +6,16 @@
 
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use serde::Deserialize;
 use serde_json::Value;
-use sidelane_tests::{control_plane::SidelaneCluster, netns::in_netns};
+use sidelane_tests::{
+    control_plane::SidelaneCluster,
+    netns::in_netns,
+    outside::{Peers, record_peers_in},
+};
 
 use crate::{
     check::{CheckKind, Checks},
@@ -134,7 +137,7 @@ pub fn check(
     if !ready {
         return seen;
     }
-    let peers = match listen_on_host(world) {
+    let peers = match record_peers_in(&world.host, HOST_PORT) {
         Ok(p) => p,
         Err(e) => {
             checks.record(
@@ -168,25 +171,6 @@ pub fn check(
         seen.rows.push(row);
     }
     seen
-}
-
-type Peers = Arc<Mutex<Vec<SocketAddr>>>;
-
-fn listen_on_host(world: &OutsideWorld) -> anyhow::Result<Peers> {
-    let listener = in_netns(&world.host.path(), || {
-        Ok(TcpListener::bind(("0.0.0.0", HOST_PORT))?)
-    })?;
-    let peers: Peers = Arc::default();
-    let seen = Arc::clone(&peers);
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { break };
-            if let (Ok(peer), Ok(mut list)) = (conn.peer_addr(), seen.lock()) {
-                list.push(peer);
-            }
-        }
-    });
-    Ok(peers)
 }
 
 fn pod<'a>(pods: &'a [Pod], name: &str) -> anyhow::Result<&'a Pod> {

@@ -85,17 +85,14 @@ impl<'a> Diff<'a> {
         let desired: &'a crate::ovn::Topology = self.desired;
         let observed: &'a crate::ovn::Observed = self.observed;
         for (name, want) in &desired.port_groups {
-            let rows = observed
-                .port_groups
-                .get(name)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
+            let Ok(claim) = self
+                .b
+                .claim(PG, "a port group", name, observed.port_groups.get(name))
+            else {
+                continue;
+            };
             let (names, refs) = self.port_refs(want);
-            let mut mine = rows.iter().filter(|f| f.owned);
-            if let Some(first) = mine.next() {
-                for extra in mine {
-                    self.b.delete(PG, &extra.uuid);
-                }
+            if let Some(first) = claim {
                 if first.value.ports != names
                     || !subset(&want.external_ids, &first.value.external_ids)
                 {
@@ -110,10 +107,6 @@ impl<'a> Diff<'a> {
                 }
                 let acls = self.acl_children(&first.uuid, name, &want.acls);
                 self.acl_changes.insert((PG, first.uuid.clone()), acls);
-            } else if !rows.is_empty() {
-                self.b.plan.conflicts.push(format!(
-                    "{PG} {name}: a port group of this name exists without Sidelane's marker"
-                ));
             } else {
                 let acls: Vec<Value> = want
                     .acls
@@ -141,16 +134,13 @@ impl<'a> Diff<'a> {
         let desired: &'a crate::ovn::Topology = self.desired;
         let observed: &'a crate::ovn::Observed = self.observed;
         for (name, want) in &desired.address_sets {
-            let rows = observed
-                .address_sets
-                .get(name)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let mut mine = rows.iter().filter(|f| f.owned);
-            if let Some(first) = mine.next() {
-                for extra in mine {
-                    self.b.delete(AS, &extra.uuid);
-                }
+            let Ok(claim) =
+                self.b
+                    .claim(AS, "an address set", name, observed.address_sets.get(name))
+            else {
+                continue;
+            };
+            if let Some(first) = claim {
                 if first.value.addresses != want.addresses
                     || !subset(&want.external_ids, &first.value.external_ids)
                 {
@@ -162,10 +152,6 @@ impl<'a> Diff<'a> {
                     );
                     self.b.update(AS, &first.uuid, row);
                 }
-            } else if !rows.is_empty() {
-                self.b.plan.conflicts.push(format!(
-                    "{AS} {name}: an address set of this name exists without Sidelane's marker"
-                ));
             } else {
                 self.b.parents.push(absent(AS, name));
                 self.b.parents.push(Operation::Insert {

@@ -49,26 +49,21 @@ impl<'a> Diff<'a> {
     pub(super) fn load_balancers(&mut self) {
         let (desired, observed) = (self.desired, self.observed);
         for (name, want) in &desired.load_balancers {
-            let rows = observed
-                .load_balancers
-                .get(name)
-                .map(Vec::as_slice)
-                .unwrap_or_default();
-            let mut mine = rows.iter().filter(|f| f.owned);
-            if let Some(first) = mine.next() {
-                for extra in mine {
-                    self.b.delete(LB, &extra.uuid);
-                }
+            let Ok(claim) = self.b.claim(
+                LB,
+                "a load balancer",
+                name,
+                observed.load_balancers.get(name),
+            ) else {
+                continue;
+            };
+            if let Some(first) = claim {
                 if first.value.protocol != want.protocol || first.value.vips != want.vips {
                     let mut row = lb_row(name, want);
                     row.remove("name");
                     self.b.update(LB, &first.uuid, row);
                 }
                 self.lb_refs.insert(name, datum::uuid(&first.uuid));
-            } else if !rows.is_empty() {
-                self.b.plan.conflicts.push(format!(
-                    "{LB} {name}: a load balancer of this name exists without Sidelane's marker"
-                ));
             } else {
                 let r = self.b.insert_child(LB, lb_row(name, want), "lb");
                 self.lb_refs.insert(name, r);
