@@ -355,3 +355,23 @@ fn an_eip_keeps_the_address_its_status_showed_when_it_is_free() {
         v @ Verdict::Refused { .. } => panic!("{v:?}"),
     }
 }
+
+#[test]
+fn a_gateways_routes_are_taken_and_one_without_a_next_hop_is_refused_naming_the_field() {
+    let subnets = subnets();
+    let mut s = seed();
+    if let Some(g) = s.gateways.get_mut("vpc-nat-gw") {
+        g.routes = vec![serde_json::json!({"cidr": "192.168.0.0/16", "nextHopIP": "172.20.0.254"})];
+    }
+    let r = s.resolve(&world(&subnets), &mut FakeAddresses::default());
+    let want = (
+        "192.168.0.0/16".parse().expect("a CIDR"),
+        "172.20.0.254".parse().expect("an address"),
+    );
+    assert!(r.gateways[0].routes.contains(&want), "{:?}", r.gateways[0].routes);
+    if let Some(g) = s.gateways.get_mut("vpc-nat-gw") {
+        g.routes = vec![serde_json::json!({"cidr": "192.168.0.0/16"})];
+    }
+    let r = s.resolve(&world(&subnets), &mut FakeAddresses::default());
+    assert_eq!(refusal(&r, GATEWAY, "vpc-nat-gw").0, "spec.routes");
+}

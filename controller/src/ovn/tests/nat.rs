@@ -229,3 +229,18 @@ fn a_chassis_whose_priority_changes_is_updated_in_place() {
             .any(|op| matches!(op, Operation::Insert { table, .. } if table == "Gateway_Chassis"))
     );
 }
+
+#[test]
+fn a_gateways_routes_are_routes_of_the_vpcs_router() {
+    let mut g = gateway();
+    g.routes.insert((
+        "192.168.0.0/16".parse().expect("a CIDR"),
+        "172.20.0.254".parse().expect("an address"),
+    ));
+    let t = with_gateway(&g, vec![to_lan_ip()]);
+    assert!(t.routers["vpc-secondary"].static_routes.contains(&StaticRoute {
+        ip_prefix: "192.168.0.0/16".to_owned(),
+        nexthop: "172.20.0.254".to_owned(),
+        policy: "dst-ip".to_owned(),
+    }));
+}
