@@ -368,7 +368,11 @@ fn a_gateways_routes_are_taken_and_one_without_a_next_hop_is_refused_naming_the_
         "192.168.0.0/16".parse().expect("a CIDR"),
         "172.20.0.254".parse().expect("an address"),
     );
-    assert!(r.gateways[0].routes.contains(&want), "{:?}", r.gateways[0].routes);
+    assert!(
+        r.gateways[0].routes.contains(&want),
+        "{:?}",
+        r.gateways[0].routes
+    );
     if let Some(g) = s.gateways.get_mut("vpc-nat-gw") {
         g.routes = vec![serde_json::json!({"cidr": "192.168.0.0/16"})];
     }

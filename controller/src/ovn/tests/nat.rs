@@ -238,9 +238,13 @@ fn a_gateways_routes_are_routes_of_the_vpcs_router() {
         "172.20.0.254".parse().expect("an address"),
     ));
     let t = with_gateway(&g, vec![to_lan_ip()]);
-    assert!(t.routers["vpc-secondary"].static_routes.contains(&StaticRoute {
-        ip_prefix: "192.168.0.0/16".to_owned(),
-        nexthop: "172.20.0.254".to_owned(),
-        policy: "dst-ip".to_owned(),
-    }));
+    assert!(
+        t.routers["vpc-secondary"]
+            .static_routes
+            .contains(&StaticRoute {
+                ip_prefix: "192.168.0.0/16".to_owned(),
+                nexthop: "172.20.0.254".to_owned(),
+                policy: "dst-ip".to_owned(),
+            })
+    );
 }
