@@ -9,6 +9,8 @@ use crate::cmd::{exec, output, succeeds};
 /// Debian packages the tests and benchmarks use.
 const PACKAGES: &[&str] = &[
     "openvswitch-switch",
+    // OVS's Python IDL: the fair peer of `cargo xtask bench ovn`.
+    "python3-openvswitch",
     "ovn-central",
     "ovn-host",
     "containernetworking-plugins",
