@@ -254,8 +254,8 @@ impl OvsBridge {
             let mut replica = Replica::new(schema);
             while let Some(event) = monitor.recv().await {
                 match event {
-                    MonitorEvent::Snapshot(s) => replica.reset(&s),
-                    MonitorEvent::Update(u) => replica.apply(&u),
+                    MonitorEvent::Snapshot(s) => replica.reset(s),
+                    MonitorEvent::Update(u) => replica.apply(u),
                 }
                 let now: HashMap<String, InterfaceState> = replica
                     .rows("Interface")

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use serde::{Serialize, ser::SerializeSeq as _};
 use serde_json::{Value, json};
 use thiserror::Error;
 use tokio::{
@@ -129,6 +130,15 @@ pub enum ClientError {
         error: String,
         /// The server's details.
         details: String,
+    },
+    /// The request could not be written as JSON.
+    #[error("{method}: encoding the request")]
+    Encode {
+        /// The method.
+        method: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
     },
     /// The reply is not what the protocol promises.
     #[error("{method}: unexpected reply: {reply}")]
@@ -365,9 +375,15 @@ impl Client {
         database: &str,
         ops: &[Operation],
     ) -> Result<Vec<OperationResult>, ClientError> {
-        let mut params = vec![json!(database)];
-        params.extend(ops.iter().map(Operation::to_json));
-        let reply = self.request("transact", Value::Array(params)).await?;
+        let conn = self.wait_connected("transact").await?;
+        let rx = send_request(
+            &self.shared,
+            &conn.out,
+            "transact",
+            &Transact { database, ops },
+            None,
+        );
+        let reply = await_reply(rx, "transact", self.shared.options.request_timeout).await?;
         transaction_results(database, ops, reply)
     }
 
@@ -467,11 +483,36 @@ fn describe(op: &Operation) -> String {
     format!("{verb} {}", op.table().unwrap_or_default())
 }
 
-fn send_request(
+/// `transact`'s parameters: the database, then each operation.
+struct Transact<'a> {
+    database: &'a str,
+    ops: &'a [Operation],
+}
+
+impl Serialize for Transact<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.ops.len() + 1))?;
+        seq.serialize_element(self.database)?;
+        for op in self.ops {
+            seq.serialize_element(op)?;
+        }
+        seq.end()
+    }
+}
+
+/// A request on the wire, serialised from borrowed parameters.
+#[derive(Serialize)]
+struct Request<'a, P: Serialize> {
+    id: u64,
+    method: &'a str,
+    params: &'a P,
+}
+
+fn send_request<P: Serialize>(
     shared: &Shared,
     out: &mpsc::UnboundedSender<Vec<u8>>,
     method: &str,
-    params: &Value,
+    params: &P,
     monitor: Option<mpsc::UnboundedSender<MonitorEvent>>,
 ) -> oneshot::Receiver<Result<Value, ClientError>> {
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -484,13 +525,19 @@ fn send_request(
             monitor,
         },
     );
-    let bytes = json!({"id": id, "method": method, "params": params}).to_string();
-    if out.send(bytes.into_bytes()).is_err()
+    let failed = match serde_json::to_vec(&Request { id, method, params }) {
+        Ok(bytes) => out.send(bytes).err().map(|_| ClientError::Disconnected {
+            method: method.to_owned(),
+        }),
+        Err(source) => Some(ClientError::Encode {
+            method: method.to_owned(),
+            source,
+        }),
+    };
+    if let Some(error) = failed
         && let Some(p) = lock(&shared.pending).remove(&id)
     {
-        let _ = p.reply.send(Err(ClientError::Disconnected {
-            method: method.to_owned(),
-        }));
+        let _ = p.reply.send(Err(error));
     }
     rx
 }
@@ -762,28 +809,34 @@ async fn read_loop<R: AsyncRead + Unpin>(
         probing = false;
         framer.push(&buf[..n]);
         while let Some(msg) = framer.next_message()? {
-            dispatch(shared, &msg, out);
+            dispatch(shared, msg, out);
         }
     }
 }
 
-fn dispatch(shared: &Shared, msg: &Value, out: &mpsc::UnboundedSender<Vec<u8>>) {
-    if let Some(method) = msg.get("method").and_then(Value::as_str) {
-        let id = msg.get("id").cloned().unwrap_or(Value::Null);
-        let params = msg.get("params").cloned().unwrap_or(Value::Null);
-        match method {
+fn dispatch(shared: &Shared, mut msg: Value, out: &mpsc::UnboundedSender<Vec<u8>>) {
+    // Messages are moved apart, never cloned: an update or a reply can hold every row of a
+    // large database.
+    if let Some(method) = msg.get("method").and_then(Value::as_str).map(str::to_owned) {
+        let id = msg.get_mut("id").map_or(Value::Null, Value::take);
+        let params = msg.get_mut("params").map_or(Value::Null, Value::take);
+        match method.as_str() {
             "echo" if !id.is_null() => {
                 let reply = json!({"id": id, "result": params, "error": null});
                 let _ = out.send(reply.to_string().into_bytes());
                 shared.echoes_answered.fetch_add(1, Ordering::Relaxed);
             }
             "update2" | "update" => {
-                let (Some(monitor), Some(updates)) = (params.get(0), params.get(1)) else {
+                let Value::Array(mut params) = params else {
                     return;
                 };
+                if params.len() < 2 {
+                    return;
+                }
+                let updates = params.swap_remove(1);
                 let monitors = lock(&shared.monitors);
-                if let Some(reg) = monitor.as_str().and_then(|m| monitors.get(m)) {
-                    let _ = reg.events.send(MonitorEvent::Update(updates.clone()));
+                if let Some(reg) = params[0].as_str().and_then(|m| monitors.get(m)) {
+                    let _ = reg.events.send(MonitorEvent::Update(updates));
                 }
             }
             _ if !id.is_null() => {
@@ -802,17 +855,23 @@ fn dispatch(shared: &Shared, msg: &Value, out: &mpsc::UnboundedSender<Vec<u8>>) 
     let Some(p) = lock(&shared.pending).remove(&id) else {
         return;
     };
-    let result = match msg.get("error") {
+    let result = match msg.get_mut("error").map(Value::take) {
         Some(e) if !e.is_null() => Err(ClientError::Rpc {
             method: p.method,
-            error: e.clone(),
+            error: e,
         }),
-        _ => Ok(msg.get("result").cloned().unwrap_or(Value::Null)),
+        _ => Ok(msg.get_mut("result").map_or(Value::Null, Value::take)),
     };
-    if let (Some(events), Ok(snapshot)) = (&p.monitor, &result) {
-        let _ = events.send(MonitorEvent::Snapshot(snapshot.clone()));
+    match (&p.monitor, result) {
+        // A monitor's snapshot goes to its events; its caller only learns that it started.
+        (Some(events), Ok(snapshot)) => {
+            let _ = events.send(MonitorEvent::Snapshot(snapshot));
+            let _ = p.reply.send(Ok(Value::Null));
+        }
+        (_, result) => {
+            let _ = p.reply.send(result);
+        }
     }
-    let _ = p.reply.send(result);
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Typed `transact` operations (RFC 7047 §5.2) and their results.
 
+use serde::{Serialize, Serializer, ser::SerializeMap as _};
 use serde_json::{Map, Value, json};
 
 /// A row's columns as JSON values (OVSDB notation, see [`crate::datum`]).
@@ -171,42 +172,74 @@ pub enum Operation {
     Comment(String),
 }
 
-fn conditions_json(conditions: &[Condition]) -> Value {
-    Value::Array(conditions.iter().map(Condition::to_json).collect())
+/// A condition or a mutation: `[column, function, value]`.
+struct Triple<'a>(&'a str, &'a str, &'a Value);
+
+impl Serialize for Triple<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.0, self.1, self.2).serialize(s)
+    }
 }
 
-impl Operation {
-    /// The operation in the protocol's notation.
-    pub fn to_json(&self) -> Value {
+/// A `where` clause.
+struct Where<'a>(&'a [Condition]);
+
+impl Serialize for Where<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.0
+                .iter()
+                .map(|c| Triple(&c.column, c.function.as_str(), &c.value)),
+        )
+    }
+}
+
+/// Written straight from the borrowed rows: a transaction of tens of thousands of rows is
+/// never copied into an intermediate JSON tree.
+impl Serialize for Operation {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut op = s.serialize_map(None)?;
         match self {
             Operation::Insert {
                 table,
                 row,
                 uuid_name,
             } => {
-                let mut op = json!({"op": "insert", "table": table, "row": row});
+                op.serialize_entry("op", "insert")?;
+                op.serialize_entry("table", table)?;
+                op.serialize_entry("row", row)?;
                 if let Some(name) = uuid_name {
-                    op["uuid-name"] = json!(name);
+                    op.serialize_entry("uuid-name", name)?;
                 }
-                op
             }
             Operation::Update {
                 table,
                 conditions,
                 row,
             } => {
-                json!({"op": "update", "table": table, "where": conditions_json(conditions), "row": row})
+                op.serialize_entry("op", "update")?;
+                op.serialize_entry("table", table)?;
+                op.serialize_entry("where", &Where(conditions))?;
+                op.serialize_entry("row", row)?;
             }
             Operation::Mutate {
                 table,
                 conditions,
                 mutations,
-            } => json!({
-                "op": "mutate", "table": table, "where": conditions_json(conditions),
-                "mutations": mutations.iter().map(|m| json!([m.column, m.mutator, m.value])).collect::<Vec<_>>(),
-            }),
+            } => {
+                op.serialize_entry("op", "mutate")?;
+                op.serialize_entry("table", table)?;
+                op.serialize_entry("where", &Where(conditions))?;
+                let mutations: Vec<Triple<'_>> = mutations
+                    .iter()
+                    .map(|m| Triple(&m.column, m.mutator, &m.value))
+                    .collect();
+                op.serialize_entry("mutations", &mutations)?;
+            }
             Operation::Delete { table, conditions } => {
-                json!({"op": "delete", "table": table, "where": conditions_json(conditions)})
+                op.serialize_entry("op", "delete")?;
+                op.serialize_entry("table", table)?;
+                op.serialize_entry("where", &Where(conditions))?;
             }
             Operation::Wait {
                 table,
@@ -215,25 +248,40 @@ impl Operation {
                 until_equal,
                 rows,
                 timeout_ms,
-            } => json!({
-                "op": "wait", "table": table, "where": conditions_json(conditions),
-                "columns": columns, "until": if *until_equal { "==" } else { "!=" },
-                "rows": rows, "timeout": timeout_ms,
-            }),
+            } => {
+                op.serialize_entry("op", "wait")?;
+                op.serialize_entry("table", table)?;
+                op.serialize_entry("where", &Where(conditions))?;
+                op.serialize_entry("columns", columns)?;
+                op.serialize_entry("until", if *until_equal { "==" } else { "!=" })?;
+                op.serialize_entry("rows", rows)?;
+                op.serialize_entry("timeout", timeout_ms)?;
+            }
             Operation::Select {
                 table,
                 conditions,
                 columns,
             } => {
-                let mut op =
-                    json!({"op": "select", "table": table, "where": conditions_json(conditions)});
+                op.serialize_entry("op", "select")?;
+                op.serialize_entry("table", table)?;
+                op.serialize_entry("where", &Where(conditions))?;
                 if let Some(columns) = columns {
-                    op["columns"] = json!(columns);
+                    op.serialize_entry("columns", columns)?;
                 }
-                op
             }
-            Operation::Comment(text) => json!({"op": "comment", "comment": text}),
+            Operation::Comment(text) => {
+                op.serialize_entry("op", "comment")?;
+                op.serialize_entry("comment", text)?;
+            }
         }
+        op.end()
+    }
+}
+
+impl Operation {
+    /// The operation in the protocol's notation.
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 
     /// The table it works on (`None` for a comment).

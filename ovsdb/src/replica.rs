@@ -28,43 +28,42 @@ impl Replica {
     }
 
     /// Replaces everything with a `monitor_cond` reply (after a connect or reconnect).
-    pub fn reset(&mut self, snapshot: &Value) {
+    pub fn reset(&mut self, snapshot: Value) {
         self.tables.clear();
         self.apply(snapshot);
     }
 
-    /// Applies `table-updates2` (`initial`, `insert`, `modify`, `delete` per row).
-    pub fn apply(&mut self, updates: &Value) {
-        let Some(updates) = updates.as_object() else {
+    /// Applies `table-updates2` (`initial`, `insert`, `modify`, `delete` per row). Rows are
+    /// moved in, not copied.
+    pub fn apply(&mut self, updates: Value) {
+        let Value::Object(updates) = updates else {
             return;
         };
         for (table, rows) in updates {
-            let Some(rows) = rows.as_object() else {
+            let Value::Object(rows) = rows else {
                 continue;
             };
             let cache = self.tables.entry(table.clone()).or_default();
             for (uuid, change) in rows {
-                let Some(change) = change.as_object() else {
+                let Value::Object(mut change) = change else {
                     continue;
                 };
                 if change.contains_key("delete") {
-                    cache.remove(uuid);
-                } else if let Some(row) = change
-                    .get("initial")
-                    .or_else(|| change.get("insert"))
-                    .and_then(Value::as_object)
+                    cache.remove(&uuid);
+                } else if let Some(Value::Object(row)) =
+                    change.remove("initial").or_else(|| change.remove("insert"))
                 {
-                    cache.insert(uuid.clone(), row.clone());
-                } else if let Some(diff) = change.get("modify").and_then(Value::as_object) {
-                    let row = cache.entry(uuid.clone()).or_default();
+                    cache.insert(uuid, row);
+                } else if let Some(Value::Object(diff)) = change.remove("modify") {
+                    let row = cache.entry(uuid).or_default();
                     for (column, d) in diff {
-                        let kind = self.schema.kind(table, column);
-                        let next = match (kind, row.get(column)) {
-                            (ColumnKind::Scalar, _) | (_, None) => d.clone(),
-                            (ColumnKind::Set, Some(old)) => set_diff(old, d),
-                            (ColumnKind::Map, Some(old)) => map_diff(old, d),
+                        let kind = self.schema.kind(&table, &column);
+                        let next = match (kind, row.get(&column)) {
+                            (ColumnKind::Scalar, _) | (_, None) => d,
+                            (ColumnKind::Set, Some(old)) => set_diff(old, &d),
+                            (ColumnKind::Map, Some(old)) => map_diff(old, &d),
                         };
-                        row.insert(column.clone(), next);
+                        row.insert(column, next);
                     }
                 }
             }
@@ -151,9 +150,9 @@ mod tests {
     #[test]
     fn update2_modifies_sets_by_symmetric_difference_and_maps_by_key() {
         let mut r = Replica::new(schema());
-        r.reset(&json!({"T": {"u1": {"initial": {
+        r.reset(json!({"T": {"u1": {"initial": {
             "name": "a", "addresses": "x", "external_ids": ["map", [["k", "1"], ["gone", "2"]]]}}}}));
-        r.apply(&json!({"T": {"u1": {"modify": {
+        r.apply(json!({"T": {"u1": {"modify": {
             "name": "b",
             "addresses": ["set", ["x", "y"]],
             "external_ids": ["map", [["k", "3"], ["gone", "2"], ["new", "4"]]]}}}}));
@@ -164,7 +163,7 @@ mod tests {
         assert_eq!(ids.get("k").map(String::as_str), Some("3"));
         assert_eq!(ids.get("new").map(String::as_str), Some("4"));
         assert!(!ids.contains_key("gone"));
-        r.apply(&json!({"T": {"u1": {"delete": null}, "u2": {"insert": {"name": "c"}}}}));
+        r.apply(json!({"T": {"u1": {"delete": null}, "u2": {"insert": {"name": "c"}}}}));
         assert_eq!(r.len("T"), 1);
         assert_eq!(
             r.row("T", "u2").map(|r| r["name"].clone()),

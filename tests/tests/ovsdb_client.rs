@@ -253,7 +253,7 @@ async fn a_monitor_delivers_a_snapshot_then_updates_that_keep_a_replica_exact() 
     let MonitorEvent::Snapshot(s) = next_event(&mut monitor).await else {
         panic!("a snapshot first")
     };
-    replica.reset(&s);
+    replica.reset(s);
     assert_eq!(replica.len("Logical_Switch"), 1);
     assert_eq!(replica.len("Logical_Switch_Port"), 1);
 
@@ -264,7 +264,7 @@ async fn a_monitor_delivers_a_snapshot_then_updates_that_keep_a_replica_exact() 
     let MonitorEvent::Update(u) = next_event(&mut monitor).await else {
         panic!("an update")
     };
-    replica.apply(&u);
+    replica.apply(u);
     assert_eq!(replica.len("Logical_Switch_Port"), 3);
     // A change made by another client (ovn-nbctl) is seen too: addresses is a set column,
     // external_ids a map, and both are modified by diff.
@@ -283,7 +283,7 @@ async fn a_monitor_delivers_a_snapshot_then_updates_that_keep_a_replica_exact() 
     let MonitorEvent::Update(u) = next_event(&mut monitor).await else {
         panic!("an update")
     };
-    replica.apply(&u);
+    replica.apply(u);
     let p1 = replica
         .rows("Logical_Switch_Port")
         .find(|(_, r)| r["name"] == json!("p1"))
@@ -361,7 +361,7 @@ async fn a_restarted_server_is_reconnected_to_and_monitors_resync_with_a_fresh_s
         panic!("a resync snapshot")
     };
     let mut replica = Replica::new(client.schema(NB).await.expect("schema after reconnect"));
-    replica.reset(&s);
+    replica.reset(s);
     assert_eq!(replica.len("Logical_Switch"), 1);
     client
         .transact(NB, &insert_switch("new", &[]))

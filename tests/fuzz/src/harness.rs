@@ -201,8 +201,8 @@ pub fn ovsdb_update(data: &[u8]) {
     let Ok(v) = serde_json::from_slice::<Value>(data) else {
         return;
     };
-    replica.reset(&v);
-    replica.apply(&v);
-    replica.apply(&v);
+    replica.reset(v.clone());
+    replica.apply(v.clone());
+    replica.apply(v);
     let _ = replica.len("Logical_Switch");
 }
