@@ -12,6 +12,12 @@ use sidelane_controller::{
 };
 use tokio::sync::watch;
 
+/// mimalloc: the Northbound reconciler and the watches build and drop many small JSON trees;
+/// glibc's per-thread arenas spent a quarter of a 20,000-port reconcile in `malloc` and page
+/// faults (`cargo xtask bench ovn` measures with the same allocator).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(about = "Sidelane's controller: addresses and MACs for pods' secondary interfaces")]
 struct Args {

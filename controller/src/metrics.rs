@@ -2,7 +2,7 @@
 //! `/metrics`, `/healthz` (the process serves), `/readyz` (a follower, or a leader that has
 //! loaded the cluster and taken back every recorded allocation).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -33,6 +33,14 @@ pub struct SubnetLabels {
 pub struct ResultLabels {
     /// `ok` or `failed`.
     pub result: &'static str,
+}
+
+/// Labels of the Northbound reconciler's time.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// `plan` (reading the replica and diffing), `commit` (the transaction's round trip) or
+    /// `updates` (waiting for and applying the monitor's updates of a commit).
+    pub phase: &'static str,
 }
 
 /// Labels of a row count.
@@ -67,6 +75,8 @@ pub struct Metrics {
     pub nb_conflicts: Gauge,
     /// Whether the Northbound database holds the wanted topology (1) or not yet (0).
     pub nb_in_sync: Gauge,
+    /// Seconds the Northbound reconciler spent, by phase.
+    pub nb_seconds: Family<PhaseLabels, Counter<f64, AtomicU64>>,
     /// Addresses held for live pods by IP resources Sidelane did not write.
     pub foreign_ips: Gauge,
     /// Rows of Sidelane's nothing wants, left in place because they hold another owner's rows.
@@ -132,6 +142,11 @@ impl Metrics {
                 "nb_in_sync",
                 "Whether the OVN Northbound database holds the wanted topology",
             ),
+            nb_seconds: registered(
+                r,
+                "nb_seconds",
+                "Seconds the OVN Northbound reconciler spent, by phase (plan, commit, updates)",
+            ),
             foreign_ips: registered(
                 r,
                 "foreign_ips",
@@ -155,6 +170,18 @@ impl Metrics {
             ready: AtomicBool::new(false),
             registry,
         }
+    }
+
+    /// Adds `seconds` to the Northbound reconciler's `phase`.
+    pub fn nb_spent(&self, phase: &'static str, seconds: f64) {
+        self.nb_seconds
+            .get_or_create(&PhaseLabels { phase })
+            .inc_by(seconds);
+    }
+
+    /// Seconds the Northbound reconciler has spent in `phase` so far.
+    pub fn nb_spent_in(&self, phase: &'static str) -> f64 {
+        self.nb_seconds.get_or_create(&PhaseLabels { phase }).get()
     }
 
     /// Marks the replica ready (or not) for `/readyz`.

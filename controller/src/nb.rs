@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use sidelane_ovsdb::{Client, Monitor, MonitorEvent, MonitorRequest, Replica};
@@ -78,31 +78,49 @@ pub async fn reconcile(
     metrics: Arc<Metrics>,
 ) {
     let mut nb = Reconciler::start(client, held, metrics).await;
+    let mut last_pass: Option<Instant> = None;
+    // Passes in a row that committed something: the first confirming pass after a commit goes
+    // at once (the commit already waited for its updates).
+    let mut again = 0_u32;
     loop {
-        tokio::select! {
-            event = nb.monitor.recv() => {
-                let Some(event) = event else { return };
-                nb.take(event);
-            }
-            changed = desired.changed() => {
-                if changed.is_err() {
-                    return;
+        if again != 1 {
+            tokio::select! {
+                event = nb.monitor.recv() => {
+                    let Some(event) = event else { return };
+                    nb.take(event);
+                }
+                changed = desired.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
                 }
             }
+            // A change soon after a pass waits out the rest of `SETTLE`, so a burst of changes
+            // becomes one transaction; the first change after a quiet spell goes at once.
+            if let Some(wait) = last_pass.and_then(|t| SETTLE.checked_sub(t.elapsed())) {
+                tokio::time::sleep(wait).await;
+            }
         }
-        // Let a burst of changes settle into one transaction.
-        tokio::time::sleep(Duration::from_millis(10)).await;
         nb.catch_up();
         if !nb.synced {
+            again = 0;
             continue;
         }
         let want = Arc::clone(&desired.borrow_and_update());
-        if nb.pass(&want).await == Pass::Again {
-            // Look again soon even if nothing else changes (a failure, or more to do).
+        let pass = nb.pass(&want).await;
+        last_pass = Some(Instant::now());
+        if pass == Pass::Again {
+            again += 1;
+            // Look again even if nothing else changes (a failure, or more to do).
             desired.mark_changed();
+        } else {
+            again = 0;
         }
     }
 }
+
+/// The shortest time between two passes under a burst of changes.
+const SETTLE: Duration = Duration::from_millis(10);
 
 /// What a pass left to do.
 #[derive(PartialEq, Eq)]
@@ -187,6 +205,7 @@ impl Reconciler {
 
     /// Plans against the replica, reports what is held by others, and commits the difference.
     async fn pass(&mut self, want: &Topology) -> Pass {
+        let planning = Instant::now();
         let observed = Observed::from_replica(&self.replica);
         let p = diff(want, &observed);
         let view = NbView {
@@ -214,6 +233,8 @@ impl Reconciler {
             &self.metrics.nb_kept,
             "an OVN row Sidelane no longer wants holds another owner's rows; left in place until they are gone",
         );
+        self.metrics
+            .nb_spent("plan", planning.elapsed().as_secs_f64());
         if p.ops.is_empty() {
             self.metrics.nb_in_sync.set(1);
             return Pass::InSync;
@@ -225,7 +246,11 @@ impl Reconciler {
 
     /// Commits `p` as one transaction; after a failure, waits out the backoff.
     async fn commit(&mut self, p: &Plan) {
-        match self.client.transact(NB, &p.ops).await {
+        let committing = Instant::now();
+        let result = self.client.transact(NB, &p.ops).await;
+        self.metrics
+            .nb_spent("commit", committing.elapsed().as_secs_f64());
+        match result {
             Ok(_) => {
                 self.count("ok");
                 for (op, n) in [
@@ -248,12 +273,15 @@ impl Reconciler {
                 self.backoff = Duration::from_millis(100);
                 // The server sends the transaction's updates before its reply; wait for them
                 // (briefly, if they are not queued yet) so the next plan starts from them.
+                let updating = Instant::now();
                 if !self.catch_up()
                     && let Ok(Some(event)) =
                         tokio::time::timeout(Duration::from_secs(2), self.monitor.recv()).await
                 {
                     self.take(event);
                 }
+                self.metrics
+                    .nb_spent("updates", updating.elapsed().as_secs_f64());
             }
             Err(e) => {
                 self.count("failed");
@@ -294,12 +322,12 @@ fn report(
 fn take(replica: &mut Replica, event: MonitorEvent) -> bool {
     match event {
         MonitorEvent::Snapshot(s) => {
-            replica.reset(&s);
+            replica.reset(s);
             debug!("took a Northbound snapshot");
             true
         }
         MonitorEvent::Update(u) => {
-            replica.apply(&u);
+            replica.apply(u);
             false
         }
     }
