@@ -30,7 +30,8 @@ enum Bench {
     Cni(CniArgs),
     /// The IPAM core: allocations per second, latency and heap bytes per address in a /8.
     Ipam(IpamArgs),
-    /// OVN Northbound programming: Sidelane's reconciler against one ovn-nbctl call per port.
+    /// OVN Northbound programming: Sidelane's reconciler against batched ovn-nbctl and OVS's
+    /// Python IDL, from 1,000 to 50,000 ports.
     Ovn(OvnArgs),
     /// The same-node fast path against a bare veth pair and against OVS.
     Fastpath(FastpathArgs),
@@ -60,9 +61,12 @@ struct FastpathArgs {
 
 #[derive(Debug, Args)]
 struct OvnArgs {
-    /// 1,000 ports over 10 switches instead of 5,000 over 50.
+    /// 1,000 and 5,000 ports instead of the whole sweep (1,000, 5,000, 20,000 and 50,000).
     #[arg(long)]
     quick: bool,
+    /// Only this many ports (a hundred per switch), to look at one size.
+    #[arg(long, conflicts_with = "quick")]
+    ports: Option<u32>,
     /// Where to write the JSON report [default: <workspace>/target/bench/ovn.json].
     #[arg(long)]
     output: Option<PathBuf>,
@@ -168,10 +172,13 @@ fn run_qos(args: &QosArgs) -> anyhow::Result<()> {
 }
 
 fn run_ovn(args: &OvnArgs) -> anyhow::Result<()> {
+    let sizes = &bench::ovn::SIZES;
     let report = if args.quick {
-        bench::ovn::run(1000, 10)?
+        bench::ovn::run(&sizes[..2])?
+    } else if let Some(ports) = args.ports {
+        bench::ovn::run(&[(ports, (ports / 100).max(1))])?
     } else {
-        bench::ovn::run(5000, 50)?
+        bench::ovn::run(sizes)?
     };
     let path = args
         .output
