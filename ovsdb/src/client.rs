@@ -40,7 +40,8 @@ pub struct Options {
     pub leader_of: Option<String>,
     /// First wait before reconnecting; doubles up to `backoff_max`.
     pub backoff_min: Duration,
-    /// Longest wait before reconnecting.
+    /// Longest wait before reconnecting [default: 2 s, so a restarted server is found within
+    /// 2 s of listening again; each attempt costs one connect].
     pub backoff_max: Duration,
     /// Idle time after which we probe the server with `echo` (and give up after twice that).
     pub probe_interval: Option<Duration>,
@@ -57,7 +58,7 @@ impl Options {
             remotes,
             leader_of: None,
             backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(8),
+            backoff_max: Duration::from_secs(2),
             probe_interval: Some(Duration::from_secs(10)),
             request_timeout: Duration::from_secs(30),
             tls: None,

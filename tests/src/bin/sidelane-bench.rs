@@ -67,6 +67,10 @@ struct OvnArgs {
     /// Only this many ports (a hundred per switch), to look at one size.
     #[arg(long, conflicts_with = "quick")]
     ports: Option<u32>,
+    /// Sidelane alone, without the peers (their figures are null): to look at where its time
+    /// goes, not to compare.
+    #[arg(long)]
+    sidelane_only: bool,
     /// Where to write the JSON report [default: <workspace>/target/bench/ovn.json].
     #[arg(long)]
     output: Option<PathBuf>,
@@ -173,12 +177,13 @@ fn run_qos(args: &QosArgs) -> anyhow::Result<()> {
 
 fn run_ovn(args: &OvnArgs) -> anyhow::Result<()> {
     let sizes = &bench::ovn::SIZES;
+    let peers = !args.sidelane_only;
     let report = if args.quick {
-        bench::ovn::run(&sizes[..2])?
+        bench::ovn::run(&sizes[..2], peers)?
     } else if let Some(ports) = args.ports {
-        bench::ovn::run(&[(ports, (ports / 100).max(1))])?
+        bench::ovn::run(&[(ports, (ports / 100).max(1))], peers)?
     } else {
-        bench::ovn::run(sizes)?
+        bench::ovn::run(sizes, peers)?
     };
     let path = args
         .output
