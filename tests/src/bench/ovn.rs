@@ -160,6 +160,15 @@ fn count_ports(server: &DbServer, dir: &Path) -> anyhow::Result<usize> {
     Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
 }
 
+/// Fails unless `server` holds `expected` switch ports after `who` wrote them.
+fn expect_ports(server: &DbServer, dir: &Path, expected: usize, who: &str) -> anyhow::Result<()> {
+    let found = count_ports(server, dir)?;
+    if found != expected {
+        bail!("{who} created {found} ports, expected {expected}");
+    }
+    Ok(())
+}
+
 /// Sidelane's figures at one size.
 struct SidelaneRun {
     took: f64,
@@ -202,10 +211,7 @@ fn sidelane(
     runtime.block_on(until_in_sync(&metrics, Duration::from_mins(10)))?;
     let took = start.elapsed().as_secs_f64();
     let heap = (live_bytes().saturating_sub(entry) + topology_bytes) as u64;
-    let found = count_ports(&server, dir.path())?;
-    if found != expected {
-        bail!("Sidelane committed {found} switch ports, expected {expected}");
-    }
+    expect_ports(&server, dir.path(), expected, "Sidelane")?;
     let (plan, commit, updates) = (
         spent("plan") - plan0,
         spent("commit") - commit0,
@@ -305,13 +311,7 @@ fn nbctl_batched(switches: &[SubnetConfig], ports: &[PortInput]) -> anyhow::Resu
         nbctl_run(&server, dir.path(), &args).context("batched ovn-nbctl")?;
     }
     let took = start.elapsed().as_secs_f64();
-    let found = count_ports(&server, dir.path())?;
-    if found != ports.len() {
-        bail!(
-            "batched ovn-nbctl created {found} ports, expected {}",
-            ports.len()
-        );
-    }
+    expect_ports(&server, dir.path(), ports.len(), "batched ovn-nbctl")?;
     Ok(took)
 }
 
@@ -340,13 +340,7 @@ fn python_idl(switches: &[SubnetConfig], ports: &[PortInput]) -> anyhow::Result<
         .trim()
         .parse()
         .with_context(|| format!("the Python IDL's time: {out:?}"))?;
-    let found = count_ports(&server, dir.path())?;
-    if found != ports.len() {
-        bail!(
-            "the Python IDL created {found} ports, expected {}",
-            ports.len()
-        );
-    }
+    expect_ports(&server, dir.path(), ports.len(), "the Python IDL")?;
     Ok(took)
 }
 
@@ -360,10 +354,7 @@ fn nbctl(switches: &[SubnetConfig], ports: &[PortInput]) -> anyhow::Result<f64> 
             .with_context(|| format!("ovn-nbctl creating {}", p.name))?;
     }
     let took = start.elapsed().as_secs_f64();
-    let found = count_ports(&server, dir.path())?;
-    if found != ports.len() {
-        bail!("ovn-nbctl created {found} ports, expected {}", ports.len());
-    }
+    expect_ports(&server, dir.path(), ports.len(), "ovn-nbctl")?;
     Ok(took)
 }
 
