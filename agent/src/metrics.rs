@@ -14,6 +14,10 @@
 //!   `..._passed_packets_total`, `..._passed_bytes_total`, `..._dropped_packets_total`,
 //!   `..._dropped_bytes_total` (IP bytes).
 //!
+//! Where ADDs spend their time: `sidelane_agent_add_step_seconds_total{step}` and
+//! `sidelane_agent_add_steps_total{step}` (steps `allocation`, `record`, `links`, `fastpath`,
+//! `ovs_port`, `ovn_installed`, `qos`), and `sidelane_agent_add_duration_seconds`.
+//!
 //! `/attachments` answers the same state as JSON: what the `sidelane` command line shows.
 
 use std::{
@@ -412,6 +416,15 @@ pub fn registry(collector: Option<AttachmentCollector>) -> AgentMetrics {
     AgentMetrics {
         registry,
         attachments,
+    }
+}
+
+impl AgentMetrics {
+    /// Also exposes where ADDs spend their time.
+    #[must_use]
+    pub fn with_add_times(mut self, times: &crate::attach::AddTimes) -> AgentMetrics {
+        times.register(&mut self.registry);
+        self
     }
 }
 

@@ -162,8 +162,10 @@ pub enum OvsError {
 
 /// Binds host ends of attachments to OVN.
 pub trait PortPlug: Send + Sync {
-    /// Adds (or updates) the port and waits until ovn-controller has bound it.
+    /// Adds the port (or brings an existing one's binding up to date).
     fn plug<'a>(&'a self, binding: &'a PortBinding) -> BoxFuture<'a, Result<(), OvsError>>;
+    /// Waits until ovn-controller has bound the plugged port (`ovn-installed`).
+    fn wait_bound<'a>(&'a self, binding: &'a PortBinding) -> BoxFuture<'a, Result<(), OvsError>>;
     /// Removes the port; a port that is not there is success.
     fn unplug<'a>(&'a self, port: &'a str) -> BoxFuture<'a, Result<(), OvsError>>;
     /// The bridge's datapath.
@@ -454,10 +456,11 @@ impl OvsBridge {
 
 impl PortPlug for OvsBridge {
     fn plug<'a>(&'a self, binding: &'a PortBinding) -> BoxFuture<'a, Result<(), OvsError>> {
-        Box::pin(async move {
-            self.add_port(binding).await?;
-            self.wait_installed(binding).await
-        })
+        Box::pin(self.add_port(binding))
+    }
+
+    fn wait_bound<'a>(&'a self, binding: &'a PortBinding) -> BoxFuture<'a, Result<(), OvsError>> {
+        Box::pin(self.wait_installed(binding))
     }
 
     fn unplug<'a>(&'a self, port: &'a str) -> BoxFuture<'a, Result<(), OvsError>> {

@@ -32,6 +32,9 @@ impl PortPlug for FailingBridge {
     fn plug<'a>(&'a self, _: &'a PortBinding) -> BoxFuture<'a, Result<(), OvsError>> {
         Box::pin(async { Ok(()) })
     }
+    fn wait_bound<'a>(&'a self, _: &'a PortBinding) -> BoxFuture<'a, Result<(), OvsError>> {
+        Box::pin(async { Ok(()) })
+    }
     fn unplug<'a>(&'a self, port: &'a str) -> BoxFuture<'a, Result<(), OvsError>> {
         self.unplugs.fetch_add(1, Ordering::SeqCst);
         let broken = port.starts_with(&self.broken);

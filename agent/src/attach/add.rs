@@ -1,7 +1,11 @@
 //! ADD: wait for the controller's allocation, make the attachment of the request's kind, put its
 //! rate limits on, and record it; all or nothing, also when the call is abandoned half-way.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use sidelane_api::{
     allocation::{self, Allocation},
@@ -15,6 +19,7 @@ use super::{
     AttachError, Attacher, QosPort,
     answer::{apply_selection_default_route, check_request},
     kind::{Attachment as _, Creating, FastpathWish, Kind, Made},
+    timing::AddStep,
     undo::Undo,
 };
 use crate::{
@@ -38,6 +43,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
 
     /// ADD.
     pub async fn add(&self, req: &CniRequest) -> Result<CniResponse, AttachError> {
+        let started = Instant::now();
         check_request(req)?;
         let lock = self.in_flight.lock(&req.container_id, &req.if_name).await;
         self.check_netns(req)?;
@@ -61,8 +67,13 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
         }
         let kind = Kind::of(req);
         let provider = req.provider_or_default().to_owned();
-        let (subnets, serving) = self.serving_subnet(req, &provider).await?;
-        let (annotations, alloc) = self.wait_for_allocation(req, &provider).await?;
+        let ((subnets, serving), (annotations, alloc)) = self
+            .times
+            .timed(AddStep::Allocation, async {
+                let serving = self.serving_subnet(req, &provider).await?;
+                Ok::<_, AttachError>((serving, self.wait_for_allocation(req, &provider).await?))
+            })
+            .await?;
         if kind == Kind::OvnVeth
             && let Some(why) = port_held(&annotations, &alloc.prefix)
         {
@@ -94,6 +105,7 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
         match self.attach(&cx, kind, &spec, &mut undo).await {
             Ok(response) => {
                 undo.commit();
+                self.times.served(started.elapsed());
                 info!(pod = %req.pod_key(), provider = %provider, ifname = %req.if_name,
                       qos = %spec, ?kind, mtu, "attachment served");
                 Ok(response)
@@ -133,13 +145,14 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
                     .map_err(|e| e.to_string())
             });
         }
-        self.records
-            .put(&record)
-            .map_err(|source| AttachError::Record {
-                pod: req.pod_key(),
-                ifname: req.if_name.clone(),
-                source,
-            })?;
+        let put = Instant::now();
+        let recorded = self.records.put(&record);
+        self.times.spent(AddStep::Record, put.elapsed());
+        recorded.map_err(|source| AttachError::Record {
+            pod: req.pod_key(),
+            ifname: req.if_name.clone(),
+            source,
+        })?;
         let Made {
             qos_target,
             response,
@@ -155,7 +168,11 @@ impl<P: PodSource + SubnetSource, Q: QosPort> Attacher<P, Q> {
             );
         }
         let (qos, spec) = (Arc::clone(&self.qos), *spec);
-        undo.blocking(move || qos.apply(&qos_target, &spec))
+        self.times
+            .timed(
+                AddStep::Qos,
+                undo.blocking(move || qos.apply(&qos_target, &spec)),
+            )
             .await
             .map_err(|source| AttachError::Qos {
                 pod: req.pod_key(),

@@ -247,6 +247,12 @@ impl PortPlug for FakeNode {
             self.call("ovs.plug", &binding.port)
                 .map_err(|()| ovs_failure(&binding.port))?;
             lock(&self.ports).insert(binding.port.clone());
+            Ok(())
+        })
+    }
+
+    fn wait_bound<'a>(&'a self, _binding: &'a PortBinding) -> BoxFuture<'a, Result<(), OvsError>> {
+        Box::pin(async move {
             if *lock(&self.plug_hangs) {
                 std::future::pending::<()>().await;
             }

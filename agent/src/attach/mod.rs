@@ -27,6 +27,7 @@ mod ipam_only;
 mod kind;
 mod ovn_veth;
 mod status;
+mod timing;
 mod undo;
 
 #[cfg(test)]
@@ -46,6 +47,7 @@ pub use error::AttachError;
 pub use gc::SweepReport;
 pub use kind::Kind;
 pub use status::Readiness;
+pub use timing::{AddStep, AddTimes, StepTotals};
 
 pub use crate::dataplane::ports::QosPort;
 use crate::{
@@ -82,6 +84,7 @@ pub struct Attacher<P, Q> {
     pub(crate) node: Node,
     pub(crate) in_flight: AttachmentLocks,
     netns_policy: NetnsPolicy,
+    pub(crate) times: Arc<AddTimes>,
 }
 
 /// One lock per attachment (container ID and interface): calls for the same attachment (an ADD
@@ -134,7 +137,13 @@ impl<P, Q: QosPort> Attacher<P, Q> {
             },
             in_flight: AttachmentLocks::default(),
             netns_policy: NetnsPolicy::default(),
+            times: Arc::default(),
         }
+    }
+
+    /// Where ADDs spend their time (the agent's `/metrics` registers them).
+    pub fn add_times(&self) -> Arc<AddTimes> {
+        Arc::clone(&self.times)
     }
 
     /// Same-node traffic of OVN-backed attachments takes the eBPF fast path where the
@@ -228,6 +237,7 @@ impl<P, Q: QosPort> Attacher<P, Q> {
         ovn_veth::OvnVeth {
             node: &self.node,
             qos: &self.qos,
+            times: &self.times,
         }
     }
 

@@ -15,6 +15,7 @@ use super::{
     answer::{ovn_plan, response_ips},
     blocking,
     kind::{Attachment, Creating, Made},
+    timing::{AddStep, AddTimes},
     undo::Undo,
 };
 use crate::{
@@ -32,6 +33,7 @@ use crate::{
 pub(crate) struct OvnVeth<'a, Q> {
     pub(crate) node: &'a Node,
     pub(crate) qos: &'a Arc<Q>,
+    pub(crate) times: &'a AddTimes,
 }
 
 /// The names of one attachment's veth ends.
@@ -214,9 +216,18 @@ impl<Q: QosPort> Attachment for OvnVeth<'_, Q> {
         let plan = ovn_plan(req, alloc, Some(&mac_text), cx.mtu)?;
         let mac = plan.mac.unwrap_or_default();
         let ends = Ends::of(req)?;
-        self.create_links(req, &ends, &plan, undo).await?;
-        self.join_fastpath(cx, &ends, mac, undo).await?;
+        self.times
+            .timed(AddStep::Links, self.create_links(req, &ends, &plan, undo))
+            .await?;
+        self.times
+            .timed(AddStep::Fastpath, self.join_fastpath(cx, &ends, mac, undo))
+            .await?;
         if let Some(ovs) = &self.node.ovs {
+            let ovs_err = |source| AttachError::Ovs {
+                pod: req.pod_key(),
+                ifname: req.if_name.clone(),
+                source: Box::new(source),
+            };
             let binding = self.binding(req, alloc, &ends);
             {
                 let (ovs, port) = (Arc::clone(ovs), binding.port.clone());
@@ -224,13 +235,14 @@ impl<Q: QosPort> Attachment for OvnVeth<'_, Q> {
                     ovs.unplug(&port).await.map_err(|e| e.to_string())
                 });
             }
-            ovs.plug(&binding)
+            self.times
+                .timed(AddStep::OvsPort, ovs.plug(&binding))
                 .await
-                .map_err(|source| AttachError::Ovs {
-                    pod: req.pod_key(),
-                    ifname: req.if_name.clone(),
-                    source: Box::new(source),
-                })?;
+                .map_err(ovs_err)?;
+            self.times
+                .timed(AddStep::OvnInstalled, ovs.wait_bound(&binding))
+                .await
+                .map_err(ovs_err)?;
         }
         let response = CniResponse {
             ips: response_ips(req, alloc),

@@ -10,7 +10,7 @@ use sidelane_api::{
 };
 
 use super::{
-    AttachError, Attacher, Readiness,
+    AddStep, AttachError, Attacher, Readiness,
     fakes::{FakeNode, FakePods, FakeQos},
 };
 use crate::{netns::NetnsPolicy, records::Records, subnets::SubnetInfo};
@@ -106,6 +106,23 @@ async fn an_ovn_add_makes_the_pair_the_fast_path_entry_the_port_and_the_limits()
     assert_eq!(state["ports"], set(&["3f2a9c0d_net1_h"]));
     assert_eq!(state["limited"], set(&["3f2a9c0d_net1_h"]));
     assert_eq!(recorded(&rig), 1);
+}
+
+#[tokio::test]
+async fn an_ovn_add_charges_each_of_its_steps_once_and_a_failed_one_stops_the_charges() {
+    let rig = rig();
+    rig.attacher.add(&ovn("3f2a9c0d5e7b")).await.expect("ADD");
+    let runs = rig.attacher.add_times().totals().runs;
+    for step in AddStep::ALL {
+        assert_eq!(runs[&step], 1, "{step:?}");
+    }
+    let rig = rig_with_failing("ovs.plug");
+    let before = rig.attacher.add_times().totals();
+    assert!(rig.attacher.add(&ovn("3f2a9c0d5e7b")).await.is_err());
+    let runs = rig.attacher.add_times().totals().since(&before).runs;
+    assert_eq!(runs[&AddStep::OvsPort], 1, "the failed step is charged");
+    assert_eq!(runs[&AddStep::OvnInstalled], 0);
+    assert_eq!(runs[&AddStep::Qos], 0);
 }
 
 #[tokio::test]
