@@ -100,6 +100,21 @@ pub struct FastpathDataplane {
     pub(super) members: BTreeMap<u32, super::pairs::Member>,
     /// The security groups as last read (`None`: not read yet, so no isolated pair passes).
     pub(super) groups: Option<BTreeMap<String, Group>>,
+    /// What the maps hold, mirrored in memory (this is their only writer), so that an ADD or a
+    /// DEL reads nothing whole: no 16,384-entry array scan per call, and no cost that grows
+    /// with the attachments already on the node.
+    mirror: Mirror,
+}
+
+/// The fast-path maps' entries, by host-end ifindex.
+#[derive(Default)]
+struct Mirror {
+    /// Source entries in use.
+    sources: BTreeMap<u32, Source>,
+    /// The endpoint keys leading to each host end.
+    endpoints: BTreeMap<u32, Vec<EndpointKey>>,
+    /// The OVS-side ifindexes whose frames go to each host end (`SL_FP_TO_POD`).
+    to_pod: BTreeMap<u32, Vec<u32>>,
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
@@ -179,19 +194,18 @@ impl FastpathDataplane {
             pairs,
             members: BTreeMap::new(),
             groups: None,
+            mirror: Mirror::default(),
         };
-        dp.members = FastpathDataplane::members_of_sources(dp.all_sources()?);
+        dp.mirror = dp.read_maps()?;
+        dp.members = FastpathDataplane::members_of_sources(dp.all_sources());
         Ok(dp)
     }
 
     fn free_slot(&self, reuse_for: u32) -> Result<u32, DataplaneError> {
-        let mut used = BTreeSet::new();
-        for (ifindex, src) in self.all_sources()? {
-            if ifindex == reuse_for {
-                return Ok(src.slot);
-            }
-            used.insert(src.slot);
+        if let Some(src) = self.mirror.sources.get(&reuse_for) {
+            return Ok(src.slot);
         }
+        let used: BTreeSet<u32> = self.mirror.sources.values().map(|s| s.slot).collect();
         (0..MAX_ATTACHMENTS)
             .find(|s| !used.contains(s))
             .ok_or_else(|| {
@@ -322,9 +336,11 @@ impl FastpathDataplane {
                 pad: [0; 2],
             };
             for ip in &port.ips {
+                let key = endpoint_key(port.switch, *ip);
                 self.endpoints
-                    .insert(endpoint_key(port.switch, *ip), ep, 0)
+                    .insert(key, ep, 0)
                     .map_err(|e| map_error("writing", ENDPOINTS_MAP, &target, e))?;
+                self.mirror.endpoints.entry(host).or_default().push(key);
             }
         }
         self.put_source(host, src)?;
@@ -333,6 +349,10 @@ impl FastpathDataplane {
             self.to_pod
                 .insert(ovs, host, 0)
                 .map_err(|e| map_error("writing", TO_POD_MAP, &target, e))?;
+            let ovs_ends = self.mirror.to_pod.entry(host).or_default();
+            if !ovs_ends.contains(&ovs) {
+                ovs_ends.push(ovs);
+            }
             self.attach_program(PROG_TO_POD, netns, name)?;
         }
         self.attach_program(PROG_FORWARD, netns, &port.host_ifname)?;
@@ -342,17 +362,16 @@ impl FastpathDataplane {
     }
 
     fn remove_endpoints_of(&mut self, host: u32, target: &str) -> Result<(), DataplaneError> {
-        let keys: Vec<EndpointKey> = self
-            .endpoints
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, ep)| ep.ifindex == host)
-            .map(|(k, _)| k)
-            .collect();
-        for k in keys {
+        let mut keys = self.mirror.endpoints.remove(&host).unwrap_or_default();
+        while let Some(k) = keys.pop() {
             match self.endpoints.remove(&k) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_error("removing from", ENDPOINTS_MAP, target, e)),
+                Err(e) => {
+                    // Still there: keep what is left in the mirror.
+                    keys.push(k);
+                    self.mirror.endpoints.insert(host, keys);
+                    return Err(map_error("removing from", ENDPOINTS_MAP, target, e));
+                }
             }
         }
         Ok(())
@@ -374,38 +393,28 @@ impl FastpathDataplane {
     fn forget(&mut self, host: u32, target: &str) -> Result<(), DataplaneError> {
         self.remove_endpoints_of(host, target)?;
         self.leave(host, target)?;
-        let ovs: Vec<u32> = self
-            .to_pod
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, h)| *h == host)
-            .map(|(o, _)| o)
-            .collect();
-        for o in ovs {
+        for o in self.mirror.to_pod.remove(&host).unwrap_or_default() {
             let _ = self.to_pod.remove(&o);
         }
         if host < DIRECT_IFINDEXES {
-            return self
-                .sources_direct
+            self.sources_direct
                 .set(host, Source::default(), 0)
-                .map_err(|e| map_error("clearing", SOURCES_DIRECT_MAP, target, e));
+                .map_err(|e| map_error("clearing", SOURCES_DIRECT_MAP, target, e))?;
+        } else {
+            match self.sources.remove(&host) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_error("removing from", SOURCES_MAP, target, e)),
+            }
         }
-        match self.sources.remove(&host) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_error("removing from", SOURCES_MAP, target, e)),
-        }
+        self.mirror.sources.remove(&host);
+        Ok(())
     }
 
     /// Removes the entries of every interface that no longer exists in `netns`.
     pub fn sweep(&mut self, netns: Option<&Path>) -> Result<(), DataplaneError> {
-        let hosts: Vec<u32> = self.all_sources()?.into_iter().map(|(i, _)| i).collect();
-        let mut endpoint_hosts: Vec<u32> = self
-            .endpoints
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(_, ep)| ep.ifindex)
-            .collect();
-        endpoint_hosts.extend(hosts);
+        let mut endpoint_hosts: Vec<u32> = self.mirror.endpoints.keys().copied().collect();
+        endpoint_hosts.extend(self.mirror.sources.keys().copied());
+        endpoint_hosts.extend(self.mirror.to_pod.keys().copied());
         endpoint_hosts.sort_unstable();
         endpoint_hosts.dedup();
         let alive: Vec<bool> = netns::run_in(netns, || {
@@ -462,9 +471,9 @@ impl FastpathDataplane {
         };
         let flag = if policed { ENDPOINT_POLICED } else { 0 };
         let changed: Vec<(EndpointKey, Endpoint)> = self
-            .endpoints()
+            .endpoints_of(host)
             .into_iter()
-            .filter(|(_, ep)| ep.ifindex == host && ep.flags & ENDPOINT_POLICED != flag)
+            .filter(|(_, ep)| ep.flags & ENDPOINT_POLICED != flag)
             .map(|(k, ep)| {
                 (
                     k,
@@ -497,9 +506,9 @@ impl FastpathDataplane {
         }
         let flag = if isolated { ENDPOINT_ISOLATED } else { 0 };
         let changed: Vec<(EndpointKey, Endpoint)> = self
-            .endpoints()
+            .endpoints_of(host)
             .into_iter()
-            .filter(|(_, ep)| ep.ifindex == host && ep.flags & ENDPOINT_ISOLATED != flag)
+            .filter(|(_, ep)| ep.flags & ENDPOINT_ISOLATED != flag)
             .collect();
         for (key, ep) in changed {
             let ep = Endpoint {
@@ -517,6 +526,17 @@ impl FastpathDataplane {
     pub fn endpoints(&self) -> Vec<(EndpointKey, Endpoint)> {
         self.endpoints.iter().filter_map(Result::ok).collect()
     }
+
+    /// The endpoints leading to `host`, as the map holds them.
+    fn endpoints_of(&self, host: u32) -> Vec<(EndpointKey, Endpoint)> {
+        self.mirror
+            .endpoints
+            .get(&host)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.endpoints.get(k, 0).ok().map(|ep| (*k, ep)))
+            .collect()
+    }
 }
 
 impl FastpathDataplane {
@@ -527,12 +547,14 @@ impl FastpathDataplane {
         if ifindex < DIRECT_IFINDEXES {
             self.sources_direct
                 .set(ifindex, src, 0)
-                .map_err(|e| map_error("writing", SOURCES_DIRECT_MAP, "the fast path", e))
+                .map_err(|e| map_error("writing", SOURCES_DIRECT_MAP, "the fast path", e))?;
         } else {
             self.sources
                 .insert(ifindex, src, 0)
-                .map_err(|e| map_error("writing", SOURCES_MAP, "the fast path", e))
+                .map_err(|e| map_error("writing", SOURCES_MAP, "the fast path", e))?;
         }
+        self.mirror.sources.insert(ifindex, src);
+        Ok(())
     }
 
     /// The source entry of `ifindex`, if in use.
@@ -552,26 +574,48 @@ impl FastpathDataplane {
     }
 
     /// Every source entry in use, by ifindex.
-    fn all_sources(&self) -> Result<Vec<(u32, Source)>, DataplaneError> {
-        let mut all = Vec::new();
+    fn all_sources(&self) -> Vec<(u32, Source)> {
+        self.mirror.sources.iter().map(|(i, s)| (*i, *s)).collect()
+    }
+
+    /// Reads the maps whole, once, when the object is opened (a restarted agent finds its
+    /// entries in place).
+    fn read_maps(&self) -> Result<Mirror, DataplaneError> {
+        let mut mirror = Mirror::default();
         for (i, src) in self.sources_direct.iter().enumerate() {
             let src =
                 src.map_err(|e| map_error("reading", SOURCES_DIRECT_MAP, "the fast path", e))?;
             if src.flags & SOURCE_IN_USE != 0 {
-                all.push((u32::try_from(i).unwrap_or(u32::MAX), src));
+                mirror
+                    .sources
+                    .insert(u32::try_from(i).unwrap_or(u32::MAX), src);
             }
         }
         for entry in &self.sources {
-            all.push(entry.map_err(|e| map_error("reading", SOURCES_MAP, "the fast path", e))?);
+            let (i, src) =
+                entry.map_err(|e| map_error("reading", SOURCES_MAP, "the fast path", e))?;
+            mirror.sources.insert(i, src);
         }
-        Ok(all)
+        for (key, ep) in self.endpoints.iter().filter_map(Result::ok) {
+            mirror.endpoints.entry(ep.ifindex).or_default().push(key);
+        }
+        for (ovs, host) in self.to_pod.iter().filter_map(Result::ok) {
+            mirror.to_pod.entry(host).or_default().push(ovs);
+        }
+        Ok(mirror)
     }
 
     /// Writes an endpoint entry directly (tests of the program's decisions).
     pub fn put_endpoint(&mut self, key: EndpointKey, ep: Endpoint) -> Result<(), DataplaneError> {
         self.endpoints
             .insert(key, ep, 0)
-            .map_err(|e| map_error("writing", ENDPOINTS_MAP, "the fast path", e))
+            .map_err(|e| map_error("writing", ENDPOINTS_MAP, "the fast path", e))?;
+        self.mirror
+            .endpoints
+            .entry(ep.ifindex)
+            .or_default()
+            .push(key);
+        Ok(())
     }
 
     /// The counters in `slot`, summed over CPUs.
