@@ -41,6 +41,12 @@ impl KubePods {
         }
     }
 
+    /// Starts the Subnet cache and waits (a few seconds at most) for its first list, so the
+    /// first pod's ADD does not pay for it.
+    pub async fn warm(&self) {
+        let _ = self.cached_store().await;
+    }
+
     /// The client.
     pub(crate) fn client(&self) -> Client {
         self.client.clone()

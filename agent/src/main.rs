@@ -102,31 +102,17 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster)")?;
-    let dataplane = QosDataplane::new(&args.pin_root).with_context(|| {
-        format!(
-            "opening the QoS dataplane under {}",
-            args.pin_root.display()
-        )
-    })?;
-    let adopted = dataplane
-        .adopt()
-        .context("adopting pinned QoS attachments")?;
-    tracing::info!(
-        kept = adopted.kept.len(),
-        removed = adopted.removed.len(),
-        "adopted QoS attachments"
-    );
-    for failed in &adopted.failed {
-        tracing::warn!(attachment = %failed, "removing a QoS attachment whose interface is gone; the next sweep tries again");
-    }
+    let dataplane = open_qos(&args.pin_root)?;
     let records = Records::open(&args.state_dir).with_context(|| {
         format!(
             "opening the attachment records under {}",
             args.state_dir.display()
         )
     })?;
+    let pods = KubePods::new(client.clone());
+    pods.warm().await;
     let mut attacher = Attacher::new(
-        KubePods::new(client.clone()),
+        pods,
         dataplane,
         records,
         Duration::from_secs(args.allocation_timeout),
@@ -162,7 +148,8 @@ async fn main() -> anyhow::Result<()> {
         ));
         collector = collector.with_fastpath(fastpath);
     }
-    let registry = Arc::new(metrics::registry(Some(collector)));
+    let registry =
+        Arc::new(metrics::registry(Some(collector)).with_add_times(&attacher.add_times()));
     let listener = sidelane_api::probes::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding the metrics address {}", args.metrics_addr))?;
@@ -194,6 +181,24 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Opens the QoS dataplane and takes back what a previous agent pinned.
+fn open_qos(pin_root: &std::path::Path) -> anyhow::Result<QosDataplane> {
+    let dataplane = QosDataplane::new(pin_root)
+        .with_context(|| format!("opening the QoS dataplane under {}", pin_root.display()))?;
+    let adopted = dataplane
+        .adopt()
+        .context("adopting pinned QoS attachments")?;
+    tracing::info!(
+        kept = adopted.kept.len(),
+        removed = adopted.removed.len(),
+        "adopted QoS attachments"
+    );
+    for failed in &adopted.failed {
+        tracing::warn!(attachment = %failed, "removing a QoS attachment whose interface is gone; the next sweep tries again");
+    }
+    Ok(dataplane)
 }
 
 /// Takes back the recorded attachments (a restarted agent) and says what it found.

@@ -25,7 +25,10 @@
 use std::{
     fmt, fs, io,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        LazyLock, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use aya::{
@@ -338,6 +341,8 @@ impl QosDataplane {
     pub fn new(pin_root: impl Into<PathBuf>) -> Result<QosDataplane, DataplaneError> {
         let root = pin_root.into().join("qos");
         bpffs::ensure(&root)?;
+        // The kernel's BTF is parsed now, not during the first pod's ADD.
+        LazyLock::force(&LOADER);
         Ok(QosDataplane {
             root,
             probe: Box::new(NetlinkQdiscProbe),
@@ -618,6 +623,12 @@ fn direction_status(direction: Direction, cfg: &QosConfig, c: QosCounters) -> Di
     }
 }
 
+/// The one loader of every QoS object. `EbpfLoader::new` parses the kernel's BTF (megabytes of
+/// `/sys/kernel/btf/vmlinux`) each time it is called: per attachment, that was most of an ADD's
+/// CPU. The loader keeps it parsed; each load only names its own pin directory.
+static LOADER: LazyLock<Mutex<EbpfLoader<'static>>> =
+    LazyLock::new(|| Mutex::new(EbpfLoader::new()));
+
 fn load_object(pin_dir: &Path, name: &str) -> Result<Ebpf, DataplaneError> {
     let bytes = object::qos()?;
     fs::create_dir_all(pin_dir).map_err(|source| DataplaneError::Pin {
@@ -625,7 +636,9 @@ fn load_object(pin_dir: &Path, name: &str) -> Result<Ebpf, DataplaneError> {
         path: pin_dir.to_owned(),
         source,
     })?;
-    EbpfLoader::new()
+    LOADER
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
         .default_map_pin_directory(pin_dir)
         .load(bytes)
         .map_err(|e| load_error(name, e))
