@@ -162,7 +162,7 @@ impl MacvlanNode {
             .iter()
             .map(Background::id)
             .chain([self.agent.id()])
-            .filter_map(process_cpu_seconds)
+            .filter_map(crate::cpu::process_cpu_seconds)
             .sum()
     }
 }
@@ -188,20 +188,4 @@ pub fn install_plugins(
             .with_context(|| format!("installing the CNI plugin {name}"))?;
     }
     Ok(())
-}
-
-/// utime + stime of a process, in seconds.
-pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100);
-    #[expect(
-        clippy::cast_precision_loss,
-        reason = "clock ticks per second: a small number"
-    )]
-    Some(ticks / hz as f64)
 }

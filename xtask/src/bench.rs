@@ -27,15 +27,16 @@ pub fn run(name: Name, quick: bool) -> anyhow::Result<()> {
     let arg = match name {
         Name::Qos => "qos",
         Name::Cni => {
-            // The benchmark forks the plugin binary, which must sit beside it.
+            // The benchmark runs the plugin and (for the whole ADD) the agent binaries, which
+            // must sit beside it.
             exec(Command::new("cargo").args([
                 "build",
                 "--locked",
                 "--release",
-                "--package",
-                "sidelane-cni",
                 "--bin",
                 "sidelane-cni",
+                "--bin",
+                "sidelane-agent",
             ]))?;
             "cni"
         }

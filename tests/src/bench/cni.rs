@@ -4,14 +4,18 @@
 //! Every case attaches `n` pods, one at a time, each to a fresh network namespace made before the
 //! clock starts. Each call forks the plugin binary exactly as a runtime does (environment, config
 //! on stdin), from inside a "node" namespace, and is timed from spawn to exit.
-//! - `sidelane-ovn`: our plugin as `kube-ovn` with the seed's `attachnet` NAD; the agent (in this
-//!   process, pods read by watch from the API double) creates net1 as allocated.
+//! - `sidelane-ovn-without-ovs`: our plugin as `kube-ovn` with the seed's `attachnet` NAD; the
+//!   agent (in this process, pods read by watch) creates net1 as allocated, but plugs nothing
+//!   into OVS and waits for no ovn-controller: the part of ADD that is the agent's own.
 //! - `sidelane-ipam-macvlan`: Debian's `macvlan` with `"ipam": {"type": "kube-ovn"}` (the seed's
 //!   NAD), so the time includes macvlan's own work and its call to our IPAM plugin.
 //! - `ref-bridge-host-local`: Debian's `bridge` with `host-local` IPAM on a subnet of its own.
 //!
+//! - `whole`: the whole ADD and DEL of an OVN-backed attachment on real OVN, sequentially and
+//!   50 at once, with each step's share ([`super::cni_whole`]).
+//!
 //! Writes `target/bench/cni.json`:
-//! `{"cases": [{"plugin", "n", "add_ms_p50", "add_ms_p99", "del_ms_p50"}]}`.
+//! `{"cases": [{"plugin", "n", "add_ms_p50", "add_ms_p99", "del_ms_p50"}], "whole": {...}}`.
 
 use std::{
     fmt::Write as _,
@@ -31,8 +35,10 @@ use sidelane_agent::{
     records::Records,
 };
 
+use super::cni_whole::{self, WholeReport};
 use crate::{
-    cluster, control_plane::SidelaneCluster, netns::NetNs, ping::percentile, sidelane::PinRoot,
+    cluster, control_plane::SidelaneCluster, netns::NetNs, ping::percentile,
+    process::binary_beside_me, sidelane::PinRoot,
 };
 
 /// One plugin's figures.
@@ -55,44 +61,49 @@ pub struct Case {
 pub struct CniReport {
     /// One per plugin.
     pub cases: Vec<Case>,
+    /// The whole OVN-backed ADD and DEL on real OVN.
+    pub whole: Option<WholeReport>,
 }
 
-/// Where our plugin binary is: beside this benchmark's binary (`cargo xtask bench cni` builds
-/// it first).
-fn our_plugin() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("finding the benchmark's own path")?;
-    let bin = exe
-        .parent()
-        .map(|d| d.join("sidelane-cni"))
-        .context("the benchmark binary has no directory")?;
-    if !bin.exists() {
-        bail!(
-            "{} is missing: `cargo build --release -p sidelane-cni` first",
-            bin.display()
-        );
+/// One pod's sandbox as the runtime names it to a plugin.
+pub(crate) struct Sandbox<'a> {
+    /// The pod's network namespace.
+    pub netns: &'a NetNs,
+    /// The pod's name (namespace `default`).
+    pub pod: String,
+    /// The runtime's container ID.
+    pub container_id: String,
+}
+
+impl<'a> Sandbox<'a> {
+    /// Pod `p<i>` of the reference cases: its container ID is unique within the first eight
+    /// characters, which name the host end of a veth.
+    fn numbered(netns: &'a NetNs, i: usize) -> Sandbox<'a> {
+        Sandbox {
+            netns,
+            pod: format!("p{i}"),
+            container_id: format!("{i:0>8}feedc0de"),
+        }
     }
-    Ok(bin)
 }
 
-/// Runs `plugin` inside `node` with the CNI environment; returns the elapsed time.
-fn call(
-    node: &NetNs,
+/// Runs `plugin` with the CNI environment, inside `node` when given (the reference plugins make
+/// their host ends in the namespace they run in); returns the elapsed time. Without a node the
+/// plugin is spawned as a runtime spawns it (no fork of this large process, which a `setns`
+/// before exec needs).
+pub(crate) fn call(
+    node: Option<&NetNs>,
     plugin: &Path,
     cni_path: &str,
     command: &str,
-    pod: &NetNs,
-    pod_name: &str,
+    sandbox: &Sandbox<'_>,
     config: &str,
 ) -> anyhow::Result<Duration> {
-    let node_ns = fs::File::open(node.path()).context("opening the node namespace")?;
+    let (pod, pod_name) = (sandbox.netns, sandbox.pod.as_str());
     let mut cmd = Command::new(plugin);
     cmd.env_clear()
         .env("CNI_COMMAND", command)
-        // Unique within the first 8 characters, which name the host end of a veth.
-        .env(
-            "CNI_CONTAINERID",
-            format!("{:0>8}feedc0de", pod_name.trim_start_matches('p')),
-        )
+        .env("CNI_CONTAINERID", &sandbox.container_id)
         .env("CNI_NETNS", pod.path())
         .env("CNI_IFNAME", "net1")
         .env("CNI_PATH", cni_path)
@@ -103,12 +114,15 @@ fn call(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: setns is async-signal-safe; the closure touches only the fd it owns.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sched::setns(node_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)
-        });
+    if let Some(node) = node {
+        let node_ns = fs::File::open(node.path()).context("opening the node namespace")?;
+        // SAFETY: setns is async-signal-safe; the closure touches only the fd it owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(node_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
     }
     let started = Instant::now();
     let mut child = cmd
@@ -164,10 +178,26 @@ fn seed_pods(api: &SidelaneCluster, n: usize) -> anyhow::Result<()> {
 }
 
 /// Runs the benchmark with `n` attachments per plugin.
+///
+/// # Errors
+/// When a part does not start or a call fails.
 pub fn run(n: usize) -> anyhow::Result<CniReport> {
-    let ours = our_plugin()?;
+    let ours = binary_beside_me("sidelane-cni")?;
+    let agent = binary_beside_me("sidelane-agent")?;
+    let cases = reference_cases(&ours, n)?;
+    let whole = cni_whole::run(&ours, &agent, n)?;
+    eprint!("{}", whole_table(&whole));
+    Ok(CniReport {
+        cases,
+        whole: Some(whole),
+    })
+}
+
+/// The rows of the plugins timed without OVS (each in its own control plane, ended before the
+/// whole-ADD rig starts).
+fn reference_cases(ours: &Path, n: usize) -> anyhow::Result<Vec<Case>> {
     let plugins = tempfile::tempdir().context("a plugin directory")?;
-    std::os::unix::fs::symlink(&ours, plugins.path().join("kube-ovn"))
+    std::os::unix::fs::symlink(ours, plugins.path().join("kube-ovn"))
         .context("installing kube-ovn")?;
     let cni_path = format!("{}:/usr/lib/cni", plugins.path().display());
 
@@ -204,8 +234,8 @@ pub fn run(n: usize) -> anyhow::Result<CniReport> {
     let host_local_dir = tempfile::tempdir().context("host-local's data directory")?;
     let configs: [(&'static str, PathBuf, Value); 3] = [
         (
-            "sidelane-ovn",
-            ours.clone(),
+            "sidelane-ovn-without-ovs",
+            ours.to_path_buf(),
             json!({"cniVersion": "0.3.0", "name": "attachnet", "type": "kube-ovn",
                    "server_socket": socket, "provider": "attachnet.default.ovn"}),
         ),
@@ -229,29 +259,24 @@ pub fn run(n: usize) -> anyhow::Result<CniReport> {
     for (name, plugin, config) in configs {
         let config = config.to_string();
         let pods: Vec<NetNs> = (0..n).map(|_| NetNs::new()).collect::<Result<_, _>>()?;
-        let mut adds = Vec::with_capacity(n);
-        for (i, pod) in pods.iter().enumerate() {
-            adds.push(call(
-                &node,
-                &plugin,
-                &cni_path,
-                "ADD",
-                pod,
-                &format!("p{i}"),
-                &config,
-            )?);
-        }
-        let mut dels = Vec::with_capacity(n);
-        for (i, pod) in pods.iter().enumerate() {
-            dels.push(call(
-                &node,
-                &plugin,
-                &cni_path,
-                "DEL",
-                pod,
-                &format!("p{i}"),
-                &config,
-            )?);
+        let (mut adds, mut dels) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for command in ["ADD", "DEL"] {
+            let times = if command == "ADD" {
+                &mut adds
+            } else {
+                &mut dels
+            };
+            for (i, pod) in pods.iter().enumerate() {
+                let sandbox = Sandbox::numbered(pod, i);
+                times.push(call(
+                    Some(&node),
+                    &plugin,
+                    &cni_path,
+                    command,
+                    &sandbox,
+                    &config,
+                )?);
+            }
         }
         let case = Case {
             plugin: name,
@@ -263,7 +288,7 @@ pub fn run(n: usize) -> anyhow::Result<CniReport> {
         eprintln!("{}", row(&case));
         cases.push(case);
     }
-    Ok(CniReport { cases })
+    Ok(cases)
 }
 
 fn row(c: &Case) -> String {
@@ -271,6 +296,52 @@ fn row(c: &Case) -> String {
         "{:<24} {:>5} {:>11.2} {:>11.2} {:>11.2}",
         c.plugin, c.n, c.add_ms_p50, c.add_ms_p99, c.del_ms_p50
     )
+}
+
+/// The whole-ADD phases as a table.
+fn whole_table(w: &WholeReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nwhole OVN ADD on real OVN  {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "calls", "ADD p50", "ADD p99", "ADD max", "DEL p50", "DEL p99"
+    );
+    for (name, p) in [("sequential", &w.sequential), ("concurrent", &w.concurrent)] {
+        let _ = writeln!(
+            out,
+            "{name:<26} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            p.calls, p.add.p50_ms, p.add.p99_ms, p.add.max_ms, p.del.p50_ms, p.del.p99_ms
+        );
+        let shares: Vec<String> = p
+            .add_step_share
+            .iter()
+            .map(|(step, share)| format!("{step} {:.0}%", share * 100.0))
+            .collect();
+        let _ = writeln!(out, "  step shares: {}", shares.join(", "));
+        let cpu: Vec<String> = p
+            .add_cpu_s
+            .iter()
+            .map(|(part, s)| format!("{part} {s:.2}"))
+            .collect();
+        let _ = writeln!(out, "  CPU s during the ADDs: {}", cpu.join(", "));
+    }
+    let growth: Vec<String> = w
+        .add_step_growth
+        .iter()
+        .map(|(step, g)| format!("{step} {g:.2}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "growth, last fifth / first fifth: {}",
+        growth.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "target: concurrent ADD p99 <= {} ms: {}",
+        w.target_add_p99_ms,
+        if w.target_met { "met" } else { "NOT met" }
+    );
+    out
 }
 
 /// The table printed after the run.
@@ -283,6 +354,9 @@ pub fn table(report: &CniReport) -> String {
     );
     for c in &report.cases {
         let _ = writeln!(out, "{}", row(c));
+    }
+    if let Some(w) = &report.whole {
+        out.push_str(&whole_table(w));
     }
     out
 }
@@ -303,6 +377,7 @@ mod tests {
     #[test]
     fn the_json_report_has_the_agreed_shape() {
         let report = CniReport {
+            whole: None,
             cases: vec![Case {
                 plugin: "sidelane-ovn",
                 n: 200,
@@ -314,7 +389,8 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&report).expect("serialises"),
             json!({"cases": [{"plugin": "sidelane-ovn", "n": 200, "add_ms_p50": 5.5,
-                              "add_ms_p99": 9.0, "del_ms_p50": 3.0}]})
+                              "add_ms_p99": 9.0, "del_ms_p50": 3.0}],
+                   "whole": null})
         );
     }
 }

@@ -2,13 +2,15 @@
 //!
 //! - [`qos`]: rate-limit accuracy, first-second overshoot and latency under load, Sidelane
 //!   against the reference CNI `bandwidth` plugin; per-packet program cost.
-//! - [`cni`]: CNI ADD/DEL latency against the reference bridge + host-local.
+//! - [`cni`]: CNI ADD/DEL latency against the reference bridge + host-local; with
+//!   [`cni_whole`], the whole OVN-backed ADD on real OVN, sequential and 50 at once.
 //! - [`ipam`]: the IPAM core's allocation rate, latency and memory per address; a burst against
 //!   the controller binary.
 //! - [`real_burst`]: pods created to CNI ADD through the real Multus, Sidelane's IPAM beside
 //!   whereabouts.
 //! - [`fastpath`]: the same-node fast path against a bare veth pair and against OVS.
-//! - [`ovn`]: Northbound programming, Sidelane's reconciler against one ovn-nbctl call per port.
+//! - [`ovn`]: Northbound programming, Sidelane's reconciler against batched ovn-nbctl and OVS's
+//!   Python IDL.
 //! - [`nat`]: TCP throughput and connection rate through SNAT and DNAT, against no NAT and
 //!   Kube-OVN's gateway pod (iptables MASQUERADE).
 //! - [`memory`]: live heap bytes, counted by the benchmark binary's allocator.
@@ -16,6 +18,7 @@
 //! Reports go to `target/bench/<name>.json` under the workspace root, and a table to stdout.
 
 pub mod cni;
+pub mod cni_whole;
 pub mod fastpath;
 pub mod ipam;
 pub mod memory;

@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 
 use crate::{
     control_plane::{self, ControlPlane, SidelaneCluster},
+    cpu::children_cpu,
     macvlan_node::{Binaries, MacvlanNode},
     ping::percentile,
     tools,
@@ -338,15 +339,6 @@ fn duplicates(cluster: &SidelaneCluster, namespace: &str) -> usize {
 }
 
 /// CPU seconds of this process' finished children (every CNI call and what it ran).
-fn children_cpu() -> f64 {
-    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN);
-    usage.map_or(0.0, |u| {
-        #[expect(clippy::cast_precision_loss, reason = "seconds of CPU: far below 2^52")]
-        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
-        t(u.user_time()) + t(u.system_time())
-    })
-}
-
 /// Both runs, Sidelane first, in one control plane and on one node.
 pub fn run(pods: usize) -> anyhow::Result<Vec<RealBurst>> {
     let mut rig = Rig::start()?;
