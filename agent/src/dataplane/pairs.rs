@@ -44,6 +44,10 @@ impl Member {
 
 /// The pairs `members` may use, given `groups` (`None`: unknown yet, so none between isolated
 /// attachments and anyone).
+///
+/// Only pairs with an isolated member are written, so the work is (isolated members) times
+/// (members), not members squared: an attachment joining a node without security groups costs
+/// one pass over the members.
 pub fn wanted_pairs(
     members: &BTreeMap<u32, Member>,
     groups: Option<&BTreeMap<String, Group>>,
@@ -52,43 +56,63 @@ pub fn wanted_pairs(
     let Some(groups) = groups else {
         return out;
     };
-    for (a, ma) in members {
-        for (b, mb) in members.range(a + 1..) {
-            let (Some(ga), Some(gb)) = (ma.groups(), mb.groups()) else {
+    let isolated = members
+        .iter()
+        .filter(|(_, m)| m.groups().is_some_and(|g| !g.is_empty()));
+    for (a, ma) in isolated {
+        for (b, mb) in members {
+            let Some(gb) = mb.groups() else {
                 continue;
             };
-            if ma.switch != mb.switch || ma.switch == SWITCH_OFF || (ga.is_empty() && gb.is_empty())
-            {
+            // A pair of two isolated members is visited from its lower end only.
+            if b == a || (!gb.is_empty() && b < a) {
                 continue;
             }
-            for ia in &ma.ips {
-                for ib in mb.ips.iter().filter(|ib| ib.is_ipv4() == ia.is_ipv4()) {
-                    let pa = flow_verdict::Port {
-                        ip: *ia,
-                        groups: ga,
-                    };
-                    let pb = flow_verdict::Port {
-                        ip: *ib,
-                        groups: gb,
-                    };
-                    if flow_verdict::all_pass(pa, pb, groups) {
-                        let family = if ia.is_ipv4() { 4 } else { 6 };
-                        out.insert(PairKey {
-                            src: *a,
-                            dst: *b,
-                            family,
-                        });
-                        out.insert(PairKey {
-                            src: *b,
-                            dst: *a,
-                            family,
-                        });
-                    }
-                }
-            }
+            add_pair(&mut out, (*a, ma), (*b, mb), groups);
         }
     }
     out
+}
+
+/// Adds both directions of every address pair of `a` and `b` (one switch, one family) whose
+/// traffic OVN passes whole.
+fn add_pair(
+    out: &mut BTreeSet<PairKey>,
+    (a, ma): (u32, &Member),
+    (b, mb): (u32, &Member),
+    groups: &BTreeMap<String, Group>,
+) {
+    let (Some(ga), Some(gb)) = (ma.groups(), mb.groups()) else {
+        return;
+    };
+    if ma.switch != mb.switch || ma.switch == SWITCH_OFF {
+        return;
+    }
+    for ia in &ma.ips {
+        for ib in mb.ips.iter().filter(|ib| ib.is_ipv4() == ia.is_ipv4()) {
+            let pa = flow_verdict::Port {
+                ip: *ia,
+                groups: ga,
+            };
+            let pb = flow_verdict::Port {
+                ip: *ib,
+                groups: gb,
+            };
+            if flow_verdict::all_pass(pa, pb, groups) {
+                let family = if ia.is_ipv4() { 4 } else { 6 };
+                out.insert(PairKey {
+                    src: a,
+                    dst: b,
+                    family,
+                });
+                out.insert(PairKey {
+                    src: b,
+                    dst: a,
+                    family,
+                });
+            }
+        }
+    }
 }
 
 impl FastpathDataplane {

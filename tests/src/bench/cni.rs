@@ -11,8 +11,9 @@
 //!   NAD), so the time includes macvlan's own work and its call to our IPAM plugin.
 //! - `ref-bridge-host-local`: Debian's `bridge` with `host-local` IPAM on a subnet of its own.
 //!
-//! - `whole`: the whole ADD and DEL of an OVN-backed attachment on real OVN, sequentially and
-//!   50 at once, with each step's share ([`super::cni_whole`]).
+//! - `whole`: the whole ADD and DEL of an OVN-backed attachment on real OVN, 50 at once on an
+//!   empty node, one after the other, and 50 at once beside those, with each step's share
+//!   ([`super::cni_whole`]).
 //!
 //! Writes `target/bench/cni.json`:
 //! `{"cases": [{"plugin", "n", "add_ms_p50", "add_ms_p99", "del_ms_p50"}], "whole": {...}}`.
@@ -306,7 +307,11 @@ fn whole_table(w: &WholeReport) -> String {
         "\nwhole OVN ADD on real OVN  {:>6} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "calls", "ADD p50", "ADD p99", "ADD max", "DEL p50", "DEL p99"
     );
-    for (name, p) in [("sequential", &w.sequential), ("concurrent", &w.concurrent)] {
+    for (name, p) in [
+        ("concurrent, empty node", &w.concurrent),
+        ("sequential", &w.sequential),
+        ("concurrent beside those", &w.concurrent_loaded),
+    ] {
         let _ = writeln!(
             out,
             "{name:<26} {:>6} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
@@ -328,7 +333,7 @@ fn whole_table(w: &WholeReport) -> String {
     let growth: Vec<String> = w
         .add_step_growth
         .iter()
-        .map(|(step, g)| format!("{step} {g:.2}"))
+        .map(|(step, g)| format!("{step} {:.1}->{:.1} ms", g.first_fifth_ms, g.last_fifth_ms))
         .collect();
     let _ = writeln!(
         out,

@@ -6,11 +6,12 @@
 //! limited). The controller leads and has written each pod's allocation and logical port before
 //! the clock starts, as it has by the time a kubelet runs a sandbox.
 //!
-//! Two phases on one node:
+//! Three phases on one node:
+//! - **concurrent**: [`CONCURRENT`] ADDs at once on an empty node (a kubelet starting many
+//!   pods), then their DELs at once: the phase the target is about;
 //! - **sequential**: `n` ADDs one after the other, each kept, so the last one finds `n - 1`
-//!   attachments already on the node; then their DELs, after the concurrent phase;
-//! - **concurrent**: with those `n` in place, [`CONCURRENT`] ADDs at once (a kubelet starting many
-//!   pods), then their DELs at once.
+//!   attachments already on the node; their DELs come last;
+//! - **`concurrent_loaded`**: [`CONCURRENT`] ADDs at once beside those `n`, then their DELs.
 //!
 //! The agent's own step timings (`sidelane_agent_add_step_seconds_total`, read from its
 //! `/metrics`) give each step's
@@ -118,13 +119,15 @@ pub struct Phase {
 /// The whole-ADD figures in `target/bench/cni.json`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct WholeReport {
+    /// [`CONCURRENT`] ADDs at once on an empty node: the target's phase.
+    pub concurrent: Phase,
     /// ADDs one after the other, each kept.
     pub sequential: Phase,
-    /// [`CONCURRENT`] ADDs at once on top of the sequential ones.
-    pub concurrent: Phase,
-    /// Per step (and `add` for the whole call): mean over the last fifth of the sequential
-    /// ADDs over the mean over the first fifth.
-    pub add_step_growth: BTreeMap<&'static str, f64>,
+    /// [`CONCURRENT`] ADDs at once beside the sequential ones.
+    pub concurrent_loaded: Phase,
+    /// Per step (and `add` for the whole call): the mean over the first and the last fifth of
+    /// the sequential ADDs.
+    pub add_step_growth: BTreeMap<&'static str, Growth>,
     /// [`TARGET_ADD_P99_MS`].
     pub target_add_p99_ms: f64,
     /// Whether the concurrent ADD p99 is within the target.
@@ -352,29 +355,41 @@ fn step_figures(
     (share, mean)
 }
 
-/// Each step's (and the whole ADD's) mean over the last fifth of `per_call` over the first.
-fn growth(per_call: &[(Duration, StepTotals)]) -> BTreeMap<&'static str, f64> {
+/// How one step's mean time moved over the sequential ADDs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Growth {
+    /// Mean over the first fifth, ms.
+    pub first_fifth_ms: f64,
+    /// Mean over the last fifth, ms.
+    pub last_fifth_ms: f64,
+    /// Last over first (NaN when the first is zero).
+    pub ratio: f64,
+}
+
+/// Each step's (and the whole ADD's) mean over the first and last fifth of `per_call`.
+fn growth(per_call: &[(Duration, StepTotals)]) -> BTreeMap<&'static str, Growth> {
     let fifth = (per_call.len() / 5).max(1);
     let (first, last) = (&per_call[..fifth], &per_call[per_call.len() - fifth..]);
-    let mean = |calls: &[(Duration, StepTotals)], f: &dyn Fn(&(Duration, StepTotals)) -> f64| {
+    let mean_ms = |calls: &[(Duration, StepTotals)], f: &dyn Fn(&(Duration, StepTotals)) -> f64| {
         #[expect(clippy::cast_precision_loss, reason = "a few calls")]
         let n = calls.len() as f64;
-        calls.iter().map(f).sum::<f64>() / n
+        calls.iter().map(f).sum::<f64>() * 1e3 / n
     };
-    let ratio = |f: &dyn Fn(&(Duration, StepTotals)) -> f64| {
-        let (a, b) = (mean(first, f), mean(last, f));
-        if a > 0.0 {
-            ((b / a) * 100.0).round() / 100.0
-        } else {
-            f64::NAN
+    let round = |v: f64| (v * 100.0).round() / 100.0;
+    let of = |f: &dyn Fn(&(Duration, StepTotals)) -> f64| {
+        let (a, b) = (mean_ms(first, f), mean_ms(last, f));
+        Growth {
+            first_fifth_ms: round(a),
+            last_fifth_ms: round(b),
+            ratio: if a > 0.0 { round(b / a) } else { f64::NAN },
         }
     };
     let mut out = BTreeMap::new();
-    out.insert("add", ratio(&|c| c.0.as_secs_f64()));
+    out.insert("add", of(&|c| c.0.as_secs_f64()));
     for step in AddStep::ALL {
         out.insert(
             step.as_str(),
-            ratio(&|c| c.1.seconds.get(&step).copied().unwrap_or(0.0)),
+            of(&|c| c.1.seconds.get(&step).copied().unwrap_or(0.0)),
         );
     }
     out
@@ -387,7 +402,62 @@ fn netns_for(names: &[String]) -> anyhow::Result<Vec<(String, NetNs)>> {
         .collect()
 }
 
-/// Runs both phases with `n` sequential ADDs.
+/// What one phase measured, before it becomes a [`Phase`].
+struct Measured {
+    adds: Vec<Duration>,
+    dels: Vec<Duration>,
+    spent: StepTotals,
+    before: usize,
+    wall: Duration,
+    cpu: BTreeMap<String, f64>,
+}
+
+impl Measured {
+    fn phase(&self) -> Phase {
+        let (add_step_share, add_step_mean_ms) = step_figures(&self.spent, &self.adds);
+        Phase {
+            calls: self.adds.len(),
+            attachments_before: self.before,
+            add_wall_s: (self.wall.as_secs_f64() * 1000.0).round() / 1000.0,
+            add: Latency::of(&self.adds),
+            del: Latency::of(&self.dels),
+            add_step_share,
+            add_step_mean_ms,
+            add_cpu_s: self.cpu.clone(),
+        }
+    }
+}
+
+/// [`CONCURRENT`] ADDs at once with `before` attachments on the node, then their DELs at once.
+fn burst(
+    caller: &Caller<'_>,
+    agent: &NodeAgent,
+    pods: &[(String, NetNs)],
+    before: usize,
+) -> anyhow::Result<Measured> {
+    eprintln!(
+        "whole ADD: {} ADDs at once beside {before} attachments",
+        pods.len()
+    );
+    let (steps, cpu) = (agent.step_totals()?, CpuByPart::now(&PARTS));
+    let (adds, wall) = caller.at_once("ADD", pods)?;
+    let (spent, cpu) = (
+        agent.step_totals()?.since(&steps),
+        CpuByPart::now(&PARTS).since(&cpu),
+    );
+    let (dels, _) = caller.at_once("DEL", pods)?;
+    Ok(Measured {
+        adds,
+        dels,
+        spent,
+        before,
+        wall,
+        cpu,
+    })
+}
+
+/// The phases: [`CONCURRENT`] ADDs at once on an empty node (the target's phase), then `n` one
+/// after the other (kept), then [`CONCURRENT`] at once beside those `n`.
 ///
 /// # Errors
 /// When a part does not start or a call fails.
@@ -395,67 +465,56 @@ pub fn run(plugin: &Path, agent: &Path, n: usize) -> anyhow::Result<WholeReport>
     let mut rig = NodeRig::start(true);
     // The real agent binary takes the place of the rig's own.
     rig.stop_agent();
-    let times = NodeAgent::start(&rig, agent)?;
-    let seq_names: Vec<String> = (0..n).map(|i| format!("seq{i}")).collect();
-    let conc_names: Vec<String> = (0..CONCURRENT).map(|i| format!("burst{i}")).collect();
-    seed_pods(&rig, &[seq_names.clone(), conc_names.clone()].concat())?;
+    let node = NodeAgent::start(&rig, agent)?;
+    let names = |prefix: &str, count: usize| -> Vec<String> {
+        (0..count).map(|i| format!("{prefix}{i}")).collect()
+    };
+    let (seq_names, burst_names, loaded_names) = (
+        names("seq", n),
+        names("burst", CONCURRENT),
+        names("loaded", CONCURRENT),
+    );
+    seed_pods(
+        &rig,
+        &[seq_names.clone(), burst_names.clone(), loaded_names.clone()].concat(),
+    )?;
     let caller = Caller {
         plugin,
         config: rig.config("attachnet"),
     };
-    let (seq, conc) = (netns_for(&seq_names)?, netns_for(&conc_names)?);
+    let concurrent = burst(&caller, &node, &netns_for(&burst_names)?, 0)?;
 
     eprintln!("whole ADD: {n} ADDs one after the other on real OVN");
+    let seq = netns_for(&seq_names)?;
     let mut per_call = Vec::with_capacity(n);
     let (started, cpu) = (Instant::now(), CpuByPart::now(&PARTS));
     for (pod, netns) in &seq {
-        let before = times.step_totals()?;
+        let before = node.step_totals()?;
         let took = caller.call("ADD", netns, pod)?;
-        per_call.push((took, times.step_totals()?.since(&before)));
+        per_call.push((took, node.step_totals()?.since(&before)));
     }
-    let (seq_wall, seq_cpu) = (started.elapsed(), CpuByPart::now(&PARTS).since(&cpu));
-    let seq_spent = per_call
-        .iter()
-        .fold(StepTotals::default(), |acc, c| add_totals(&acc, &c.1));
-
-    eprintln!("whole ADD: {CONCURRENT} ADDs at once");
-    let (before, cpu) = (times.step_totals()?, CpuByPart::now(&PARTS));
-    let (conc_adds, conc_wall) = caller.at_once("ADD", &conc)?;
-    let (conc_spent, conc_cpu) = (
-        times.step_totals()?.since(&before),
-        CpuByPart::now(&PARTS).since(&cpu),
-    );
-    eprintln!("whole ADD: DELs");
-    let (conc_dels, _) = caller.at_once("DEL", &conc)?;
-    let mut seq_dels = Vec::with_capacity(n);
+    let (wall, cpu) = (started.elapsed(), CpuByPart::now(&PARTS).since(&cpu));
+    let loaded = burst(&caller, &node, &netns_for(&loaded_names)?, n)?;
+    let mut dels = Vec::with_capacity(n);
     for (pod, netns) in &seq {
-        seq_dels.push(caller.call("DEL", netns, pod)?);
+        dels.push(caller.call("DEL", netns, pod)?);
     }
-
-    let seq_adds: Vec<Duration> = per_call.iter().map(|c| c.0).collect();
-    let phase = |adds: &[Duration],
-                 dels: &[Duration],
-                 spent: &StepTotals,
-                 before,
-                 wall: Duration,
-                 add_cpu_s| {
-        let (add_step_share, add_step_mean_ms) = step_figures(spent, adds);
-        Phase {
-            add_cpu_s,
-            calls: adds.len(),
-            attachments_before: before,
-            add_wall_s: (wall.as_secs_f64() * 1000.0).round() / 1000.0,
-            add: Latency::of(adds),
-            del: Latency::of(dels),
-            add_step_share,
-            add_step_mean_ms,
-        }
+    let sequential = Measured {
+        adds: per_call.iter().map(|c| c.0).collect(),
+        dels,
+        spent: per_call
+            .iter()
+            .fold(StepTotals::default(), |acc, c| add_totals(&acc, &c.1)),
+        before: 0,
+        wall,
+        cpu,
     };
-    let concurrent = phase(&conc_adds, &conc_dels, &conc_spent, n, conc_wall, conc_cpu);
+    let concurrent = concurrent.phase();
     let target_met = concurrent.add.p99_ms <= TARGET_ADD_P99_MS;
     Ok(WholeReport {
-        sequential: phase(&seq_adds, &seq_dels, &seq_spent, 0, seq_wall, seq_cpu),
         concurrent,
+        sequential: sequential.phase(),
+        concurrent_loaded: loaded.phase(),
         add_step_growth: growth(&per_call),
         target_add_p99_ms: TARGET_ADD_P99_MS,
         target_met,
@@ -528,8 +587,10 @@ mod tests {
             .collect();
         let g = growth(&calls);
         // Last two (9, 10) over first two (1, 2).
-        assert_eq!(g["links"], 6.33);
-        assert_eq!(g["add"], 1.0);
-        assert!(g["qos"].is_nan());
+        assert_eq!(g["links"].first_fifth_ms, 1.5);
+        assert_eq!(g["links"].last_fifth_ms, 9.5);
+        assert_eq!(g["links"].ratio, 6.33);
+        assert_eq!(g["add"].ratio, 1.0);
+        assert!(g["qos"].ratio.is_nan());
     }
 }
