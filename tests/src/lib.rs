@@ -9,7 +9,7 @@
 //! - [`sidelane`]: Sidelane's QoS dataplane on a pod link, with a private pin root.
 //! - [`iperf`]: iperf3 runs between namespaces, measured at the receiver.
 //! - [`ping`]: RTT samples and percentiles.
-//! - [`cpu`]: CPU time by process, for what a benchmark phase costs each part.
+//! - [`usage`]: CPU time and resident memory by process, for what a benchmark costs each part.
 //! - [`bandwidth_plugin`]: Debian's reference `bandwidth` CNI plugin, driven as a runtime does.
 //! - [`bench`]: the benchmarks behind `cargo xtask bench <name>`.
 //! - [`control_plane`]: a real Kubernetes control plane (etcd, kube-apiserver, controllers) on
@@ -28,7 +28,6 @@ pub mod bandwidth_plugin;
 pub mod bench;
 pub mod cluster;
 pub mod control_plane;
-pub mod cpu;
 pub mod iperf;
 pub mod kubelet_standin;
 pub mod macvlan_node;
@@ -46,5 +45,6 @@ pub mod registry;
 pub mod sidelane;
 pub mod tools;
 pub mod topology;
+pub mod usage;
 pub mod veth;
 pub mod wait;

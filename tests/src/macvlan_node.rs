@@ -162,7 +162,7 @@ impl MacvlanNode {
             .iter()
             .map(Background::id)
             .chain([self.agent.id()])
-            .filter_map(crate::cpu::process_cpu_seconds)
+            .filter_map(crate::usage::process_cpu_seconds)
             .sum()
     }
 }

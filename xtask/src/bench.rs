@@ -21,12 +21,15 @@ pub enum Name {
     Fastpath,
     /// NAT gateways: SNAT and DNAT against no NAT and Kube-OVN's gateway pod.
     Nat,
+    /// How cost grows: IPAM, Northbound, the agent's ADD and memory, QoS accuracy (JSON and
+    /// SVG plots).
+    Scale,
 }
 
 pub fn run(name: Name, quick: bool) -> anyhow::Result<()> {
     let arg = match name {
         Name::Qos => "qos",
-        Name::Cni => {
+        Name::Cni | Name::Scale => {
             // The benchmark runs the plugin and (for the whole ADD) the agent binaries, which
             // must sit beside it.
             exec(Command::new("cargo").args([
@@ -38,7 +41,11 @@ pub fn run(name: Name, quick: bool) -> anyhow::Result<()> {
                 "--bin",
                 "sidelane-agent",
             ]))?;
-            "cni"
+            if matches!(name, Name::Scale) {
+                "scale"
+            } else {
+                "cni"
+            }
         }
         Name::Ipam => {
             // The bursts run the controller, the agent and the CNI plugin binaries, which must

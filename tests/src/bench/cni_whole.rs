@@ -37,12 +37,12 @@ use super::cni::{Sandbox, call};
 use crate::{
     cluster,
     control_plane::free_port,
-    cpu::CpuByPart,
     netns::NetNs,
     node_rig::{NodeRig, container_id},
     ping::percentile,
     process::Background,
     sidelane::PinRoot,
+    usage::CpuByPart,
 };
 
 /// ADDs started at once in the concurrent phase.
@@ -136,13 +136,19 @@ pub struct WholeReport {
 
 /// Our plugin and how it is called on the rig's node (from the machine's own namespace, as a
 /// runtime calls it: the agent puts host ends in the node's namespace).
-struct Caller<'a> {
+pub(crate) struct Caller<'a> {
     plugin: &'a Path,
     config: String,
 }
 
-impl Caller<'_> {
-    fn call(&self, command: &str, netns: &NetNs, pod: &str) -> anyhow::Result<Duration> {
+impl<'a> Caller<'a> {
+    /// Calls `plugin` with the NAD's `config`.
+    pub(crate) fn new(plugin: &'a Path, config: String) -> Caller<'a> {
+        Caller { plugin, config }
+    }
+
+    /// `command` for `pod` in `netns`; its time.
+    pub(crate) fn call(&self, command: &str, netns: &NetNs, pod: &str) -> anyhow::Result<Duration> {
         let sandbox = Sandbox {
             netns,
             pod: pod.to_owned(),
@@ -185,16 +191,17 @@ impl Caller<'_> {
 
 /// The agent binary, run as the DaemonSet runs it: in the node's network namespace (no
 /// `--host-netns`), with the chart's flags, plugging into the node's OVS.
-struct NodeAgent {
+pub(crate) struct NodeAgent {
     netns: PathBuf,
     metrics_port: u16,
-    _process: Background,
+    process: Background,
     state: tempfile::TempDir,
     _pins: PinRoot,
 }
 
 impl NodeAgent {
-    fn start(rig: &NodeRig, bin: &Path) -> anyhow::Result<NodeAgent> {
+    /// Starts `bin` as `rig`'s first node's agent (the rig's own agent stopped first).
+    pub(crate) fn start(rig: &NodeRig, bin: &Path) -> anyhow::Result<NodeAgent> {
         let chassis = rig.chassis();
         let netns = chassis.ns.path();
         rig.api.plane().reach_from(&netns)?;
@@ -235,7 +242,7 @@ impl NodeAgent {
         let agent = NodeAgent {
             netns,
             metrics_port,
-            _process: Background::spawn(&mut cmd)?,
+            process: Background::spawn(&mut cmd)?,
             state,
             _pins: pins,
         };
@@ -266,6 +273,11 @@ impl NodeAgent {
             Ok::<_, std::io::Error>(text)
         })?
         .context("fetching the agent's /metrics")
+    }
+
+    /// Its resident memory now, MiB.
+    pub(crate) fn rss_mib(&self) -> Option<f64> {
+        crate::usage::rss_mib(self.process.id())
     }
 
     /// Its ADD step totals so far.
@@ -301,7 +313,7 @@ fn step_totals_in(metrics: &str) -> StepTotals {
 }
 
 /// Creates the pods (both rates limited) and waits until the controller has allocated them all.
-fn seed_pods(rig: &NodeRig, names: &[String]) -> anyhow::Result<()> {
+pub(crate) fn seed_pods(rig: &NodeRig, names: &[String]) -> anyhow::Result<()> {
     for doc in cluster::networks_of("attachnet.yaml") {
         rig.api.apply(&[doc]);
     }
@@ -395,7 +407,7 @@ fn growth(per_call: &[(Duration, StepTotals)]) -> BTreeMap<&'static str, Growth>
     out
 }
 
-fn netns_for(names: &[String]) -> anyhow::Result<Vec<(String, NetNs)>> {
+pub(crate) fn netns_for(names: &[String]) -> anyhow::Result<Vec<(String, NetNs)>> {
     names
         .iter()
         .map(|n| Ok((n.clone(), NetNs::new()?)))
@@ -478,10 +490,7 @@ pub fn run(plugin: &Path, agent: &Path, n: usize) -> anyhow::Result<WholeReport>
         &rig,
         &[seq_names.clone(), burst_names.clone(), loaded_names.clone()].concat(),
     )?;
-    let caller = Caller {
-        plugin,
-        config: rig.config("attachnet"),
-    };
+    let caller = Caller::new(plugin, rig.config("attachnet"));
     let concurrent = burst(&caller, &node, &netns_for(&burst_names)?, 0)?;
 
     eprintln!("whole ADD: {n} ADDs one after the other on real OVN");

@@ -132,18 +132,6 @@ fn ready(port: u16) -> bool {
     out.starts_with("HTTP/1.1 200")
 }
 
-fn rss_mb(pid: u32) -> Option<f64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
 /// Runs the burst with `n` pods against the controller binary at `controller`.
 #[expect(
     clippy::too_many_lines,
@@ -276,7 +264,7 @@ pub fn burst(n: u32, controller: &Path) -> anyhow::Result<Burst> {
         Ok(())
     })?;
     watch.abort();
-    let controller_rss_mb = rss_mb(child.id()).unwrap_or(f64::NAN);
+    let controller_rss_mb = crate::usage::rss_mib(child.id()).unwrap_or(f64::NAN);
     drop(child);
     let created = runtime.block_on(async { created.lock().await.clone() });
     let annotated = runtime.block_on(async { annotated.lock().await.clone() });

@@ -13,6 +13,8 @@
 //!   Python IDL.
 //! - [`nat`]: TCP throughput and connection rate through SNAT and DNAT, against no NAT and
 //!   Kube-OVN's gateway pod (iptables MASQUERADE).
+//! - [`scale`]: how cost grows (IPAM, Northbound, the agent's ADD and memory, QoS accuracy),
+//!   as JSON and SVG plots drawn by [`plot`].
 //! - [`memory`]: live heap bytes, counted by the benchmark binary's allocator.
 //!
 //! Reports go to `target/bench/<name>.json` under the workspace root, and a table to stdout.
@@ -24,8 +26,10 @@ pub mod ipam;
 pub mod memory;
 pub mod nat;
 pub mod ovn;
+pub mod plot;
 pub mod qos;
 pub mod real_burst;
+pub mod scale;
 
 use std::path::{Path, PathBuf};
 

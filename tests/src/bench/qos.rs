@@ -335,7 +335,8 @@ fn ratio(bps: f64, mbps: u64) -> f64 {
     bps / (mbps as f64 * 1e6)
 }
 
-fn run_case(
+/// One case on a fresh pod link.
+pub(crate) fn run_case(
     options: &QosBenchOptions,
     mode: Mode,
     dir: Direction,

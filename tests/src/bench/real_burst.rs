@@ -29,10 +29,10 @@ use serde_json::{Value, json};
 
 use crate::{
     control_plane::{self, ControlPlane, SidelaneCluster},
-    cpu::children_cpu,
     macvlan_node::{Binaries, MacvlanNode},
     ping::percentile,
     tools,
+    usage::children_cpu,
 };
 
 /// One IPAM's figures: `real_burst[]` in `target/bench/ipam.json`.

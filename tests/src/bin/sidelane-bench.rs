@@ -1,7 +1,7 @@
 //! `sidelane-bench`: Sidelane's benchmarks, run by `cargo xtask bench <name>` (as root).
 //!
-//! `sidelane-bench qos [--quick]` writes `target/bench/qos.json`, `sidelane-bench cni [--quick]`
-//! `target/bench/cni.json`; both print a table.
+//! `sidelane-bench <name> [--quick]` writes `target/bench/<name>.json` and prints a table;
+//! `scale` also draws its plots beside the JSON.
 
 use std::path::PathBuf;
 
@@ -37,6 +37,21 @@ enum Bench {
     Fastpath(FastpathArgs),
     /// NAT gateways: SNAT and DNAT against no NAT and against Kube-OVN's gateway pod.
     Nat(NatArgs),
+    /// How cost grows: IPAM latency by Subnet size and held share, Northbound time and heap by
+    /// ports, the whole ADD and the agent's memory by attachments on the node, QoS accuracy by
+    /// rate; JSON and SVG plots.
+    Scale(ScaleArgs),
+}
+
+#[derive(Debug, Args)]
+struct ScaleArgs {
+    /// A reduced set of each sweep (a few minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the JSON report [default: <workspace>/target/bench/scale.json]; the plots
+    /// go beside it.
+    #[arg(long)]
+    output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -125,7 +140,23 @@ fn main() -> anyhow::Result<()> {
         Bench::Ovn(args) => run_ovn(&args),
         Bench::Fastpath(args) => run_fastpath(&args),
         Bench::Nat(args) => run_nat(&args),
+        Bench::Scale(args) => run_scale(&args),
     }
+}
+
+fn run_scale(args: &ScaleArgs) -> anyhow::Result<()> {
+    let path = args
+        .output
+        .clone()
+        .unwrap_or_else(|| bench::default_report_path("scale"));
+    let dir = path
+        .parent()
+        .map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf);
+    let report = bench::scale::run(bench::scale::ScaleOptions { quick: args.quick }, &dir)?;
+    bench::scale::write_report(&report, &path)?;
+    print!("{}", bench::scale::table(&report));
+    println!("\nreport: {}", path.display());
+    Ok(())
 }
 
 fn run_ipam(args: &IpamArgs) -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
-//! CPU time spent by processes, read from `/proc` and `getrusage`: what each part of a rig
-//! costs during a benchmark phase.
+//! What processes use, read from `/proc` and `getrusage`: CPU time (what each part of a rig
+//! costs during a benchmark phase) and resident memory.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +22,19 @@ fn stat_cpu_seconds(stat: &str) -> Option<f64> {
         reason = "clock ticks per second: a small number"
     )]
     Some(ticks / hz as f64)
+}
+
+/// The resident memory of a process, MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }
 
 /// CPU seconds of the children this process has waited for (the plugin binaries it ran).
