@@ -337,7 +337,7 @@ fn whole_table(w: &WholeReport) -> String {
         .collect();
     let _ = writeln!(
         out,
-        "growth, last fifth / first fifth: {}",
+        "one after the other, first fifth -> last fifth: {}",
         growth.join(", ")
     );
     let _ = writeln!(
