@@ -11,7 +11,7 @@
 //! - **qos**: how closely Sidelane holds a pod to its rate, 1 to 1,000 Mbit/s (3, 37 and 250
 //!   included): TCP over the run and in its first second, and UDP, into the pod.
 //!
-//! `--quick` runs a reduced set of each (a few minutes).
+//! `--quick` runs a reduced set of each (about two minutes; the whole sweep takes about 50).
 
 use std::{
     collections::BTreeMap,

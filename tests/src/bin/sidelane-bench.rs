@@ -45,7 +45,7 @@ enum Bench {
 
 #[derive(Debug, Args)]
 struct ScaleArgs {
-    /// A reduced set of each sweep (a few minutes).
+    /// A reduced set of each sweep (about two minutes).
     #[arg(long)]
     quick: bool,
     /// Where to write the JSON report [default: <workspace>/target/bench/scale.json]; the plots
