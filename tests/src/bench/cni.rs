@@ -88,6 +88,20 @@ impl<'a> Sandbox<'a> {
     }
 }
 
+/// Makes `cmd` run in the network namespace at `netns` (entered between fork and exec).
+pub(crate) fn run_in_netns(cmd: &mut Command, netns: &Path) -> anyhow::Result<()> {
+    let ns = fs::File::open(netns)
+        .with_context(|| format!("opening the namespace {}", netns.display()))?;
+    // SAFETY: setns is async-signal-safe; the closure touches only the fd it owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)
+        });
+    }
+    Ok(())
+}
+
 /// Runs `plugin` with the CNI environment, inside `node` when given (the reference plugins make
 /// their host ends in the namespace they run in); returns the elapsed time. Without a node the
 /// plugin is spawned as a runtime spawns it (no fork of this large process, which a `setns`
@@ -116,14 +130,7 @@ pub(crate) fn call(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(node) = node {
-        let node_ns = fs::File::open(node.path()).context("opening the node namespace")?;
-        // SAFETY: setns is async-signal-safe; the closure touches only the fd it owns.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(node_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        run_in_netns(&mut cmd, &node.path())?;
     }
     let started = Instant::now();
     let mut child = cmd

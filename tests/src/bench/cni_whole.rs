@@ -21,7 +21,6 @@
 
 use std::{
     collections::BTreeMap,
-    os::{fd::AsFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
@@ -33,7 +32,7 @@ use serde::Serialize;
 use serde_json::json;
 use sidelane_agent::attach::{AddStep, StepTotals};
 
-use super::cni::{Sandbox, call};
+use super::cni::{Sandbox, call, run_in_netns};
 use crate::{
     cluster,
     control_plane::free_port,
@@ -231,14 +230,7 @@ impl NodeAgent {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log);
-        let node_ns = std::fs::File::open(&netns).context("opening the node's namespace")?;
-        // SAFETY: setns is async-signal-safe; the closure touches only the fd it owns.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(node_ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        run_in_netns(&mut cmd, &netns)?;
         let agent = NodeAgent {
             netns,
             metrics_port,
