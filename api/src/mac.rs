@@ -22,9 +22,35 @@ pub fn format(mac: [u8; 6]) -> String {
         .join(":")
 }
 
+/// The name of the Vpc router's port on a Subnet's switch, as the controller creates it.
+pub fn router_port_name(vpc: &str, subnet: &str) -> String {
+    format!("{vpc}-{subnet}")
+}
+
+/// A router port's MAC: derived from its name (FNV-1a), locally administered, so that it is the
+/// same on every reconcile and every controller replica, and so that the node agents know a
+/// Subnet's gateway MAC without reading the Northbound database.
+pub fn router_port_mac(port_name: &str) -> [u8; 6] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in port_name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let b = h.to_be_bytes();
+    [0x0a, b[3], b[4], b[5], b[6], b[7]]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_router_ports_mac_is_locally_administered_unicast_and_stable() {
+        let mac = router_port_mac(&router_port_name("vpc-a", "net-a"));
+        assert_eq!(mac[0] & 0b11, 0b10, "locally administered, unicast");
+        assert_eq!(mac, router_port_mac("vpc-a-net-a"));
+        assert_ne!(mac, router_port_mac("vpc-a-net-b"));
+    }
 
     #[test]
     fn macs_round_trip_and_malformed_ones_are_refused() {

@@ -224,23 +224,9 @@ pub fn route_policy(kube_ovn: &str) -> &'static str {
     }
 }
 
-fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// A router port's MAC: derived from its name (FNV-1a), locally administered, so it is the
-/// same on every reconcile and every replica.
+/// A router port's MAC as OVN's rows write it ([`sidelane_api::mac::router_port_mac`]).
 pub fn router_port_mac(name: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    let b = h.to_be_bytes();
-    mac_text([0x0a, b[3], b[4], b[5], b[6], b[7]])
+    sidelane_api::mac::format(sidelane_api::mac::router_port_mac(name))
 }
 
 /// The topology for these Subnets (OVN ones only), Vpcs and attachments, isolated as
@@ -297,7 +283,7 @@ impl Topology {
                 acls: BTreeSet::new(),
             },
         );
-        let lrp = format!("{vpc}-{}", s.name);
+        let lrp = sidelane_api::mac::router_port_name(&vpc, &s.name);
         let lsp = format!("{}-{vpc}", s.name);
         self.router_ports.insert(
             lrp.clone(),
@@ -329,7 +315,7 @@ impl Topology {
 
     /// An attachment's port on its Subnet's switch.
     fn add_port(&mut self, p: &PortInput) {
-        let mut address = mac_text(p.mac);
+        let mut address = sidelane_api::mac::format(p.mac);
         for ip in &p.ips {
             address.push(' ');
             address.push_str(&ip.to_string());

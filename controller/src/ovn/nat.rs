@@ -185,7 +185,7 @@ impl Topology {
     fn answer_lan_ip(&mut self, g: &GatewayInput) {
         if let Some(p) = self
             .router_ports
-            .get_mut(&format!("{}-{}", g.vpc, g.subnet))
+            .get_mut(&sidelane_api::mac::router_port_name(&g.vpc, &g.subnet))
         {
             p.networks.insert(g.lan_ip.to_string());
         }
