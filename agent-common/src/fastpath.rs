@@ -1,6 +1,8 @@
-//! Fast-path ABI: the maps and programs that forward unicast between two pods of one logical
-//! switch on the same node straight from one pod's host-side veth into the other pod, past the
-//! OVS datapath, with OVN's port security kept.
+//! Fast-path ABI: the maps and programs that forward unicast between two pods on the same node
+//! straight from one pod's host-side veth into the other pod, past the OVS datapath, with OVN's
+//! port security kept: pods of one logical switch as OVN switches them, and pods of two Subnets
+//! of one Vpc as its router routes them (TTL or hop limit decremented, the source MAC the
+//! router port's on the receiver's switch, the destination MAC the receiver's).
 //!
 //! One object is loaded per node and its maps are shared by every attachment:
 //!
@@ -11,6 +13,8 @@
 //!   ([`Endpoint`]: its host end's ifindex and MAC).
 //! - [`TO_POD_MAP`]: on nodes whose OVS runs the userspace datapath, by the ifindex of the
 //!   device OVS writes to, the host end to deliver to.
+//! - [`ROUTED_MAP`]: by ([`EndpointKey`]: routing domain, IP), the local pod that owns the
+//!   address, for frames a source on a routed Subnet sends to its gateway's MAC.
 //! - [`COUNTERS_MAP`]: per-CPU [`FastpathCounters`] by the attachment's slot.
 //! - [`PAIRS_MAP`]: the pairs of attachments, one of them in a security group, whose traffic
 //!   OVN passes whole both ways ([`PairKey`]); between an isolated attachment and any other,
@@ -27,6 +31,10 @@ pub const SOURCES_MAP: &str = "SL_FP_SOURCES";
 pub const SOURCES_DIRECT_MAP: &str = "SL_FP_SOURCES_DIRECT";
 /// Hash of [`Endpoint`] by [`EndpointKey`].
 pub const ENDPOINTS_MAP: &str = "SL_FP_ENDPOINTS";
+/// Hash of [`Endpoint`] by [`EndpointKey`] whose `switch` is a routing domain (a Vpc's
+/// number): the endpoints a source on one of the Vpc's routed Subnets reaches through the
+/// router.
+pub const ROUTED_MAP: &str = "SL_FP_ROUTED";
 /// Hash of the host end's ifindex (`u32`) by the ifindex of the device OVS writes to (`u32`).
 pub const TO_POD_MAP: &str = "SL_FP_TO_POD";
 /// Per-CPU array of [`FastpathCounters`] by slot.
@@ -34,10 +42,11 @@ pub const COUNTERS_MAP: &str = "SL_FP_COUNTERS";
 /// Hash of `1` by [`PairKey`].
 pub const PAIRS_MAP: &str = "SL_FP_PAIRS";
 /// Every map of the fast-path object, for pinning.
-pub const MAPS: [&str; 6] = [
+pub const MAPS: [&str; 7] = [
     SOURCES_MAP,
     SOURCES_DIRECT_MAP,
     ENDPOINTS_MAP,
+    ROUTED_MAP,
     TO_POD_MAP,
     COUNTERS_MAP,
     PAIRS_MAP,
@@ -109,9 +118,19 @@ pub struct Source {
     pub ip4: [u8; 4],
     /// The attachment's IPv6 address.
     pub ip6: [u8; 16],
+    /// Its routing domain (the Vpc's number) when frames it sends to its gateway may be routed
+    /// on the fast path, else [`DOMAIN_OFF`].
+    pub domain: u32,
+    /// Its gateway's MAC: the MAC of the Vpc router's port on its switch.
+    pub gw_mac: [u8; 6],
+    /// Explicit padding.
+    pub pad2: [u8; 2],
 }
 
-/// An address on a logical switch.
+/// The routing domain that is never an endpoint's: a source in it is never routed.
+pub const DOMAIN_OFF: u32 = 0;
+
+/// An address on a logical switch (or, in [`ROUTED_MAP`], in a routing domain).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EndpointKey {
@@ -146,10 +165,16 @@ pub struct Endpoint {
     pub ifindex: u32,
     /// [`ENDPOINT_POLICED`].
     pub flags: u32,
-    /// Its MAC: a frame is fast-pathed only if sent to it.
+    /// Its MAC: a frame is fast-pathed only if sent to it (on a routed frame, written as the
+    /// destination).
     pub mac: [u8; 6],
     /// Explicit padding.
     pub pad: [u8; 2],
+    /// The MAC of the Vpc router's port on its switch: a routed frame leaves the router from
+    /// there, so it is written as the source ([`ROUTED_MAP`] entries only).
+    pub router_mac: [u8; 6],
+    /// Explicit padding.
+    pub pad2: [u8; 2],
 }
 
 /// What the fast path did with one attachment's frames (per CPU; the agent sums).
@@ -168,6 +193,11 @@ pub struct FastpathCounters {
     /// Frames between an isolated attachment and a local peer whose traffic OVN does not pass
     /// whole: handed to OVS, whose ACLs decide.
     pub isolated: u64,
+    /// Of the hits, frames routed between two Subnets of a Vpc.
+    pub routed: u64,
+    /// Routed frames whose TTL or hop limit would expire at the router: handed to OVS, whose
+    /// router answers with ICMP time exceeded.
+    pub expired: u64,
 }
 
 impl FastpathCounters {
@@ -180,8 +210,25 @@ impl FastpathCounters {
             misses: self.misses + other.misses,
             spoofed: self.spoofed + other.spoofed,
             isolated: self.isolated + other.isolated,
+            routed: self.routed + other.routed,
+            expired: self.expired + other.expired,
         }
     }
+}
+
+/// The IPv4 header checksum after the TTL is decremented by one, as the kernel's
+/// `ip_decrease_ttl` updates it (RFC 1624): the TTL is the high byte of its 16-bit word, so the
+/// checksum grows by `0x0100` with the carry folded back in. `check` is as the header holds it.
+#[must_use]
+pub const fn checksum_after_ttl_decrement(check: [u8; 2]) -> [u8; 2] {
+    let (sum, carried) = u16::from_be_bytes(check).overflowing_add(0x0100);
+    // The carry folds back in; a sum of 0xffff becomes 0, as the kernel writes it.
+    let folded = if carried || sum == 0xffff {
+        sum.wrapping_add(1)
+    } else {
+        sum
+    };
+    folded.to_be_bytes()
 }
 
 #[cfg(feature = "user")]
@@ -207,11 +254,46 @@ mod tests {
 
     #[test]
     fn the_layouts_have_no_implicit_padding() {
-        assert_eq!(size_of::<Source>(), 4 * 4 + 8 + 4 + 16);
+        assert_eq!(size_of::<Source>(), 4 * 4 + 8 + 4 + 16 + 4 + 8);
         assert_eq!(size_of::<EndpointKey>(), 20);
-        assert_eq!(size_of::<Endpoint>(), 16);
-        assert_eq!(size_of::<FastpathCounters>(), 40);
+        assert_eq!(size_of::<Endpoint>(), 24);
+        assert_eq!(size_of::<FastpathCounters>(), 56);
         assert_eq!(size_of::<PairKey>(), 12);
+    }
+
+    /// The IPv4 header checksum computed whole.
+    fn checksum(header: &[u8; 20]) -> [u8; 2] {
+        let mut sum: u32 = 0;
+        for (i, w) in header.chunks(2).enumerate() {
+            if i != 5 {
+                sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+            }
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        (!u16::try_from(sum).expect("folded to 16 bits")).to_be_bytes()
+    }
+
+    #[test]
+    fn a_decremented_ttl_leaves_the_same_checksum_as_computing_it_whole() {
+        let mut header = [
+            0x45, 0, 0, 84, 0x12, 0x34, 0x40, 0, 64, 1, 0, 0, 10, 1, 0, 5, 10, 2, 0, 7,
+        ];
+        for ttl in [2u8, 17, 64, 128, 255] {
+            for id in [0u16, 0x1234, 0xbeef, 0xfeff, 0xffff] {
+                header[4..6].copy_from_slice(&id.to_be_bytes());
+                header[8] = ttl;
+                let before = checksum(&header);
+                header[8] = ttl - 1;
+                let after = checksum(&header);
+                assert_eq!(
+                    checksum_after_ttl_decrement(before),
+                    after,
+                    "ttl {ttl}, id {id:#x}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -415,8 +415,8 @@ pub fn interface_detail(v: &AttachmentView) -> String {
         Some(c) => {
             let _ = writeln!(
                 out,
-                "  fast path: {} frames / {} B forwarded, {} handed to OVS, {} spoofed (never fast-pathed), {} isolated (security groups: to OVS's ACLs)",
-                c.hits, c.hit_bytes, c.misses, c.spoofed, c.isolated
+                "  fast path: {} frames / {} B forwarded ({} routed between Subnets), {} handed to OVS, {} spoofed (never fast-pathed), {} isolated (security groups: to OVS's ACLs), {} TTL expiring (to OVN's router)",
+                c.hits, c.hit_bytes, c.routed, c.misses, c.spoofed, c.isolated, c.expired
             );
         }
     }
@@ -630,6 +630,8 @@ mod tests {
                 misses: 12,
                 spoofed: 0,
                 isolated: 0,
+                routed: 0,
+                expired: 0,
             }),
             qos: Some(QosView {
                 ingress: dir(1000, 500, 7),
@@ -669,7 +671,9 @@ mod tests {
             "{detail}"
         );
         assert!(
-            detail.contains("fast path: 9000 frames / 13500000 B forwarded, 12 handed to OVS"),
+            detail.contains(
+                "fast path: 9000 frames / 13500000 B forwarded (0 routed between Subnets), 12 handed to OVS"
+            ),
             "{detail}"
         );
     }

@@ -14,5 +14,7 @@ pub mod netns;
 pub mod ovs;
 pub mod pods;
 pub mod records;
+pub mod routes;
 pub mod security_groups;
 pub mod subnets;
+pub mod watched;

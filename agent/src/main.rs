@@ -146,6 +146,11 @@ async fn main() -> anyhow::Result<()> {
             client.clone(),
             Arc::clone(&fastpath) as Arc<dyn sidelane_agent::dataplane::ports::FastpathPorts>,
         ));
+        // Pods of two Subnets of one Vpc are routed on the fast path where the Vpc allows it.
+        tokio::spawn(sidelane_agent::routes::follow_forever(
+            client.clone(),
+            Arc::clone(&fastpath) as Arc<dyn sidelane_agent::dataplane::ports::FastpathPorts>,
+        ));
         collector = collector.with_fastpath(fastpath);
     }
     let registry =

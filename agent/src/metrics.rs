@@ -8,7 +8,9 @@
 //!   `..._hit_bytes_total`, `..._misses_total` (handed to OVS), `..._spoofed_total` (for a
 //!   local pod but not from the sender's own MAC and address: never fast-pathed) and
 //!   `..._isolated_total` (between pods in security groups whose traffic OVN does not pass
-//!   whole: handed to OVS, whose ACLs decide);
+//!   whole: handed to OVS, whose ACLs decide), `..._routed_total` (of the hits, frames routed
+//!   between Subnets of a Vpc) and `..._expired_total` (routed frames whose TTL would expire:
+//!   handed to OVS, whose router answers);
 //! - QoS (attachments with a limit), with a `direction` label (`ingress`: into the pod):
 //!   `sidelane_agent_qos_limit_bits_per_second` (0: unlimited, counted only),
 //!   `..._passed_packets_total`, `..._passed_bytes_total`, `..._dropped_packets_total`,
@@ -75,6 +77,12 @@ pub struct FastpathView {
     /// Frames to or from a pod in a security group that OVN does not pass whole.
     #[serde(default)]
     pub isolated: u64,
+    /// Of the hits, frames routed between Subnets of a Vpc.
+    #[serde(default)]
+    pub routed: u64,
+    /// Routed frames whose TTL or hop limit would expire (handed to OVS).
+    #[serde(default)]
+    pub expired: u64,
 }
 
 /// One direction of an attachment's QoS.
@@ -241,6 +249,8 @@ impl AttachmentCollector {
                     misses: c.misses,
                     spoofed: c.spoofed,
                     isolated: c.isolated,
+                    routed: c.routed,
+                    expired: c.expired,
                 }),
             _ => None,
         };
@@ -289,7 +299,7 @@ impl Collector for AttachmentCollector {
         type QosField = fn(&QosDirectionView) -> u64;
         let views = self.snapshot();
         if self.fastpath.is_some() {
-            let families: [(&str, &str, Field); 5] = [
+            let families: [(&str, &str, Field); 7] = [
                 ("fastpath_hits", "Frames forwarded on the fast path", |c| {
                     c.hits
                 }),
@@ -308,6 +318,16 @@ impl Collector for AttachmentCollector {
                     "fastpath_isolated",
                     "Frames to or from a pod in a security group whose traffic OVN does not pass whole (handed to OVS)",
                     |c| c.isolated,
+                ),
+                (
+                    "fastpath_routed",
+                    "Of the frames forwarded on the fast path, those routed between Subnets of a Vpc",
+                    |c| c.routed,
+                ),
+                (
+                    "fastpath_expired",
+                    "Routed frames whose TTL or hop limit would expire (handed to OVS, whose router answers)",
+                    |c| c.expired,
                 ),
             ];
             for (name, help, field) in families {

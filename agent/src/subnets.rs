@@ -26,6 +26,31 @@ pub struct SubnetInfo {
     /// matches the fast path cannot prove. A private Subnet keeps it: same-switch traffic is
     /// what a private Subnet always admits.
     pub fastpath: bool,
+    /// Whether traffic between its pods and other Subnets of its Vpc may be routed on the fast
+    /// path, as far as the Subnet itself goes (the Vpc has its say in [`crate::routes`]).
+    pub routing: Option<SubnetRouting>,
+}
+
+/// What routing on the fast path needs of a Subnet that allows it: an OVN overlay Subnet (no
+/// `vlan`: an underlay Subnet's gateway is the physical router's) that is on the fast path and
+/// not private (a private Subnet drops what other Subnets send it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubnetRouting {
+    /// Its Vpc (`ovn-cluster` when it names none, as Kube-OVN defaults it).
+    pub vpc: String,
+    /// Its CIDRs (one per family).
+    pub cidrs: Vec<ipnet::IpNet>,
+}
+
+/// The Vpc of an OVN Subnet that names none.
+pub const DEFAULT_VPC: &str = "ovn-cluster";
+
+/// Whether `provider` is an OVN-backed one (`ovn`, or `<name>.<namespace>.ovn`).
+pub fn is_ovn_provider(provider: &str) -> bool {
+    provider == "ovn"
+        || provider
+            .rsplit_once('.')
+            .is_some_and(|(_, last)| last == "ovn")
 }
 
 /// The Subnet annotation that switches the fast path off (`"false"`).
@@ -98,15 +123,55 @@ pub fn info_of(obj: &DynamicObject) -> Option<SubnetInfo> {
         .as_ref()
         .and_then(|a| a.get(FASTPATH_ANNOTATION))
         .is_some_and(|v| v.trim().eq_ignore_ascii_case("false"));
+    let provider = if spec.provider.is_empty() {
+        "ovn".to_owned()
+    } else {
+        spec.provider.clone()
+    };
+    let fastpath = !(opted_out || spec.has_acls());
     Some(SubnetInfo {
+        routing: routing_of(&name, &spec, &provider, fastpath),
         name,
-        provider: if spec.provider.is_empty() {
-            "ovn".to_owned()
-        } else {
-            spec.provider.clone()
-        },
+        provider,
         mtu: spec.mtu.filter(|m| *m > 0),
-        fastpath: !(opted_out || spec.has_acls()),
+        fastpath,
+    })
+}
+
+/// The Subnet's side of routing on the fast path: `None` unless it is an OVN overlay Subnet on
+/// the fast path, not private, whose CIDRs read.
+fn routing_of(
+    name: &str,
+    spec: &SubnetSpec,
+    provider: &str,
+    fastpath: bool,
+) -> Option<SubnetRouting> {
+    if !fastpath || spec.private == Some(true) || !spec.vlan.is_empty() {
+        return None;
+    }
+    if !is_ovn_provider(provider) {
+        return None;
+    }
+    let cidrs: Result<Vec<ipnet::IpNet>, _> = spec
+        .cidr()
+        .split(',')
+        .map(|c| c.trim().parse::<ipnet::IpNet>())
+        .collect();
+    let cidrs = match cidrs {
+        Ok(c) if !c.is_empty() => c,
+        _ => {
+            warn!(subnet = %name, cidr = %spec.cidr(),
+                  "a Subnet's CIDR does not read; it is not routed on the fast path");
+            return None;
+        }
+    };
+    Some(SubnetRouting {
+        vpc: if spec.vpc.is_empty() {
+            DEFAULT_VPC.to_owned()
+        } else {
+            spec.vpc.clone()
+        },
+        cidrs,
     })
 }
 
@@ -165,6 +230,45 @@ mod tests {
             provider: provider.to_owned(),
             mtu,
             fastpath: true,
+            routing: None,
+        }
+    }
+
+    fn routing(spec: &Value) -> Option<SubnetRouting> {
+        info_of(&subnet_object(&json!({}), spec))
+            .expect("a readable Subnet")
+            .routing
+    }
+
+    #[test]
+    fn an_overlay_subnet_on_the_fast_path_may_be_routed_in_its_vpc() {
+        let read = routing(&json!({
+            "cidrBlock": "10.1.0.0/24,fd00:1::/64", "provider": "net-a.default.ovn", "vpc": "vpc-a"
+        }))
+        .expect("routed");
+        assert_eq!(read.vpc, "vpc-a");
+        assert_eq!(
+            read.cidrs,
+            [
+                "10.1.0.0/24".parse().expect("a CIDR"),
+                "fd00:1::/64".parse().expect("a CIDR")
+            ]
+        );
+        let default = routing(&json!({"cidrBlock": "10.2.0.0/24"})).expect("routed");
+        assert_eq!(default.vpc, DEFAULT_VPC);
+    }
+
+    #[test]
+    fn private_underlay_macvlan_or_acl_subnets_and_unreadable_cidrs_are_never_routed() {
+        for spec in [
+            json!({"cidrBlock": "10.1.0.0/24", "private": true}),
+            json!({"cidrBlock": "10.1.0.0/24", "vlan": "vlan10"}),
+            json!({"cidrBlock": "10.1.0.0/24", "provider": "macvlan.default"}),
+            json!({"cidrBlock": "10.1.0.0/24", "acls": [{"action": "drop"}]}),
+            json!({"cidrBlock": "10.1.0.0/33"}),
+            json!({}),
+        ] {
+            assert_eq!(routing(&spec), None, "{spec}");
         }
     }
 

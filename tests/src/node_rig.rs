@@ -46,8 +46,8 @@ pub struct Node {
     dir: tempfile::TempDir,
     pins: PinRoot,
     agent: Option<JoinHandle<()>>,
-    /// The agent's followers: of the security groups (with the fast path) and of its pods'
-    /// annotations (rates and groups changed live).
+    /// The agent's followers: of the security groups and the Vpcs' routing (with the fast
+    /// path) and of its pods' annotations (rates and groups changed live).
     followers: Vec<JoinHandle<()>>,
     /// The agent's fast path (while the agent runs with one).
     pub fastpath: Option<Arc<Mutex<FastpathDataplane>>>,
@@ -243,6 +243,11 @@ impl NodeRig {
                         Arc::clone(&fp) as Arc<dyn sidelane_agent::dataplane::ports::FastpathPorts>,
                     )),
             );
+            n.followers
+                .push(self.runtime.spawn(sidelane_agent::routes::follow_forever(
+                    client.clone(),
+                    Arc::clone(&fp) as Arc<dyn sidelane_agent::dataplane::ports::FastpathPorts>,
+                )));
             n.fastpath = Some(fp);
         }
         let attacher = Arc::new(attacher);
@@ -345,14 +350,33 @@ impl NodeRig {
     /// # Panics
     /// When the ADD fails.
     pub fn attach_on(&self, node: usize, pod: &str, ns: &NetNs, nad: &str) -> String {
+        self.attach_all_on(node, pod, ns, nad).swap_remove(0)
+    }
+
+    /// [`Self::attach_on`], returning every address (IPv4 first on a dual-stack Subnet).
+    ///
+    /// # Panics
+    /// When the ADD fails or returns no address.
+    pub fn attach_all_on(&self, node: usize, pod: &str, ns: &NetNs, nad: &str) -> Vec<String> {
         let out = sidelane_cni::run(
             &cni_vars("ADD", pod, ns),
             self.config_on(node, nad).as_bytes(),
         );
         assert_eq!(out.exit_code, 0, "ADD {pod}: {}", out.stdout);
         let result: Value = serde_json::from_str(&out.stdout).expect("a JSON result");
-        let cidr = result["ips"][0]["address"].as_str().expect("an address");
-        cidr.split('/').next().unwrap_or_default().to_owned()
+        let ips: Vec<String> = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str())
+            .map(|cidr| cidr.split('/').next().unwrap_or_default().to_owned())
+            .collect();
+        assert!(
+            !ips.is_empty(),
+            "ADD {pod} returned no address: {}",
+            out.stdout
+        );
+        ips
     }
 
     /// DEL of `pod`'s net1 on the first node.

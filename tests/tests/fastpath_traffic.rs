@@ -2,12 +2,15 @@
 //! switch on one node reach each other straight from veth to veth (hits counted, the devices OVS
 //! reads see none of it, no frame delivered twice); other traffic still crosses OVS; spoofed
 //! frames are never fast-pathed; the receiver's ingress limit holds; DEL removes the entries;
-//! an agent restart leaves a running flow untouched.
+//! an agent restart leaves a running flow untouched. Pods of two Subnets of one Vpc are routed
+//! on the fast path (IPv4 and IPv6, one hop, TTL 1 answered by OVN's router) until the Vpc
+//! gains what the program cannot prove, a policy route.
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sidelane_agent::dataplane::fastpath::{endpoint_key, switch_id};
+use sidelane_agent::dataplane::fastpath::{Table, endpoint_key, switch_id};
+use sidelane_agent_common::fastpath::FastpathCounters;
 use sidelane_tests::{
     cluster,
     iperf::{self, IperfSpec},
@@ -235,7 +238,12 @@ fn del_removes_a_pods_entries_before_it_returns_and_its_old_address_reaches_noth
     let (a, _ip_a, b, ip_b) = two_pods(&rig, &json!({}));
     ping_eventually(&a, &ip_b);
     let key = endpoint_key(switch_id("attachnet"), ip_b.parse().expect("an address"));
-    let entries = |rig: &NodeRig| rig.fastpath().lock().expect("lock").endpoints();
+    let entries = |rig: &NodeRig| {
+        rig.fastpath()
+            .lock()
+            .expect("lock")
+            .endpoints(Table::Switched)
+    };
     assert!(
         entries(&rig).iter().any(|(k, _)| *k == key),
         "fast-b is an endpoint"
@@ -285,52 +293,155 @@ fn traffic_a_running_flow_on_the_fast_path_survives_an_agent_restart() {
     );
 }
 
-#[test]
-fn pods_on_two_switches_of_one_vpc_reach_each_other_through_ovs_not_the_fast_path() {
-    let name = "pods_on_two_switches_of_one_vpc_reach_each_other_through_ovs_not_the_fast_path";
-    if !privilege::require_privileges(name) || !ovn::require_installed(name) {
-        return;
-    }
-    let rig = NodeRig::start(true);
-    rig.api.seed(json!({"apiVersion": "kubeovn.io/v1", "kind": "Vpc", "metadata": {"name": "vpc-fp"}, "spec": {}})).expect("vpc");
-    for (nad, cidr) in [("net-a", "10.70.0.0/24"), ("net-b", "10.71.0.0/24")] {
+/// Vpc `vpc-fp` (with `vpc_spec`) holding the dual-stack Subnets `net-a` (`10.70.0.0/24`,
+/// `fd00:70::/64`) and `net-b` (`10.71.0.0/24`, `fd00:71::/64`), and a pod on each (`fast-c`,
+/// `fast-d`) with routes to the other Subnet through its gateway; returns the pods and
+/// `fast-d`'s addresses (IPv4, IPv6).
+fn pods_on_two_subnets(rig: &NodeRig, vpc_spec: &serde_json::Value) -> (NetNs, NetNs, [String; 2]) {
+    rig.api
+        .seed(json!({"apiVersion": "kubeovn.io/v1", "kind": "Vpc",
+                     "metadata": {"name": "vpc-fp"}, "spec": vpc_spec}))
+        .expect("vpc");
+    for (nad, v4, v6) in [
+        ("net-a", "10.70.0.0/24", "fd00:70::/64"),
+        ("net-b", "10.71.0.0/24", "fd00:71::/64"),
+    ] {
         rig.api.seed(cluster::ovn_nad(nad)).expect("nad");
-        rig.api
-            .seed(cluster::ovn_subnet(nad, nad, cidr, "vpc-fp"))
-            .expect("subnet");
+        let mut subnet = cluster::ovn_subnet(nad, nad, &format!("{v4},{v6}"), "vpc-fp");
+        subnet["spec"]["protocol"] = json!("Dual");
+        rig.api.seed(subnet).expect("subnet");
     }
+    let routes = |v4: &str, gw4: &str, v6: &str, gw6: &str| {
+        json!([{"dst": v4, "gw": gw4}, {"dst": v6, "gw": gw6}]).to_string()
+    };
     rig.api
         .seed(cluster::pod(
             "fast-c",
             &json!({"k8s.v1.cni.cncf.io/networks": "default/net-a",
-        "net-a.default.ovn.kubernetes.io/routes": r#"[{"dst":"10.71.0.0/24","gw":"10.70.0.1"}]"#}),
+                    "net-a.default.ovn.kubernetes.io/routes":
+                        routes("10.71.0.0/24", "10.70.0.1", "fd00:71::/64", "fd00:70::1")}),
         ))
         .expect("pod");
     rig.api
         .seed(cluster::pod(
             "fast-d",
             &json!({"k8s.v1.cni.cncf.io/networks": "default/net-b",
-        "net-b.default.ovn.kubernetes.io/routes": r#"[{"dst":"10.70.0.0/24","gw":"10.71.0.1"}]"#}),
+                    "net-b.default.ovn.kubernetes.io/routes":
+                        routes("10.70.0.0/24", "10.71.0.1", "fd00:70::/64", "fd00:71::1")}),
         ))
         .expect("pod");
     let (c, d) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
-    let _ip_c = rig.attach("fast-c", &c, "net-a");
-    let ip_d = rig.attach("fast-d", &d, "net-b");
-    ping_eventually(&c, &ip_d);
-    let out = ping(&c, &ip_d, 10).expect("routed ping");
-    assert!(
-        out.contains("10 received") && !out.contains("DUP!"),
-        "{out}"
-    );
-    let report = iperf::measure(&d, &ip_d, &c, &IperfSpec::tcp(Duration::from_secs(1)))
-        .expect("TCP across switches");
-    assert!(report.receiver_bps > 1e6, "{}", report.receiver_bps);
+    let _ = rig.attach_all_on(0, "fast-c", &c, "net-a");
+    let ips = rig.attach_all_on(0, "fast-d", &d, "net-b");
+    let [v4, v6] = <[String; 2]>::try_from(ips).expect("fast-d has an IPv4 and an IPv6 address");
+    (c, d, [v4, v6])
+}
+
+/// Pings `to` once a while until a reply came and `counted` holds of fast-c's counters (the
+/// routing follower hands the fast path its table within the watch's delay).
+fn ping_until(rig: &NodeRig, from: &NetNs, to: &str, counted: impl Fn(&FastpathCounters) -> bool) {
+    let start = Instant::now();
+    loop {
+        let replied = ping(from, to, 1).is_ok();
+        if replied && counted(&rig.counters("fast-c")) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "ping {to}: replied {replied}, fast-c's counters {:?}",
+            rig.counters("fast-c")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn pods_on_two_subnets_of_one_vpc_are_routed_on_the_fast_path_one_hop_at_veth_speed() {
+    let name = "pods_on_two_subnets_of_one_vpc_are_routed_on_the_fast_path_one_hop_at_veth_speed";
+    if !privilege::require_privileges(name) || !ovn::require_installed(name) {
+        return;
+    }
+    let rig = NodeRig::start(true);
+    let (c, d, [d4, d6]) = pods_on_two_subnets(&rig, &json!({}));
+    for ip in [&d4, &d6] {
+        let before = rig.counters("fast-c").routed;
+        ping_until(&rig, &c, ip, |n| n.routed > before);
+        let out = ping(&c, ip, 20).expect("a routed ping");
+        assert!(
+            out.contains("20 received") && !out.contains("DUP!"),
+            "{out}"
+        );
+        assert!(
+            out.contains("ttl=63"),
+            "the reply crossed one router (TTL or hop limit 64 less one): {out}"
+        );
+    }
+    // TTL 1: the router answers time exceeded, from the sender's gateway; TTL 2 arrives.
+    let expired_before = rig.counters("fast-c").expired;
+    for (ip, gateway) in [(&d4, "10.70.0.1"), (&d6, "fd00:70::1")] {
+        let expired = ping_with_ttl(&c, ip, 1).expect_err("TTL 1 never arrives");
+        assert!(
+            expired.contains(&format!("From {gateway}")) && expired.contains("exceeded"),
+            "time exceeded from the gateway: {expired}"
+        );
+        let arrived = ping_with_ttl(&c, ip, 2).expect("TTL 2 arrives");
+        assert!(arrived.contains("1 received"), "{arrived}");
+    }
     let counters = rig.counters("fast-c");
-    assert_eq!(
-        counters.hits, 0,
-        "routed traffic never takes the fast path: {counters:?}"
+    assert!(
+        counters.expired >= expired_before + 2,
+        "expiring frames went to OVS: {counters:?}"
     );
-    assert!(counters.misses > 10, "{counters:?}");
+    let before = rig.counters("fast-c");
+    let report = iperf::measure(&d, &d4, &c, &IperfSpec::tcp(Duration::from_secs(2)))
+        .expect("TCP across the Subnets");
+    assert!(
+        report.receiver_bps > 1e9,
+        "TCP at veth speed, not OVS's: {} bit/s",
+        report.receiver_bps
+    );
+    let after = rig.counters("fast-c");
+    assert!(
+        after.routed > before.routed + 1000 && after.spoofed == before.spoofed,
+        "the flow was routed on the fast path: {before:?} -> {after:?}"
+    );
+}
+
+fn ping_with_ttl(from: &NetNs, to: &str, ttl: u8) -> Result<String, String> {
+    from.exec(&["ping", "-c", "1", "-W", "2", "-t", &ttl.to_string(), to])
+        .map_err(|e| format!("{e:#}"))
+}
+
+#[test]
+fn a_policy_route_on_the_vpc_sends_its_subnets_traffic_back_through_ovs() {
+    let name = "a_policy_route_on_the_vpc_sends_its_subnets_traffic_back_through_ovs";
+    if !privilege::require_privileges(name) || !ovn::require_installed(name) {
+        return;
+    }
+    let rig = NodeRig::start(true);
+    let (c, _d, [d4, _]) = pods_on_two_subnets(&rig, &json!({}));
+    ping_until(&rig, &c, &d4, |n| n.routed > 0);
+    rig.api.apply(&[json!({
+        "apiVersion": "kubeovn.io/v1", "kind": "Vpc", "metadata": {"name": "vpc-fp"},
+        "spec": {"policyRoutes": [
+            {"priority": 10, "match": "ip4.src == 10.70.0.0/24", "action": "allow"}
+        ]}
+    })]);
+    // Routed frames stop being fast-pathed once the agent has read the Vpc; OVS routes them.
+    let start = Instant::now();
+    loop {
+        let before = rig.counters("fast-c");
+        let out = ping(&c, &d4, 5);
+        let after = rig.counters("fast-c");
+        if out.is_ok() && after.routed == before.routed && after.misses >= before.misses + 5 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "still routed on the fast path: {before:?} -> {after:?} ({out:?})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

@@ -236,7 +236,7 @@ impl OvnPod {
             .fastpath()
             .lock()
             .expect("the fast path's lock")
-            .endpoints()
+            .endpoints(sidelane_agent::dataplane::fastpath::Table::Switched)
             .len();
         Held {
             ports: self.ports(),

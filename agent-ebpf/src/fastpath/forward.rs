@@ -8,9 +8,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use sidelane_agent_common::fastpath::{
-    DIRECT_IFINDEXES, ENDPOINT_ISOLATED, ENDPOINT_POLICED, Endpoint, EndpointKey, FastpathCounters,
-    MAX_ATTACHMENTS, MAX_ENDPOINTS, MAX_PAIRS, PairKey, SOURCE_HAS_V4, SOURCE_HAS_V6,
-    SOURCE_IN_USE, SOURCE_ISOLATED, Source,
+    DIRECT_IFINDEXES, DOMAIN_OFF, ENDPOINT_ISOLATED, ENDPOINT_POLICED, Endpoint, EndpointKey,
+    FastpathCounters, MAX_ATTACHMENTS, MAX_ENDPOINTS, MAX_PAIRS, PairKey, SOURCE_HAS_V4,
+    SOURCE_HAS_V6, SOURCE_IN_USE, SOURCE_ISOLATED, Source, checksum_after_ttl_decrement,
 };
 
 #[map(name = "SL_FP_SOURCES")]
@@ -21,6 +21,9 @@ static SOURCES_DIRECT: Array<Source> = Array::pinned(DIRECT_IFINDEXES, 0);
 
 #[map(name = "SL_FP_ENDPOINTS")]
 static ENDPOINTS: HashMap<EndpointKey, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map(name = "SL_FP_ROUTED")]
+static ROUTED: HashMap<EndpointKey, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
 #[map(name = "SL_FP_TO_POD")]
 static TO_POD: HashMap<u32, u32> = HashMap::pinned(MAX_ATTACHMENTS, 0);
@@ -37,9 +40,20 @@ const ETH_P_IPV6: u16 = 0x86DD;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 
+/// Offsets within the IPv4 and IPv6 headers.
+const IPV4_TTL: usize = 8;
+const IPV4_CHECK: usize = 10;
+const IPV6_HOP_LIMIT: usize = 7;
+
 enum Decision {
     /// For this local endpoint, from the sender's own MAC and address.
     Hit(Endpoint),
+    /// For this local endpoint on another Subnet of the sender's Vpc, sent to the gateway by the
+    /// sender from its own MAC and address, with a TTL (or hop limit) the router decrements
+    /// without expiring; family 4 or 6.
+    Routed(Endpoint, u32),
+    /// Routed, but the TTL or hop limit would expire at the router.
+    Expired,
     /// Not for a local endpoint of the switch (or not unicast IP).
     Miss,
     /// For a local endpoint, but not from the sender's own MAC and address.
@@ -67,25 +81,30 @@ fn decide(ctx: &TcContext, src: &Source, ifindex: u32) -> Decision {
         return Decision::Miss;
     }
     let src_mac = mac_at(data + 6);
+    // Sent to the gateway: the Vpc's router would route it.
+    let routed = src.domain != DOMAIN_OFF && dst_mac == src.gw_mac;
+    let scope = if routed { src.domain } else { src.switch };
     // SAFETY: within the Ethernet header checked above.
     let ethertype = u16::from_be(unsafe { core::ptr::read_unaligned((data + 12) as *const u16) });
     let l3 = data + ETH_HLEN;
-    let (key, source_ok, family) = match ethertype {
+    let (key, source_ok, family, hops) = match ethertype {
         ETH_P_IP => {
             if l3 + IPV4_MIN_HLEN > end {
                 return Decision::Miss;
             }
             // SAFETY: within the IPv4 header checked above.
-            let (saddr, daddr) = unsafe {
+            let (saddr, daddr, ttl) = unsafe {
                 (
                     core::ptr::read_unaligned((l3 + 12) as *const [u8; 4]),
                     core::ptr::read_unaligned((l3 + 16) as *const [u8; 4]),
+                    *((l3 + IPV4_TTL) as *const u8),
                 )
             };
             (
-                EndpointKey::v4(src.switch, daddr),
+                EndpointKey::v4(scope, daddr),
                 src.flags & SOURCE_HAS_V4 != 0 && saddr == src.ip4,
                 4,
+                ttl,
             )
         }
         ETH_P_IPV6 => {
@@ -93,29 +112,38 @@ fn decide(ctx: &TcContext, src: &Source, ifindex: u32) -> Decision {
                 return Decision::Miss;
             }
             // SAFETY: within the IPv6 header checked above.
-            let (saddr, daddr) = unsafe {
+            let (saddr, daddr, hop_limit) = unsafe {
                 (
                     core::ptr::read_unaligned((l3 + 8) as *const [u8; 16]),
                     core::ptr::read_unaligned((l3 + 24) as *const [u8; 16]),
+                    *((l3 + IPV6_HOP_LIMIT) as *const u8),
                 )
             };
-            if daddr[0] == 0xff {
+            // Multicast destinations, and link-local sources (a pod whose global address is
+            // still tentative; OVN's port security allows them): OVS.
+            if daddr[0] == 0xff || (saddr[0] == 0xfe && saddr[1] & 0xc0 == 0x80) {
                 return Decision::Miss;
             }
             (
-                EndpointKey::v6(src.switch, daddr),
+                EndpointKey::v6(scope, daddr),
                 src.flags & SOURCE_HAS_V6 != 0 && saddr == src.ip6,
                 6,
+                hop_limit,
             )
         }
         // ARP, ND's link layer and everything else: OVS.
         _ => return Decision::Miss,
     };
-    // SAFETY: a lookup in a live map; the value is copied out at once.
-    let Some(ep) = (unsafe { ENDPOINTS.get(&key) }).copied() else {
+    // SAFETY (both): a lookup in a live map; the value is copied out at once.
+    let found = if routed {
+        unsafe { ROUTED.get(&key) }.copied()
+    } else {
+        unsafe { ENDPOINTS.get(&key) }.copied()
+    };
+    let Some(ep) = found else {
         return Decision::Miss;
     };
-    if ep.mac != dst_mac || ep.ifindex == ifindex {
+    if (!routed && ep.mac != dst_mac) || ep.ifindex == ifindex {
         return Decision::Miss;
     }
     if src_mac != src.mac || !source_ok {
@@ -132,7 +160,65 @@ fn decide(ctx: &TcContext, src: &Source, ifindex: u32) -> Decision {
     } {
         return Decision::Isolated;
     }
-    Decision::Hit(ep)
+    if !routed {
+        Decision::Hit(ep)
+    } else if hops <= 1 {
+        Decision::Expired
+    } else {
+        Decision::Routed(ep, family)
+    }
+}
+
+/// Does what the router does to a routed frame: the TTL (IPv4, with its checksum) or hop limit
+/// (IPv6) one less, the source MAC the router port's on the receiver's switch, the destination
+/// MAC the receiver's. `false` if the headers are not there (they were when decided).
+#[inline(always)]
+fn route(ctx: &TcContext, ep: &Endpoint, family: u32) -> bool {
+    let data = ctx.data();
+    let end = ctx.data_end();
+    let l3 = data + ETH_HLEN;
+    if family == 4 {
+        if l3 + IPV4_MIN_HLEN > end {
+            return false;
+        }
+        // SAFETY: within the IPv4 header checked above; the program may write the packet
+        // (cls_bpf makes a cloned skb private before a program that writes runs).
+        unsafe {
+            let ttl = (l3 + IPV4_TTL) as *mut u8;
+            let check = (l3 + IPV4_CHECK) as *mut [u8; 2];
+            core::ptr::write_unaligned(
+                check,
+                checksum_after_ttl_decrement(core::ptr::read_unaligned(check)),
+            );
+            *ttl -= 1;
+        }
+    } else {
+        if l3 + IPV6_HLEN > end {
+            return false;
+        }
+        // SAFETY: within the IPv6 header checked above.
+        unsafe { *((l3 + IPV6_HOP_LIMIT) as *mut u8) -= 1 };
+    }
+    // SAFETY: within the Ethernet header, which precedes the checked L3 header.
+    unsafe {
+        core::ptr::write_unaligned(data as *mut [u8; 6], ep.mac);
+        core::ptr::write_unaligned((data + 6) as *mut [u8; 6], ep.router_mac);
+    }
+    true
+}
+
+/// Sends a decided frame to `ep`: through its host end's egress hook where its ingress policer
+/// runs, else straight into its namespace.
+#[inline(always)]
+fn deliver(ep: &Endpoint) -> i32 {
+    // SAFETY: helpers without memory arguments.
+    unsafe {
+        if ep.flags & ENDPOINT_POLICED != 0 {
+            bpf_redirect(ep.ifindex, 0) as i32
+        } else {
+            bpf_redirect_peer(ep.ifindex, 0) as i32
+        }
+    }
 }
 
 #[inline(always)]
@@ -170,14 +256,28 @@ pub fn forward(ctx: &TcContext) -> i32 {
                     (*c).hit_bytes += u64::from(len);
                 }
             }
-            // SAFETY: helpers without memory arguments.
-            unsafe {
-                if ep.flags & ENDPOINT_POLICED != 0 {
-                    bpf_redirect(ep.ifindex, 0) as i32
-                } else {
-                    bpf_redirect_peer(ep.ifindex, 0) as i32
+            deliver(&ep)
+        }
+        Decision::Routed(ep, family) => {
+            if !route(ctx, &ep, family) {
+                return hand_to_ovs(&src);
+            }
+            if let Some(c) = counters {
+                // SAFETY: per-CPU value of a live map; TC programs do not migrate between CPUs.
+                unsafe {
+                    (*c).hits += 1;
+                    (*c).routed += 1;
+                    (*c).hit_bytes += u64::from(len);
                 }
             }
+            deliver(&ep)
+        }
+        Decision::Expired => {
+            if let Some(c) = counters {
+                // SAFETY: as above.
+                unsafe { (*c).expired += 1 };
+            }
+            hand_to_ovs(&src)
         }
         Decision::Miss => {
             if let Some(c) = counters {

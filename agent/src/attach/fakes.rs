@@ -239,6 +239,13 @@ impl FastpathPorts for FakeNode {
         let _ = groups;
         Ok(())
     }
+
+    fn set_routes(
+        &self,
+        _routes: BTreeMap<u32, crate::dataplane::fastpath::PortRoute>,
+    ) -> Result<(), DataplaneError> {
+        Ok(())
+    }
 }
 
 impl PortPlug for FakeNode {

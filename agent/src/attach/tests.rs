@@ -50,6 +50,7 @@ fn rig() -> Rig {
             provider: PROVIDER.to_owned(),
             mtu: None,
             fastpath: true,
+            routing: None,
         }],
     };
     let attacher = Attacher::new(pods, FakeQos(Arc::clone(&node)), records, Duration::ZERO)

@@ -4,7 +4,9 @@
 //!
 //! For each attachment the agent attaches `sl_fastpath` to the TC ingress hook of its host end
 //! (after the QoS policer, at a later priority), records what may leave it ([`Source`]) and, when
-//! its Subnet allows the fast path, publishes its addresses as endpoints ([`Endpoint`]). On a
+//! its Subnet allows the fast path, publishes its addresses as endpoints ([`Endpoint`]): on its
+//! switch, and, when its Subnet is routed on the fast path ([`PortRoute`]), in its Vpc's routing
+//! domain too, where frames other Subnets of the Vpc send to their gateway find it. On a
 //! node whose OVS runs the userspace datapath, OVS reads a second veth (`<cid>_<if>_p`, whose
 //! peer `<cid>_<if>_o` is where frames the fast path does not take are redirected), because that
 //! datapath's packet socket sees every frame of the device it reads *before* TC ingress: a frame
@@ -30,10 +32,10 @@ use aya::{
     util::nr_cpus,
 };
 use sidelane_agent_common::fastpath::{
-    COUNTERS_MAP, DIRECT_IFINDEXES, ENDPOINT_ISOLATED, ENDPOINT_POLICED, ENDPOINTS_MAP, Endpoint,
-    EndpointKey, FastpathCounters, MAX_ATTACHMENTS, PAIRS_MAP, PROG_FORWARD, PROG_TO_POD,
-    SOURCE_HAS_V4, SOURCE_HAS_V6, SOURCE_IN_USE, SOURCE_ISOLATED, SOURCES_DIRECT_MAP, SOURCES_MAP,
-    Source, TO_POD_MAP,
+    COUNTERS_MAP, DIRECT_IFINDEXES, DOMAIN_OFF, ENDPOINT_ISOLATED, ENDPOINT_POLICED, ENDPOINTS_MAP,
+    Endpoint, EndpointKey, FastpathCounters, MAX_ATTACHMENTS, PAIRS_MAP, PROG_FORWARD, PROG_TO_POD,
+    ROUTED_MAP, SOURCE_HAS_V4, SOURCE_HAS_V6, SOURCE_IN_USE, SOURCE_ISOLATED, SOURCES_DIRECT_MAP,
+    SOURCES_MAP, Source, TO_POD_MAP,
 };
 use sidelane_api::security_group::Group;
 use tracing::{debug, info};
@@ -54,12 +56,61 @@ pub const SWITCH_OFF: u32 = 0;
 
 /// A logical switch's number in the maps: FNV-1a of its name (never [`SWITCH_OFF`]).
 pub fn switch_id(name: &str) -> u32 {
+    name_id(name, SWITCH_OFF)
+}
+
+/// A number for a name in the maps (FNV-1a), never `off`: switches and routing domains.
+fn name_id(name: &str, off: u32) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in name.bytes() {
         h ^= u32::from(b);
         h = h.wrapping_mul(0x0100_0193);
     }
-    if h == SWITCH_OFF { 1 } else { h }
+    if h == off { off.wrapping_add(1) } else { h }
+}
+
+/// A Vpc's routing domain in the maps: FNV-1a of its name (never [`DOMAIN_OFF`]).
+pub fn domain_id(vpc: &str) -> u32 {
+    name_id(vpc, DOMAIN_OFF)
+}
+
+/// How an attachment's Subnet is routed on the fast path: within its Vpc's domain, behind the
+/// router port whose MAC its pods know as their gateway's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRoute {
+    /// The Vpc's routing domain ([`domain_id`]).
+    pub domain: u32,
+    /// The MAC of the Vpc router's port on the attachment's switch.
+    pub gateway_mac: [u8; 6],
+}
+
+/// The fast path's two endpoint tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    /// By switch: frames switched between pods of one Subnet ([`ENDPOINTS_MAP`]).
+    Switched,
+    /// By routing domain: frames routed between Subnets of one Vpc ([`ROUTED_MAP`]).
+    Routed,
+}
+
+impl Table {
+    /// Both, in index order.
+    pub const ALL: [Table; 2] = [Table::Switched, Table::Routed];
+
+    const fn index(self) -> usize {
+        match self {
+            Table::Switched => 0,
+            Table::Routed => 1,
+        }
+    }
+
+    /// The map's name.
+    pub const fn map_name(self) -> &'static str {
+        match self {
+            Table::Switched => ENDPOINTS_MAP,
+            Table::Routed => ROUTED_MAP,
+        }
+    }
 }
 
 /// One attachment as the fast path sees it.
@@ -91,7 +142,8 @@ pub struct FastpathDataplane {
     ebpf: Ebpf,
     sources: HashMap<MapData, u32, Source>,
     sources_direct: Array<MapData, Source>,
-    endpoints: HashMap<MapData, EndpointKey, Endpoint>,
+    /// By [`Table::index`].
+    endpoints: [HashMap<MapData, EndpointKey, Endpoint>; 2],
     to_pod: HashMap<MapData, u32, u32>,
     counters: PerCpuArray<MapData, FastpathCounters>,
     pub(super) pairs: HashMap<MapData, sidelane_agent_common::fastpath::PairKey, u32>,
@@ -100,6 +152,9 @@ pub struct FastpathDataplane {
     pub(super) members: BTreeMap<u32, super::pairs::Member>,
     /// The security groups as last read (`None`: not read yet, so no isolated pair passes).
     pub(super) groups: Option<BTreeMap<String, Group>>,
+    /// The routed Subnets by switch number, as last handed on (`None`: not read yet, so
+    /// nothing is routed).
+    pub(super) routes: Option<BTreeMap<u32, PortRoute>>,
     /// What the maps hold, mirrored in memory (this is their only writer), so that an ADD or a
     /// DEL reads nothing whole: no 16,384-entry array scan per call, and no cost that grows
     /// with the attachments already on the node.
@@ -111,8 +166,8 @@ pub struct FastpathDataplane {
 struct Mirror {
     /// Source entries in use.
     sources: BTreeMap<u32, Source>,
-    /// The endpoint keys leading to each host end.
-    endpoints: BTreeMap<u32, Vec<EndpointKey>>,
+    /// The endpoint keys leading to each host end, by [`Table::index`].
+    endpoints: [BTreeMap<u32, Vec<EndpointKey>>; 2],
     /// The OVS-side ifindexes whose frames go to each host end (`SL_FP_TO_POD`).
     to_pod: BTreeMap<u32, Vec<u32>>,
 }
@@ -175,8 +230,11 @@ impl FastpathDataplane {
             .map_err(|e| map_error("opening", SOURCES_MAP, "the fast path", e))?;
         let sources_direct = Array::try_from(take_map(&mut ebpf, SOURCES_DIRECT_MAP)?)
             .map_err(|e| map_error("opening", SOURCES_DIRECT_MAP, "the fast path", e))?;
-        let endpoints = HashMap::try_from(take_map(&mut ebpf, ENDPOINTS_MAP)?)
-            .map_err(|e| map_error("opening", ENDPOINTS_MAP, "the fast path", e))?;
+        let mut endpoint_map = |table: Table| {
+            HashMap::try_from(take_map(&mut ebpf, table.map_name())?)
+                .map_err(|e| map_error("opening", table.map_name(), "the fast path", e))
+        };
+        let endpoints = [endpoint_map(Table::Switched)?, endpoint_map(Table::Routed)?];
         let to_pod = HashMap::try_from(take_map(&mut ebpf, TO_POD_MAP)?)
             .map_err(|e| map_error("opening", TO_POD_MAP, "the fast path", e))?;
         let counters = PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)
@@ -194,6 +252,7 @@ impl FastpathDataplane {
             pairs,
             members: BTreeMap::new(),
             groups: None,
+            routes: None,
             mirror: Mirror::default(),
         };
         dp.mirror = dp.read_maps()?;
@@ -306,12 +365,15 @@ impl FastpathDataplane {
                 .map_err(|e| map_error("resetting", COUNTERS_MAP, &target, e))?;
         }
         let isolated = !port.groups.is_empty();
+        let route = self.route_of(port.switch);
         let mut src = Source {
             switch: port.switch,
             slot,
             miss_ifindex: ovs.unwrap_or(0),
             mac: port.mac,
             flags: SOURCE_IN_USE | if isolated { SOURCE_ISOLATED } else { 0 },
+            domain: route.map_or(DOMAIN_OFF, |r| r.domain),
+            gw_mac: route.map_or([0; 6], |r| r.gateway_mac),
             ..Source::default()
         };
         for ip in &port.ips {
@@ -327,21 +389,8 @@ impl FastpathDataplane {
             }
         }
         self.remove_endpoints_of(host, &target)?;
-        if port.published && port.switch != SWITCH_OFF {
-            let ep = Endpoint {
-                ifindex: host,
-                flags: if port.policed { ENDPOINT_POLICED } else { 0 }
-                    | if isolated { ENDPOINT_ISOLATED } else { 0 },
-                mac: port.mac,
-                pad: [0; 2],
-            };
-            for ip in &port.ips {
-                let key = endpoint_key(port.switch, *ip);
-                self.endpoints
-                    .insert(key, ep, 0)
-                    .map_err(|e| map_error("writing", ENDPOINTS_MAP, &target, e))?;
-                self.mirror.endpoints.entry(host).or_default().push(key);
-            }
+        if port.published {
+            self.publish(host, port, isolated, route, &target)?;
         }
         self.put_source(host, src)?;
         self.join(host, port, &target)?;
@@ -357,20 +406,69 @@ impl FastpathDataplane {
         }
         self.attach_program(PROG_FORWARD, netns, &port.host_ifname)?;
         info!(target = %target, switch = port.switch, published = port.published,
-              policed = port.policed, "fast path on");
+              policed = port.policed, routed = route.is_some(), "fast path on");
+        Ok(())
+    }
+
+    /// Publishes `port`'s addresses as endpoints of `host`: on its switch, and in its routing
+    /// domain when its Subnet is routed.
+    fn publish(
+        &mut self,
+        host: u32,
+        port: &FastpathPort,
+        isolated: bool,
+        route: Option<PortRoute>,
+        target: &str,
+    ) -> Result<(), DataplaneError> {
+        let ep = Endpoint {
+            ifindex: host,
+            flags: if port.policed { ENDPOINT_POLICED } else { 0 }
+                | if isolated { ENDPOINT_ISOLATED } else { 0 },
+            mac: port.mac,
+            ..Endpoint::default()
+        };
+        let scopes = [
+            (
+                Table::Switched,
+                (port.switch != SWITCH_OFF).then_some((port.switch, [0; 6])),
+            ),
+            (Table::Routed, route.map(|r| (r.domain, r.gateway_mac))),
+        ];
+        for (table, scope) in scopes {
+            let Some((scope, router_mac)) = scope else {
+                continue;
+            };
+            for ip in &port.ips {
+                let ep = Endpoint { router_mac, ..ep };
+                self.insert_endpoint(table, endpoint_key(scope, *ip), ep, target)?;
+            }
+        }
         Ok(())
     }
 
     fn remove_endpoints_of(&mut self, host: u32, target: &str) -> Result<(), DataplaneError> {
-        let mut keys = self.mirror.endpoints.remove(&host).unwrap_or_default();
+        for table in Table::ALL {
+            self.remove_table_endpoints_of(table, host, target)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn remove_table_endpoints_of(
+        &mut self,
+        table: Table,
+        host: u32,
+        target: &str,
+    ) -> Result<(), DataplaneError> {
+        let i = table.index();
+        let mut keys = self.mirror.endpoints[i].remove(&host).unwrap_or_default();
         while let Some(k) = keys.pop() {
-            match self.endpoints.remove(&k) {
+            match self.endpoints[i].remove(&k) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(e) => {
                     // Still there: keep what is left in the mirror.
                     keys.push(k);
-                    self.mirror.endpoints.insert(host, keys);
-                    return Err(map_error("removing from", ENDPOINTS_MAP, target, e));
+                    self.mirror.endpoints[i].insert(host, keys);
+                    return Err(map_error("removing from", table.map_name(), target, e));
                 }
             }
         }
@@ -412,7 +510,12 @@ impl FastpathDataplane {
 
     /// Removes the entries of every interface that no longer exists in `netns`.
     pub fn sweep(&mut self, netns: Option<&Path>) -> Result<(), DataplaneError> {
-        let mut endpoint_hosts: Vec<u32> = self.mirror.endpoints.keys().copied().collect();
+        let mut endpoint_hosts: Vec<u32> = self
+            .mirror
+            .endpoints
+            .iter()
+            .flat_map(|t| t.keys().copied())
+            .collect();
         endpoint_hosts.extend(self.mirror.sources.keys().copied());
         endpoint_hosts.extend(self.mirror.to_pod.keys().copied());
         endpoint_hosts.sort_unstable();
@@ -469,25 +572,31 @@ impl FastpathDataplane {
         let Some(host) = ifindex_in(netns, host_ifname)? else {
             return Ok(0);
         };
-        let flag = if policed { ENDPOINT_POLICED } else { 0 };
-        let changed: Vec<(EndpointKey, Endpoint)> = self
+        self.set_endpoint_flag(host, ENDPOINT_POLICED, policed, host_ifname)
+    }
+
+    /// Sets or clears `flag` on every endpoint leading to `host`; how many entries changed.
+    fn set_endpoint_flag(
+        &mut self,
+        host: u32,
+        flag: u32,
+        on: bool,
+        target: &str,
+    ) -> Result<usize, DataplaneError> {
+        let want = if on { flag } else { 0 };
+        let changed: Vec<(Table, EndpointKey, Endpoint)> = self
             .endpoints_of(host)
             .into_iter()
-            .filter(|(_, ep)| ep.flags & ENDPOINT_POLICED != flag)
-            .map(|(k, ep)| {
-                (
-                    k,
-                    Endpoint {
-                        flags: (ep.flags & !ENDPOINT_POLICED) | flag,
-                        ..ep
-                    },
-                )
-            })
+            .filter(|(_, _, ep)| ep.flags & flag != want)
             .collect();
-        for (key, ep) in &changed {
-            self.endpoints
+        for (table, key, ep) in &changed {
+            let ep = Endpoint {
+                flags: (ep.flags & !flag) | want,
+                ..*ep
+            };
+            self.endpoints[table.index()]
                 .insert(key, ep, 0)
-                .map_err(|e| map_error("writing", ENDPOINTS_MAP, host_ifname, e))?;
+                .map_err(|e| map_error("writing", table.map_name(), target, e))?;
         }
         Ok(changed.len())
     }
@@ -504,37 +613,31 @@ impl FastpathDataplane {
             src.flags = (src.flags & !SOURCE_ISOLATED) | if isolated { SOURCE_ISOLATED } else { 0 };
             self.put_source(host, src)?;
         }
-        let flag = if isolated { ENDPOINT_ISOLATED } else { 0 };
-        let changed: Vec<(EndpointKey, Endpoint)> = self
-            .endpoints_of(host)
-            .into_iter()
-            .filter(|(_, ep)| ep.flags & ENDPOINT_ISOLATED != flag)
-            .collect();
-        for (key, ep) in changed {
-            let ep = Endpoint {
-                flags: (ep.flags & !ENDPOINT_ISOLATED) | flag,
-                ..ep
-            };
-            self.endpoints
-                .insert(key, ep, 0)
-                .map_err(|e| map_error("writing", ENDPOINTS_MAP, target, e))?;
-        }
+        self.set_endpoint_flag(host, ENDPOINT_ISOLATED, isolated, target)?;
         Ok(())
     }
 
-    /// Every endpoint (switch, address) and the host end it leads to.
-    pub fn endpoints(&self) -> Vec<(EndpointKey, Endpoint)> {
-        self.endpoints.iter().filter_map(Result::ok).collect()
+    /// Every endpoint of `table` (switch or routing domain, address) and the host end it
+    /// leads to.
+    pub fn endpoints(&self, table: Table) -> Vec<(EndpointKey, Endpoint)> {
+        self.endpoints[table.index()]
+            .iter()
+            .filter_map(Result::ok)
+            .collect()
     }
 
-    /// The endpoints leading to `host`, as the map holds them.
-    fn endpoints_of(&self, host: u32) -> Vec<(EndpointKey, Endpoint)> {
-        self.mirror
-            .endpoints
-            .get(&host)
+    /// The endpoints leading to `host`, as the maps hold them.
+    pub(super) fn endpoints_of(&self, host: u32) -> Vec<(Table, EndpointKey, Endpoint)> {
+        Table::ALL
             .into_iter()
-            .flatten()
-            .filter_map(|k| self.endpoints.get(k, 0).ok().map(|ep| (*k, ep)))
+            .flat_map(|table| {
+                let i = table.index();
+                self.mirror.endpoints[i]
+                    .get(&host)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(move |k| self.endpoints[i].get(k, 0).ok().map(|ep| (table, *k, ep)))
+            })
             .collect()
     }
 }
@@ -558,7 +661,7 @@ impl FastpathDataplane {
     }
 
     /// The source entry of `ifindex`, if in use.
-    fn source(&self, ifindex: u32) -> Result<Option<Source>, DataplaneError> {
+    pub(super) fn source(&self, ifindex: u32) -> Result<Option<Source>, DataplaneError> {
         if ifindex < DIRECT_IFINDEXES {
             let src = self
                 .sources_direct
@@ -574,7 +677,7 @@ impl FastpathDataplane {
     }
 
     /// Every source entry in use, by ifindex.
-    fn all_sources(&self) -> Vec<(u32, Source)> {
+    pub(super) fn all_sources(&self) -> Vec<(u32, Source)> {
         self.mirror.sources.iter().map(|(i, s)| (*i, *s)).collect()
     }
 
@@ -596,8 +699,11 @@ impl FastpathDataplane {
                 entry.map_err(|e| map_error("reading", SOURCES_MAP, "the fast path", e))?;
             mirror.sources.insert(i, src);
         }
-        for (key, ep) in self.endpoints.iter().filter_map(Result::ok) {
-            mirror.endpoints.entry(ep.ifindex).or_default().push(key);
+        for table in Table::ALL {
+            let i = table.index();
+            for (key, ep) in self.endpoints[i].iter().filter_map(Result::ok) {
+                mirror.endpoints[i].entry(ep.ifindex).or_default().push(key);
+            }
         }
         for (ovs, host) in self.to_pod.iter().filter_map(Result::ok) {
             mirror.to_pod.entry(host).or_default().push(ovs);
@@ -605,16 +711,31 @@ impl FastpathDataplane {
         Ok(mirror)
     }
 
-    /// Writes an endpoint entry directly (tests of the program's decisions).
-    pub fn put_endpoint(&mut self, key: EndpointKey, ep: Endpoint) -> Result<(), DataplaneError> {
-        self.endpoints
+    /// Writes an endpoint entry of `table` directly (tests of the program's decisions).
+    pub fn put_endpoint(
+        &mut self,
+        table: Table,
+        key: EndpointKey,
+        ep: Endpoint,
+    ) -> Result<(), DataplaneError> {
+        self.insert_endpoint(table, key, ep, "the fast path")
+    }
+
+    pub(super) fn insert_endpoint(
+        &mut self,
+        table: Table,
+        key: EndpointKey,
+        ep: Endpoint,
+        target: &str,
+    ) -> Result<(), DataplaneError> {
+        let i = table.index();
+        self.endpoints[i]
             .insert(key, ep, 0)
-            .map_err(|e| map_error("writing", ENDPOINTS_MAP, "the fast path", e))?;
-        self.mirror
-            .endpoints
-            .entry(ep.ifindex)
-            .or_default()
-            .push(key);
+            .map_err(|e| map_error("writing", table.map_name(), target, e))?;
+        let keys = self.mirror.endpoints[i].entry(ep.ifindex).or_default();
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
         Ok(())
     }
 
@@ -702,12 +823,12 @@ pub fn measure_prog_cost() -> Result<f64, DataplaneError> {
         },
     )?;
     fp.dataplane.put_endpoint(
+        Table::Switched,
         EndpointKey::v4(7, [10, 0, 0, 2]),
         Endpoint {
             ifindex: 2,
-            flags: 0,
             mac: dst_mac,
-            pad: [0; 2],
+            ..Endpoint::default()
         },
     )?;
     #[expect(clippy::cast_precision_loss, reason = "nanoseconds per run are small")]

@@ -14,6 +14,7 @@ pub mod pairs;
 pub mod ports;
 pub mod qdisc;
 pub mod qos;
+pub mod routed;
 pub mod test_run;
 
 use std::{io, path::PathBuf};

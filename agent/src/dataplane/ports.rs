@@ -85,6 +85,11 @@ pub trait FastpathPorts: Send + Sync {
         host_ifname: &str,
         groups: Vec<String>,
     ) -> Result<(), DataplaneError>;
+    /// The routed Subnets as now read, by switch number: routing between them follows.
+    fn set_routes(
+        &self,
+        routes: std::collections::BTreeMap<u32, super::fastpath::PortRoute>,
+    ) -> Result<(), DataplaneError>;
 }
 
 impl FastpathPorts for Mutex<FastpathDataplane> {
@@ -123,6 +128,13 @@ impl FastpathPorts for Mutex<FastpathDataplane> {
         groups: Vec<String>,
     ) -> Result<(), DataplaneError> {
         locked(self).set_member_groups_of(netns, host_ifname, groups)
+    }
+
+    fn set_routes(
+        &self,
+        routes: std::collections::BTreeMap<u32, super::fastpath::PortRoute>,
+    ) -> Result<(), DataplaneError> {
+        locked(self).set_routes(routes)
     }
 }
 

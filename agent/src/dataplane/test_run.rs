@@ -53,7 +53,7 @@ pub struct SkBuffCtx {
 const _: () = assert!(size_of::<SkBuffCtx>() == 192);
 
 /// What one test run returned.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct RunResult {
     /// The program's return value (TC verdict as an unsigned int: `u32::MAX` is `TC_ACT_UNSPEC`).
     pub verdict: i32,
@@ -61,6 +61,8 @@ pub struct RunResult {
     pub per_run: Duration,
     /// The context after the last run.
     pub ctx: SkBuffCtx,
+    /// The packet as the last run left it (rewritten headers show here).
+    pub data: Vec<u8>,
 }
 
 /// Runs `prog` on `packet` (an Ethernet frame) `repeat` times with `ctx` as input.
@@ -87,10 +89,12 @@ pub fn run(
             program: name,
             source: boxed(e),
         })?;
+    data_out.truncate(usize::try_from(result.data_size_out).unwrap_or(usize::MAX));
     Ok(RunResult {
         verdict: result.return_value.cast_signed(),
         per_run: result.duration,
         ctx: from_bytes(&ctx_out),
+        data: data_out,
     })
 }
 

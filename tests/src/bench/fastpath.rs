@@ -9,6 +9,10 @@
 //!   the same node: every frame crosses OVS.
 //! - `fastpath-sg`: two pods on `fast` in a security group that allows same-group traffic: the
 //!   agent proves OVN passes all their traffic, so they keep the fast path.
+//! - `routed`: two pods on two Subnets of the Vpc `bench-routed`, each routed to the other
+//!   through its gateway: routed on the fast path (one hop, TTL decremented).
+//! - `ovs-routed`: the same in the Vpc `bench-routed-ovs`, whose Subnets say
+//!   `sidelane.io/fastpath: "false"`: OVN's router in OVS routes every frame.
 //!
 //! Each case: iperf3 TCP, one stream, receiver's rate (rounds interleaved, median); then ping
 //! RTTs on the idle link. And the forwarding program's own cost per packet with
@@ -33,7 +37,7 @@ use crate::{
 /// One path's figures.
 #[derive(Debug, Serialize)]
 pub struct Case {
-    /// `fastpath`, `fastpath-sg`, `ovs` or `veth`.
+    /// `fastpath`, `fastpath-sg`, `ovs`, `routed`, `ovs-routed` or `veth`.
     pub path: &'static str,
     /// TCP throughput, Gbit/s.
     pub gbps: f64,
@@ -112,7 +116,70 @@ fn pod_pair(
     Ok((a, b, ip_b))
 }
 
-/// Runs the four cases, interleaved over several rounds so that the machine's background
+/// Two pods on two new Subnets of a new Vpc `vpc`, each with a route to the other's Subnet
+/// through its gateway; the second's address. `fastpath: false` marks the Subnets
+/// `sidelane.io/fastpath: "false"`.
+fn routed_pair(
+    rig: &NodeRig,
+    vpc: &str,
+    cidrs: [&str; 2],
+    fastpath: bool,
+) -> anyhow::Result<(NetNs, NetNs, String)> {
+    rig.api
+        .seed(json!({"apiVersion": "kubeovn.io/v1", "kind": "Vpc",
+                        "metadata": {"name": vpc}, "spec": {}}))?;
+    let nads = [format!("{vpc}-a"), format!("{vpc}-b")];
+    for (nad, cidr) in nads.iter().zip(cidrs) {
+        rig.api.seed(cluster::ovn_nad(nad))?;
+        let mut subnet = cluster::ovn_subnet(nad, nad, cidr, vpc);
+        if !fastpath {
+            subnet["metadata"]["annotations"] = json!({"sidelane.io/fastpath": "false"});
+        }
+        rig.api.seed(subnet)?;
+    }
+    let gateway = |cidr: &str| cidr.replace(".0/24", ".1");
+    let mut ips = Vec::new();
+    let mut pods = Vec::new();
+    for (i, nad) in nads.iter().enumerate() {
+        let (own, other) = (cidrs[i], cidrs[1 - i]);
+        let pod = format!("{nad}-pod");
+        rig.api.seed(cluster::pod(
+            &pod,
+            &json!({"k8s.v1.cni.cncf.io/networks": format!("default/{nad}"),
+                    format!("{nad}.default.ovn.kubernetes.io/routes"):
+                        json!([{"dst": other, "gw": gateway(own)}]).to_string()}),
+        ))?;
+        let ns = NetNs::new()?;
+        ips.push(rig.attach(&pod, &ns, nad));
+        pods.push(ns);
+    }
+    let b = pods.pop().context("two pods")?;
+    let a = pods.pop().context("two pods")?;
+    Ok((a, b, ips.swap_remove(1)))
+}
+
+/// Pings until `pod`'s frames are routed on the fast path (the agent hands the fast path its
+/// routing table within the watch's delay), 30 s at most.
+fn until_routed(rig: &NodeRig, pod: &str, from: &NetNs, to: &str) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while rig.counters(pod).routed == 0 {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "{pod}'s frames were never routed on the fast path: {:?}",
+            rig.counters(pod)
+        );
+        let _ = ping::ping(
+            from,
+            to,
+            1,
+            Duration::from_millis(50),
+            Duration::from_secs(1),
+        );
+    }
+    Ok(())
+}
+
+/// Runs the cases, interleaved over several rounds so that the machine's background
 /// load falls on all of them alike; each figure is the median of its rounds (`quick`: 3 rounds
 /// of 2 s and 100 pings; otherwise 5 rounds of 5 s and 1,000 pings).
 pub fn run(quick: bool) -> anyhow::Result<FastpathReport> {
@@ -146,17 +213,28 @@ pub fn run(quick: bool) -> anyhow::Result<FastpathReport> {
     let (fa, fb, fast_ip) = pod_pair(&rig, "fast", ("bench-fa", "bench-fb"), None)?;
     let (ga, gb, sg_ip) = pod_pair(&rig, "fast", ("bench-ga", "bench-gb"), Some("bench-peers"))?;
     let (sa, sb, slow_ip) = pod_pair(&rig, "slow", ("bench-sa", "bench-sb"), None)?;
-    let paths: [(&'static str, &NetNs, &NetNs, &str); 4] = [
+    let (ra, rb, routed_ip) =
+        routed_pair(&rig, "bench-routed", ["10.82.0.0/24", "10.83.0.0/24"], true)?;
+    let (oa, ob, ovs_routed_ip) = routed_pair(
+        &rig,
+        "bench-routed-ovs",
+        ["10.84.0.0/24", "10.85.0.0/24"],
+        false,
+    )?;
+    until_routed(&rig, "bench-routed-a-pod", &ra, &routed_ip)?;
+    let paths: [(&'static str, &NetNs, &NetNs, &str); 6] = [
         ("fastpath", &fa, &fb, fast_ip.as_str()),
         ("fastpath-sg", &ga, &gb, sg_ip.as_str()),
         ("ovs", &sa, &sb, slow_ip.as_str()),
+        ("routed", &ra, &rb, routed_ip.as_str()),
+        ("ovs-routed", &oa, &ob, ovs_routed_ip.as_str()),
         ("veth", veth_tx, veth_rx, veth_ip),
     ];
     for (_, tx, _, ip) in &paths {
         // ARP and OVN's flows in place before anything is timed.
         let _ = ping::ping(tx, ip, 3, Duration::from_millis(50), Duration::from_secs(2));
     }
-    let mut gbps: [Vec<f64>; 4] = Default::default();
+    let mut gbps: [Vec<f64>; 6] = Default::default();
     for round in 0..o.rounds {
         eprintln!("round {} of {}...", round + 1, o.rounds);
         for (i, (path, tx, rx, ip)) in paths.iter().enumerate() {
@@ -183,10 +261,14 @@ pub fn run(quick: bool) -> anyhow::Result<FastpathReport> {
         sg_hits > 1000,
         "the security-group case took the fast path ({sg_hits} hits)"
     );
-    let slow_hits = rig.counters("bench-sa").hits;
+    for pod in ["bench-sa", "bench-routed-ovs-a-pod"] {
+        let hits = rig.counters(pod).hits;
+        anyhow::ensure!(hits == 0, "{pod} never took the fast path ({hits} hits)");
+    }
+    let routed = rig.counters("bench-routed-a-pod").routed;
     anyhow::ensure!(
-        slow_hits == 0,
-        "the OVS case never took the fast path ({slow_hits} hits)"
+        routed > 1000,
+        "the routed case was routed on the fast path ({routed} routed hits)"
     );
     eprintln!("program cost...");
     let prog_ns_per_packet = measure_prog_cost().context("measuring the program's cost")?;
@@ -237,6 +319,18 @@ pub fn table(r: &FastpathReport) -> String {
             "fastpath / veth RTT p50      {:>6.2}  (<= 1.3)",
             f.rtt_us_p50 / v.rtt_us_p50
         );
+        if let (Some(r), Some(ro)) = (get("routed"), get("ovs-routed")) {
+            let _ = writeln!(
+                out,
+                "routed / veth throughput     {:>6.2}  (routed on the fast path)",
+                r.gbps / v.gbps
+            );
+            let _ = writeln!(
+                out,
+                "routed / ovs-routed          {:>6.1}",
+                r.gbps / ro.gbps
+            );
+        }
         if let Some(g) = get("fastpath-sg") {
             let _ = writeln!(
                 out,
