@@ -293,53 +293,61 @@ fn direction_labels(v: &AttachmentView, d: Direction) -> DirectionLabels {
     }
 }
 
+/// The fast path's counter families, one series per attachment on it.
+fn encode_fastpath(
+    encoder: &mut DescriptorEncoder<'_>,
+    views: &[AttachmentView],
+) -> Result<(), std::fmt::Error> {
+    type Field = fn(&FastpathView) -> u64;
+    let families: [(&str, &str, Field); 7] = [
+        ("fastpath_hits", "Frames forwarded on the fast path", |c| {
+            c.hits
+        }),
+        (
+            "fastpath_hit_bytes",
+            "Bytes forwarded on the fast path",
+            |c| c.hit_bytes,
+        ),
+        ("fastpath_misses", "Frames handed to OVS", |c| c.misses),
+        (
+            "fastpath_spoofed",
+            "Frames for a local pod whose source MAC or IP was not the sender's own (never fast-pathed)",
+            |c| c.spoofed,
+        ),
+        (
+            "fastpath_isolated",
+            "Frames to or from a pod in a security group whose traffic OVN does not pass whole (handed to OVS)",
+            |c| c.isolated,
+        ),
+        (
+            "fastpath_routed",
+            "Of the frames forwarded on the fast path, those routed between Subnets of a Vpc",
+            |c| c.routed,
+        ),
+        (
+            "fastpath_expired",
+            "Routed frames whose TTL or hop limit would expire (handed to OVS, whose router answers)",
+            |c| c.expired,
+        ),
+    ];
+    for (name, help, field) in families {
+        let probe = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(name, help, None, probe.metric_type())?;
+        for v in views {
+            if let Some(c) = &v.fastpath {
+                ConstCounter::new(field(c)).encode(family.encode_family(&labels(v))?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Collector for AttachmentCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        type Field = fn(&FastpathView) -> u64;
         type QosField = fn(&QosDirectionView) -> u64;
         let views = self.snapshot();
         if self.fastpath.is_some() {
-            let families: [(&str, &str, Field); 7] = [
-                ("fastpath_hits", "Frames forwarded on the fast path", |c| {
-                    c.hits
-                }),
-                (
-                    "fastpath_hit_bytes",
-                    "Bytes forwarded on the fast path",
-                    |c| c.hit_bytes,
-                ),
-                ("fastpath_misses", "Frames handed to OVS", |c| c.misses),
-                (
-                    "fastpath_spoofed",
-                    "Frames for a local pod whose source MAC or IP was not the sender's own (never fast-pathed)",
-                    |c| c.spoofed,
-                ),
-                (
-                    "fastpath_isolated",
-                    "Frames to or from a pod in a security group whose traffic OVN does not pass whole (handed to OVS)",
-                    |c| c.isolated,
-                ),
-                (
-                    "fastpath_routed",
-                    "Of the frames forwarded on the fast path, those routed between Subnets of a Vpc",
-                    |c| c.routed,
-                ),
-                (
-                    "fastpath_expired",
-                    "Routed frames whose TTL or hop limit would expire (handed to OVS, whose router answers)",
-                    |c| c.expired,
-                ),
-            ];
-            for (name, help, field) in families {
-                let probe = ConstCounter::new(0u64);
-                let mut family =
-                    encoder.encode_descriptor(name, help, None, probe.metric_type())?;
-                for v in &views {
-                    if let Some(c) = &v.fastpath {
-                        ConstCounter::new(field(c)).encode(family.encode_family(&labels(v))?)?;
-                    }
-                }
-            }
+            encode_fastpath(&mut encoder, &views)?;
         }
         if self.qos.is_some() {
             let probe = ConstGauge::new(0i64);
