@@ -100,9 +100,15 @@ impl Pod {
         .ok()
     }
 
-    /// The pod's routing table, one route per line.
+    /// The pod's IPv4 routing table, one route per line (what `ip route` shows).
     pub fn routes(&self) -> String {
         self.ns.exec(&["ip", "route"]).unwrap_or_default()
+    }
+
+    /// The pod's IPv4 and IPv6 routing tables, one route per line.
+    pub fn routes_of_both_families(&self) -> String {
+        let v6 = self.ns.exec(&["ip", "-6", "route"]).unwrap_or_default();
+        format!("{}{v6}", self.routes())
     }
 }
 

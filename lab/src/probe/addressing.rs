@@ -98,7 +98,7 @@ fn is_route(line: &str, dst: &str, gw: &str) -> bool {
 }
 
 fn custom_routes(pod: &Pod, routes: &str, checks: &mut Checks) {
-    let table = pod.routes();
+    let table = pod.routes_of_both_families();
     let wanted: Vec<Value> = serde_json::from_str(routes).unwrap_or_default();
     for route in wanted {
         let gw = route["gw"].as_str().unwrap_or_default();
@@ -125,7 +125,7 @@ fn default_routes(pod: &Pod, checks: &mut Checks) {
     for (i, sel) in selections.iter().enumerate() {
         for gw in &sel.default_route {
             let ifname = sel.interface_or_default(i + 1);
-            let table = pod.routes();
+            let table = pod.routes_of_both_families();
             let ok = table
                 .lines()
                 .any(|l| l.starts_with(&format!("default via {gw} dev {ifname}")));
