@@ -28,6 +28,10 @@ use crate::{
 /// UDP payload per datagram: the largest that needs no fragmentation on a 1500-byte MTU (1500
 /// IP bytes per datagram, so payload is 98.1% of what a limit on IP bytes passes).
 pub const UDP_DATAGRAM_BYTES: u32 = 1472;
+/// The same over IPv6, whose header is 20 bytes longer (payload 96.8% of the IP bytes). A
+/// datagram that must be fragmented is lost whole when a limiter drops one of its fragments,
+/// which no limiter that counts packets can avoid.
+pub const UDP_DATAGRAM_BYTES_V6: u32 = 1452;
 
 /// The port both ends use unless told otherwise.
 pub const DEFAULT_PORT: u16 = 5201;
@@ -136,7 +140,12 @@ impl IperfSpec {
                 "-b".to_owned(),
                 offered_bps.to_string(),
                 "-l".to_owned(),
-                UDP_DATAGRAM_BYTES.to_string(),
+                if server_addr.contains(':') {
+                    UDP_DATAGRAM_BYTES_V6
+                } else {
+                    UDP_DATAGRAM_BYTES
+                }
+                .to_string(),
             ]);
         }
         if self.reverse {
@@ -526,5 +535,12 @@ mod tests {
             spec.client_args("10.0.0.2").join(" "),
             "-c 10.0.0.2 -p 5201 -t 3 -i 1 -P 4 --json --get-server-output -u -b 150000000 -l 1472 -R"
         );
+    }
+
+    #[test]
+    fn udp_datagrams_to_an_ipv6_server_fit_the_mtu_unfragmented() {
+        let spec = IperfSpec::udp(1_000_000, Duration::from_secs(1));
+        let args = spec.client_args("fd00::2");
+        assert!(args.windows(2).any(|w| w == ["-l", "1452"]), "{args:?}");
     }
 }

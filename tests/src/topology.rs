@@ -25,6 +25,10 @@ pub const HOST_ADDR: &str = "10.213.0.1";
 pub const POD_ADDR: &str = "10.213.0.2";
 /// The prefix length of both.
 pub const PREFIX_LEN: u8 = 24;
+/// The host end's IPv6 address (the link is dual-stack).
+pub const HOST_ADDR6: &str = "fd00:213::1";
+/// The pod's IPv6 address.
+pub const POD_ADDR6: &str = "fd00:213::2";
 
 /// Two fresh namespaces and the veth pair between them; all removed on drop.
 #[derive(Debug)]
@@ -36,7 +40,8 @@ pub struct PodLink {
 }
 
 impl PodLink {
-    /// Creates the namespaces and the pair, addressed and up.
+    /// Creates the namespaces and the pair, addressed in both families (IPv6 without
+    /// duplicate address detection, so usable at once) and up.
     pub fn new() -> anyhow::Result<PodLink> {
         let host = NetNs::new()?;
         let pod = NetNs::new()?;
@@ -48,6 +53,18 @@ impl PodLink {
             &format!("{HOST_ADDR}/{PREFIX_LEN}"),
             &format!("{POD_ADDR}/{PREFIX_LEN}"),
         )?;
+        for (ns, ifname, addr) in [(&host, HOST_IF, HOST_ADDR6), (&pod, POD_IF, POD_ADDR6)] {
+            ns.exec(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/64"),
+                "dev",
+                ifname,
+                "nodad",
+            ])?;
+        }
         Ok(PodLink { veth, pod, host })
     }
 
@@ -89,6 +106,16 @@ impl PodLink {
     /// sending side.
     pub fn measure(&self, dir: Direction, spec: &IperfSpec) -> anyhow::Result<IperfReport> {
         let (sender, receiver, addr) = self.endpoints(dir);
+        iperf::measure(receiver, addr, sender, spec)
+    }
+
+    /// [`Self::measure`] over IPv6.
+    pub fn measure_v6(&self, dir: Direction, spec: &IperfSpec) -> anyhow::Result<IperfReport> {
+        let (sender, receiver, _) = self.endpoints(dir);
+        let addr = match dir {
+            Direction::Ingress => POD_ADDR6,
+            Direction::Egress => HOST_ADDR6,
+        };
         iperf::measure(receiver, addr, sender, spec)
     }
 

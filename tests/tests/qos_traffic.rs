@@ -1,5 +1,6 @@
 //! Rate limits enforced by the TC programs on real traffic: iperf3 between two namespaces over a
-//! veth pair whose host side carries the programs (as on a node: `Placement::HostPeer`).
+//! veth pair whose host side carries the programs (as on a node: `Placement::HostPeer`), over
+//! IPv4 and over IPv6.
 //!
 //! Bands here are looser than the benchmark's targets so that a noisy shared machine does not
 //! fail CI; `cargo xtask bench qos` reports the exact figures.
@@ -59,6 +60,11 @@ impl Rig {
 }
 
 fn assert_tcp_held_to(rig: &Rig, dp: &QosDataplane, dir: Direction, mbps: u64) {
+    assert_tcp_held_to_over(rig, dp, dir, mbps, false);
+}
+
+/// [`assert_tcp_held_to`], over IPv6 when `v6`.
+fn assert_tcp_held_to_over(rig: &Rig, dp: &QosDataplane, dir: Direction, mbps: u64, v6: bool) {
     let status = dp
         .apply(&rig.target(), &spec(dir, mbps))
         .expect("applying QoS");
@@ -67,7 +73,14 @@ fn assert_tcp_held_to(rig: &Rig, dp: &QosDataplane, dir: Direction, mbps: u64) {
     // Five seconds, of which the first is left out (as `iperf3 --omit 1` would): a fresh flow's
     // slow start overshoots the bucket, and how long its retransmission timeouts take to
     // recover depends on timers, not on the limit.
-    let report = rig.measure(dir, &IperfSpec::tcp(Duration::from_secs(5)));
+    let tcp = IperfSpec::tcp(Duration::from_secs(5));
+    let report = if v6 {
+        rig.link
+            .measure_v6(dir, &tcp)
+            .expect("running iperf3 over IPv6")
+    } else {
+        rig.measure(dir, &tcp)
+    };
     let measured = report
         .receiver_rate_between(1.0, 5.0)
         .expect("receiver intervals after the first second")
@@ -77,18 +90,46 @@ fn assert_tcp_held_to(rig: &Rig, dp: &QosDataplane, dir: Direction, mbps: u64) {
         .iter()
         .map(|i| format!("{:.1}", i.bits_per_second / 1e6))
         .collect();
+    let family = if v6 { "IPv6" } else { "IPv4" };
     eprintln!(
-        "{} TCP at {mbps}: {measured:.2} Mbit/s; per interval {series:?}",
+        "{} {family} TCP at {mbps}: {measured:.2} Mbit/s; per interval {series:?}",
         dir.describe()
     );
     #[expect(clippy::cast_precision_loss, reason = "small rates")]
     let ratio = measured / mbps as f64;
     assert!(
         (0.80..=1.05).contains(&ratio),
-        "{} TCP at {mbps} Mbit/s measured {measured:.1} Mbit/s (ratio {ratio:.3}) in seconds 1 to 5; \
-         per interval {series:?}",
+        "{} {family} TCP at {mbps} Mbit/s measured {measured:.1} Mbit/s (ratio {ratio:.3}) in \
+         seconds 1 to 5; per interval {series:?}",
         dir.describe(),
     );
+}
+
+#[test]
+fn traffic_over_ipv6_is_held_in_both_directions() {
+    if !privilege::require_privileges("traffic_over_ipv6_is_held_in_both_directions") {
+        return;
+    }
+    let rig = Rig::new();
+    let dp = rig.dataplane();
+    for dir in Direction::ALL {
+        assert_tcp_held_to_over(&rig, &dp, dir, 100, true);
+        dp.apply(&rig.target(), &spec(dir, 100))
+            .expect("applying QoS");
+        let udp = rig
+            .link
+            .measure_v6(dir, &IperfSpec::udp(200_000_000, Duration::from_secs(3)))
+            .expect("UDP over IPv6");
+        // IP bytes are charged: a 1452-byte datagram's payload is 96.8% of its 1500.
+        let measured = udp.receiver_bps / 1e6;
+        assert!(
+            (91.0..=103.0).contains(&measured),
+            "{} IPv6 UDP at 100 Mbit/s measured {measured:.1} Mbit/s",
+            dir.describe(),
+        );
+        dp.apply(&rig.target(), &QosSpec::UNLIMITED)
+            .expect("clearing QoS");
+    }
 }
 
 #[test]

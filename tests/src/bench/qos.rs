@@ -9,7 +9,8 @@
 //!   burst Kubernetes runtimes give it (see [`crate::bandwidth_plugin`]).
 //! - `measured_mbps` is the receiver's payload rate over the whole run and `ratio` is it over
 //!   the configured rate; `first_second_ratio` is the receiver's payload rate over the first
-//!   second (from its half-second intervals) over the configured rate. Payload rates: headers
+//!   second (from its half-second intervals) over the configured rate, and
+//!   `peak_half_second_ratio` its highest half-second interval over it. Payload rates: headers
 //!   count against a limit but not as goodput, so a perfect limiter shows about 0.96 for TCP
 //!   (1448 of 1500 bytes per segment) and 0.981 for UDP (1472 of 1500).
 //! - Runs last 20 s for TCP and 10 s for UDP (3 s for both with `--quick`; see
@@ -165,6 +166,9 @@ pub struct Case {
     pub retransmits: u64,
     /// The receiver's rate over the first second over the configured rate.
     pub first_second_ratio: f64,
+    /// The receiver's highest rate in any of its half-second intervals over the configured
+    /// rate: how far the limit lets a flow overshoot for a moment.
+    pub peak_half_second_ratio: f64,
     /// UDP datagrams lost, percent (table only).
     #[serde(skip)]
     pub lost_percent: f64,
@@ -375,11 +379,23 @@ fn case_from(
         ratio: ratio(report.receiver_bps, mbps),
         retransmits: report.retransmits,
         first_second_ratio: ratio(first_second, mbps),
+        peak_half_second_ratio: ratio(peak_bps(report), mbps),
         lost_percent: match spec.proto {
             Proto::Tcp => 0.0,
             Proto::Udp { .. } => report.lost_percent,
         },
     })
+}
+
+/// The receiver's highest rate over one of its intervals (a last interval shorter than 0.4 s,
+/// cut off by the end of the run, is left out: its rate is noise).
+fn peak_bps(report: &IperfReport) -> f64 {
+    report
+        .receiver_intervals
+        .iter()
+        .filter(|i| i.end - i.start >= 0.4)
+        .map(|i| i.bits_per_second)
+        .fold(0.0, f64::max)
 }
 
 fn run_loaded_rtt(options: &QosBenchOptions, mode: Mode) -> anyhow::Result<LoadedRtt> {
@@ -448,7 +464,7 @@ fn case_row(c: &Case) -> String {
         format!("{} retx", c.retransmits)
     };
     format!(
-        "{:<24} {:<4} {:<17} {:>6} {:>10.2} {:>7.3} {:>9.3}  {loss}",
+        "{:<24} {:<4} {:<17} {:>6} {:>10.2} {:>7.3} {:>9.3} {:>9.3}  {loss}",
         direction_label(c.direction),
         c.proto,
         c.mode.as_str(),
@@ -456,6 +472,7 @@ fn case_row(c: &Case) -> String {
         c.measured_mbps,
         c.ratio,
         c.first_second_ratio,
+        c.peak_half_second_ratio,
     )
 }
 
@@ -478,8 +495,8 @@ pub fn table(report: &QosReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<24} {:<4} {:<17} {:>6} {:>10} {:>7} {:>9}  retransmits / loss",
-        "direction", "proto", "mode", "Mbit/s", "measured", "ratio", "1st-sec"
+        "{:<24} {:<4} {:<17} {:>6} {:>10} {:>7} {:>9} {:>9}  retransmits / loss",
+        "direction", "proto", "mode", "Mbit/s", "measured", "ratio", "1st-sec", "peak-0.5s"
     );
     for c in &report.cases {
         let _ = writeln!(out, "{}", case_row(c));
@@ -525,6 +542,7 @@ mod tests {
                 ratio: 0.955,
                 retransmits: 12,
                 first_second_ratio: 41.0,
+                peak_half_second_ratio: 45.0,
                 lost_percent: 0.0,
             }],
             loaded_rtt: vec![LoadedRtt {
@@ -557,7 +575,8 @@ mod tests {
             serde_json::json!({
                 "cases": [{"direction": "ingress", "proto": "tcp", "mode": "bandwidth-plugin",
                            "configured_mbps": 100, "measured_mbps": 95.5, "ratio": 0.955,
-                           "retransmits": 12, "first_second_ratio": 41.0}],
+                           "retransmits": 12, "first_second_ratio": 41.0,
+                           "peak_half_second_ratio": 45.0}],
                 "loaded_rtt": [{"mode": "sidelane", "flows": 128, "configured_mbps": 100,
                                 "rtt_added_ms_p99": 0.5}],
                 "prog_ns_per_packet": {"ingress": 20.0, "egress": 21.0},
