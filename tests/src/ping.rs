@@ -131,6 +131,35 @@ pub fn ping(
     })
 }
 
+/// `ping -c <count> -i 0.05 -W 2 <dest>` from `ns`: its output when it succeeded, else what
+/// failed with that output, as text for a test's assertion message.
+pub fn replies(ns: &NetNs, dest: &str, count: u32) -> Result<String, String> {
+    ns.exec(&[
+        "ping",
+        "-c",
+        &count.to_string(),
+        "-i",
+        "0.05",
+        "-W",
+        "2",
+        dest,
+    ])
+    .map_err(|e| format!("{e:#}"))
+}
+
+/// Pings `dest` from `ns` every 200 ms until a reply comes (duplicate address detection and
+/// OVN's flows may still be settling), for `within` at most.
+///
+/// # Panics
+/// When no reply came: the test cannot go on without the path.
+pub fn until_reply(ns: &NetNs, dest: &str, within: Duration) {
+    let start = std::time::Instant::now();
+    while let Err(e) = replies(ns, dest, 1) {
+        assert!(start.elapsed() < within, "ping {dest}: {e}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

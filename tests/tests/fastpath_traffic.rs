@@ -16,31 +16,13 @@ use sidelane_tests::{
     iperf::{self, IperfSpec},
     netns::NetNs,
     node_rig::NodeRig,
-    ovn, privilege,
+    ovn,
+    ping::{replies, until_reply},
+    privilege,
 };
 
-fn ping(from: &NetNs, to: &str, count: u32) -> Result<String, String> {
-    from.exec(&[
-        "ping",
-        "-c",
-        &count.to_string(),
-        "-i",
-        "0.05",
-        "-W",
-        "2",
-        to,
-    ])
-    .map_err(|e| format!("{e:#}"))
-}
-
-/// Pings until the first reply (OVN's flows may still be settling for the ARP exchange).
-fn ping_eventually(from: &NetNs, to: &str) {
-    let start = Instant::now();
-    while let Err(e) = ping(from, to, 1) {
-        assert!(start.elapsed() < Duration::from_secs(20), "ping {to}: {e}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+/// How long a first ping may take to be answered.
+const SETTLE: Duration = Duration::from_secs(20);
 
 /// Two pods on the seed's `attachnet` switch.
 fn two_pods(rig: &NodeRig, annotations_b: &serde_json::Value) -> (NetNs, String, NetNs, String) {
@@ -78,7 +60,7 @@ fn traffic_between_pods_of_one_switch_takes_the_fast_path_past_ovs_without_dupli
     }
     let rig = NodeRig::start(true);
     let (a, _ip_a, b, ip_b) = two_pods(&rig, &json!({}));
-    ping_eventually(&a, &ip_b);
+    until_reply(&a, &ip_b, SETTLE);
     let ovs_a = NodeRig::ovs_port("fast-a");
     let ovs_b = NodeRig::ovs_port("fast-b");
     let before = (
@@ -86,7 +68,7 @@ fn traffic_between_pods_of_one_switch_takes_the_fast_path_past_ovs_without_dupli
         rig.device_counter(&ovs_a, "rx_packets"),
         rig.device_counter(&ovs_b, "tx_packets"),
     );
-    let out = ping(&a, &ip_b, 50).expect("ping over the fast path");
+    let out = replies(&a, &ip_b, 50).expect("ping over the fast path");
     assert!(out.contains("50 received"), "{out}");
     assert!(!out.contains("DUP!"), "a frame was delivered twice: {out}");
     let report = iperf::measure(&b, &ip_b, &a, &IperfSpec::tcp(Duration::from_secs(2)))
@@ -147,7 +129,7 @@ fn spoofed_source_addresses_are_never_fast_pathed_and_are_counted() {
     // drops what it spoofs; the fast path never takes a spoofed frame either way.
     let secured = json!({"attachnet.default.ovn.kubernetes.io/port_security": "true"});
     let (a, _ip_a, b, ip_b) = two_pods_with(&rig, &secured, &json!({}));
-    ping_eventually(&a, &ip_b);
+    until_reply(&a, &ip_b, SETTLE);
     let mac_b = b
         .exec(&["cat", "/sys/class/net/net1/address"])
         .expect("mac")
@@ -190,7 +172,7 @@ fn spoofed_source_addresses_are_never_fast_pathed_and_are_counted() {
     ])
     .expect("neighbour");
     assert!(
-        ping(&a, &ip_b, 5).is_err(),
+        replies(&a, &ip_b, 5).is_err(),
         "a spoofed source MAC was delivered"
     );
     let after = rig.counters("fast-a");
@@ -212,7 +194,7 @@ fn traffic_into_a_pod_with_an_ingress_limit_is_held_to_it_on_the_fast_path() {
         &rig,
         &json!({"attachnet.default.ovn.kubernetes.io/ingress_rate": "50"}),
     );
-    ping_eventually(&a, &ip_b);
+    until_reply(&a, &ip_b, SETTLE);
     let before = rig.counters("fast-a");
     let report = iperf::measure(&b, &ip_b, &a, &IperfSpec::tcp(Duration::from_secs(3)))
         .expect("TCP into the limited pod");
@@ -236,7 +218,7 @@ fn del_removes_a_pods_entries_before_it_returns_and_its_old_address_reaches_noth
     }
     let rig = NodeRig::start(true);
     let (a, _ip_a, b, ip_b) = two_pods(&rig, &json!({}));
-    ping_eventually(&a, &ip_b);
+    until_reply(&a, &ip_b, SETTLE);
     let key = endpoint_key(switch_id("attachnet"), ip_b.parse().expect("an address"));
     let entries = |rig: &NodeRig| {
         rig.fastpath()
@@ -254,7 +236,7 @@ fn del_removes_a_pods_entries_before_it_returns_and_its_old_address_reaches_noth
         "fast-b's entry is gone once DEL returned"
     );
     assert!(
-        ping(&a, &ip_b, 3).is_err(),
+        replies(&a, &ip_b, 3).is_err(),
         "fast-b's old address still answers"
     );
 }
@@ -267,7 +249,7 @@ fn traffic_a_running_flow_on_the_fast_path_survives_an_agent_restart() {
     }
     let mut rig = NodeRig::start(true);
     let (a, _ip_a, b, ip_b) = two_pods(&rig, &json!({}));
-    ping_eventually(&a, &ip_b);
+    until_reply(&a, &ip_b, SETTLE);
     let spec = IperfSpec::tcp(Duration::from_secs(6)).interval(Duration::from_millis(500));
     let flow = std::thread::scope(|s| {
         let flow = s.spawn(|| iperf::measure(&b, &ip_b, &a, &spec));
@@ -342,7 +324,7 @@ fn pods_on_two_subnets(rig: &NodeRig, vpc_spec: &serde_json::Value) -> (NetNs, N
 fn ping_until(rig: &NodeRig, from: &NetNs, to: &str, counted: impl Fn(&FastpathCounters) -> bool) {
     let start = Instant::now();
     loop {
-        let replied = ping(from, to, 1).is_ok();
+        let replied = replies(from, to, 1).is_ok();
         if replied && counted(&rig.counters("fast-c")) {
             return;
         }
@@ -366,7 +348,7 @@ fn pods_on_two_subnets_of_one_vpc_are_routed_on_the_fast_path_one_hop_at_veth_sp
     for ip in [&d4, &d6] {
         let before = rig.counters("fast-c").routed;
         ping_until(&rig, &c, ip, |n| n.routed > before);
-        let out = ping(&c, ip, 20).expect("a routed ping");
+        let out = replies(&c, ip, 20).expect("a routed ping");
         assert!(
             out.contains("20 received") && !out.contains("DUP!"),
             "{out}"
@@ -434,7 +416,7 @@ fn a_policy_route_on_the_vpc_sends_its_subnets_traffic_back_through_ovs() {
     let start = Instant::now();
     loop {
         let before = rig.counters("fast-c");
-        let out = ping(&c, &d4, 5).and_then(|_| ping(&c, &d6, 5));
+        let out = replies(&c, &d4, 5).and_then(|_| replies(&c, &d6, 5));
         let after = rig.counters("fast-c");
         if out.is_ok() && after.routed == before.routed && after.misses >= before.misses + 10 {
             break;
@@ -467,8 +449,8 @@ fn pods_on_two_nodes_reach_each_other_through_ovs_and_a_tunnel_not_the_fast_path
     let (a, b) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
     let _ = rig.attach_on(0, "node1-pod", &a, "attachnet");
     let ip_b = rig.attach_on(1, "node2-pod", &b, "attachnet");
-    ping_eventually(&a, &ip_b);
-    let out = ping(&a, &ip_b, 20).expect("ping across nodes");
+    until_reply(&a, &ip_b, SETTLE);
+    let out = replies(&a, &ip_b, 20).expect("ping across nodes");
     assert!(
         out.contains("20 received") && !out.contains("DUP!"),
         "{out}"

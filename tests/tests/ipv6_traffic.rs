@@ -7,7 +7,7 @@
 //! advertisements (OVN sends them only from router ports configured to). Routing between
 //! dual-stack Subnets of a Vpc is tested in `fastpath_traffic.rs`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use sidelane_api::mac::{format, router_port_mac, router_port_name};
@@ -16,37 +16,19 @@ use sidelane_tests::{
     iperf::{self, IperfSpec},
     netns::NetNs,
     node_rig::NodeRig,
-    ovn, privilege,
+    ovn,
+    ping::{replies, until_reply},
+    privilege,
 };
+
+/// How long a first ping may take to be answered.
+const SETTLE: Duration = Duration::from_secs(30);
 
 /// The dual-stack Subnet's name (its NAD's too) and CIDRs.
 const SUBNET: &str = "dual6";
 const V4: &str = "10.60.0.0/24";
 const V6: &str = "fd00:60::/64";
 const GATEWAY_V6: &str = "fd00:60::1";
-
-fn ping(from: &NetNs, to: &str, count: u32) -> Result<String, String> {
-    from.exec(&[
-        "ping",
-        "-c",
-        &count.to_string(),
-        "-i",
-        "0.05",
-        "-W",
-        "2",
-        to,
-    ])
-    .map_err(|e| format!("{e:#}"))
-}
-
-/// Pings until the first reply (DAD, and OVN's flows settling for the ND exchange).
-fn ping_eventually(from: &NetNs, to: &str) {
-    let start = Instant::now();
-    while let Err(e) = ping(from, to, 1) {
-        assert!(start.elapsed() < Duration::from_secs(30), "ping {to}: {e}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 /// The dual-stack Subnet (on the default Vpc), on the fast path unless `fastpath` is false.
 fn dual_subnet(rig: &NodeRig, fastpath: bool) {
@@ -92,9 +74,9 @@ fn on_a_dual_stack_switch_ipv6_takes_the_fast_path_and_ovn_answers_nd_for_the_ga
     dual_subnet(&rig, true);
     let (a, _) = pod(&rig, 0, "six-a", &json!({}));
     let (b, b6) = pod(&rig, 0, "six-b", &json!({}));
-    ping_eventually(&a, &b6);
+    until_reply(&a, &b6, SETTLE);
     let before = rig.counters("six-a");
-    let out = ping(&a, &b6, 20).expect("ping over the fast path");
+    let out = replies(&a, &b6, 20).expect("ping over the fast path");
     assert!(
         out.contains("20 received") && !out.contains("DUP!"),
         "{out}"
@@ -116,7 +98,7 @@ fn on_a_dual_stack_switch_ipv6_takes_the_fast_path_and_ovn_answers_nd_for_the_ga
         .exec(&["ip", "-6", "neigh", "show", &b6, "dev", "net1"])
         .expect("neighbours");
     assert!(peer.contains(&mac_of(&b)), "{peer}");
-    ping_eventually(&a, GATEWAY_V6);
+    until_reply(&a, GATEWAY_V6, SETTLE);
     let gateway = a
         .exec(&["ip", "-6", "neigh", "show", GATEWAY_V6, "dev", "net1"])
         .expect("neighbours");
@@ -142,8 +124,8 @@ fn with_the_fast_path_off_ovs_switches_ipv6_between_pods_of_a_dual_stack_switch(
     dual_subnet(&rig, false);
     let (a, _) = pod(&rig, 0, "six-a", &json!({}));
     let (b, b6) = pod(&rig, 0, "six-b", &json!({}));
-    ping_eventually(&a, &b6);
-    let out = ping(&a, &b6, 20).expect("ping through OVS");
+    until_reply(&a, &b6, SETTLE);
+    let out = replies(&a, &b6, 20).expect("ping through OVS");
     assert!(
         out.contains("20 received") && !out.contains("DUP!"),
         "{out}"
@@ -165,7 +147,7 @@ fn spoofed_ipv6_sources_are_never_fast_pathed_and_ovn_drops_them() {
     let secured = json!({format!("{SUBNET}.default.ovn.kubernetes.io/port_security"): "true"});
     let (a, a6) = pod(&rig, 0, "six-a", &secured);
     let (b, b6) = pod(&rig, 0, "six-b", &json!({}));
-    ping_eventually(&a, &b6);
+    until_reply(&a, &b6, SETTLE);
     let before = rig.counters("six-a");
     // A second address in pod A (no DAD: it is used at once) and B's MAC pinned (ND from a
     // spoofed address would not resolve through OVN's port security).
@@ -227,7 +209,7 @@ fn an_ingress_limit_holds_an_ipv6_flow_on_the_fast_path() {
     let (a, _) = pod(&rig, 0, "six-a", &json!({}));
     let limited = json!({format!("{SUBNET}.default.ovn.kubernetes.io/ingress_rate"): "50"});
     let (b, b6) = pod(&rig, 0, "six-b", &limited);
-    ping_eventually(&a, &b6);
+    until_reply(&a, &b6, SETTLE);
     let before = rig.counters("six-a");
     let report = iperf::measure(&b, &b6, &a, &IperfSpec::tcp(Duration::from_secs(3)))
         .expect("TCP into the limited pod");
@@ -253,8 +235,8 @@ fn pods_on_two_nodes_reach_each_other_over_ipv6_through_ovs_and_a_tunnel() {
     dual_subnet(&rig, true);
     let (a, _) = pod(&rig, 0, "six-a", &json!({}));
     let (b, b6) = pod(&rig, 1, "six-b", &json!({}));
-    ping_eventually(&a, &b6);
-    let out = ping(&a, &b6, 20).expect("ping across nodes");
+    until_reply(&a, &b6, SETTLE);
+    let out = replies(&a, &b6, 20).expect("ping across nodes");
     assert!(
         out.contains("20 received") && !out.contains("DUP!"),
         "{out}"
