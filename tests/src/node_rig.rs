@@ -388,6 +388,40 @@ impl NodeRig {
         assert_eq!(out.exit_code, 0, "DEL {pod}: {}", out.stdout);
     }
 
+    /// Asserts that TCP from `from` (the pod `sender`, on the first node) to `addr` in `to`,
+    /// whose pod has an ingress limit of `mbps`, is held to it (0.7 to 1.05 times, over 3 s) and
+    /// took the fast path.
+    ///
+    /// # Panics
+    /// When it is not.
+    pub fn assert_limited_flow_on_the_fast_path(
+        &self,
+        sender: &str,
+        from: &NetNs,
+        to: &NetNs,
+        addr: &str,
+        mbps: f64,
+    ) {
+        let before = self.counters(sender);
+        let report = crate::iperf::measure(
+            to,
+            addr,
+            from,
+            &crate::iperf::IperfSpec::tcp(Duration::from_secs(3)),
+        )
+        .expect("TCP into the limited pod");
+        let measured = report.receiver_bps / 1e6;
+        assert!(
+            (mbps * 0.7..=mbps * 1.05).contains(&measured),
+            "held to {mbps} Mbit/s: {measured:.1}"
+        );
+        let after = self.counters(sender);
+        assert!(
+            after.hits > before.hits + 100,
+            "the limited flow took the fast path: {before:?} -> {after:?}"
+        );
+    }
+
     /// The host end of `pod`'s net1.
     ///
     /// # Panics

@@ -195,19 +195,7 @@ fn traffic_into_a_pod_with_an_ingress_limit_is_held_to_it_on_the_fast_path() {
         &json!({"attachnet.default.ovn.kubernetes.io/ingress_rate": "50"}),
     );
     until_reply(&a, &ip_b, SETTLE);
-    let before = rig.counters("fast-a");
-    let report = iperf::measure(&b, &ip_b, &a, &IperfSpec::tcp(Duration::from_secs(3)))
-        .expect("TCP into the limited pod");
-    let mbps = report.receiver_bps / 1e6;
-    assert!(
-        (50.0 * 0.7..=50.0 * 1.05).contains(&mbps),
-        "held to 50 Mbit/s: {mbps:.1}"
-    );
-    let after = rig.counters("fast-a");
-    assert!(
-        after.hits > before.hits + 100,
-        "the limited traffic still took the fast path: {after:?}"
-    );
+    rig.assert_limited_flow_on_the_fast_path("fast-a", &a, &b, &ip_b, 50.0);
 }
 
 #[test]

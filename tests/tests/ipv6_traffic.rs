@@ -210,19 +210,7 @@ fn an_ingress_limit_holds_an_ipv6_flow_on_the_fast_path() {
     let limited = json!({format!("{SUBNET}.default.ovn.kubernetes.io/ingress_rate"): "50"});
     let (b, b6) = pod(&rig, 0, "six-b", &limited);
     until_reply(&a, &b6, SETTLE);
-    let before = rig.counters("six-a");
-    let report = iperf::measure(&b, &b6, &a, &IperfSpec::tcp(Duration::from_secs(3)))
-        .expect("TCP into the limited pod");
-    let mbps = report.receiver_bps / 1e6;
-    assert!(
-        (50.0 * 0.7..=50.0 * 1.05).contains(&mbps),
-        "held to 50 Mbit/s: {mbps:.1}"
-    );
-    let after = rig.counters("six-a");
-    assert!(
-        after.hits > before.hits + 100,
-        "the limited IPv6 flow took the fast path: {after:?}"
-    );
+    rig.assert_limited_flow_on_the_fast_path("six-a", &a, &b, &b6, 50.0);
 }
 
 #[test]
