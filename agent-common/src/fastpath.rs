@@ -52,6 +52,44 @@ pub const MAPS: [&str; 7] = [
     PAIRS_MAP,
 ];
 
+/// A map's shape as the kernel holds it: what a pinned map must match to be reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapLayout {
+    /// The map's name.
+    pub name: &'static str,
+    /// Key size, bytes.
+    pub key_size: u32,
+    /// Value size, bytes.
+    pub value_size: u32,
+    /// Maximum entries.
+    pub max_entries: u32,
+}
+
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "map keys and values are a few dozen bytes"
+)]
+const fn layout<K, V>(name: &'static str, max_entries: u32) -> MapLayout {
+    MapLayout {
+        name,
+        key_size: size_of::<K>() as u32,
+        value_size: size_of::<V>() as u32,
+        max_entries,
+    }
+}
+
+/// Every map of the fast-path object as this version declares it. An agent must not reuse
+/// maps pinned by a version whose layouts differ: the programs would read past their values.
+pub const LAYOUTS: [MapLayout; 7] = [
+    layout::<u32, Source>(SOURCES_MAP, MAX_ATTACHMENTS),
+    layout::<u32, Source>(SOURCES_DIRECT_MAP, DIRECT_IFINDEXES),
+    layout::<EndpointKey, Endpoint>(ENDPOINTS_MAP, MAX_ENDPOINTS),
+    layout::<EndpointKey, Endpoint>(ROUTED_MAP, MAX_ENDPOINTS),
+    layout::<u32, u32>(TO_POD_MAP, MAX_ATTACHMENTS),
+    layout::<u32, FastpathCounters>(COUNTERS_MAP, MAX_ATTACHMENTS),
+    layout::<PairKey, u32>(PAIRS_MAP, MAX_PAIRS),
+];
+
 /// Host-end ifindexes below this are looked up in [`SOURCES_DIRECT_MAP`].
 pub const DIRECT_IFINDEXES: u32 = 16384;
 
@@ -294,6 +332,12 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_map_has_a_layout() {
+        assert_eq!(LAYOUTS.map(|l| l.name), MAPS);
+        assert_eq!(LAYOUTS[0].value_size, 56);
     }
 
     #[test]

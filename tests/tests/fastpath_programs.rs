@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use sidelane_agent::dataplane::{
-    fastpath::{FastpathUnderTest, PortRoute, Table},
+    fastpath::{FastpathDataplane, FastpathUnderTest, PortRoute, Table},
     test_run::{self, SkBuffCtx},
 };
 use sidelane_agent_common::fastpath::{
@@ -520,4 +520,51 @@ fn routing_follows_the_table_of_routed_subnets_and_a_withdrawn_subnet_is_switche
     // Nothing routed at all: the gateway's MAC is OVS's again.
     fp.dataplane.set_routes(BTreeMap::new()).expect("routes");
     assert!(fp.dataplane.endpoints(Table::Routed).is_empty());
+}
+
+#[test]
+fn maps_pinned_by_an_agent_of_another_version_are_refused_naming_what_to_remove() {
+    if !privilege::require_privileges(
+        "maps_pinned_by_an_agent_of_another_version_are_refused_naming_what_to_remove",
+    ) {
+        return;
+    }
+    let root =
+        std::path::PathBuf::from(format!("/sys/fs/bpf/sidelane-stale-{}", std::process::id()));
+    let dir = root.join("fastpath");
+    std::fs::create_dir_all(&dir).expect("a pin directory");
+    // SL_FP_SOURCES as the version before routing pinned it: 48-byte sources.
+    let pin = dir.join("SL_FP_SOURCES");
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args([
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "48",
+            "entries",
+            "4096",
+            "name",
+            "SL_FP_SOURCES",
+        ])
+        .status()
+        .expect("running bpftool");
+    assert!(made.success(), "bpftool map create");
+    let refused = FastpathDataplane::open(&root).err().map(|e| e.to_string());
+    let _ = std::fs::remove_file(&pin);
+    let opened = FastpathDataplane::open(&root).map(drop);
+    let _ = std::fs::remove_dir_all(&root);
+    let refused = refused.expect("the stale pin is refused");
+    for part in [
+        "SL_FP_SOURCES",
+        "48-byte values",
+        "56-byte values",
+        &format!("remove {}", dir.display()),
+    ] {
+        assert!(refused.contains(part), "{part:?} in: {refused}");
+    }
+    opened.expect("without the stale pin the fast path opens");
 }

@@ -24,7 +24,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray, PerCpuValues},
     programs::{
         SchedClassifier, TcAttachType,
         tc::{self, NlOptions, TcAttachOptions},
@@ -33,9 +33,9 @@ use aya::{
 };
 use sidelane_agent_common::fastpath::{
     COUNTERS_MAP, DIRECT_IFINDEXES, DOMAIN_OFF, ENDPOINT_ISOLATED, ENDPOINT_POLICED, ENDPOINTS_MAP,
-    Endpoint, EndpointKey, FastpathCounters, MAX_ATTACHMENTS, PAIRS_MAP, PROG_FORWARD, PROG_TO_POD,
-    ROUTED_MAP, SOURCE_HAS_V4, SOURCE_HAS_V6, SOURCE_IN_USE, SOURCE_ISOLATED, SOURCES_DIRECT_MAP,
-    SOURCES_MAP, Source, TO_POD_MAP,
+    Endpoint, EndpointKey, FastpathCounters, LAYOUTS, MAX_ATTACHMENTS, PAIRS_MAP, PROG_FORWARD,
+    PROG_TO_POD, ROUTED_MAP, SOURCE_HAS_V4, SOURCE_HAS_V6, SOURCE_IN_USE, SOURCE_ISOLATED,
+    SOURCES_DIRECT_MAP, SOURCES_MAP, Source, TO_POD_MAP,
 };
 use sidelane_api::security_group::Group;
 use tracing::{debug, info};
@@ -172,6 +172,34 @@ struct Mirror {
     to_pod: BTreeMap<u32, Vec<u32>>,
 }
 
+/// Refuses maps pinned under `dir` whose layout is not this version's ([`LAYOUTS`]): aya
+/// reuses a pinned map by name whatever its shape, and the programs would then be refused by
+/// the verifier at best.
+fn check_pins(dir: &Path) -> Result<(), DataplaneError> {
+    let shape = |key: u32, value: u32, entries: u32| {
+        format!("{key}-byte keys, {value}-byte values, {entries} entries")
+    };
+    for layout in LAYOUTS {
+        let path = dir.join(layout.name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path)
+            .map_err(|e| map_error("reading", layout.name, "the fast path's pins", e))?;
+        let found = (info.key_size(), info.value_size(), info.max_entries());
+        if found != (layout.key_size, layout.value_size, layout.max_entries) {
+            return Err(DataplaneError::StalePin {
+                map: layout.name,
+                path,
+                dir: dir.to_path_buf(),
+                found: shape(found.0, found.1, found.2),
+                wanted: shape(layout.key_size, layout.value_size, layout.max_entries),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DataplaneError> {
     ebpf.take_map(name).ok_or_else(|| {
         load_error(
@@ -209,6 +237,7 @@ impl FastpathDataplane {
             path: dir.clone(),
             source,
         })?;
+        check_pins(&dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&dir)
             .load(object::fastpath()?)

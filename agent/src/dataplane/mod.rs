@@ -52,6 +52,25 @@ pub enum DataplaneError {
         #[source]
         source: io::Error,
     },
+    /// A map pinned by an agent of another version, whose layout this one's programs cannot
+    /// use.
+    #[error(
+        "the fast-path map {map} pinned at {path} was made by an agent of another version \
+         ({found}; this agent's is {wanted}): drain the node's pods and remove {dir} before \
+         starting this agent"
+    )]
+    StalePin {
+        /// The map.
+        map: &'static str,
+        /// Its pin.
+        path: PathBuf,
+        /// The directory of the object's pins.
+        dir: PathBuf,
+        /// Its layout as pinned.
+        found: String,
+        /// This agent's layout.
+        wanted: String,
+    },
     /// The interface does not exist in the namespace.
     #[error("interface {ifname:?} not found in {netns}")]
     NoSuchInterface {
