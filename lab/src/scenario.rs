@@ -141,7 +141,7 @@ mod tests {
     #[test]
     fn every_scenario_names_files_that_exist_and_parse() {
         let scenarios = load().expect("lab/scenarios.yaml reads");
-        assert_eq!(scenarios.len(), 7);
+        assert_eq!(scenarios.len(), 8);
         for scenario in &scenarios {
             let objects = scenario.objects().expect("the scenario's files parse");
             assert!(pods_made_by(&objects) > 0, "{} makes no pod", scenario.name);

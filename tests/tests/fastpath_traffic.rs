@@ -263,14 +263,17 @@ fn traffic_a_running_flow_on_the_fast_path_survives_an_agent_restart() {
     );
 }
 
-/// Vpc `vpc-fp` (with `vpc_spec`) holding the dual-stack Subnets `net-a` (`10.70.0.0/24`,
-/// `fd00:70::/64`) and `net-b` (`10.71.0.0/24`, `fd00:71::/64`), and a pod on each (`fast-c`,
-/// `fast-d`) with routes to the other Subnet through its gateway; returns the pods and
-/// `fast-d`'s addresses (IPv4, IPv6).
-fn pods_on_two_subnets(rig: &NodeRig, vpc_spec: &serde_json::Value) -> (NetNs, NetNs, [String; 2]) {
+/// Vpc `vpc-fp` holding the dual-stack Subnets `net-a` (`10.70.0.0/24`, `fd00:70::/64`) and
+/// `net-b` (`10.71.0.0/24`, `fd00:71::/64`), and a pod on each (`fast-c`, `fast-d`, the latter
+/// with `d_annotations` besides) with routes to the other Subnet through its gateway; returns
+/// the pods and `fast-d`'s addresses (IPv4, IPv6).
+fn pods_on_two_subnets(
+    rig: &NodeRig,
+    d_annotations: &serde_json::Value,
+) -> (NetNs, NetNs, [String; 2]) {
     rig.api
         .seed(json!({"apiVersion": "kubeovn.io/v1", "kind": "Vpc",
-                     "metadata": {"name": "vpc-fp"}, "spec": vpc_spec}))
+                     "metadata": {"name": "vpc-fp"}, "spec": {}}))
         .expect("vpc");
     for (nad, v4, v6) in [
         ("net-a", "10.70.0.0/24", "fd00:70::/64"),
@@ -292,14 +295,13 @@ fn pods_on_two_subnets(rig: &NodeRig, vpc_spec: &serde_json::Value) -> (NetNs, N
                         routes("10.71.0.0/24", "10.70.0.1", "fd00:71::/64", "fd00:70::1")}),
         ))
         .expect("pod");
-    rig.api
-        .seed(cluster::pod(
-            "fast-d",
-            &json!({"k8s.v1.cni.cncf.io/networks": "default/net-b",
-                    "net-b.default.ovn.kubernetes.io/routes":
-                        routes("10.70.0.0/24", "10.71.0.1", "fd00:70::/64", "fd00:71::1")}),
-        ))
-        .expect("pod");
+    let mut d_all = json!({"k8s.v1.cni.cncf.io/networks": "default/net-b",
+                           "net-b.default.ovn.kubernetes.io/routes":
+                               routes("10.70.0.0/24", "10.71.0.1", "fd00:70::/64", "fd00:71::1")});
+    for (k, v) in d_annotations.as_object().into_iter().flatten() {
+        d_all[k] = v.clone();
+    }
+    rig.api.seed(cluster::pod("fast-d", &d_all)).expect("pod");
     let (c, d) = (NetNs::new().expect("netns"), NetNs::new().expect("netns"));
     let _ = rig.attach_all_on(0, "fast-c", &c, "net-a");
     let ips = rig.attach_all_on(0, "fast-d", &d, "net-b");
@@ -452,4 +454,23 @@ fn pods_on_two_nodes_reach_each_other_through_ovs_and_a_tunnel_not_the_fast_path
         "a remote pod is never fast-pathed: {counters:?}"
     );
     assert!(counters.misses > 20, "{counters:?}");
+}
+
+#[test]
+fn a_routed_flow_into_a_pod_with_an_ingress_limit_is_held_to_it_on_the_fast_path() {
+    let name = "a_routed_flow_into_a_pod_with_an_ingress_limit_is_held_to_it_on_the_fast_path";
+    if !privilege::require_privileges(name) || !ovn::require_installed(name) {
+        return;
+    }
+    let rig = NodeRig::start(true);
+    let limited = json!({"net-b.default.ovn.kubernetes.io/ingress_rate": "50"});
+    let (c, d, [d4, _]) = pods_on_two_subnets(&rig, &limited);
+    ping_until(&rig, &c, &d4, |n| n.routed > 0);
+    let before = rig.counters("fast-c");
+    rig.assert_limited_flow_on_the_fast_path("fast-c", &c, &d, &d4, 50.0);
+    let after = rig.counters("fast-c");
+    assert!(
+        after.routed > before.routed + 100,
+        "the limited flow was routed on the fast path: {before:?} -> {after:?}"
+    );
 }
