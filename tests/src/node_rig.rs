@@ -422,6 +422,40 @@ impl NodeRig {
         );
     }
 
+    /// Asserts that pod `sender` (in `from`, on the first node) reaches `addr` in `to` on
+    /// another node through OVS: 20 pings answered once each, TCP flowing, and no frame on the
+    /// fast path. Returns the sender's counters.
+    ///
+    /// # Panics
+    /// When it does not.
+    pub fn assert_reached_across_nodes(
+        &self,
+        sender: &str,
+        from: &NetNs,
+        to: &NetNs,
+        addr: &str,
+    ) -> FastpathCounters {
+        let out = crate::ping::replies(from, addr, 20).expect("ping across nodes");
+        assert!(
+            out.contains("20 received") && !out.contains("DUP!"),
+            "{out}"
+        );
+        let report = crate::iperf::measure(
+            to,
+            addr,
+            from,
+            &crate::iperf::IperfSpec::tcp(Duration::from_secs(1)),
+        )
+        .expect("TCP across nodes");
+        assert!(report.receiver_bps > 1e6, "{}", report.receiver_bps);
+        let counters = self.counters_on(0, sender);
+        assert_eq!(
+            counters.hits, 0,
+            "a remote pod is never fast-pathed: {counters:?}"
+        );
+        counters
+    }
+
     /// The host end of `pod`'s net1.
     ///
     /// # Panics

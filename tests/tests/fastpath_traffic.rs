@@ -440,19 +440,7 @@ fn pods_on_two_nodes_reach_each_other_through_ovs_and_a_tunnel_not_the_fast_path
     let _ = rig.attach_on(0, "node1-pod", &a, "attachnet");
     let ip_b = rig.attach_on(1, "node2-pod", &b, "attachnet");
     until_reply(&a, &ip_b, SETTLE);
-    let out = replies(&a, &ip_b, 20).expect("ping across nodes");
-    assert!(
-        out.contains("20 received") && !out.contains("DUP!"),
-        "{out}"
-    );
-    let report = iperf::measure(&b, &ip_b, &a, &IperfSpec::tcp(Duration::from_secs(1)))
-        .expect("TCP across nodes");
-    assert!(report.receiver_bps > 1e6, "{}", report.receiver_bps);
-    let counters = rig.counters_on(0, "node1-pod");
-    assert_eq!(
-        counters.hits, 0,
-        "a remote pod is never fast-pathed: {counters:?}"
-    );
+    let counters = rig.assert_reached_across_nodes("node1-pod", &a, &b, &ip_b);
     assert!(counters.misses > 20, "{counters:?}");
 }
 

@@ -224,17 +224,5 @@ fn pods_on_two_nodes_reach_each_other_over_ipv6_through_ovs_and_a_tunnel() {
     let (a, _) = pod(&rig, 0, "six-a", &json!({}));
     let (b, b6) = pod(&rig, 1, "six-b", &json!({}));
     until_reply(&a, &b6, SETTLE);
-    let out = replies(&a, &b6, 20).expect("ping across nodes");
-    assert!(
-        out.contains("20 received") && !out.contains("DUP!"),
-        "{out}"
-    );
-    let report = iperf::measure(&b, &b6, &a, &IperfSpec::tcp(Duration::from_secs(1)))
-        .expect("TCP over IPv6 across nodes");
-    assert!(report.receiver_bps > 1e6, "{}", report.receiver_bps);
-    let counters = rig.counters_on(0, "six-a");
-    assert_eq!(
-        counters.hits, 0,
-        "a remote pod is never fast-pathed: {counters:?}"
-    );
+    rig.assert_reached_across_nodes("six-a", &a, &b, &b6);
 }
